@@ -1,0 +1,72 @@
+//! The seam between the portable mm core and the CPU. Off target (host
+//! tests) every instruction is a no-op, but the decisions, and so the
+//! counts of TLB invalidations, are the same.
+
+#[cfg(target_os = "none")]
+pub mod aarch64;
+
+#[cfg(target_os = "none")]
+use aarch64::insn;
+
+#[cfg(not(target_os = "none"))]
+mod insn {
+    pub fn dsb_ishst() {}
+    pub fn dsb_ish_isb() {}
+    pub fn tlbi_vaale1is(_va: u64) {}
+    pub fn tlbi_vaae1is(_va: u64) {}
+    pub fn tlbi_vmalle1is() {}
+}
+
+pub mod barrier {
+    /// New descriptors are visible to the table walker before any access
+    /// that may use them (Linux's `dsb(ishst); isb()` after kernel mappings).
+    pub fn tables_written() {
+        super::insn::dsb_ishst();
+        super::insn::dsb_ish_isb();
+    }
+}
+
+pub mod tlb {
+    use super::insn;
+
+    /// Past this many pages one whole-TLB invalidation is cheaper
+    /// (Linux's MAX_DVM_OPS = PTRS_PER_PTE).
+    pub const MAX_TLBI_OPS: u64 = 512;
+
+    /// Invalidates last-level entries for kernel VAs `[start, end)`, all
+    /// CPUs. Returns the number of TLBI instructions issued.
+    pub fn flush_kernel_range(start: u64, end: u64, page_shift: u32) -> u64 {
+        let page = 1u64 << page_shift;
+        let pages = (end - start).div_ceil(page);
+        insn::dsb_ishst();
+        let ops = if pages > MAX_TLBI_OPS {
+            insn::tlbi_vmalle1is();
+            1
+        } else {
+            let mut va = start & !(page - 1);
+            while va < end {
+                insn::tlbi_vaale1is(va);
+                va += page;
+            }
+            pages
+        };
+        insn::dsb_ish_isb();
+        ops
+    }
+
+    /// Invalidates every level's cached entries for `va`, walk caches
+    /// included: needed before freeing a table page.
+    pub fn flush_kernel_pgtable(va: u64, _page_shift: u32) -> u64 {
+        insn::dsb_ishst();
+        insn::tlbi_vaae1is(va);
+        insn::dsb_ish_isb();
+        1
+    }
+
+    pub fn flush_all() -> u64 {
+        insn::dsb_ishst();
+        insn::tlbi_vmalle1is();
+        insn::dsb_ish_isb();
+        1
+    }
+}

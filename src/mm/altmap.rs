@@ -1,0 +1,141 @@
+//! `vmem_altmap`: struct pages carved out of the memory they describe.
+//!
+//! Allocation follows Linux's `altmap_alloc_block_buf`: a bump pointer from
+//! `base_pfn + reserve`, each request naturally aligned to the lowest set bit
+//! of its page count, the padding counted in `align`.
+//!
+//! Linux's `vmem_altmap_free` only decrements `alloc`, trusting that the whole
+//! range goes at once. Here frees name their pfns and may come in any order
+//! and in any pieces, but every freed pfn must be one handed out and not yet
+//! freed: anything else is refused with [`AltmapError`] and counted, and the
+//! altmap is left untouched. When the last pfn comes back the bump pointer
+//! rewinds (`align` returns to 0), so an add/remove cycle leaves the altmap
+//! exactly as it started.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AltmapError {
+    /// A pfn outside the altmap's allocatable range.
+    OutOfRange { pfn: u64 },
+    /// A pfn that is not currently allocated (double or wild free).
+    NotAllocated { pfn: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmemAltmap {
+    /// First pfn of the device or hot-added range.
+    pub base_pfn: u64,
+    /// One past the last pfn of the range.
+    pub end_pfn: u64,
+    /// Pfns at the start kept for the device's own use (never allocated).
+    pub reserve: u64,
+    /// Pfns available for struct pages after `reserve`.
+    pub free: u64,
+    /// Pfns skipped to align allocations.
+    pub align: u64,
+    /// Pfns handed out and not yet freed.
+    pub alloc: u64,
+    /// Bump offset from the first allocatable pfn (allocations, holes left
+    /// by out-of-order frees, padding).
+    high: u64,
+    /// One bit per pfn of `free`: set while allocated.
+    allocated: Vec<u64>,
+    /// Refused frees, for `/proc/vmstat`.
+    pub misuse: u64,
+}
+
+impl VmemAltmap {
+    pub fn new(base_pfn: u64, end_pfn: u64, reserve: u64, free: u64) -> Self {
+        assert!(base_pfn + reserve + free <= end_pfn, "altmap larger than its range");
+        Self {
+            base_pfn,
+            end_pfn,
+            reserve,
+            free,
+            align: 0,
+            alloc: 0,
+            high: 0,
+            allocated: vec![0; free.div_ceil(64) as usize],
+            misuse: 0,
+        }
+    }
+
+    fn first_pfn(&self) -> u64 {
+        self.base_pfn + self.reserve
+    }
+
+    /// Linux's `vmem_altmap_next_pfn`.
+    pub fn next_pfn(&self) -> u64 {
+        self.first_pfn() + self.high
+    }
+
+    /// Linux's `vmem_altmap_nr_free`.
+    pub fn nr_free(&self) -> u64 {
+        self.free - self.high
+    }
+
+    fn bit(&self, pfn: u64) -> bool {
+        let i = pfn - self.first_pfn();
+        self.allocated[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn set_bits(&mut self, pfn: u64, nr: u64, on: bool) {
+        for p in pfn..pfn + nr {
+            let i = p - self.first_pfn();
+            let word = &mut self.allocated[(i / 64) as usize];
+            if on {
+                *word |= 1 << (i % 64);
+            } else {
+                *word &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// `nr_pfns` pfns aligned to the lowest set bit of `nr_pfns`, or `None`
+    /// when the altmap cannot hold them (`altmap_alloc_block_buf`).
+    pub fn alloc_pfns(&mut self, nr_pfns: u64) -> Option<u64> {
+        if nr_pfns == 0 {
+            return None;
+        }
+        let pfn = self.next_pfn();
+        let align = 1u64 << nr_pfns.trailing_zeros();
+        let pad = pfn.next_multiple_of(align) - pfn;
+        if nr_pfns + pad > self.nr_free() {
+            return None;
+        }
+        self.alloc += nr_pfns;
+        self.align += pad;
+        self.high += pad + nr_pfns;
+        self.set_bits(pfn + pad, nr_pfns, true);
+        Some(pfn + pad)
+    }
+
+    /// Give back `nr_pfns` pfns from `pfn` (`vmem_altmap_free`, checked).
+    pub fn free_pfns(&mut self, pfn: u64, nr_pfns: u64) -> Result<(), AltmapError> {
+        let range = self.first_pfn()..self.first_pfn() + self.free;
+        for p in pfn..pfn + nr_pfns {
+            if !range.contains(&p) {
+                self.misuse += 1;
+                return Err(AltmapError::OutOfRange { pfn: p });
+            }
+            if !self.bit(p) {
+                self.misuse += 1;
+                return Err(AltmapError::NotAllocated { pfn: p });
+            }
+        }
+        self.set_bits(pfn, nr_pfns, false);
+        self.alloc -= nr_pfns;
+        if self.alloc == 0 {
+            self.align = 0;
+            self.high = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether `pfn` lies in this altmap's whole range.
+    pub fn contains(&self, pfn: u64) -> bool {
+        (self.base_pfn..self.end_pfn).contains(&pfn)
+    }
+}

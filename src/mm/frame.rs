@@ -1,0 +1,20 @@
+//! The one interface through which the mm core gets and returns page frames.
+
+/// A source of physically contiguous, naturally aligned page frames.
+pub trait FrameAllocator {
+    /// `2^order` pages, aligned to their size; `None` when none can be had.
+    fn alloc_pages(&mut self, order: u32) -> Option<u64>;
+    /// Give back what `alloc_pages(order)` returned.
+    fn free_pages(&mut self, pa: u64, order: u32);
+    /// Whether the page at `pa` is reserved (never to be freed to this
+    /// allocator): Linux's `PageReserved`, checked before hotplug frees.
+    fn is_reserved(&self, _pa: u64) -> bool {
+        false
+    }
+}
+
+/// Linux's `get_order`: the smallest order whose block holds `size` bytes.
+pub fn get_order(size: u64, page_shift: u32) -> u32 {
+    let pages = size.div_ceil(1 << page_shift).max(1);
+    pages.next_power_of_two().trailing_zeros()
+}

@@ -1,0 +1,102 @@
+//! The kernel's virtual memory layout, after Linux's arm64 one
+//! (Documentation/arch/arm64/memory.rst), derived from the granule and a
+//! 48-bit VA. Every fixed address of the kernel lives here.
+
+use super::granule::{Granule, KernelGranule};
+
+pub const VA_BITS: u32 = 48;
+pub const PAGE_SHIFT: u32 = KernelGranule::PAGE_SHIFT;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+pub const SECTION_SHIFT: u32 = KernelGranule::SECTION_SHIFT;
+pub const SECTION_SIZE: u64 = 1 << SECTION_SHIFT;
+pub const PAGES_PER_SECTION: u64 = SECTION_SIZE / PAGE_SIZE;
+/// A memory block (the unit of `/sys/devices/system/memory`) is one section.
+pub const MEMORY_BLOCK_SIZE: u64 = SECTION_SIZE;
+
+/// Start of the linear map: `__va(pa) == PAGE_OFFSET + pa` (PHYS_OFFSET is 0
+/// so that the mapping needs no run-time base).
+pub const PAGE_OFFSET: u64 = !0u64 << VA_BITS;
+/// The linear map covers the lower half of the kernel VA space.
+pub const PAGE_END: u64 = !0u64 << (VA_BITS - 1);
+/// Highest physical address the linear map (and vmemmap) can describe.
+pub const PHYS_LIMIT: u64 = PAGE_END - PAGE_OFFSET;
+
+/// Kernel image, at the base of the vmalloc area like Linux's KIMAGE_VADDR.
+pub const KIMAGE_VADDR: u64 = PAGE_END + 0x8000_0000;
+/// Device mappings (ioremap) are handed out upwards from here.
+pub const IOREMAP_START: u64 = PAGE_END + (1 << 32);
+pub const IOREMAP_END: u64 = IOREMAP_START + (1 << 40);
+
+/// `struct Page` is 64 bytes.
+pub const STRUCT_PAGE_SHIFT: u32 = 6;
+/// The vmemmap describes every pfn below PHYS_LIMIT.
+pub const VMEMMAP_SIZE: u64 = PHYS_LIMIT >> (PAGE_SHIFT - STRUCT_PAGE_SHIFT);
+/// Followed by a guard region of the same size, as in Linux's layout.
+pub const VMEMMAP_START: u64 = 0u64.wrapping_sub(2 * VMEMMAP_SIZE);
+pub const VMEMMAP_END: u64 = VMEMMAP_START + VMEMMAP_SIZE;
+
+/// Buddy orders go up to 4 MiB blocks whatever the granule.
+pub const MAX_ORDER: u32 = 22 - PAGE_SHIFT;
+
+pub const fn phys_to_virt(pa: u64) -> u64 {
+    PAGE_OFFSET + pa
+}
+
+pub const fn virt_to_phys(va: u64) -> u64 {
+    va - PAGE_OFFSET
+}
+
+pub const fn pfn_to_phys(pfn: u64) -> u64 {
+    pfn << PAGE_SHIFT
+}
+
+pub const fn phys_to_pfn(pa: u64) -> u64 {
+    pa >> PAGE_SHIFT
+}
+
+/// Virtual address of the struct page of `pfn` (Linux's `pfn_to_page`).
+pub const fn pfn_to_page_va(pfn: u64) -> u64 {
+    VMEMMAP_START + (pfn << STRUCT_PAGE_SHIFT)
+}
+
+pub const fn page_va_to_pfn(va: u64) -> u64 {
+    (va - VMEMMAP_START) >> STRUCT_PAGE_SHIFT
+}
+
+pub const fn align_down(x: u64, a: u64) -> u64 {
+    x & !(a - 1)
+}
+
+pub const fn align_up(x: u64, a: u64) -> u64 {
+    (x + a - 1) & !(a - 1)
+}
+
+/// The regions, in address order, as printed at boot and marked in ptdump.
+pub const REGIONS: &[(&str, u64, u64)] = &[
+    ("Linear Mapping", PAGE_OFFSET, PAGE_END),
+    ("Kernel Image", KIMAGE_VADDR, KIMAGE_VADDR + (1 << 30)),
+    ("ioremap", IOREMAP_START, IOREMAP_END),
+    ("vmemmap", VMEMMAP_START, VMEMMAP_END),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_linux_for_the_granule() {
+        assert_eq!(PAGE_OFFSET, 0xffff_0000_0000_0000);
+        assert_eq!(PAGE_END, 0xffff_8000_0000_0000);
+        if PAGE_SHIFT == 12 {
+            assert_eq!(VMEMMAP_START, 0xffff_fc00_0000_0000);
+            assert_eq!(VMEMMAP_END, 0xffff_fe00_0000_0000);
+            assert_eq!(MAX_ORDER, 10);
+        }
+        // Regions are ordered and disjoint.
+        for w in REGIONS.windows(2) {
+            assert!(w[0].2 <= w[1].1);
+        }
+        assert_eq!(pfn_to_page_va(1) - pfn_to_page_va(0), 64);
+        assert_eq!(page_va_to_pfn(pfn_to_page_va(12345)), 12345);
+    }
+}

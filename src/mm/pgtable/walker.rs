@@ -1,0 +1,386 @@
+use core::marker::PhantomData;
+
+use super::descriptor::{Attributes, Descriptor};
+use crate::arch;
+use crate::mm::frame::FrameAllocator;
+use crate::mm::granule::Granule;
+
+/// How the walker reaches a table page given its physical address. In the
+/// kernel this is the linear map (or the identity map during early boot); in
+/// host tests it is an offset into a simulated arena.
+pub trait Translation {
+    fn table_va(&self, pa: u64) -> *mut Descriptor;
+}
+
+/// A half-open virtual range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl VaRange {
+    pub const fn new(start: u64, end: u64) -> Self {
+        Self { start, end }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// What leaves a mapping may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapHints {
+    /// The largest leaf allowed (a page, a 2 MiB block, ...); blocks are
+    /// used only where address and size alignment allow.
+    pub largest_leaf: u64,
+    /// Set the contiguous bit on whole, aligned groups of leaves.
+    pub contiguous: bool,
+}
+
+impl MapHints {
+    pub const fn pages() -> Self {
+        Self { largest_leaf: 0, contiguous: false }
+    }
+
+    pub const fn blocks(largest_leaf: u64) -> Self {
+        Self { largest_leaf, contiguous: false }
+    }
+
+    pub const fn with_contiguous(self) -> Self {
+        Self { contiguous: true, ..self }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// Address or size not page aligned, or an empty range.
+    Misaligned,
+    /// Part of the range is mapped already (first such address).
+    AlreadyMapped(u64),
+    /// The frame allocator could not supply the table pages.
+    NoMemory,
+}
+
+/// Counters every test and `/proc/vmstat` lean on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Table pages in use, the root included (`PageTables` in meminfo).
+    pub tables: u64,
+    pub tables_allocated: u64,
+    pub tables_freed: u64,
+    /// TLB invalidation instructions issued on behalf of this table.
+    pub tlbi_ops: u64,
+}
+
+/// A translation table hierarchy rooted at one table page.
+pub struct PageTable<T: Translation, G: Granule> {
+    root: u64,
+    trans: T,
+    pub stats: TableStats,
+    _granule: PhantomData<G>,
+}
+
+/// Table pages reserved up front so that a mapping, once validated, cannot
+/// fail halfway. Chained through their first descriptor.
+pub(super) struct TablePool {
+    head: Option<u64>,
+    len: usize,
+}
+
+/// Yields `(start, end)` of each level-`size` chunk of `[start, end)`.
+pub(super) fn chunks(start: u64, end: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut a = start;
+    core::iter::from_fn(move || {
+        if a >= end {
+            return None;
+        }
+        let next = (a | (size - 1)).wrapping_add(1);
+        let b = if next == 0 || next > end { end } else { next };
+        let chunk = (a, b);
+        a = b;
+        Some(chunk)
+    })
+}
+
+impl<T: Translation, G: Granule> PageTable<T, G> {
+    /// A new, empty hierarchy whose root comes from `frames`.
+    pub fn new(trans: T, frames: &mut (impl FrameAllocator + ?Sized)) -> Option<Self> {
+        let root = frames.alloc_pages(0)?;
+        let mut pt = Self::from_root(trans, root);
+        pt.zero_table(root);
+        pt.stats.tables = 1;
+        pt.stats.tables_allocated = 1;
+        Some(pt)
+    }
+
+    /// Adopt an existing hierarchy (one table page counted: the root).
+    pub fn from_root(trans: T, root: u64) -> Self {
+        Self {
+            root,
+            trans,
+            stats: TableStats { tables: 1, ..Default::default() },
+            _granule: PhantomData,
+        }
+    }
+
+    pub fn root_pa(&self) -> u64 {
+        self.root
+    }
+
+    pub fn translation(&self) -> &T {
+        &self.trans
+    }
+
+    /// Switch how table pages are reached (identity map to linear map).
+    pub fn set_translation(&mut self, trans: T) {
+        self.trans = trans;
+    }
+
+    pub(super) fn read(&self, table: u64, index: usize) -> Descriptor {
+        debug_assert!(index < G::ENTRIES);
+        // SAFETY: `table` is a table page of this hierarchy and the
+        // translation makes all of it accessible.
+        unsafe { self.trans.table_va(table).add(index).read_volatile() }
+    }
+
+    pub(super) fn write(&mut self, table: u64, index: usize, d: Descriptor) {
+        debug_assert!(index < G::ENTRIES);
+        // SAFETY: as in `read`; single-copy atomic 64-bit store.
+        unsafe { self.trans.table_va(table).add(index).write_volatile(d) }
+    }
+
+    fn zero_table(&mut self, table: u64) {
+        for i in 0..G::ENTRIES {
+            self.write(table, i, Descriptor::EMPTY);
+        }
+    }
+
+    pub(super) fn table_is_empty(&self, table: u64) -> bool {
+        (0..G::ENTRIES).all(|i| !self.read(table, i).is_valid())
+    }
+
+    /// The descriptor that maps `va` and its level, if any leaf does.
+    pub fn translate(&self, va: u64) -> Option<(u64, Descriptor, usize)> {
+        let mut table = self.root;
+        for level in G::START_LEVEL..4 {
+            let d = self.read(table, G::index(va, level));
+            if !d.is_valid() {
+                return None;
+            }
+            if d.is_leaf(level) {
+                let offset = va & (G::level_size(level) - 1);
+                return Some((d.output_address() + offset, d, level));
+            }
+            table = d.output_address();
+        }
+        None
+    }
+
+    /// Calls `f(va, size, level, descriptor)` for every valid leaf that
+    /// overlaps `range`, in address order.
+    pub fn for_each_leaf(&self, range: VaRange, mut f: impl FnMut(u64, u64, usize, Descriptor)) {
+        self.leaves_in(self.root, G::START_LEVEL, range.start, range.end, &mut f);
+    }
+
+    fn leaves_in(
+        &self,
+        table: u64,
+        level: usize,
+        start: u64,
+        end: u64,
+        f: &mut impl FnMut(u64, u64, usize, Descriptor),
+    ) {
+        let size = G::level_size(level);
+        for (a, b) in chunks(start, end, size) {
+            let d = self.read(table, G::index(a, level));
+            if d.is_table(level) {
+                self.leaves_in(d.output_address(), level + 1, a, b, f);
+            } else if d.is_valid() {
+                f(a & !(size - 1), size, level, d);
+            }
+        }
+    }
+
+    /// Calls `f(level, table_pa)` for every table page, root first.
+    pub fn for_each_table(&self, mut f: impl FnMut(usize, u64)) {
+        self.tables_in(self.root, G::START_LEVEL, &mut f);
+    }
+
+    fn tables_in(&self, table: u64, level: usize, f: &mut impl FnMut(usize, u64)) {
+        f(level, table);
+        if level == 3 {
+            return;
+        }
+        for i in 0..G::entries_at(level) {
+            let d = self.read(table, i);
+            if d.is_table(level) {
+                self.tables_in(d.output_address(), level + 1, f);
+            }
+        }
+    }
+
+    fn leaf_fits(level: usize, va: u64, next: u64, pa: u64, hints: MapHints) -> bool {
+        if level == 3 {
+            return true;
+        }
+        let size = G::level_size(level);
+        G::block_allowed(level)
+            && size <= hints.largest_leaf
+            && next - va == size
+            && pa & (size - 1) == 0
+    }
+
+    /// Maps `range` to physical memory from `pa` with `attrs`. Validates the
+    /// whole range and reserves every table page it needs before writing
+    /// anything: on error nothing has changed.
+    pub fn map_range(
+        &mut self,
+        range: VaRange,
+        pa: u64,
+        attrs: Attributes,
+        hints: MapHints,
+        frames: &mut (impl FrameAllocator + ?Sized),
+    ) -> Result<(), MapError> {
+        let mask = G::PAGE_SIZE - 1;
+        if range.is_empty() || (range.start | range.end | pa) & mask != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let needed = self.count_missing(Some(self.root), G::START_LEVEL, range, pa, hints)?;
+        let mut pool = self.reserve_tables(needed, frames)?;
+        let leaf = attrs.leaf_attrs();
+        self.map_level(self.root, G::START_LEVEL, range, pa, leaf, hints, range, &mut pool);
+        debug_assert_eq!(pool.len, 0);
+        arch::barrier::tables_written();
+        Ok(())
+    }
+
+    /// Table pages a mapping of `range` would add; fails on any overlap with
+    /// an existing leaf.
+    fn count_missing(
+        &self,
+        table: Option<u64>,
+        level: usize,
+        range: VaRange,
+        pa: u64,
+        hints: MapHints,
+    ) -> Result<usize, MapError> {
+        let mut missing = 0;
+        for (a, b) in chunks(range.start, range.end, G::level_size(level)) {
+            let p = pa + (a - range.start);
+            let d = table.map_or(Descriptor::EMPTY, |t| self.read(t, G::index(a, level)));
+            let sub = VaRange::new(a, b);
+            if d.is_leaf(level) {
+                return Err(MapError::AlreadyMapped(a));
+            } else if d.is_table(level) {
+                missing += self.count_missing(Some(d.output_address()), level + 1, sub, p, hints)?;
+            } else if !Self::leaf_fits(level, a, b, p, hints) {
+                missing += 1 + self.count_missing(None, level + 1, sub, p, hints)?;
+            }
+        }
+        Ok(missing)
+    }
+
+    pub(super) fn reserve_tables(
+        &mut self,
+        n: usize,
+        frames: &mut (impl FrameAllocator + ?Sized),
+    ) -> Result<TablePool, MapError> {
+        let mut pool = TablePool { head: None, len: 0 };
+        for _ in 0..n {
+            let Some(pa) = frames.alloc_pages(0) else {
+                self.release_tables(pool, frames);
+                return Err(MapError::NoMemory);
+            };
+            self.write(pa, 0, Descriptor(pool.head.unwrap_or(u64::MAX)));
+            pool.head = Some(pa);
+            pool.len += 1;
+        }
+        Ok(pool)
+    }
+
+    fn release_tables(&mut self, mut pool: TablePool, frames: &mut (impl FrameAllocator + ?Sized)) {
+        while let Some(pa) = pool.head {
+            let next = self.read(pa, 0).0;
+            pool.head = (next != u64::MAX).then_some(next);
+            frames.free_pages(pa, 0);
+        }
+    }
+
+    fn take_table(&mut self, pool: &mut TablePool) -> u64 {
+        let pa = pool.head.expect("table pool sized by count_missing");
+        let next = self.read(pa, 0).0;
+        pool.head = (next != u64::MAX).then_some(next);
+        pool.len -= 1;
+        self.zero_table(pa);
+        self.stats.tables += 1;
+        self.stats.tables_allocated += 1;
+        pa
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_level(
+        &mut self,
+        table: u64,
+        level: usize,
+        range: VaRange,
+        pa: u64,
+        attrs: Attributes,
+        hints: MapHints,
+        whole: VaRange,
+        pool: &mut TablePool,
+    ) {
+        let size = G::level_size(level);
+        let mut contiguous_end = 0;
+        for (a, b) in chunks(range.start, range.end, size) {
+            let p = pa + (a - range.start);
+            let index = G::index(a, level);
+            let d = self.read(table, index);
+            let sub = VaRange::new(a, b);
+            if d.is_table(level) {
+                self.map_level(d.output_address(), level + 1, sub, p, attrs, hints, whole, pool);
+            } else if Self::leaf_fits(level, a, b, p, hints) {
+                if hints.contiguous && a >= contiguous_end && self.contiguous_group(table, level, a, p, whole) {
+                    contiguous_end = a + size * G::contiguous_entries(level) as u64;
+                }
+                let mut leaf = Descriptor::leaf(p, attrs, level);
+                if a < contiguous_end {
+                    leaf.0 |= Attributes::CONTIGUOUS.bits();
+                }
+                self.write(table, index, leaf);
+            } else {
+                let child = self.take_table(pool);
+                self.write(table, index, Descriptor::table(child));
+                self.map_level(child, level + 1, sub, p, attrs, hints, whole, pool);
+            }
+        }
+    }
+
+    /// Whether `va` starts a contiguous group wholly inside `whole`, with a
+    /// congruent output address and every entry of the group still empty.
+    fn contiguous_group(&self, table: u64, level: usize, va: u64, pa: u64, whole: VaRange) -> bool {
+        let n = G::contiguous_entries(level);
+        let span = G::level_size(level) * n as u64;
+        let first = G::index(va, level);
+        va & (span - 1) == 0
+            && pa & (span - 1) == 0
+            && va >= whole.start
+            && va.checked_add(span).is_some_and(|e| e <= whole.end)
+            && (first..first + n).all(|i| !self.read(table, i).is_valid())
+    }
+
+    /// Invalidates the TLB for kernel addresses `[start, end)` and counts it.
+    pub(super) fn flush_range(&mut self, start: u64, end: u64) {
+        self.stats.tlbi_ops += arch::tlb::flush_kernel_range(start, end, G::PAGE_SHIFT);
+    }
+
+    /// Invalidates cached walks through a table about to be freed.
+    pub(super) fn flush_table(&mut self, va: u64) {
+        self.stats.tlbi_ops += arch::tlb::flush_kernel_pgtable(va, G::PAGE_SHIFT);
+    }
+}
