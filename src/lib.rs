@@ -5,5 +5,11 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod console;
+pub mod drivers;
+pub mod heap;
+#[cfg(target_os = "none")]
+pub mod init;
 pub mod log;
 pub mod mm;
+pub mod platform;

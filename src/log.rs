@@ -12,7 +12,10 @@ struct Ring {
     written: usize,
 }
 
-static LOG: Mutex<Ring> = Mutex::new(Ring { buf: [0; LOG_SIZE], written: 0 });
+static LOG: Mutex<Ring> = Mutex::new(Ring {
+    buf: [0; LOG_SIZE],
+    written: 0,
+});
 static SINK: Mutex<Option<fn(&str)>> = Mutex::new(None);
 static LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(7);
 

@@ -1,4 +1,26 @@
+//! The kernel binary: the assembly entry and the few items only a final
+//! executable may define. Everything else is in the `hpk` library.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod kernel {
+    core::arch::global_asm!(include_str!("../boot/entry.S"));
+    core::arch::global_asm!(include_str!("../boot/vectors.S"));
+
+    #[global_allocator]
+    static HEAP: hpk::heap::Heap = hpk::heap::Heap::empty();
+
+    /// Called by boot/entry.S with the MMU on, at the linked address.
+    #[unsafe(no_mangle)]
+    extern "C" fn kmain(x0: u64, kernel_pa: u64) -> ! {
+        hpk::init::start(x0, kernel_pa, &HEAP)
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo) -> ! {
+        hpk::init::panic(info)
+    }
+}
 
 #[cfg(not(target_os = "none"))]
 fn main() {

@@ -4,6 +4,7 @@
 
 #[cfg(target_os = "none")]
 pub mod aarch64;
+pub mod esr;
 
 #[cfg(target_os = "none")]
 use aarch64::insn;

@@ -8,9 +8,12 @@
 //! range goes at once. Here frees name their pfns and may come in any order
 //! and in any pieces, but every freed pfn must be one handed out and not yet
 //! freed: anything else is refused with [`AltmapError`] and counted, and the
-//! altmap is left untouched. When the last pfn comes back the bump pointer
-//! rewinds (`align` returns to 0), so an add/remove cycle leaves the altmap
-//! exactly as it started.
+//! altmap is left untouched. Whenever the pfns at the top of the bump region
+//! come back the bump pointer rewinds past them and past any padding below,
+//! down to the highest pfn still allocated: undoing the latest allocations
+//! (a rolled-back add) restores the altmap exactly, and an add/remove cycle
+//! leaves it as it started. `align` always equals the pfns skipped below the
+//! bump pointer (padding and holes), so Linux's `next_pfn` formula holds.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -48,7 +51,10 @@ pub struct VmemAltmap {
 
 impl VmemAltmap {
     pub fn new(base_pfn: u64, end_pfn: u64, reserve: u64, free: u64) -> Self {
-        assert!(base_pfn + reserve + free <= end_pfn, "altmap larger than its range");
+        assert!(
+            base_pfn + reserve + free <= end_pfn,
+            "altmap larger than its range"
+        );
         Self {
             base_pfn,
             end_pfn,
@@ -127,10 +133,10 @@ impl VmemAltmap {
         }
         self.set_bits(pfn, nr_pfns, false);
         self.alloc -= nr_pfns;
-        if self.alloc == 0 {
-            self.align = 0;
-            self.high = 0;
+        while self.high > 0 && !self.bit(self.first_pfn() + self.high - 1) {
+            self.high -= 1;
         }
+        self.align = self.high - self.alloc;
         Ok(())
     }
 

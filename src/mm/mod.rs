@@ -2,7 +2,18 @@
 //! through [`crate::arch`], and so runs unchanged in host tests.
 
 pub mod altmap;
+pub mod buddy;
 pub mod frame;
 pub mod granule;
+pub mod hotplug;
+pub mod iomem;
+pub mod ioremap;
 pub mod layout;
+pub mod memblock;
+pub mod page;
 pub mod pgtable;
+pub mod system;
+#[cfg(test)]
+pub mod testing;
+pub mod translation;
+pub mod vmemmap;

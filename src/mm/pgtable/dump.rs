@@ -17,14 +17,49 @@ pub struct Marker {
 /// Linux's `pte_bits`: (mask, value, text when set, text when clear).
 const BITS: &[(u64, u64, &str, &str)] = &[
     (Attributes::VALID.bits(), Attributes::VALID.bits(), " ", "F"),
-    (Attributes::USER.bits(), Attributes::USER.bits(), "USR", "   "),
-    (Attributes::READ_ONLY.bits(), Attributes::READ_ONLY.bits(), "ro", "RW"),
+    (
+        Attributes::USER.bits(),
+        Attributes::USER.bits(),
+        "USR",
+        "   ",
+    ),
+    (
+        Attributes::READ_ONLY.bits(),
+        Attributes::READ_ONLY.bits(),
+        "ro",
+        "RW",
+    ),
     (Attributes::PXN.bits(), Attributes::PXN.bits(), "NX", "x "),
-    (Attributes::INNER_SHAREABLE.bits(), Attributes::INNER_SHAREABLE.bits(), "SHD", "   "),
-    (Attributes::ACCESSED.bits(), Attributes::ACCESSED.bits(), "AF", "  "),
-    (Attributes::NON_GLOBAL.bits(), Attributes::NON_GLOBAL.bits(), "NG", "  "),
-    (Attributes::CONTIGUOUS.bits(), Attributes::CONTIGUOUS.bits(), "CON", "   "),
-    (Attributes::TABLE_OR_PAGE.bits(), Attributes::TABLE_OR_PAGE.bits(), "   ", "BLK"),
+    (
+        Attributes::INNER_SHAREABLE.bits(),
+        Attributes::INNER_SHAREABLE.bits(),
+        "SHD",
+        "   ",
+    ),
+    (
+        Attributes::ACCESSED.bits(),
+        Attributes::ACCESSED.bits(),
+        "AF",
+        "  ",
+    ),
+    (
+        Attributes::NON_GLOBAL.bits(),
+        Attributes::NON_GLOBAL.bits(),
+        "NG",
+        "  ",
+    ),
+    (
+        Attributes::CONTIGUOUS.bits(),
+        Attributes::CONTIGUOUS.bits(),
+        "CON",
+        "   ",
+    ),
+    (
+        Attributes::TABLE_OR_PAGE.bits(),
+        Attributes::TABLE_OR_PAGE.bits(),
+        "   ",
+        "BLK",
+    ),
     (Attributes::UXN.bits(), Attributes::UXN.bits(), "UXN", "   "),
     (1 << 50, 1 << 50, "GP", "  "),
 ];
@@ -44,6 +79,8 @@ struct State<'m, W> {
     out: W,
     markers: &'m [Marker],
     next_marker: usize,
+    /// Whether a run has begun (Linux starts with `level == -1`).
+    started: bool,
     start: u64,
     level: usize,
     attrs: Option<u64>,
@@ -58,10 +95,20 @@ impl<W: Write> State<'_, W> {
             delta >>= 10;
             unit += 1;
         }
-        write!(self.out, "{:>9}{} {}", delta, ['K', 'M', 'G', 'T', 'P', 'E'][unit], level_name::<G>(self.level))?;
+        write!(
+            self.out,
+            "{:>9}{} {}",
+            delta,
+            ['K', 'M', 'G', 'T', 'P', 'E'][unit],
+            level_name::<G>(self.level)
+        )?;
         if let Some(bits) = self.attrs {
             for &(mask, val, set, clear) in BITS {
-                write!(self.out, " {}", if bits & mask == val { set } else { clear })?;
+                write!(
+                    self.out,
+                    " {}",
+                    if bits & mask == val { set } else { clear }
+                )?;
             }
             let t = ((bits >> 2) & 7) as usize;
             write!(self.out, " {}", MEM_TYPES.get(t).unwrap_or(&"MEM/?"))?;
@@ -71,16 +118,31 @@ impl<W: Write> State<'_, W> {
 
     /// Linux's `note_page`: extend the current run or print it.
     fn note<G: Granule>(&mut self, va: u64, level: usize, attrs: Option<u64>) -> fmt::Result {
-        let crosses = self.markers.get(self.next_marker).is_some_and(|m| va >= m.addr);
-        if attrs != self.attrs || level != self.level || crosses {
-            self.flush::<G>(va)?;
-            while self.markers.get(self.next_marker).is_some_and(|m| va >= m.addr) {
-                writeln!(self.out, "---[ {} ]---", self.markers[self.next_marker].name)?;
+        let crosses = self
+            .markers
+            .get(self.next_marker)
+            .is_some_and(|m| va >= m.addr);
+        if !self.started || attrs != self.attrs || level != self.level || crosses {
+            // The first entry only opens a run: there is nothing to print yet.
+            if self.started {
+                self.flush::<G>(va)?;
+            }
+            while self
+                .markers
+                .get(self.next_marker)
+                .is_some_and(|m| va >= m.addr)
+            {
+                writeln!(
+                    self.out,
+                    "---[ {} ]---",
+                    self.markers[self.next_marker].name
+                )?;
                 self.next_marker += 1;
             }
             self.start = va;
             self.level = level;
             self.attrs = attrs;
+            self.started = true;
         }
         Ok(())
     }
@@ -90,14 +152,29 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// Writes the ptdump of `[markers[0].addr, markers.last().addr)`.
     pub fn dump(&self, markers: &[Marker], out: impl Write) -> fmt::Result {
         let (first, last) = (markers[0].addr, markers[markers.len() - 1].addr);
-        let mut st = State { out, markers, next_marker: 1, start: first, level: G::START_LEVEL, attrs: None };
+        let mut st = State {
+            out,
+            markers,
+            next_marker: 1,
+            started: false,
+            start: first,
+            level: G::START_LEVEL,
+            attrs: None,
+        };
         writeln!(st.out, "---[ {} ]---", markers[0].name)?;
         self.dump_level(&mut st, self.root_pa(), G::START_LEVEL, first, last)?;
         st.note::<G>(last, G::START_LEVEL, Some(u64::MAX))?;
         Ok(())
     }
 
-    fn dump_level<W: Write>(&self, st: &mut State<W>, table: u64, level: usize, start: u64, end: u64) -> fmt::Result {
+    fn dump_level<W: Write>(
+        &self,
+        st: &mut State<W>,
+        table: u64,
+        level: usize,
+        start: u64,
+        end: u64,
+    ) -> fmt::Result {
         for (a, b) in chunks(start, end, G::level_size(level)) {
             let d: Descriptor = self.read(table, G::index(a, level));
             if d.is_table(level) {

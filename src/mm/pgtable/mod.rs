@@ -5,6 +5,8 @@
 
 pub mod descriptor;
 pub mod dump;
+#[cfg(test)]
+mod tests;
 pub mod unmap;
 mod walker;
 

@@ -33,11 +33,19 @@ pub fn free_hotplug_page_range<G: Granule>(
     if let Some(altmap) = altmap {
         if let Err(e) = altmap.free_pfns(pa >> G::PAGE_SHIFT, size >> G::PAGE_SHIFT) {
             warnings.altmap_bad_free += 1;
-            crate::pr_warn!("free_hotplug_page_range: altmap refused {:#x}+{:#x}: {:?}", pa, size, e);
+            crate::pr_warn!(
+                "free_hotplug_page_range: altmap refused {:#x}+{:#x}: {:?}",
+                pa,
+                size,
+                e
+            );
         }
     } else if frames.is_reserved(pa) {
         warnings.reserved_page_freed += 1;
-        crate::pr_warn!("free_hotplug_page_range: page {:#x} is reserved, not freed", pa);
+        crate::pr_warn!(
+            "free_hotplug_page_range: page {:#x} is reserved, not freed",
+            pa
+        );
     } else {
         frames.free_pages(pa, get_order(size, G::PAGE_SHIFT));
     }
@@ -63,7 +71,16 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             crate::pr_warn!("unmap_hotplug_range: altmap given without free_mapped");
         }
         let root = self.root_pa();
-        self.unmap_hotplug_level(root, G::START_LEVEL, start, end, free_mapped, &mut altmap, frames, warnings);
+        self.unmap_hotplug_level(
+            root,
+            G::START_LEVEL,
+            start,
+            end,
+            free_mapped,
+            &mut altmap,
+            frames,
+            warnings,
+        );
         if !free_mapped {
             self.flush_range(start, end);
         }
@@ -90,35 +107,71 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             }
             if d.is_table(level) {
                 let child = d.output_address();
-                self.unmap_hotplug_level(child, level + 1, a, b, free_mapped, altmap, frames, warnings);
+                self.unmap_hotplug_level(
+                    child,
+                    level + 1,
+                    a,
+                    b,
+                    free_mapped,
+                    altmap,
+                    frames,
+                    warnings,
+                );
                 continue;
             }
             let leaf_va = a & !(size - 1);
-            debug_assert!(b - a == size, "hotplug unmap splits a {size:#x} leaf at {a:#x}");
+            debug_assert!(
+                b - a == size,
+                "hotplug unmap splits a {size:#x} leaf at {a:#x}"
+            );
             if d.is_contiguous() {
-                self.split_contiguous(table, level, leaf_va, start, end);
+                self.split_contiguous(table, level, leaf_va, start, end, free_mapped);
             }
             self.write(table, index, Descriptor::EMPTY);
             if free_mapped {
                 // A single-page invalidation drops a block's TLB entry too.
                 self.flush_range(leaf_va, leaf_va + G::PAGE_SIZE);
-                free_hotplug_page_range::<G>(d.output_address(), size, altmap.as_deref_mut(), frames, warnings);
+                free_hotplug_page_range::<G>(
+                    d.output_address(),
+                    size,
+                    altmap.as_deref_mut(),
+                    frames,
+                    warnings,
+                );
             }
         }
     }
 
     /// Before part of a contiguous group is unmapped, the rest of the group
     /// loses the contiguous bit (break-before-make over the whole group).
-    fn split_contiguous(&mut self, table: u64, level: usize, va: u64, start: u64, end: u64) {
+    ///
+    /// A group wholly inside the range keeps its bit only when nothing is
+    /// freed before the final flush: with `free_mapped` each leaf's backing
+    /// is freed as soon as that leaf is cleared, and a sibling still marked
+    /// contiguous may refill a TLB entry covering the whole group, freed
+    /// page included (Arm ARM D8.6.1; Linux's contpte unfolds first too).
+    fn split_contiguous(
+        &mut self,
+        table: u64,
+        level: usize,
+        va: u64,
+        start: u64,
+        end: u64,
+        free_mapped: bool,
+    ) {
         let n = G::contiguous_entries(level);
         let span = G::level_size(level) * n as u64;
         let group = va & !(span - 1);
-        if group >= start && group + span <= end {
+        if !free_mapped && group >= start && group + span <= end {
             return;
         }
         let first = G::index(group, level);
         let saved: [Descriptor; 128] = core::array::from_fn(|i| {
-            if i < n { self.read(table, first + i) } else { Descriptor::EMPTY }
+            if i < n {
+                self.read(table, first + i)
+            } else {
+                Descriptor::EMPTY
+            }
         });
         for i in 0..n {
             self.write(table, first + i, Descriptor::EMPTY);
@@ -126,7 +179,11 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         self.flush_range(group, group + span);
         for (i, d) in saved.iter().take(n).enumerate() {
             if d.is_valid() {
-                self.write(table, first + i, Descriptor(d.0 & !Attributes::CONTIGUOUS.bits()));
+                self.write(
+                    table,
+                    first + i,
+                    Descriptor(d.0 & !Attributes::CONTIGUOUS.bits()),
+                );
             }
         }
     }
@@ -169,7 +226,10 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             self.free_empty_level(child, level + 1, a, b, floor, ceiling, frames);
             let span_start = a & !(size - 1);
             let span_last = span_start + (size - 1);
-            if span_start >= floor && span_last <= ceiling.wrapping_sub(1) && self.table_is_empty(child) {
+            if span_start >= floor
+                && span_last <= ceiling.wrapping_sub(1)
+                && self.table_is_empty(child)
+            {
                 self.write(table, index, Descriptor::EMPTY);
                 self.flush_table(span_start);
                 frames.free_pages(child, 0);

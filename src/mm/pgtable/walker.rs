@@ -1,6 +1,6 @@
 use core::marker::PhantomData;
 
-use super::descriptor::{Attributes, Descriptor};
+use super::descriptor::{Attributes, Descriptor, OUTPUT_ADDRESS_MASK};
 use crate::arch;
 use crate::mm::frame::FrameAllocator;
 use crate::mm::granule::Granule;
@@ -45,21 +45,31 @@ pub struct MapHints {
 
 impl MapHints {
     pub const fn pages() -> Self {
-        Self { largest_leaf: 0, contiguous: false }
+        Self {
+            largest_leaf: 0,
+            contiguous: false,
+        }
     }
 
     pub const fn blocks(largest_leaf: u64) -> Self {
-        Self { largest_leaf, contiguous: false }
+        Self {
+            largest_leaf,
+            contiguous: false,
+        }
     }
 
     pub const fn with_contiguous(self) -> Self {
-        Self { contiguous: true, ..self }
+        Self {
+            contiguous: true,
+            ..self
+        }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
-    /// Address or size not page aligned, or an empty range.
+    /// Address or size not page aligned, an empty range, or an output
+    /// range beyond the 48-bit physical address space.
     Misaligned,
     /// Part of the range is mapped already (first such address).
     AlreadyMapped(u64),
@@ -124,7 +134,10 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         Self {
             root,
             trans,
-            stats: TableStats { tables: 1, ..Default::default() },
+            stats: TableStats {
+                tables: 1,
+                ..Default::default()
+            },
             _granule: PhantomData,
         }
     }
@@ -251,10 +264,27 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         if range.is_empty() || (range.start | range.end | pa) & mask != 0 {
             return Err(MapError::Misaligned);
         }
+        // A descriptor holds output bits 47..12 only: anything above would be
+        // silently dropped and map the wrong physical memory.
+        if pa
+            .checked_add(range.len())
+            .is_none_or(|end| end > OUTPUT_ADDRESS_MASK + 1)
+        {
+            return Err(MapError::Misaligned);
+        }
         let needed = self.count_missing(Some(self.root), G::START_LEVEL, range, pa, hints)?;
         let mut pool = self.reserve_tables(needed, frames)?;
         let leaf = attrs.leaf_attrs();
-        self.map_level(self.root, G::START_LEVEL, range, pa, leaf, hints, range, &mut pool);
+        self.map_level(
+            self.root,
+            G::START_LEVEL,
+            range,
+            pa,
+            leaf,
+            hints,
+            range,
+            &mut pool,
+        );
         debug_assert_eq!(pool.len, 0);
         arch::barrier::tables_written();
         Ok(())
@@ -278,7 +308,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             if d.is_leaf(level) {
                 return Err(MapError::AlreadyMapped(a));
             } else if d.is_table(level) {
-                missing += self.count_missing(Some(d.output_address()), level + 1, sub, p, hints)?;
+                missing +=
+                    self.count_missing(Some(d.output_address()), level + 1, sub, p, hints)?;
             } else if !Self::leaf_fits(level, a, b, p, hints) {
                 missing += 1 + self.count_missing(None, level + 1, sub, p, hints)?;
             }
@@ -318,6 +349,10 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         pool.head = (next != u64::MAX).then_some(next);
         pool.len -= 1;
         self.zero_table(pa);
+        // The zeroes (over the pool link and whatever the frame held) must
+        // reach the table walker before the parent entry publishes the page
+        // (Linux's dsb(ishst) in pgd_pgtable_alloc).
+        arch::barrier::tables_written();
         self.stats.tables += 1;
         self.stats.tables_allocated += 1;
         pa
@@ -343,9 +378,21 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             let d = self.read(table, index);
             let sub = VaRange::new(a, b);
             if d.is_table(level) {
-                self.map_level(d.output_address(), level + 1, sub, p, attrs, hints, whole, pool);
+                self.map_level(
+                    d.output_address(),
+                    level + 1,
+                    sub,
+                    p,
+                    attrs,
+                    hints,
+                    whole,
+                    pool,
+                );
             } else if Self::leaf_fits(level, a, b, p, hints) {
-                if hints.contiguous && a >= contiguous_end && self.contiguous_group(table, level, a, p, whole) {
+                if hints.contiguous
+                    && a >= contiguous_end
+                    && self.contiguous_group(table, level, a, p, whole)
+                {
                     contiguous_end = a + size * G::contiguous_entries(level) as u64;
                 }
                 let mut leaf = Descriptor::leaf(p, attrs, level);

@@ -1,0 +1,160 @@
+// Entry from QEMU: MMU off, at EL2 or EL1, x0 = DTB pointer (0 for ELF
+// images). Drop to EL1, zero BSS, build a minimal early map (identity map
+// of the low 512 GiB in 1 GiB blocks, plus the 1 GiB around the image at its
+// linked address), turn the MMU on and jump to Rust at the high address.
+// Everything here is PC-relative until the MMU is on.
+
+.equ SCTLR_EL1_RES1,   0x30d00800
+.equ SCTLR_MMU_ON,     (1 << 0) | (1 << 2) | (1 << 12)   // M, C, I
+.equ TCR_EL1_4K,       0xb5103510      // T0SZ=T1SZ=16, WBWA, inner shareable, TG0=4K, TG1=4K
+.equ BLOCK_NORMAL,     0x705           // valid block, AttrIdx 1, inner shareable, AF
+.equ BLOCK_DEVICE,     0x401           // valid block, AttrIdx 0, AF
+.equ TABLE,            0x3
+.equ KIMAGE_L0_INDEX,  256             // KIMAGE_VADDR = 0xffff800080000000
+.equ KIMAGE_L1_INDEX,  2
+
+.section .text.boot, "ax"
+.global _start
+_start:
+    mov     x19, x0                         // DTB pointer, maybe 0
+    adr     x20, _start                     // physical address of the image
+
+    mrs     x1, mpidr_el1
+    and     x1, x1, #0xff
+    cbnz    x1, park                        // only CPU 0 boots here
+
+    mrs     x1, CurrentEL
+    lsr     x1, x1, #2
+    cmp     x1, #2
+    b.ne    1f
+    bl      el2_to_el1
+1:
+    ldr     x1, =SCTLR_EL1_RES1
+    msr     sctlr_el1, x1
+    isb
+    mov     x1, #(3 << 20)                  // CPACR_EL1.FPEN: don't trap FP/SIMD
+    msr     cpacr_el1, x1
+
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+2:  cmp     x1, x2
+    b.hs    3f
+    stp     xzr, xzr, [x1], #16
+    b       2b
+3:
+    adrp    x1, __boot_stack_top
+    add     x1, x1, :lo12:__boot_stack_top
+    mov     sp, x1
+
+    // Identity map: L0[0] -> L1 of 512 x 1 GiB; the first GiB is devices.
+    adrp    x1, idmap_l0
+    adrp    x2, idmap_l1
+    orr     x3, x2, #TABLE
+    str     x3, [x1]
+    mov     x3, #0                          // index
+4:  lsl     x4, x3, #30
+    cbz     x3, 5f
+    mov     x5, #BLOCK_NORMAL
+    b       6f
+5:  mov     x5, #BLOCK_DEVICE
+6:  orr     x4, x4, x5
+    str     x4, [x2, x3, lsl #3]
+    add     x3, x3, #1
+    cmp     x3, #512
+    b.lo    4b
+
+    // Kernel map: L0[256] -> L1, L1[2] -> the GiB holding the image.
+    adrp    x1, kmap_l0
+    adrp    x2, kmap_l1
+    orr     x3, x2, #TABLE
+    str     x3, [x1, #(KIMAGE_L0_INDEX * 8)]
+    and     x3, x20, #~((1 << 30) - 1)
+    mov     x5, #BLOCK_NORMAL
+    orr     x3, x3, x5
+    str     x3, [x2, #(KIMAGE_L1_INDEX * 8)]
+    dsb     ish
+
+    ldr     x1, =0x0000000000ff04           // MAIR: see pgtable::descriptor::MAIR_VALUE
+    movk    x1, #0x44, lsl #16
+    msr     mair_el1, x1
+    ldr     x1, =TCR_EL1_4K
+    mrs     x2, id_aa64mmfr0_el1
+    and     x2, x2, #0xf                    // PARange
+    cmp     x2, #5
+    mov     x3, #5
+    csel    x2, x2, x3, ls                  // at most 48 bits
+    bfi     x1, x2, #32, #3                 // IPS
+    msr     tcr_el1, x1
+    adrp    x1, idmap_l0
+    msr     ttbr0_el1, x1
+    adrp    x1, kmap_l0
+    msr     ttbr1_el1, x1
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    mrs     x1, sctlr_el1
+    ldr     x2, =SCTLR_MMU_ON
+    orr     x1, x1, x2
+    msr     sctlr_el1, x1
+    isb
+
+    ldr     x1, =high
+    br      x1
+high:
+    ldr     x1, =__boot_stack_top
+    mov     sp, x1
+    adrp    x1, vectors
+    add     x1, x1, :lo12:vectors
+    msr     vbar_el1, x1
+    isb
+    mov     x0, x19
+    mov     x1, x20
+    bl      kmain
+park:
+    wfe
+    b       park
+
+// EL2 -> EL1 with EL1 in AArch64, timers and GICv3 registers reachable.
+el2_to_el1:
+    mov     x1, #(1 << 31)                  // HCR_EL2.RW
+    msr     hcr_el2, x1
+    mrs     x1, cnthctl_el2
+    orr     x1, x1, #3                      // EL1PCTEN | EL1PCEN
+    msr     cnthctl_el2, x1
+    msr     cntvoff_el2, xzr
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #24, #4                 // GIC system registers?
+    cbz     x1, 1f
+    mrs     x1, s3_4_c12_c9_5               // ICC_SRE_EL2
+    mov     x2, #0x9                        // SRE | Enable (EL1 may use SRE)
+    orr     x1, x1, x2
+    msr     s3_4_c12_c9_5, x1
+    isb
+1:  mov     x1, #0x33ff
+    msr     cptr_el2, x1                    // no FP/SIMD traps
+    msr     hstr_el2, xzr
+    mrs     x1, midr_el1
+    msr     vpidr_el2, x1
+    mrs     x1, mpidr_el1
+    msr     vmpidr_el2, x1
+    mov     x1, #0x3c5                      // EL1h, DAIF masked
+    msr     spsr_el2, x1
+    msr     elr_el2, x30
+    eret
+
+.section .bss.boot_tables, "aw", @nobits
+.balign 4096
+idmap_l0:   .space 4096
+idmap_l1:   .space 4096
+kmap_l0:    .space 4096
+kmap_l1:    .space 4096
+.balign 16
+__boot_stack:
+    .space 64 * 1024
+__boot_stack_top:
+
+.global __kmap_l0
+.set __kmap_l0, kmap_l0

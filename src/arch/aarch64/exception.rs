@@ -1,0 +1,101 @@
+//! Synchronous exceptions: the one recoverable fault (a `probe_read`) and
+//! the fatal report for every other.
+
+use core::fmt::Write;
+
+use crate::arch::esr;
+
+/// Saved by boot/vectors.S.
+#[repr(C)]
+pub struct TrapFrame {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+    _pad: u64,
+}
+
+unsafe extern "C" {
+    fn probe_read(va: u64) -> ProbeResult;
+    static probe_read_insn: u8;
+    static probe_read_fixup: u8;
+}
+
+#[repr(C)]
+struct ProbeResult {
+    faulted: u64,
+    value: u64,
+}
+
+/// What the last recovered fault was, for the caller of [`probe`].
+pub struct FaultInfo {
+    pub esr: u64,
+    pub far: u64,
+}
+
+static LAST_FAULT: spin::Mutex<FaultInfo> = spin::Mutex::new(FaultInfo { esr: 0, far: 0 });
+
+/// Reads the 64-bit word at `va`; a fault is reported, not fatal.
+pub fn probe(va: u64) -> Result<u64, FaultInfo> {
+    let r = unsafe { probe_read(va) };
+    if r.faulted == 0 {
+        Ok(r.value)
+    } else {
+        let f = LAST_FAULT.lock();
+        Err(FaultInfo {
+            esr: f.esr,
+            far: f.far,
+        })
+    }
+}
+
+fn read_esr_far() -> (u64, u64) {
+    let (esr, far): (u64, u64);
+    unsafe {
+        core::arch::asm!("mrs {}, esr_el1", "mrs {}, far_el1", out(reg) esr, out(reg) far, options(nostack));
+    }
+    (esr, far)
+}
+
+const KINDS: [&str; 4] = ["Synchronous", "IRQ", "FIQ", "SError"];
+const ORIGINS: [&str; 4] = ["EL1t", "EL1h", "EL0 (AArch64)", "EL0 (AArch32)"];
+
+#[unsafe(no_mangle)]
+extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
+    let (esr, far) = read_esr_far();
+    let probe_insn = &raw const probe_read_insn as u64;
+    if kind == 4 && frame.elr == probe_insn && esr::is_abort(esr) {
+        *LAST_FAULT.lock() = FaultInfo { esr, far };
+        frame.elr = &raw const probe_read_fixup as u64;
+        return;
+    }
+    let mut out = crate::drivers::pl011::RawWriter;
+    let _ = writeln!(
+        out,
+        "\nInternal error: Oops: {} exception from {}",
+        KINDS[(kind & 3) as usize],
+        ORIGINS[(kind >> 2) as usize]
+    );
+    if esr::is_abort(esr) {
+        let _ = writeln!(
+            out,
+            "Unable to handle kernel paging request at virtual address {far:016x}"
+        );
+    }
+    let _ = write!(out, "Mem abort info: ");
+    let _ = esr::describe(esr, &mut out);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "FAR: {far:#018x}  ELR: {:#018x}  SPSR: {:#010x}",
+        frame.elr, frame.spsr
+    );
+    for (i, pair) in frame.x.chunks(2).enumerate() {
+        let _ = write!(out, "x{:<2}: {:016x} ", i * 2, pair[0]);
+        if let Some(v) = pair.get(1) {
+            let _ = write!(out, " x{:<2}: {:016x}", i * 2 + 1, v);
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "Kernel panic - not syncing: Oops: Fatal exception");
+    crate::drivers::psci::system_off();
+}

@@ -1,0 +1,159 @@
+//! The console as the kernel runs it: the UART as its byte stream and the
+//! commands that need the real machine (poweroff, touching addresses).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use super::files::Files;
+use super::{Io, Result, System};
+use crate::arch::aarch64::exception;
+use crate::arch::esr;
+use crate::drivers::{pl011, psci};
+use crate::mm::system::{DevMapKind, MemorySystem};
+use crate::mm::translation::KernelTranslation;
+use crate::platform::cmdline::parse_u64;
+use crate::{bail, err};
+
+pub struct Uart;
+
+impl Io for Uart {
+    fn read_byte(&mut self) -> Option<u8> {
+        pl011::read_byte()
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        pl011::write_bytes(bytes)
+    }
+}
+
+pub type KernelMm = MemorySystem<KernelTranslation>;
+
+pub struct KernelSystem {
+    pub mm: &'static spin::Mutex<Option<KernelMm>>,
+    pub nr_cpus: usize,
+}
+
+const HELP: &str = "\
+  dmesg                       the kernel log
+  poweroff                    PSCI SYSTEM_OFF
+  touch ADDR                  read 8 bytes at virtual ADDR; a fault is reported, not fatal
+  crash ADDR                  read ADDR unprotected: a fault there is fatal (oops)
+  devmem list                 device-memory regions: id, range, owner, state
+  devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
+  devmem unmap ID             undo devmem map
+";
+
+fn parse_addr(w: Option<&&str>) -> Result<u64> {
+    let w = w.ok_or_else(|| err!(EINVAL, "missing address"))?;
+    parse_u64(w).ok_or_else(|| err!(EINVAL, "bad address {w:?}"))
+}
+
+impl KernelSystem {
+    fn with_files<R>(
+        &mut self,
+        f: impl FnOnce(&mut Files<KernelTranslation>) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.mm.lock();
+        let mm = guard
+            .as_mut()
+            .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+        f(&mut Files {
+            mm,
+            nr_cpus: self.nr_cpus,
+        })
+    }
+
+    fn devmem(&mut self, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+        let mut guard = self.mm.lock();
+        let mm = guard
+            .as_mut()
+            .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+        let id = |w: Option<&&str>| -> Result<usize> {
+            let w = w.ok_or_else(|| err!(EINVAL, "missing region id"))?;
+            w.parse().map_err(|_| err!(EINVAL, "bad region id {w:?}"))
+        };
+        match argv.get(1).copied() {
+            Some("list") => {
+                for (i, d) in mm.devmem.iter().enumerate() {
+                    let state = match &d.mapping {
+                        None => "unmapped",
+                        Some((DevMapKind::Dev, _)) => "mapped(dev)",
+                        Some((DevMapKind::Mem, _)) => "mapped(mem)",
+                    };
+                    writeln!(
+                        out,
+                        "{i} {:#x}-{:#x} {} {state}",
+                        d.range.base,
+                        d.range.end() - 1,
+                        d.owner
+                    )?;
+                }
+                Ok(())
+            }
+            Some("map") => {
+                let id = id(argv.get(2))?;
+                let kind = match argv.get(3).copied() {
+                    Some("--map=dev") => DevMapKind::Dev,
+                    Some("--map=mem") => DevMapKind::Mem,
+                    _ => bail!(EINVAL, "usage: devmem map ID --map=dev|mem"),
+                };
+                mm.memremap_pages(id, kind)
+            }
+            Some("unmap") => mm.memunmap_pages(id(argv.get(2))?),
+            _ => bail!(
+                EINVAL,
+                "usage: devmem list | map ID --map=dev|mem | unmap ID"
+            ),
+        }
+    }
+}
+
+impl System for KernelSystem {
+    fn read(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
+        self.with_files(|f| f.read(path, out))
+    }
+
+    fn write(&mut self, path: &str, data: &str) -> Result<()> {
+        self.with_files(|f| f.write(path, data))
+    }
+
+    fn list(&mut self, path: &str) -> Result<Vec<String>> {
+        self.with_files(|f| f.list(path))
+    }
+
+    fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+        match argv[0] {
+            "poweroff" => psci::system_off(),
+            "dmesg" => {
+                crate::log::for_each_chunk(|b| {
+                    let _ = out.write_str(&String::from_utf8_lossy(b));
+                });
+                Ok(())
+            }
+            "touch" => {
+                let va = parse_addr(argv.get(1))?;
+                match exception::probe(va) {
+                    Ok(v) => Ok(writeln!(out, "{va:#018x}: {v:#018x}")?),
+                    Err(f) => {
+                        let mut what = String::new();
+                        esr::describe(f.esr, &mut what)?;
+                        bail!(EFAULT, "Unable to handle kernel paging request at virtual address {:016x}: {what}", f.far)
+                    }
+                }
+            }
+            "crash" => {
+                let va = parse_addr(argv.get(1))?;
+                // SAFETY: none; a fault here is the point (the oops path).
+                let v = unsafe { (va as *const u64).read_volatile() };
+                Ok(writeln!(out, "{va:#018x}: {v:#018x}")?)
+            }
+            "devmem" => self.devmem(argv, out),
+            name => Err(super::Error::unknown_command(name)),
+        }
+    }
+
+    fn help(&self) -> &'static str {
+        HELP
+    }
+}

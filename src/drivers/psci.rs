@@ -1,0 +1,38 @@
+//! PSCI through the conduit the device tree names (`/psci` `method`).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    Hvc = 1,
+    Smc = 2,
+}
+
+static CONDUIT: AtomicU8 = AtomicU8::new(0);
+
+pub fn init(conduit: Conduit) {
+    CONDUIT.store(conduit as u8, Ordering::Relaxed);
+}
+
+pub fn conduit() -> Option<Conduit> {
+    match CONDUIT.load(Ordering::Relaxed) {
+        1 => Some(Conduit::Hvc),
+        2 => Some(Conduit::Smc),
+        _ => None,
+    }
+}
+
+/// PSCI SYSTEM_OFF; halts if there is no PSCI or it returns.
+pub fn system_off() -> ! {
+    #[cfg(target_os = "none")]
+    {
+        let _ = match conduit() {
+            Some(Conduit::Hvc) => smccc::psci::system_off::<smccc::Hvc>(),
+            Some(Conduit::Smc) => smccc::psci::system_off::<smccc::Smc>(),
+            None => Ok(()),
+        };
+        crate::arch::aarch64::halt()
+    }
+    #[cfg(not(target_os = "none"))]
+    panic!("system_off off target")
+}

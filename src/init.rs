@@ -1,0 +1,308 @@
+//! Boot, from the first Rust instruction to the console: read the DT, build
+//! the kernel's page tables, hand memory to the buddy allocator.
+
+use core::fmt::Write;
+
+use crate::arch::aarch64 as cpu;
+use crate::console::kernel::{KernelMm, KernelSystem, Uart};
+use crate::console::Console;
+use crate::drivers::{pl011, psci};
+use crate::mm::buddy::BuddyAllocator;
+use crate::mm::frame::FrameAllocator;
+use crate::mm::layout::*;
+use crate::mm::memblock::Memblock;
+use crate::mm::page::{Memmap, PageFlags, Zone};
+use crate::mm::pgtable::{Attributes, MapHints, PageTable, VaRange};
+use crate::mm::system::{BlockState, MemoryBlock, MemorySystem};
+use crate::mm::translation::KernelTranslation;
+use crate::mm::vmemmap::{vmemmap_backing, vmemmap_populate};
+use crate::platform::cmdline::BootParams;
+use crate::platform::{is_fdt, PhysRange, Platform};
+use crate::{heap::Heap, pr_info, pr_warn};
+
+unsafe extern "C" {
+    static _text: u8;
+    static _etext: u8;
+    static _erodata: u8;
+    static _data: u8;
+    static _end: u8;
+}
+
+fn sym(s: &u8) -> u64 {
+    s as *const u8 as u64
+}
+
+/// Bytes of kernel heap, taken from the buddy allocator once it is up.
+const HEAP_ORDER: u32 = MAX_ORDER;
+
+/// The DT: where x0 says, else at the start of the GiB the image is in
+/// (QEMU's place for it when booting an ELF).
+fn find_dtb(x0: u64, kernel_pa: u64) -> Option<u64> {
+    [x0, kernel_pa & !((1 << 30) - 1)]
+        .into_iter()
+        .find(|&pa| unsafe { is_fdt(pa) })
+}
+
+pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
+    let t0 = cpu::counter();
+    let Some(dtb) = find_dtb(x0, kernel_pa) else {
+        cpu::halt()
+    };
+    let Ok(platform) = (unsafe { Platform::from_fdt(dtb as *const u8) }) else {
+        cpu::halt()
+    };
+    if let Some(uart) = platform.uart {
+        pl011::init(uart.base as usize);
+    }
+    crate::log::set_sink(pl011::write_bytes_str);
+    if let Some(conduit) = platform.psci {
+        psci::init(conduit);
+    }
+    pr_info!(
+        "Booting hotplug-kernel on QEMU virt ({} granule, {}-bit VA)",
+        <crate::mm::granule::KernelGranule as crate::mm::granule::Granule>::NAME,
+        VA_BITS
+    );
+    pr_info!(
+        "Machine model: {} CPU(s), DTB at {:#x}",
+        platform.nr_cpus,
+        dtb
+    );
+    let params = BootParams::parse(platform.bootargs(), |w| {
+        pr_warn!("Unknown kernel command line parameter \"{w}\", ignored")
+    });
+    if let Some(level) = params.loglevel {
+        crate::log::set_console_level(level);
+    }
+    pr_info!("Kernel command line: {}", platform.bootargs());
+
+    let image_size = sym(unsafe { &_end }) - sym(unsafe { &_text });
+    let mut memblock = Memblock::new();
+    let mut ram_limit = u64::MAX;
+    let mut budget = params.mem.unwrap_or(u64::MAX);
+    for r in platform.memory() {
+        let size = r.size.min(budget);
+        budget -= size;
+        if size < r.size {
+            ram_limit = ram_limit.min(r.base + size);
+        }
+        memblock.add_memory(r.base, size);
+    }
+    memblock.reserve(kernel_pa, image_size);
+    memblock.reserve(
+        platform.dtb.base & !(PAGE_SIZE - 1),
+        align_up(platform.dtb.size, PAGE_SIZE),
+    );
+
+    let mut pt = PageTable::new(KernelTranslation::IDENTITY, &mut memblock)
+        .expect("no memory for the root table");
+    map_kernel(&mut pt, kernel_pa, &mut memblock);
+    for r in memblock.memory_regions().as_slice() {
+        let range = VaRange::new(phys_to_virt(r.base), phys_to_virt(r.end()));
+        pt.map_range(
+            range,
+            r.base,
+            Attributes::KERNEL_RW,
+            MapHints::blocks(1 << 30).with_contiguous(),
+            &mut memblock,
+        )
+        .expect("linear map");
+    }
+    let uart_va = platform
+        .uart
+        .map(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, &mut memblock));
+    for r in memblock.memory_regions().as_slice() {
+        let (first, last) = (
+            align_down(r.base, SECTION_SIZE),
+            align_up(r.end(), SECTION_SIZE),
+        );
+        for s in (first..last).step_by(SECTION_SIZE as usize) {
+            let pfn = phys_to_pfn(s);
+            if vmemmap_backing(&pt, pfn).is_none() {
+                vmemmap_populate(&mut pt, pfn, pfn + PAGES_PER_SECTION, None, &mut memblock)
+                    .expect("vmemmap");
+            }
+        }
+    }
+
+    cpu::switch_kernel_table(pt.root_pa());
+    pt.set_translation(KernelTranslation::LINEAR);
+    if let Some(va) = uart_va {
+        pl011::relocate(va as usize);
+    }
+    cpu::disable_user_table();
+    pr_info!(
+        "Page tables: {} pages; boot identity map removed",
+        pt.stats.tables
+    );
+
+    // Struct pages of present sections, all reserved; then what memblock
+    // left free goes to the buddy allocator.
+    let memmap = unsafe { Memmap::kernel() };
+    let mut present = [(0u64, 0u64); 64];
+    let mut nr_present = 0;
+    for r in memblock.memory() {
+        let (first, last) = (
+            align_down(r.base, SECTION_SIZE),
+            align_up(r.end(), SECTION_SIZE),
+        );
+        for s in (first..last).step_by(SECTION_SIZE as usize) {
+            if present[..nr_present].iter().any(|p| p.0 == s) {
+                continue;
+            }
+            let pfn = phys_to_pfn(s);
+            unsafe {
+                memmap.init_range(
+                    pfn,
+                    pfn + PAGES_PER_SECTION,
+                    Zone::Normal,
+                    PageFlags::RESERVED | PageFlags::ONLINE,
+                )
+            };
+            present[nr_present] = (s, s / MEMORY_BLOCK_SIZE);
+            nr_present += 1;
+        }
+    }
+    let mut buddy = unsafe { BuddyAllocator::new(memmap) };
+    memblock.for_each_free(|start, end| {
+        let (s, e) = (
+            phys_to_pfn(align_up(start, PAGE_SIZE)),
+            phys_to_pfn(align_down(end, PAGE_SIZE)),
+        );
+        for pfn in s..e {
+            unsafe { memmap.get(pfn) }.clear_flags(PageFlags::RESERVED);
+        }
+        buddy.free_range(s, e, Zone::Normal);
+    });
+    let heap_pa = buddy
+        .alloc_pages(HEAP_ORDER)
+        .expect("no memory for the heap");
+    unsafe {
+        heap.init(
+            phys_to_virt(heap_pa) as *mut u8,
+            (PAGE_SIZE << HEAP_ORDER) as usize,
+        )
+    };
+
+    let mut mm = MemorySystem::new(pt, buddy, memmap);
+    mm.memmap_on_memory = params.memmap_on_memory;
+    for &(_, id) in &present[..nr_present] {
+        mm.blocks.insert(
+            id,
+            MemoryBlock {
+                state: BlockState::Online(Zone::Normal),
+                boot: true,
+                altmap: None,
+            },
+        );
+    }
+    for r in memblock.memory() {
+        mm.iomem.insert(r.base, r.end(), "System RAM");
+    }
+    let text = sym(unsafe { &_text });
+    mm.iomem.insert_child(
+        kernel_pa,
+        kernel_pa + (sym(unsafe { &_etext }) - text),
+        "Kernel code",
+    );
+    mm.iomem.insert_child(
+        kernel_pa + (sym(unsafe { &_data }) - text),
+        kernel_pa + image_size,
+        "Kernel data",
+    );
+    // RAM above mem= is what `probe` may add, less device memory.
+    for r in platform.memory() {
+        let base = r.base.max(ram_limit);
+        if base < r.end() {
+            mm.hotpluggable.push(PhysRange {
+                base,
+                size: r.end() - base,
+            });
+        }
+    }
+    for p in params.pmem() {
+        mm.add_devmem(p.addr, p.size, "pmem", "Persistent Memory (legacy)");
+        pr_info!(
+            "memmap: device memory {:#x}-{:#x}",
+            p.addr,
+            p.addr + p.size - 1
+        );
+    }
+
+    let info = mm.meminfo();
+    pr_info!(
+        "Memory: {}K/{}K available, {}K page tables, {}K vmemmap",
+        info.free >> 10,
+        platform.memory().iter().map(|r| r.size).sum::<u64>() >> 10,
+        info.page_tables >> 10,
+        info.vmemmap >> 10
+    );
+    print_layout();
+    *MM.lock() = Some(mm);
+    let elapsed_us = (cpu::counter() - t0) * 1_000_000 / cpu::counter_freq();
+    pr_info!("Boot took {} us", elapsed_us);
+
+    let mut sys = KernelSystem {
+        mm: &MM,
+        nr_cpus: platform.nr_cpus,
+    };
+    let mut console = Console::new(Uart);
+    loop {
+        if console.poll(&mut sys) == 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
+
+fn print_layout() {
+    pr_info!("Virtual kernel memory layout:");
+    for m in crate::console::files::MARKERS.chunks(2) {
+        pr_info!(
+            "    {:<16} 0x{:016x} - 0x{:016x}   ({:>8} GB)",
+            m[0].name.trim_end_matches(" start"),
+            m[0].addr,
+            m[1].addr,
+            (m[1].addr - m[0].addr) >> 30
+        );
+    }
+}
+
+/// The kernel image at its linked address, W^X: text RX, rodata R, data RW.
+fn map_kernel(
+    pt: &mut PageTable<KernelTranslation, crate::mm::granule::KernelGranule>,
+    kernel_pa: u64,
+    frames: &mut Memblock,
+) {
+    let text = sym(unsafe { &_text });
+    let sections = [
+        (text, sym(unsafe { &_etext }), Attributes::KERNEL_ROX),
+        (
+            sym(unsafe { &_etext }),
+            sym(unsafe { &_erodata }),
+            Attributes::KERNEL_RO,
+        ),
+        (
+            sym(unsafe { &_data }),
+            sym(unsafe { &_end }),
+            Attributes::KERNEL_RW,
+        ),
+    ];
+    for (start, end, attrs) in sections {
+        let pa = kernel_pa + (start - text);
+        pt.map_range(
+            VaRange::new(start, end),
+            pa,
+            attrs,
+            MapHints::pages().with_contiguous(),
+            frames,
+        )
+        .expect("kernel image map");
+    }
+}
+
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    let _ = writeln!(pl011::RawWriter, "\nKernel panic - not syncing: {info}");
+    psci::system_off()
+}

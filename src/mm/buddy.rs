@@ -1,0 +1,1132 @@
+//! The buddy page allocator, threaded through struct pages.
+//!
+//! Free blocks of `2^order` pages (order `0..=MAX_ORDER`, 4 MiB at most
+//! whatever the granule) sit on per-zone, per-order doubly linked lists whose
+//! links are pfns kept in the head page's `next`/`prev`, as in Linux: the
+//! allocator needs no memory of its own, and a block can be unlinked from the
+//! middle of its list in O(1), which offlining needs.
+//!
+//! A free block's head has `BUDDY` and its `order`; its tails have neither.
+//! An allocated block's head has refcount 1 and the allocation order, which
+//! [`BuddyAllocator::free`] checks: every misuse it can see (double free,
+//! freeing a reserved, device, offline or tail page, wrong order, misaligned
+//! pfn) is logged, counted in `bad_frees` and otherwise ignored, so that a
+//! buggy caller can never corrupt the lists.
+//!
+//! Zones never merge: a block coalesces only with a free buddy of the same
+//! order, zone and online state.
+
+use super::frame::FrameAllocator;
+use super::layout::{self, MAX_ORDER};
+use super::page::{Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES, PFN_NONE};
+
+/// Orders `0..=MAX_ORDER`.
+pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+
+/// Why a free was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadFree {
+    /// `order > MAX_ORDER`.
+    OrderTooLarge,
+    /// The pfn (or physical address) is not aligned to the block size.
+    Misaligned,
+    /// Part of the block lies outside the memmap.
+    OutOfRange,
+    /// The page may never be in the buddy (reserved, device, self-hosted
+    /// vmemmap, altmap-backed).
+    NeverBuddy(PageFlags),
+    /// The page is not in an online memory block.
+    NotOnline,
+    /// The page's zone is not one the buddy manages.
+    BadZone,
+    /// The page is already free (double free, or a page inside a free block).
+    AlreadyFree,
+    /// The head does not hold exactly the one reference an allocation
+    /// gives (0: never allocated, or a tail page).
+    BadRefcount(u32),
+    /// The block was allocated with another order.
+    OrderMismatch { allocated: u32 },
+}
+
+/// Event counters (for `/proc/vmstat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuddyStats {
+    pub allocs: u64,
+    pub alloc_failures: u64,
+    pub frees: u64,
+    /// Frees (and `free_range` calls) refused as misuse.
+    pub bad_frees: u64,
+    /// Pages taken off the free lists by `isolate_range`.
+    pub isolated: u64,
+}
+
+pub struct BuddyAllocator {
+    memmap: Memmap,
+    /// First block of each free list, `PFN_NONE` when empty.
+    heads: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
+    /// Blocks on each free list (`/proc/buddyinfo`).
+    nr_blocks: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
+    /// Free pages per zone.
+    nr_free: [u64; NR_BUDDY_ZONES],
+    /// Pages handed over by `free_range` and not taken back by
+    /// `isolate_range` (Linux's `managed_pages`).
+    managed: [u64; NR_BUDDY_ZONES],
+    stats: BuddyStats,
+}
+
+/// Calls `f(pfn, order)` for the maximal naturally aligned blocks that tile
+/// `start..end`, in address order.
+pub fn for_each_max_block(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
+    let mut pfn = start;
+    while pfn < end {
+        let mut order = if pfn == 0 {
+            MAX_ORDER
+        } else {
+            pfn.trailing_zeros().min(MAX_ORDER)
+        };
+        while pfn + (1 << order) > end {
+            order -= 1;
+        }
+        f(pfn, order);
+        pfn += 1 << order;
+    }
+}
+
+impl BuddyAllocator {
+    /// An allocator with no free pages.
+    ///
+    /// # Safety
+    /// For as long as the allocator lives, the struct page of every pfn it
+    /// may touch must be mapped and initialised, and not referenced
+    /// elsewhere while a method runs. It touches the pfns handed to it by
+    /// [`free_range`](Self::free_range), pfns passed to its other methods
+    /// that are within the memmap's bounds, and the buddies of those: every
+    /// pfn of the same `2^MAX_ORDER`-page block that is within the bounds.
+    /// Populating the vmemmap by whole sections and initialising every
+    /// struct page of a section (holes as `RESERVED`) satisfies this.
+    pub unsafe fn new(memmap: Memmap) -> Self {
+        Self {
+            memmap,
+            heads: [[PFN_NONE; NR_ORDERS]; NR_BUDDY_ZONES],
+            nr_blocks: [[0; NR_ORDERS]; NR_BUDDY_ZONES],
+            nr_free: [0; NR_BUDDY_ZONES],
+            managed: [0; NR_BUDDY_ZONES],
+            stats: BuddyStats::default(),
+        }
+    }
+
+    pub fn memmap(&self) -> &Memmap {
+        &self.memmap
+    }
+
+    fn pg(&self, pfn: u64) -> &Page {
+        debug_assert!(self.memmap.contains(pfn));
+        // SAFETY: `new`'s contract covers every pfn the allocator touches,
+        // and `&self` keeps it from handing out a conflicting `&mut`.
+        unsafe { &*self.memmap.page(pfn) }
+    }
+
+    fn pg_mut(&mut self, pfn: u64) -> &mut Page {
+        debug_assert!(self.memmap.contains(pfn));
+        // SAFETY: as in `pg`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.memmap.page(pfn) }
+    }
+
+    /// Free-list index of a zone stored in a struct page.
+    fn zone_index(page: &Page) -> Option<usize> {
+        page.zone().and_then(Zone::buddy_index)
+    }
+
+    fn list_add(&mut self, z: usize, order: u32, pfn: u64) {
+        let head = self.heads[z][order as usize];
+        let p = self.pg_mut(pfn);
+        p.next = head;
+        p.prev = PFN_NONE;
+        p.order = order as u8;
+        p.flags.insert(PageFlags::BUDDY);
+        if head != PFN_NONE {
+            self.pg_mut(head).prev = pfn;
+        }
+        self.heads[z][order as usize] = pfn;
+        self.nr_blocks[z][order as usize] += 1;
+        self.nr_free[z] += 1 << order;
+    }
+
+    /// Unlink a free block from anywhere in its list: O(1).
+    fn list_del(&mut self, z: usize, order: u32, pfn: u64) {
+        let p = self.pg_mut(pfn);
+        debug_assert!(p.is_buddy() && p.order() == order);
+        let (next, prev) = (p.next, p.prev);
+        p.next = PFN_NONE;
+        p.prev = PFN_NONE;
+        p.flags.remove(PageFlags::BUDDY);
+        if prev == PFN_NONE {
+            debug_assert_eq!(self.heads[z][order as usize], pfn);
+            self.heads[z][order as usize] = next;
+        } else {
+            self.pg_mut(prev).next = next;
+        }
+        if next != PFN_NONE {
+            self.pg_mut(next).prev = prev;
+        }
+        self.nr_blocks[z][order as usize] -= 1;
+        self.nr_free[z] -= 1 << order;
+    }
+
+    /// The free block containing `pfn`, as `(head, order)`. Like Linux's
+    /// `is_free_buddy_page`: the head is the first aligned pfn below with
+    /// `BUDDY` and an order that reaches `pfn`.
+    pub fn free_block_of(&self, pfn: u64) -> Option<(u64, u32)> {
+        if !self.memmap.contains(pfn) {
+            return None;
+        }
+        for order in 0..=MAX_ORDER {
+            let head = pfn & !((1u64 << order) - 1);
+            if !self.memmap.contains(head) {
+                break;
+            }
+            let p = self.pg(head);
+            if p.is_buddy() && p.order() >= order {
+                return Some((head, p.order()));
+            }
+        }
+        None
+    }
+
+    pub fn is_free(&self, pfn: u64) -> bool {
+        self.free_block_of(pfn).is_some()
+    }
+
+    /// Put a block on the free lists, merging it with free buddies of the
+    /// same zone (Linux's `__free_one_page`).
+    fn free_one(&mut self, mut pfn: u64, mut order: u32, z: usize) {
+        let zone = self.pg(pfn).zone;
+        while order < MAX_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if !self.memmap.contains(buddy) {
+                break;
+            }
+            let b = self.pg(buddy);
+            let mergeable = b.is_buddy()
+                && b.order() == order
+                && b.zone == zone
+                && b.is_online()
+                && !b.flags.intersects(PageFlags::NEVER_BUDDY);
+            if !mergeable {
+                break;
+            }
+            self.list_del(z, order, buddy);
+            pfn &= buddy;
+            order += 1;
+        }
+        self.list_add(z, order, pfn);
+    }
+
+    fn refuse(&mut self, what: &str, pfn: u64, order: u32, why: BadFree) {
+        crate::pr_warn!(
+            "buddy: refused {} of pfn {:#x} order {}: {:?}",
+            what,
+            pfn,
+            order,
+            why
+        );
+        self.stats.bad_frees += 1;
+    }
+
+    /// Hand `start_pfn..end_pfn` to the allocator in `zone` (boot, online),
+    /// in maximal naturally aligned blocks coalesced with free neighbours.
+    /// Every page handed over is stamped with `zone`, `ONLINE` and no
+    /// references. Pages that may never be buddy pages (`RESERVED`,
+    /// `DEVICE`, `VMEMMAP_SELF_HOSTED`, `ALTMAP_BACKED`) are skipped, so a
+    /// range may have holes.
+    ///
+    /// Returns the number of pages handed over. The whole call is refused
+    /// (logged, counted in `bad_frees`, nothing changed, 0 returned) if the
+    /// zone is `Device`, the range leaves the memmap, or a page in it is
+    /// already free or still referenced.
+    pub fn free_range(&mut self, start_pfn: u64, end_pfn: u64, zone: Zone) -> u64 {
+        let nr = end_pfn.saturating_sub(start_pfn);
+        let Some(z) = zone.buddy_index() else {
+            self.refuse("free_range", start_pfn, 0, BadFree::BadZone);
+            return 0;
+        };
+        if nr == 0 {
+            return 0;
+        }
+        if !self.memmap.contains_range(start_pfn, end_pfn) {
+            self.refuse("free_range", start_pfn, 0, BadFree::OutOfRange);
+            return 0;
+        }
+        // Check everything before changing anything. A free block overlapping
+        // the range either contains its first page or has its head inside.
+        if self.free_block_of(start_pfn).is_some() {
+            self.refuse("free_range", start_pfn, 0, BadFree::AlreadyFree);
+            return 0;
+        }
+        for pfn in start_pfn..end_pfn {
+            let p = self.pg(pfn);
+            let why = if p.is_buddy() {
+                BadFree::AlreadyFree
+            } else if p.flags.intersects(PageFlags::NEVER_BUDDY) || p.refcount == 0 {
+                continue;
+            } else {
+                BadFree::BadRefcount(p.refcount)
+            };
+            self.refuse("free_range", pfn, 0, why);
+            return 0;
+        }
+
+        let mut given = 0;
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            if self.pg(pfn).flags.intersects(PageFlags::NEVER_BUDDY) {
+                pfn += 1;
+                continue;
+            }
+            let run = pfn;
+            while pfn < end_pfn && !self.pg(pfn).flags.intersects(PageFlags::NEVER_BUDDY) {
+                let p = self.pg_mut(pfn);
+                p.zone = zone as u8;
+                p.flags.insert(PageFlags::ONLINE);
+                p.refcount = 0;
+                p.order = 0;
+                p.next = PFN_NONE;
+                p.prev = PFN_NONE;
+                pfn += 1;
+            }
+            for_each_max_block(run, pfn, |b, order| self.free_one(b, order, z));
+            given += pfn - run;
+        }
+        self.managed[z] += given;
+        given
+    }
+
+    fn alloc_from(&mut self, order: u32, z: usize) -> Option<u64> {
+        let found = (order..=MAX_ORDER).find(|&o| self.heads[z][o as usize] != PFN_NONE)?;
+        let pfn = self.heads[z][found as usize];
+        self.list_del(z, found, pfn);
+        // Split: the upper halves go back, smallest last (Linux's `expand`).
+        let mut o = found;
+        while o > order {
+            o -= 1;
+            self.list_add(z, o, pfn + (1 << o));
+        }
+        let p = self.pg_mut(pfn);
+        p.refcount = 1;
+        p.order = order as u8;
+        self.stats.allocs += 1;
+        Some(pfn)
+    }
+
+    /// `2^order` pages from `zone`, naturally aligned: the head pfn.
+    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<u64> {
+        let got = match zone.buddy_index() {
+            Some(z) if order <= MAX_ORDER => self.alloc_from(order, z),
+            _ => None,
+        };
+        if got.is_none() {
+            self.stats.alloc_failures += 1;
+        }
+        got
+    }
+
+    /// For users whose pages may move: `Normal` first, then `Movable`.
+    pub fn alloc_any(&mut self, order: u32) -> Option<u64> {
+        let got = if order <= MAX_ORDER {
+            self.alloc_from(order, 0)
+                .or_else(|| self.alloc_from(order, 1))
+        } else {
+            None
+        };
+        if got.is_none() {
+            self.stats.alloc_failures += 1;
+        }
+        got
+    }
+
+    /// Whether `free(pfn, order)` would be accepted, and why not.
+    pub fn check_free(&self, pfn: u64, order: u32) -> Result<(), BadFree> {
+        if order > MAX_ORDER {
+            return Err(BadFree::OrderTooLarge);
+        }
+        if pfn & ((1 << order) - 1) != 0 {
+            return Err(BadFree::Misaligned);
+        }
+        if !self.memmap.contains_range(pfn, pfn + (1 << order)) {
+            return Err(BadFree::OutOfRange);
+        }
+        let p = self.pg(pfn);
+        let never = p.flags & PageFlags::NEVER_BUDDY;
+        if !never.is_empty() {
+            return Err(BadFree::NeverBuddy(never));
+        }
+        if p.is_buddy() || (p.refcount == 0 && self.is_free(pfn)) {
+            return Err(BadFree::AlreadyFree);
+        }
+        if !p.is_online() {
+            return Err(BadFree::NotOnline);
+        }
+        if Self::zone_index(p).is_none() {
+            return Err(BadFree::BadZone);
+        }
+        if p.refcount != 1 {
+            return Err(BadFree::BadRefcount(p.refcount));
+        }
+        if p.order() != order {
+            return Err(BadFree::OrderMismatch {
+                allocated: p.order(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Give back a block from `alloc(order, _)`. A refused free (see
+    /// [`check_free`](Self::check_free)) is logged, counted in `bad_frees`,
+    /// changes nothing else, and returns false.
+    pub fn free(&mut self, pfn: u64, order: u32) -> bool {
+        if let Err(why) = self.check_free(pfn, order) {
+            self.refuse("free", pfn, order, why);
+            return false;
+        }
+        let p = self.pg_mut(pfn);
+        p.refcount = 0;
+        let z = Self::zone_index(p).expect("checked");
+        self.free_one(pfn, order, z);
+        self.stats.frees += 1;
+        true
+    }
+
+    /// Take every free page of `start_pfn..end_pfn` off the free lists, for
+    /// offlining a memory block (Linux's `start_isolate_page_range` plus
+    /// `take_page_off_buddy`, minus migration: pages in use make it fail).
+    ///
+    /// First checks, changing nothing, that every page is free or
+    /// `VMEMMAP_SELF_HOSTED` (the block's own memmap, skipped); otherwise
+    /// returns `Err(first busy pfn)` (a pfn outside the memmap counts as
+    /// busy). Then unlinks the free blocks and returns `Ok(pages taken)`.
+    ///
+    /// Memory blocks are aligned to `2^MAX_ORDER` pages, and no free block
+    /// straddles such a boundary. Other ranges work too: a free block that
+    /// straddles an end is split, and its part outside the range stays free.
+    /// Taken pages keep their zone and `ONLINE` (the caller owns online
+    /// state); [`free_range`](Self::free_range) over the same range undoes
+    /// the isolation.
+    pub fn isolate_range(&mut self, start_pfn: u64, end_pfn: u64) -> Result<u64, u64> {
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            if !self.memmap.contains(pfn) {
+                return Err(pfn);
+            }
+            if self.pg(pfn).has(PageFlags::VMEMMAP_SELF_HOSTED) {
+                pfn += 1;
+                continue;
+            }
+            match self.free_block_of(pfn) {
+                Some((head, order)) => pfn = head + (1 << order),
+                None => return Err(pfn),
+            }
+        }
+
+        let mut taken = 0;
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            if self.pg(pfn).has(PageFlags::VMEMMAP_SELF_HOSTED) {
+                pfn += 1;
+                continue;
+            }
+            let (head, order) = self.free_block_of(pfn).expect("checked above");
+            let z = Self::zone_index(self.pg(head)).expect("free pages have a buddy zone");
+            let end = head + (1 << order);
+            self.list_del(z, order, head);
+            // Parts outside the range go back as they are: their maximal
+            // blocks have distinct orders, so none is a buddy of another.
+            for_each_max_block(head, start_pfn.max(head), |b, o| self.list_add(z, o, b));
+            for_each_max_block(end_pfn.min(end), end, |b, o| self.list_add(z, o, b));
+            let (lo, hi) = (head.max(start_pfn), end.min(end_pfn));
+            taken += hi - lo;
+            self.managed[z] -= hi - lo;
+            pfn = hi;
+        }
+        self.stats.isolated += taken;
+        Ok(taken)
+    }
+
+    /// Free pages in `zone` (0 for `Device`).
+    pub fn nr_free(&self, zone: Zone) -> u64 {
+        zone.buddy_index().map_or(0, |z| self.nr_free[z])
+    }
+
+    pub fn nr_free_total(&self) -> u64 {
+        self.nr_free.iter().sum()
+    }
+
+    /// Free blocks of exactly `order` in `zone` (a `/proc/buddyinfo` cell).
+    pub fn nr_free_blocks(&self, zone: Zone, order: u32) -> u64 {
+        match zone.buddy_index() {
+            Some(z) if order <= MAX_ORDER => self.nr_blocks[z][order as usize],
+            _ => 0,
+        }
+    }
+
+    /// Pages the allocator manages in `zone`, free or allocated.
+    pub fn managed(&self, zone: Zone) -> u64 {
+        zone.buddy_index().map_or(0, |z| self.managed[z])
+    }
+
+    pub fn stats(&self) -> BuddyStats {
+        self.stats
+    }
+
+    /// Calls `f(head_pfn, order)` for every free block of `zone`, by order
+    /// then list position.
+    pub fn for_each_free_block(&self, zone: Zone, mut f: impl FnMut(u64, u32)) {
+        let Some(z) = zone.buddy_index() else { return };
+        for order in 0..=MAX_ORDER {
+            let mut pfn = self.heads[z][order as usize];
+            while pfn != PFN_NONE {
+                f(pfn, order);
+                pfn = self.pg(pfn).next;
+            }
+        }
+    }
+}
+
+/// Kernel page frames: `Normal` zone only (page-table pages and the like
+/// must never sit in memory that can be offlined).
+impl FrameAllocator for BuddyAllocator {
+    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+        self.alloc(order, Zone::Normal).map(layout::pfn_to_phys)
+    }
+
+    fn free_pages(&mut self, pa: u64, order: u32) {
+        if pa & (layout::PAGE_SIZE - 1) != 0 {
+            self.refuse("free", layout::phys_to_pfn(pa), order, BadFree::Misaligned);
+            return;
+        }
+        self.free(layout::phys_to_pfn(pa), order);
+    }
+
+    /// Outside the memmap counts as reserved: such a page can never be
+    /// freed here.
+    fn is_reserved(&self, pa: u64) -> bool {
+        let pfn = layout::phys_to_pfn(pa);
+        !self.memmap.contains(pfn) || self.pg(pfn).is_reserved()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    const BASE: u64 = 0x40000;
+    const MAXB: u64 = 1 << MAX_ORDER;
+
+    /// The pages must outlive the allocator: keep them together.
+    struct Fixture {
+        buddy: BuddyAllocator,
+        _pages: Vec<Page>,
+    }
+
+    fn fixture(nr: u64) -> Fixture {
+        let mut pages = vec![Page::new(Zone::Normal, PageFlags::empty()); nr as usize];
+        let mm = Memmap::for_slice(&mut pages, BASE);
+        // SAFETY: the pages live in the fixture, next to the allocator.
+        let buddy = unsafe { BuddyAllocator::new(mm) };
+        Fixture {
+            buddy,
+            _pages: pages,
+        }
+    }
+
+    fn set_flags(b: &BuddyAllocator, pfn: u64, f: PageFlags) {
+        unsafe { b.memmap().get(pfn).set_flags(f) }
+    }
+
+    /// Walk every list checking links, flags, counts and disjointness;
+    /// returns the free blocks sorted by pfn.
+    fn audit(b: &BuddyAllocator) -> Vec<(u64, u32, Zone)> {
+        let mut all = Vec::new();
+        for zone in Zone::BUDDY_ZONES {
+            let z = zone.buddy_index().unwrap();
+            let mut pages = 0;
+            for order in 0..=MAX_ORDER {
+                let mut prev = PFN_NONE;
+                let mut pfn = b.heads[z][order as usize];
+                let mut n = 0;
+                while pfn != PFN_NONE {
+                    let p = b.pg(pfn);
+                    assert_eq!(p.prev, prev, "back link of {pfn:#x}");
+                    assert!(
+                        p.is_buddy() && p.is_online(),
+                        "{pfn:#x} flags {:?}",
+                        p.flags
+                    );
+                    assert_eq!((p.order(), p.zone(), p.refcount), (order, Some(zone), 0));
+                    assert_eq!(pfn % (1 << order), 0, "misaligned free block");
+                    all.push((pfn, order, zone));
+                    n += 1;
+                    prev = pfn;
+                    pfn = p.next;
+                }
+                assert_eq!(n, b.nr_blocks[z][order as usize]);
+                pages += n << order;
+            }
+            assert_eq!(pages, b.nr_free[z]);
+        }
+        all.sort();
+        for w in all.windows(2) {
+            assert!(
+                w[0].0 + (1 << w[0].1) <= w[1].0,
+                "overlapping free blocks {w:?}"
+            );
+        }
+        // Fully coalesced buddies never coexist (same zone, same order).
+        for &(pfn, order, zone) in &all {
+            if order < MAX_ORDER {
+                let buddy = (pfn ^ (1 << order), order, zone);
+                assert!(
+                    all.binary_search(&buddy).is_err(),
+                    "unmerged buddies at {pfn:#x}"
+                );
+            }
+        }
+        // No page outside a listed block claims to be a free head.
+        let heads: HashSet<u64> = all.iter().map(|b| b.0).collect();
+        let mm = b.memmap();
+        for pfn in mm.start_pfn()..mm.end_pfn() {
+            assert_eq!(
+                b.pg(pfn).is_buddy(),
+                heads.contains(&pfn),
+                "stray BUDDY at {pfn:#x}"
+            );
+        }
+        all
+    }
+
+    fn expected_blocks(runs: &[(u64, u64, Zone)]) -> Vec<(u64, u32, Zone)> {
+        let mut v = Vec::new();
+        for &(s, e, zone) in runs {
+            for_each_max_block(s, e, |p, o| v.push((p, o, zone)));
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn max_blocks_tile_a_range() {
+        let mut v = Vec::new();
+        for_each_max_block(3, 3 + 2 * MAXB + 5, |p, o| v.push((p, o)));
+        let covered: u64 = v.iter().map(|&(_, o)| 1u64 << o).sum();
+        assert_eq!(covered, 2 * MAXB + 5);
+        assert_eq!(v[0], (3, 0));
+        assert!(v.iter().all(|&(p, o)| p % (1 << o) == 0 && o <= MAX_ORDER));
+        let mut z = Vec::new();
+        for_each_max_block(0, 2 * MAXB, |p, o| z.push((p, o)));
+        assert_eq!(z, [(0, MAX_ORDER), (MAXB, MAX_ORDER)]);
+    }
+
+    #[test]
+    fn split_and_coalesce() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        assert_eq!(b.free_range(BASE, BASE + 2 * MAXB, Zone::Normal), 2 * MAXB);
+        assert_eq!(
+            audit(b),
+            [
+                (BASE, MAX_ORDER, Zone::Normal),
+                (BASE + MAXB, MAX_ORDER, Zone::Normal)
+            ]
+        );
+        assert_eq!(b.managed(Zone::Normal), 2 * MAXB);
+
+        let p = b.alloc(0, Zone::Normal).unwrap();
+        assert!(p == BASE || p == BASE + MAXB);
+        // One block of every smaller order is left by the split.
+        for order in 0..MAX_ORDER {
+            assert_eq!(b.nr_free_blocks(Zone::Normal, order), 1, "order {order}");
+        }
+        assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB - 1);
+        assert!(!b.is_free(p) && b.is_free(p + 1) && b.is_free(p + MAXB - 1));
+        unsafe {
+            assert_eq!(b.memmap().get(p).refcount(), 1);
+            assert!(!b.memmap().get(p).is_buddy());
+        }
+        audit(b);
+
+        let q = b.alloc(1, Zone::Normal).unwrap();
+        assert_eq!(q, p + 2);
+        assert!(b.free(p, 0));
+        assert!(b.free(q, 1));
+        assert_eq!(audit(b).len(), 2);
+        assert_eq!(b.nr_free_total(), 2 * MAXB);
+        let s = b.stats();
+        assert_eq!((s.allocs, s.frees, s.bad_frees), (2, 2, 0));
+
+        // Everything at once, then nothing left.
+        let x = b.alloc(MAX_ORDER, Zone::Normal).unwrap();
+        let y = b.alloc(MAX_ORDER, Zone::Normal).unwrap();
+        assert_eq!(b.alloc(0, Zone::Normal), None);
+        assert_eq!(b.alloc(0, Zone::Movable), None);
+        assert_eq!(b.alloc(MAX_ORDER + 1, Zone::Normal), None);
+        assert_eq!(b.alloc(0, Zone::Device), None);
+        assert_eq!(b.stats().alloc_failures, 4);
+        assert!(b.free(y, MAX_ORDER) && b.free(x, MAX_ORDER));
+        assert_eq!(audit(b).len(), 2);
+    }
+
+    #[test]
+    fn free_range_skips_reserved_and_coalesces_with_neighbours() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        set_flags(b, BASE + 5, PageFlags::RESERVED);
+        set_flags(b, BASE + 6, PageFlags::VMEMMAP_SELF_HOSTED);
+        // Two pieces whose seam is not aligned still end up coalesced.
+        let n = b.free_range(BASE + 3, BASE + 77, Zone::Normal)
+            + b.free_range(BASE + 77, BASE + 2 * MAXB, Zone::Normal);
+        assert_eq!(n, 2 * MAXB - 5);
+        let want = expected_blocks(&[
+            (BASE + 3, BASE + 5, Zone::Normal),
+            (BASE + 7, BASE + 2 * MAXB, Zone::Normal),
+        ]);
+        assert_eq!(audit(b), want);
+        // The hole is filled later: everything merges.
+        unsafe {
+            b.memmap()
+                .init_range(BASE, BASE + 3, Zone::Normal, PageFlags::empty())
+        };
+        assert_eq!(b.free_range(BASE, BASE + 3, Zone::Normal), 3);
+        let want = expected_blocks(&[
+            (BASE, BASE + 5, Zone::Normal),
+            (BASE + 7, BASE + 2 * MAXB, Zone::Normal),
+        ]);
+        assert_eq!(audit(b), want);
+        assert!(b.is_free(BASE) && !b.is_free(BASE + 5) && !b.is_free(BASE + 6));
+        assert!(b.is_reserved(layout::pfn_to_phys(BASE + 5)));
+        assert!(!b.is_reserved(layout::pfn_to_phys(BASE + 4)));
+        assert!(b.is_reserved(layout::pfn_to_phys(BASE - 1)));
+    }
+
+    #[test]
+    fn free_range_refuses_overlap_and_device() {
+        let mut f = fixture(MAXB);
+        let b = &mut f.buddy;
+        assert_eq!(b.free_range(BASE, BASE + MAXB, Zone::Normal), MAXB);
+        let before = audit(b);
+        assert_eq!(b.free_range(BASE + 1, BASE + 2, Zone::Normal), 0); // inside a free block
+        assert_eq!(b.free_range(BASE, BASE + MAXB + 1, Zone::Normal), 0); // out of the memmap
+        assert_eq!(b.free_range(BASE, BASE + 1, Zone::Device), 0);
+        let p = b.alloc(0, Zone::Normal).unwrap();
+        assert_eq!(b.free_range(p, p + 1, Zone::Normal), 0); // still referenced
+        assert_eq!(b.stats().bad_frees, 4);
+        assert!(b.free(p, 0));
+        assert_eq!(audit(b), before);
+    }
+
+    #[test]
+    fn zones_never_merge() {
+        let half = MAXB / 2;
+        let mut f = fixture(MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + half, Zone::Normal);
+        b.free_range(BASE + half, BASE + MAXB, Zone::Movable);
+        let want = [
+            (BASE, MAX_ORDER - 1, Zone::Normal),
+            (BASE + half, MAX_ORDER - 1, Zone::Movable),
+        ];
+        assert_eq!(audit(b), want);
+        assert_eq!(b.alloc(MAX_ORDER, Zone::Normal), None);
+        assert_eq!(b.alloc_any(MAX_ORDER), None);
+
+        let mut held = Vec::new();
+        while let Some(p) = b.alloc_any(0) {
+            // Normal first, then Movable.
+            assert_eq!(p < BASE + half, (held.len() as u64) < half);
+            held.push(p);
+        }
+        assert_eq!(b.alloc(0, Zone::Movable), None);
+        assert_eq!(held.len() as u64, MAXB);
+        assert_eq!(b.nr_free_total(), 0);
+        // Free in an interleaved order so that merges are attempted across
+        // the zone boundary at every order.
+        held.sort_by_key(|&p| (p.reverse_bits(), p));
+        for p in held {
+            assert!(b.free(p, 0));
+        }
+        assert_eq!(audit(b), want);
+    }
+
+    #[test]
+    fn bad_frees_are_detected_and_harmless() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        set_flags(b, BASE + 8, PageFlags::RESERVED);
+        set_flags(b, BASE + 9, PageFlags::DEVICE);
+        set_flags(b, BASE + 10, PageFlags::ALTMAP_BACKED);
+        b.free_range(BASE, BASE + MAXB, Zone::Normal); // BASE+MAXB.. stays offline
+        let a = b.alloc(2, Zone::Normal).unwrap();
+        let before = audit(b);
+        let nr = b.nr_free_total();
+
+        let cases: &[(u64, u32, BadFree)] = &[
+            (BASE + 8, 0, BadFree::NeverBuddy(PageFlags::RESERVED)),
+            (BASE + 9, 0, BadFree::NeverBuddy(PageFlags::DEVICE)),
+            (BASE + 10, 0, BadFree::NeverBuddy(PageFlags::ALTMAP_BACKED)),
+            (before[0].0, before[0].1, BadFree::AlreadyFree), // a free head
+            (before[0].0 + 1, 0, BadFree::AlreadyFree),       // inside a free block
+            (a + 1, 0, BadFree::BadRefcount(0)),              // tail of an allocation
+            (a, 1, BadFree::OrderMismatch { allocated: 2 }),
+            (a, 3, BadFree::Misaligned),
+            (a + 2, 1, BadFree::BadRefcount(0)),
+            (BASE + MAXB, 0, BadFree::NotOnline),
+            (BASE - 1, 0, BadFree::OutOfRange),
+            (BASE + 2 * MAXB, 0, BadFree::OutOfRange),
+            (BASE, MAX_ORDER + 1, BadFree::OrderTooLarge),
+        ];
+        for (i, &(pfn, order, why)) in cases.iter().enumerate() {
+            assert_eq!(b.check_free(pfn, order), Err(why), "case {i}");
+            assert!(!b.free(pfn, order), "case {i}");
+            assert_eq!(b.stats().bad_frees, i as u64 + 1);
+            assert_eq!(b.nr_free_total(), nr);
+        }
+        // Through the FrameAllocator interface too.
+        b.free_pages(layout::pfn_to_phys(a) + 8, 2);
+        b.free_pages(layout::pfn_to_phys(BASE + 8), 0);
+        assert_eq!(b.stats().bad_frees, cases.len() as u64 + 2);
+        assert_eq!(audit(b), before);
+
+        // The real owner can still free it, once.
+        assert!(b.free(a, 2));
+        assert!(!b.free(a, 2));
+        assert_eq!(b.check_free(a, 2), Err(BadFree::AlreadyFree));
+        assert_eq!(b.stats().frees, 1);
+    }
+
+    fn snapshot(b: &BuddyAllocator) -> (Vec<(u64, u32, Zone)>, u64, u64, u64) {
+        (
+            audit(b),
+            b.nr_free(Zone::Normal),
+            b.nr_free(Zone::Movable),
+            b.managed(Zone::Normal),
+        )
+    }
+
+    #[test]
+    fn isolate_busy_changes_nothing() {
+        let mut f = fixture(4 * MAXB);
+        let b = &mut f.buddy;
+        set_flags(b, BASE + 3 * MAXB + 17, PageFlags::RESERVED);
+        b.free_range(BASE, BASE + 4 * MAXB, Zone::Normal);
+        // Keep one page of the second block busy.
+        let block = BASE + MAXB;
+        let busy = block + MAXB / 2 + 5;
+        let mut held = Vec::new();
+        while let Some(p) = b.alloc(0, Zone::Normal) {
+            held.push(p);
+        }
+        for p in held.into_iter().filter(|&p| p != busy) {
+            assert!(b.free(p, 0));
+        }
+        let before = snapshot(b);
+        assert_eq!(b.nr_free(Zone::Normal), 4 * MAXB - 2);
+        assert_eq!(b.isolate_range(block, block + MAXB), Err(busy));
+        assert_eq!(b.isolate_range(BASE, BASE + 4 * MAXB), Err(busy));
+        assert_eq!(
+            b.isolate_range(BASE + 3 * MAXB, BASE + 4 * MAXB),
+            Err(BASE + 3 * MAXB + 17)
+        );
+        assert_eq!(
+            b.isolate_range(BASE + 4 * MAXB - 1, BASE + 4 * MAXB + 1),
+            Err(BASE + 4 * MAXB)
+        );
+        assert_eq!(snapshot(b), before);
+        assert_eq!(b.stats().isolated, 0);
+    }
+
+    #[test]
+    fn isolate_free_takes_pages_off_the_lists() {
+        let mut f = fixture(4 * MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + 2 * MAXB, Zone::Normal);
+        b.free_range(BASE + 2 * MAXB, BASE + 4 * MAXB, Zone::Movable);
+        // Fragment the second block of Normal so isolation takes many blocks.
+        let block = BASE + MAXB;
+        let mut held = Vec::new();
+        for _ in 0..2 * MAXB {
+            let p = b.alloc(0, Zone::Normal).unwrap();
+            if p >= block {
+                held.push(p);
+            } else {
+                assert!(b.free(p, 0));
+                break;
+            }
+        }
+        for p in held.drain(..).rev().step_by(2) {
+            assert!(b.free(p, 0));
+        }
+        let before = snapshot(b);
+        let first = (BASE..block + MAXB).find(|&p| !b.is_free(p)).unwrap();
+        assert_eq!(b.isolate_range(block, block + MAXB), Err(first));
+        assert_eq!(snapshot(b), before);
+
+        // Free everything in the block, then isolate it.
+        for p in block..block + MAXB {
+            if !b.is_free(p) {
+                assert!(b.free(p, 0));
+            }
+        }
+        let nr_normal = b.nr_free(Zone::Normal);
+        assert_eq!(b.isolate_range(block, block + MAXB), Ok(MAXB));
+        assert_eq!(b.nr_free(Zone::Normal), nr_normal - MAXB);
+        assert_eq!(b.managed(Zone::Normal), MAXB);
+        assert!((block..block + MAXB).all(|p| !b.is_free(p)));
+        assert!(audit(b)
+            .iter()
+            .all(|&(p, o, _)| p + (1 << o) <= block || p >= block + MAXB));
+        // Never handed out again while isolated.
+        let mut got = Vec::new();
+        while let Some(p) = b.alloc_any(0) {
+            assert!(!(block..block + MAXB).contains(&p));
+            got.push(p);
+        }
+        for p in got {
+            assert!(b.free(p, 0));
+        }
+        // A whole Movable block plus its neighbour, then undo both.
+        assert_eq!(
+            b.isolate_range(BASE + 2 * MAXB, BASE + 4 * MAXB),
+            Ok(2 * MAXB)
+        );
+        assert_eq!(b.nr_free(Zone::Movable), 0);
+        assert_eq!(b.stats().isolated, 3 * MAXB);
+        assert_eq!(b.free_range(block, block + MAXB, Zone::Normal), MAXB);
+        assert_eq!(
+            b.free_range(BASE + 2 * MAXB, BASE + 4 * MAXB, Zone::Movable),
+            2 * MAXB
+        );
+        assert_eq!(
+            audit(b),
+            expected_blocks(&[
+                (BASE, BASE + 2 * MAXB, Zone::Normal),
+                (BASE + 2 * MAXB, BASE + 4 * MAXB, Zone::Movable)
+            ])
+        );
+    }
+
+    #[test]
+    fn isolate_skips_self_hosted_memmap_and_splits_unaligned_ranges() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        let block = BASE + MAXB;
+        let memmap_pages = 3;
+        for p in block..block + memmap_pages {
+            set_flags(b, p, PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ONLINE);
+        }
+        assert_eq!(
+            b.free_range(BASE, BASE + 2 * MAXB, Zone::Movable),
+            2 * MAXB - memmap_pages
+        );
+        assert_eq!(
+            b.isolate_range(block, block + MAXB),
+            Ok(MAXB - memmap_pages)
+        );
+        assert_eq!(b.nr_free(Zone::Movable), MAXB);
+        assert_eq!(
+            b.free_range(block, block + MAXB, Zone::Movable),
+            MAXB - memmap_pages
+        );
+
+        // Unaligned: a piece out of the middle of a max-order block.
+        assert_eq!(b.isolate_range(BASE + 5, BASE + 7), Ok(2));
+        assert_eq!(b.nr_free(Zone::Movable), 2 * MAXB - memmap_pages - 2);
+        let mut want = expected_blocks(&[
+            (BASE, BASE + 5, Zone::Movable),
+            (BASE + 7, BASE + MAXB, Zone::Movable),
+            (block + memmap_pages, block + MAXB, Zone::Movable),
+        ]);
+        assert_eq!(audit(b), want);
+        assert_eq!(b.free_range(BASE + 5, BASE + 7, Zone::Movable), 2);
+        want = expected_blocks(&[
+            (BASE, BASE + MAXB, Zone::Movable),
+            (block + memmap_pages, block + MAXB, Zone::Movable),
+        ]);
+        assert_eq!(audit(b), want);
+        assert_eq!(b.isolate_range(BASE + 9, BASE + 9), Ok(0));
+    }
+
+    #[test]
+    fn frame_allocator_interface_uses_normal_only() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + MAXB, Zone::Movable);
+        assert_eq!(b.alloc_pages(0), None);
+        b.free_range(BASE + MAXB, BASE + 2 * MAXB, Zone::Normal);
+        let pa = b.alloc_pages(3).unwrap();
+        assert_eq!(pa % (8 << layout::PAGE_SHIFT), 0);
+        assert!(layout::phys_to_pfn(pa) >= BASE + MAXB);
+        assert!(!b.is_reserved(pa));
+        b.free_pages(pa, 3);
+        assert_eq!(b.stats().frees, 1);
+        assert_eq!(b.nr_free(Zone::Normal), MAXB);
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Alloc(u32, Zone),
+        AllocAny(u32),
+        Free(usize),
+        /// A free of an arbitrary pfn (offset from BASE) and order.
+        Wild(u64, u32),
+        Isolate(u64),
+        Unisolate,
+    }
+
+    const NPAGES: u64 = 4 * MAXB;
+
+    fn op() -> impl Strategy<Value = Op> {
+        let order = prop_oneof![3 => 0u32..3, 1 => 0..=MAX_ORDER];
+        let zone = prop_oneof![Just(Zone::Normal), Just(Zone::Movable)];
+        prop_oneof![
+            8 => (order.clone(), zone).prop_map(|(o, z)| Op::Alloc(o, z)),
+            2 => order.prop_map(Op::AllocAny),
+            5 => any::<usize>().prop_map(Op::Free),
+            1 => (0..NPAGES + 8, 0..=MAX_ORDER + 1).prop_map(|(p, o)| Op::Wild(p, o)),
+            1 => (0..NPAGES / MAXB).prop_map(Op::Isolate),
+            1 => Just(Op::Unisolate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        #[test]
+        fn alloc_free_matches_model(
+            lead in 0..64u64,
+            split in 0..=NPAGES,
+            reserved in proptest::collection::vec(0..NPAGES, 0..6),
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let split = split.max(lead);
+            let mut f = fixture(NPAGES);
+            let b = &mut f.buddy;
+            let reserved: HashSet<u64> = reserved.into_iter().map(|r| BASE + r).collect();
+            for &r in &reserved {
+                set_flags(b, r, PageFlags::RESERVED);
+            }
+            let zone_of = |pfn: u64| if pfn < BASE + split { Zone::Normal } else { Zone::Movable };
+            let nz = b.free_range(BASE + lead, BASE + split, Zone::Normal);
+            let mz = b.free_range(BASE + split, BASE + NPAGES, Zone::Movable);
+            let managed = |s: u64, e: u64| (s..e).filter(|p| !reserved.contains(p)).count() as u64;
+            let total = [managed(BASE + lead, BASE + split), managed(BASE + split, BASE + NPAGES)];
+            prop_assert_eq!([nz, mz], total);
+
+            let mut held: Vec<(u64, u32)> = Vec::new();
+            let mut heads: HashMap<u64, u32> = HashMap::new();
+            let mut allocated: HashSet<u64> = HashSet::new();
+            let mut isolated: Vec<u64> = Vec::new();
+            let mut bad = 0;
+            let taken = |pfn: u64, iso: &[u64]| iso.iter().any(|&s| (s..s + MAXB).contains(&pfn));
+
+            for op in ops {
+                match op {
+                    Op::Alloc(..) | Op::AllocAny(_) => {
+                        let (order, got) = match op {
+                            Op::Alloc(o, z) => (o, b.alloc(o, z).map(|p| (p, Some(z)))),
+                            Op::AllocAny(o) => (o, b.alloc_any(o).map(|p| (p, None))),
+                            _ => unreachable!(),
+                        };
+                        if let Some((pfn, zone)) = got {
+                            prop_assert_eq!(pfn % (1 << order), 0);
+                            let z = zone.unwrap_or_else(|| zone_of(pfn));
+                            prop_assert_eq!(zone_of(pfn), z);
+                            for p in pfn..pfn + (1 << order) {
+                                prop_assert!(p >= BASE + lead && p < BASE + NPAGES);
+                                prop_assert_eq!(zone_of(p), z, "block crosses zones");
+                                prop_assert!(!reserved.contains(&p) && !taken(p, &isolated));
+                                prop_assert!(allocated.insert(p), "page {:#x} handed out twice", p);
+                            }
+                            held.push((pfn, order));
+                            heads.insert(pfn, order);
+                        }
+                    }
+                    Op::Free(i) if !held.is_empty() => {
+                        let (pfn, order) = held.swap_remove(i % held.len());
+                        heads.remove(&pfn);
+                        prop_assert!(b.free(pfn, order));
+                        for p in pfn..pfn + (1 << order) {
+                            allocated.remove(&p);
+                        }
+                    }
+                    Op::Free(_) => {}
+                    Op::Wild(off, order) => {
+                        let pfn = BASE + off;
+                        if heads.get(&pfn) == Some(&order) {
+                            continue; // a legitimate free: not what this op tests
+                        }
+                        prop_assert!(!b.free(pfn, order));
+                        bad += 1;
+                    }
+                    Op::Isolate(i) => {
+                        let s = BASE + i * MAXB;
+                        let busy = (s..s + MAXB).find(|&p| {
+                            p < BASE + lead || reserved.contains(&p) || allocated.contains(&p)
+                                || taken(p, &isolated)
+                        });
+                        let before = (b.nr_free_total(), b.stats().isolated);
+                        match b.isolate_range(s, s + MAXB) {
+                            Ok(n) => {
+                                prop_assert_eq!(busy, None);
+                                prop_assert_eq!(n, MAXB);
+                                prop_assert_eq!(b.nr_free_total(), before.0 - MAXB);
+                                isolated.push(s);
+                            }
+                            Err(p) => {
+                                prop_assert_eq!(Some(p), busy);
+                                prop_assert_eq!((b.nr_free_total(), b.stats().isolated), before);
+                            }
+                        }
+                    }
+                    Op::Unisolate => {
+                        if let Some(s) = isolated.pop() {
+                            let cut = (BASE + split).clamp(s, s + MAXB);
+                            let n = b.free_range(s, cut, Zone::Normal)
+                                + b.free_range(cut, s + MAXB, Zone::Movable);
+                            prop_assert_eq!(n, MAXB);
+                        }
+                    }
+                }
+                for (z, zone) in Zone::BUDDY_ZONES.into_iter().enumerate() {
+                    let used = allocated.iter().filter(|&&p| zone_of(p) == zone).count() as u64;
+                    let iso = isolated.iter().flat_map(|&s| s..s + MAXB)
+                        .filter(|&p| zone_of(p) == zone).count() as u64;
+                    prop_assert_eq!(b.nr_free(zone), total[z] - used - iso);
+                }
+                prop_assert_eq!(b.stats().bad_frees, bad);
+            }
+            audit(b);
+
+            for (pfn, order) in held.drain(..) {
+                prop_assert!(b.free(pfn, order));
+            }
+            while let Some(s) = isolated.pop() {
+                let cut = (BASE + split).clamp(s, s + MAXB);
+                b.free_range(s, cut, Zone::Normal);
+                b.free_range(cut, s + MAXB, Zone::Movable);
+            }
+            // Exactly the maximal blocks of the original runs.
+            let mut runs: Vec<(u64, u64, Zone)> = Vec::new();
+            for p in (BASE + lead..BASE + NPAGES).filter(|p| !reserved.contains(p)) {
+                match runs.last_mut() {
+                    Some(r) if r.1 == p && r.2 == zone_of(p) => r.1 += 1,
+                    _ => runs.push((p, p + 1, zone_of(p))),
+                }
+            }
+            prop_assert_eq!(audit(b), expected_blocks(&runs));
+            prop_assert_eq!(b.nr_free(Zone::Normal), total[0]);
+            prop_assert_eq!(b.nr_free(Zone::Movable), total[1]);
+        }
+    }
+}

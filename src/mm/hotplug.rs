@@ -1,0 +1,330 @@
+//! Memory hotplug in the shape of Linux's arm64 code: `arch_add_memory`
+//! maps the range and populates its vmemmap, `arch_remove_memory` undoes
+//! both; online and offline move pages in and out of the buddy allocator;
+//! `memremap_pages` / `memunmap_pages` make device memory ZONE_DEVICE.
+//! Every operation validates first and rolls back exactly on failure.
+
+use super::altmap::VmemAltmap;
+use super::layout::*;
+use super::page::{PageFlags, Zone};
+use super::pgtable::{Attributes, MapHints, Translation, VaRange};
+use super::system::{block_pfns, map_errno, BlockState, DevMapKind, MemoryBlock, MemorySystem};
+use super::vmemmap::{vmemmap_free, vmemmap_populate};
+use crate::console::Result;
+use crate::{bail, err, pr_info, pr_warn};
+
+/// The largest leaf of a hot-added linear map. A 1 GiB block would span
+/// eight memory blocks and could not be taken down one block at a time;
+/// 2 MiB blocks (with contiguous groups of 32 MiB) always nest inside one.
+const HOTPLUG_LINEAR_LEAF: u64 = 2 << 20;
+
+/// Pages of struct pages one memory block needs.
+pub const fn vmemmap_pages_per_block() -> u64 {
+    (PAGES_PER_SECTION << STRUCT_PAGE_SHIFT) >> PAGE_SHIFT
+}
+
+impl<T: Translation> MemorySystem<T> {
+    /// Maps `[start, end)` in the linear map and populates its struct pages
+    /// (through `altmap` when given). On failure nothing is left behind.
+    pub fn arch_add_memory(
+        &mut self,
+        start: u64,
+        end: u64,
+        mut altmap: Option<&mut VmemAltmap>,
+    ) -> Result<()> {
+        let p = self.parts();
+        let va = VaRange::new(phys_to_virt(start), phys_to_virt(end));
+        let hints = MapHints::blocks(HOTPLUG_LINEAR_LEAF).with_contiguous();
+        let mut frames = p.frames;
+        p.pt.map_range(va, start, Attributes::KERNEL_RW, hints, &mut frames)
+            .map_err(map_errno)?;
+        if let Err(e) = vmemmap_populate(
+            p.pt,
+            phys_to_pfn(start),
+            phys_to_pfn(end),
+            altmap.as_deref_mut(),
+            &mut frames,
+        ) {
+            self.remove_linear_map(start, end);
+            return Err(map_errno(e));
+        }
+        Ok(())
+    }
+
+    /// Unmaps the struct pages (returning their backing to `altmap` or the
+    /// buddy allocator), then the linear map, freeing emptied tables.
+    pub fn arch_remove_memory(&mut self, start: u64, end: u64, altmap: Option<&mut VmemAltmap>) {
+        let p = self.parts();
+        let mut frames = p.frames;
+        vmemmap_free(
+            p.pt,
+            phys_to_pfn(start),
+            phys_to_pfn(end),
+            altmap,
+            &mut frames,
+            p.warnings,
+        );
+        self.remove_linear_map(start, end);
+    }
+
+    fn remove_linear_map(&mut self, start: u64, end: u64) {
+        let p = self.parts();
+        let mut frames = p.frames;
+        let (va, va_end) = (phys_to_virt(start), phys_to_virt(end));
+        p.pt.unmap_hotplug_range(va, va_end, false, None, &mut frames, p.warnings);
+        p.pt.free_empty_tables(va, va_end, PAGE_OFFSET, PAGE_END, &mut frames);
+    }
+
+    /// Checks that `[start, start + size)` is whole memory blocks.
+    fn check_block_range(start: u64, size: u64) -> Result<(u64, u64)> {
+        if size == 0 || start % MEMORY_BLOCK_SIZE != 0 || size % MEMORY_BLOCK_SIZE != 0 {
+            bail!(EINVAL, "{start:#x}+{size:#x} is not aligned to the memory block size {MEMORY_BLOCK_SIZE:#x}");
+        }
+        match start.checked_add(size) {
+            Some(end) if end <= PHYS_LIMIT => {
+                Ok((start / MEMORY_BLOCK_SIZE, end / MEMORY_BLOCK_SIZE))
+            }
+            _ => bail!(
+                ERANGE,
+                "{start:#x}+{size:#x} is beyond the physical address range"
+            ),
+        }
+    }
+
+    /// Linux's `probe`: hot-adds the memory blocks of `[start, start +
+    /// size)`, offline. All or nothing.
+    pub fn add_memory(&mut self, start: u64, size: u64) -> Result<()> {
+        let (first, last) = Self::check_block_range(start, size)?;
+        let end = start + size;
+        if let Some(d) = self
+            .devmem
+            .iter()
+            .find(|d| d.range.base < end && start < d.range.end())
+        {
+            bail!(
+                EBUSY,
+                "{:#x}-{:#x} is device memory ({})",
+                d.range.base,
+                d.range.end() - 1,
+                d.owner
+            );
+        }
+        if !self
+            .hotpluggable
+            .iter()
+            .any(|r| r.base <= start && end <= r.end())
+        {
+            bail!(
+                EINVAL,
+                "{start:#x}-{:#x} is not RAM held back from boot (mem=)",
+                end - 1
+            );
+        }
+        if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
+            bail!(EEXIST, "memory{id} is present already");
+        }
+        for id in first..last {
+            if let Err(e) = self.add_memory_block(id) {
+                for done in (first..id).rev() {
+                    self.remove_memory_block(done).expect("just added, offline");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_memory_block(&mut self, id: u64) -> Result<()> {
+        let (spfn, epfn) = block_pfns(id);
+        let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
+        let mut altmap = self
+            .memmap_on_memory
+            .then(|| VmemAltmap::new(spfn, epfn, 0, vmemmap_pages_per_block()));
+        self.arch_add_memory(start, end, altmap.as_mut())?;
+        self.init_struct_pages(spfn, epfn, Zone::Normal, PageFlags::RESERVED);
+        if let Some(a) = &altmap {
+            for pfn in a.base_pfn + a.reserve..a.next_pfn() {
+                self.page_flags_set(
+                    pfn,
+                    PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED,
+                );
+            }
+        }
+        self.iomem.insert(start, end, "System RAM");
+        self.blocks.insert(
+            id,
+            MemoryBlock {
+                state: BlockState::Offline,
+                boot: false,
+                altmap,
+            },
+        );
+        self.events.hotplug_add += 1;
+        pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
+        Ok(())
+    }
+
+    /// Hot-removes the (offline) blocks of `[start, start + size)`. All or
+    /// nothing: every block is checked before any is removed.
+    pub fn remove_memory(&mut self, start: u64, size: u64) -> Result<()> {
+        let (first, last) = Self::check_block_range(start, size)?;
+        for id in first..last {
+            match self.blocks.get(&id) {
+                None => bail!(EINVAL, "memory{id} is not present"),
+                Some(b) if b.boot => {
+                    bail!(EPERM, "memory{id} is boot memory and cannot be removed")
+                }
+                Some(b) if b.state != BlockState::Offline => bail!(EBUSY, "memory{id} is online"),
+                Some(_) => {}
+            }
+        }
+        for id in first..last {
+            self.remove_memory_block(id)?;
+        }
+        Ok(())
+    }
+
+    fn remove_memory_block(&mut self, id: u64) -> Result<()> {
+        let (spfn, epfn) = block_pfns(id);
+        let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
+        let mut block = self
+            .blocks
+            .remove(&id)
+            .ok_or_else(|| err!(EINVAL, "memory{id} is not present"))?;
+        self.arch_remove_memory(start, end, block.altmap.as_mut());
+        if let Some(a) = block.altmap.as_ref().filter(|a| a.alloc != 0) {
+            pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
+        }
+        self.iomem.remove(start);
+        self.events.hotplug_remove += 1;
+        pr_info!("memory{id}: removed {start:#x}-{:#x}", end - 1);
+        Ok(())
+    }
+
+    /// Gives an offline block's pages to the buddy allocator in `zone`.
+    pub fn online_block(&mut self, id: u64, zone: Zone) -> Result<()> {
+        let block = self
+            .blocks
+            .get(&id)
+            .ok_or_else(|| err!(ENOENT, "memory{id} is not present"))?;
+        if block.state != BlockState::Offline {
+            bail!(EINVAL, "memory{id} is online already");
+        }
+        let (spfn, epfn) = block_pfns(id);
+        for pfn in spfn..epfn {
+            // SAFETY: present blocks have their vmemmap populated.
+            let page = unsafe { self.memmap.get(pfn) };
+            if !page.has(PageFlags::VMEMMAP_SELF_HOSTED) {
+                page.clear_flags(PageFlags::RESERVED);
+            }
+        }
+        self.buddy.free_range(spfn, epfn, zone);
+        self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
+        self.events.online += 1;
+        Ok(())
+    }
+
+    /// Takes an online block's pages back from the buddy allocator; `EBUSY`,
+    /// with nothing changed, while any of them is in use.
+    pub fn offline_block(&mut self, id: u64) -> Result<()> {
+        let block = self
+            .blocks
+            .get(&id)
+            .ok_or_else(|| err!(ENOENT, "memory{id} is not present"))?;
+        if block.state == BlockState::Offline {
+            bail!(EINVAL, "memory{id} is offline already");
+        }
+        let (spfn, epfn) = block_pfns(id);
+        if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
+            bail!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn));
+        }
+        for pfn in spfn..epfn {
+            // SAFETY: present blocks have their vmemmap populated.
+            let page = unsafe { self.memmap.get(pfn) };
+            page.set_flags(PageFlags::RESERVED);
+            page.clear_flags(PageFlags::ONLINE);
+        }
+        self.blocks.get_mut(&id).expect("checked").state = BlockState::Offline;
+        self.events.offline += 1;
+        Ok(())
+    }
+
+    /// Registers device memory (`memmap=` pmem, a BAR); returns its id.
+    pub fn add_devmem(
+        &mut self,
+        base: u64,
+        size: u64,
+        owner: &'static str,
+        resource: &'static str,
+    ) -> usize {
+        self.iomem.insert(base, base + size, resource);
+        self.devmem.push(super::system::DevMem {
+            range: crate::platform::PhysRange { base, size },
+            owner,
+            mapping: None,
+        });
+        self.devmem.len() - 1
+    }
+
+    /// Linux's `memremap_pages` for device memory `id`: linear map, struct
+    /// pages on the device (`Dev`, through an altmap) or in system RAM
+    /// (`Mem`), every page ZONE_DEVICE and never given to the buddy.
+    pub fn memremap_pages(&mut self, id: usize, kind: DevMapKind) -> Result<()> {
+        let dev = self
+            .devmem
+            .get(id)
+            .ok_or_else(|| err!(ENODEV, "no device memory region {id}"))?;
+        if dev.mapping.is_some() {
+            bail!(EBUSY, "device memory {id} is mapped already");
+        }
+        let r = dev.range;
+        Self::check_block_range(r.base, r.size).map_err(|_| {
+            err!(
+                EINVAL,
+                "device memory {id} is not aligned to sections of {SECTION_SIZE:#x}"
+            )
+        })?;
+        if let Some(id) = (r.base / MEMORY_BLOCK_SIZE..r.end() / MEMORY_BLOCK_SIZE)
+            .find(|b| self.blocks.contains_key(b))
+        {
+            bail!(EBUSY, "device memory overlaps memory{id}");
+        }
+        let (spfn, epfn) = (phys_to_pfn(r.base), phys_to_pfn(r.end()));
+        let struct_page_pages = ((epfn - spfn) << STRUCT_PAGE_SHIFT) >> PAGE_SHIFT;
+        let mut altmap =
+            (kind == DevMapKind::Dev).then(|| VmemAltmap::new(spfn, epfn, 0, struct_page_pages));
+        self.arch_add_memory(r.base, r.end(), altmap.as_mut())?;
+        self.init_struct_pages(spfn, epfn, Zone::Device, PageFlags::DEVICE);
+        for pfn in spfn..epfn {
+            // SAFETY: just populated.
+            unsafe { self.memmap.get(pfn) }.set_private(id as u64);
+        }
+        if let Some(a) = &altmap {
+            for pfn in a.base_pfn + a.reserve..a.next_pfn() {
+                self.page_flags_set(pfn, PageFlags::ALTMAP_BACKED);
+            }
+        }
+        self.devmem[id].mapping = Some((kind, altmap));
+        self.events.devmem_map += 1;
+        Ok(())
+    }
+
+    /// Undoes [`memremap_pages`](Self::memremap_pages) exactly.
+    pub fn memunmap_pages(&mut self, id: usize) -> Result<()> {
+        let dev = self
+            .devmem
+            .get_mut(id)
+            .ok_or_else(|| err!(ENODEV, "no device memory region {id}"))?;
+        let (_, mut altmap) = dev
+            .mapping
+            .take()
+            .ok_or_else(|| err!(EINVAL, "device memory {id} is not mapped"))?;
+        let r = dev.range;
+        self.arch_remove_memory(r.base, r.end(), altmap.as_mut());
+        if let Some(a) = altmap.filter(|a| a.alloc != 0) {
+            pr_warn!("devmem {id}: {} altmap pages not given back", a.alloc);
+        }
+        self.events.devmem_unmap += 1;
+        Ok(())
+    }
+}

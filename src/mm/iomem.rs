@@ -1,0 +1,107 @@
+//! The physical resource tree behind `/proc/iomem`.
+
+use alloc::vec::Vec;
+use core::fmt::{self, Write};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+    pub name: &'static str,
+    pub children: Vec<Resource>,
+}
+
+#[derive(Default, Debug)]
+pub struct IoMem {
+    top: Vec<Resource>,
+}
+
+impl IoMem {
+    /// Adds a top-level resource; `false` (and nothing added) if it overlaps.
+    pub fn insert(&mut self, start: u64, end: u64, name: &'static str) -> bool {
+        if self.top.iter().any(|r| r.start < end && start < r.end) {
+            return false;
+        }
+        let at = self.top.partition_point(|r| r.start < start);
+        self.top.insert(
+            at,
+            Resource {
+                start,
+                end,
+                name,
+                children: Vec::new(),
+            },
+        );
+        true
+    }
+
+    /// Adds a child to the top-level resource that contains it.
+    pub fn insert_child(&mut self, start: u64, end: u64, name: &'static str) {
+        if let Some(parent) = self
+            .top
+            .iter_mut()
+            .find(|r| r.start <= start && end <= r.end)
+        {
+            let at = parent.children.partition_point(|c| c.start < start);
+            parent.children.insert(
+                at,
+                Resource {
+                    start,
+                    end,
+                    name,
+                    children: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// Removes the top-level resource starting at `start`.
+    pub fn remove(&mut self, start: u64) -> Option<Resource> {
+        let i = self.top.iter().position(|r| r.start == start)?;
+        Some(self.top.remove(i))
+    }
+
+    pub fn find(&self, start: u64, end: u64) -> Option<&Resource> {
+        self.top.iter().find(|r| r.start <= start && end <= r.end)
+    }
+
+    /// Linux's format: `start-end : name`, children indented by two.
+    pub fn show(&self, out: &mut dyn Write) -> fmt::Result {
+        fn show(r: &Resource, depth: usize, out: &mut dyn Write) -> fmt::Result {
+            writeln!(
+                out,
+                "{:indent$}{:08x}-{:08x} : {}",
+                "",
+                r.start,
+                r.end - 1,
+                r.name,
+                indent = depth * 2
+            )?;
+            r.children.iter().try_for_each(|c| show(c, depth + 1, out))
+        }
+        self.top.iter().try_for_each(|r| show(r, 0, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_like_linux_and_refuses_overlaps() {
+        let mut io = IoMem::default();
+        assert!(io.insert(0x4000_0000, 0x8000_0000, "System RAM"));
+        assert!(io.insert(0x9000_0000, 0xa000_0000, "Persistent Memory (legacy)"));
+        assert!(!io.insert(0x7000_0000, 0x9000_0000, "System RAM"));
+        io.insert_child(0x4020_0000, 0x4030_0000, "Kernel code");
+        let mut s = String::new();
+        io.show(&mut s).unwrap();
+        assert_eq!(
+            s,
+            "40000000-7fffffff : System RAM\n  40200000-402fffff : Kernel code\n90000000-9fffffff : Persistent Memory (legacy)\n"
+        );
+        assert!(io.remove(0x9000_0000).is_some());
+        assert!(io.find(0x9000_0000, 0x9000_1000).is_none());
+    }
+}

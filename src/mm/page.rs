@@ -1,0 +1,367 @@
+//! `struct Page`: the 64-byte descriptor of one page frame, and [`Memmap`],
+//! the array of them (the vmemmap) indexed by pfn.
+//!
+//! Every field is a plain integer, so any bit pattern is a valid `Page`: code
+//! that reads a struct page it did not initialise sees garbage, never
+//! undefined behaviour. The zone is therefore kept as a raw `u8`.
+
+use bitflags::bitflags;
+
+use super::layout;
+
+bitflags! {
+    /// Page state bits (Linux's `page->flags` page types and bits).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct PageFlags: u32 {
+        /// Never to be freed to the buddy allocator: boot allocations, the
+        /// kernel image, holes (Linux's `PG_reserved`).
+        const RESERVED = 1 << 0;
+        /// Head of a free block in the buddy allocator; `order` is valid
+        /// (Linux's `PageBuddy`). Tail pages of a free block do not have it.
+        const BUDDY = 1 << 1;
+        /// The page belongs to an online memory block.
+        const ONLINE = 1 << 2;
+        /// A `ZONE_DEVICE` page: owned by its driver, never by the buddy.
+        const DEVICE = 1 << 3;
+        /// The page holds struct pages of its own memory block
+        /// (`memmap_on_memory`): it stays in use while the block is present.
+        const VMEMMAP_SELF_HOSTED = 1 << 4;
+        /// The frame was handed out by a `vmem_altmap`: it goes back to the
+        /// altmap, never to the buddy allocator.
+        const ALTMAP_BACKED = 1 << 5;
+
+        /// A page with any of these can never be a buddy page.
+        const NEVER_BUDDY = Self::RESERVED.bits()
+            | Self::DEVICE.bits()
+            | Self::VMEMMAP_SELF_HOSTED.bits()
+            | Self::ALTMAP_BACKED.bits();
+    }
+}
+
+/// Memory zones. Only the first [`NR_BUDDY_ZONES`] are managed by the buddy
+/// allocator; `Device` pages belong to their driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Zone {
+    Normal = 0,
+    Movable = 1,
+    Device = 2,
+}
+
+/// Zones with buddy free lists: `Normal` and `Movable`.
+pub const NR_BUDDY_ZONES: usize = 2;
+
+impl Zone {
+    pub const ALL: [Zone; 3] = [Zone::Normal, Zone::Movable, Zone::Device];
+    pub const BUDDY_ZONES: [Zone; NR_BUDDY_ZONES] = [Zone::Normal, Zone::Movable];
+
+    /// The name Linux prints (`/proc/zoneinfo`, `valid_zones`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Zone::Normal => "Normal",
+            Zone::Movable => "Movable",
+            Zone::Device => "Device",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Zone> {
+        match v {
+            0 => Some(Zone::Normal),
+            1 => Some(Zone::Movable),
+            2 => Some(Zone::Device),
+            _ => None,
+        }
+    }
+
+    /// Index of the zone's free lists, `None` for zones the buddy does not
+    /// manage.
+    pub const fn buddy_index(self) -> Option<usize> {
+        match self {
+            Zone::Normal => Some(0),
+            Zone::Movable => Some(1),
+            Zone::Device => None,
+        }
+    }
+}
+
+/// "No pfn" in the free-list links.
+pub const PFN_NONE: u64 = u64::MAX;
+
+/// One page frame's descriptor; exactly 64 bytes so that the vmemmap is a
+/// plain array and `pfn_to_page` is one add (see `layout::STRUCT_PAGE_SHIFT`).
+#[repr(C, align(64))]
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub(crate) flags: PageFlags,
+    /// A [`Zone`] as `u8`, so that a garbage struct page is still a `Page`.
+    pub(crate) zone: u8,
+    /// Block order: of the free block on a `BUDDY` head, of the allocation on
+    /// an allocated head (checked when it is freed).
+    pub(crate) order: u8,
+    _pad0: u16,
+    pub(crate) refcount: u32,
+    _pad1: u32,
+    /// Free-list links as pfns, [`PFN_NONE`] for none.
+    pub(crate) next: u64,
+    pub(crate) prev: u64,
+    /// Owner's word (e.g. the owner id of a device page).
+    pub(crate) private: u64,
+    _pad2: [u64; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<Page>() == 64);
+const _: () = assert!(core::mem::size_of::<Page>() == 1 << layout::STRUCT_PAGE_SHIFT);
+
+impl Page {
+    /// A fresh struct page: no links, no references, order 0.
+    pub const fn new(zone: Zone, flags: PageFlags) -> Page {
+        Page {
+            flags,
+            zone: zone as u8,
+            order: 0,
+            _pad0: 0,
+            refcount: 0,
+            _pad1: 0,
+            next: PFN_NONE,
+            prev: PFN_NONE,
+            private: 0,
+            _pad2: [0; 3],
+        }
+    }
+
+    /// Overwrite this struct page with a fresh one (Linux's
+    /// `__init_single_page`).
+    pub fn init(&mut self, zone: Zone, flags: PageFlags) {
+        *self = Page::new(zone, flags);
+    }
+
+    pub fn flags(&self) -> PageFlags {
+        self.flags
+    }
+
+    pub fn set_flags(&mut self, flags: PageFlags) {
+        self.flags.insert(flags);
+    }
+
+    pub fn clear_flags(&mut self, flags: PageFlags) {
+        self.flags.remove(flags);
+    }
+
+    pub fn has(&self, flags: PageFlags) -> bool {
+        self.flags.contains(flags)
+    }
+
+    /// The zone, `None` if the byte holds no valid zone (garbage page).
+    pub fn zone(&self) -> Option<Zone> {
+        Zone::from_u8(self.zone)
+    }
+
+    pub fn set_zone(&mut self, zone: Zone) {
+        self.zone = zone as u8;
+    }
+
+    pub fn order(&self) -> u32 {
+        self.order as u32
+    }
+
+    pub fn refcount(&self) -> u32 {
+        self.refcount
+    }
+
+    pub fn private(&self) -> u64 {
+        self.private
+    }
+
+    pub fn set_private(&mut self, private: u64) {
+        self.private = private;
+    }
+
+    pub fn is_reserved(&self) -> bool {
+        self.has(PageFlags::RESERVED)
+    }
+
+    pub fn is_buddy(&self) -> bool {
+        self.has(PageFlags::BUDDY)
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.has(PageFlags::ONLINE)
+    }
+}
+
+/// The vmemmap: struct page of pfn `N` at `base + N`.
+///
+/// It is a raw pointer, not a slice, because the kernel's vmemmap is sparse
+/// (populated per section, as memory comes and goes) and its base is a fixed
+/// virtual address whose pfn 0 may well be unpopulated. `start_pfn..end_pfn`
+/// bounds the pfns it may describe at all, so that wild pfns are refused
+/// rather than dereferenced; whether the vmemmap is populated at a pfn inside
+/// the bounds is the caller's business.
+#[derive(Clone, Copy, Debug)]
+pub struct Memmap {
+    base: *mut Page,
+    start_pfn: u64,
+    end_pfn: u64,
+}
+
+// SAFETY: a Memmap is an address, not ownership. Every access through it is
+// either `unsafe` (the caller vouches for the page) or made by the buddy
+// allocator, which the kernel keeps behind one lock with the rest of mm, so
+// sharing the address between CPUs adds no unsynchronised access of its own.
+unsafe impl Send for Memmap {}
+unsafe impl Sync for Memmap {}
+
+impl Memmap {
+    /// A memmap whose struct page of pfn `N` is `base.wrapping_add(N)`,
+    /// describing every pfn the linear map can reach.
+    ///
+    /// # Safety
+    /// `base` must be the vmemmap base: for every pfn used through this
+    /// memmap, `base + pfn` is a mapped, writable struct page.
+    pub unsafe fn new(base: *mut Page) -> Memmap {
+        Memmap {
+            base,
+            start_pfn: 0,
+            end_pfn: layout::PHYS_LIMIT >> layout::PAGE_SHIFT,
+        }
+    }
+
+    /// As [`Memmap::new`] but describing only `start_pfn..end_pfn`.
+    ///
+    /// # Safety
+    /// As for [`Memmap::new`], for pfns in `start_pfn..end_pfn`.
+    pub unsafe fn with_bounds(base: *mut Page, start_pfn: u64, end_pfn: u64) -> Memmap {
+        Memmap {
+            base,
+            start_pfn,
+            end_pfn,
+        }
+    }
+
+    /// The kernel's vmemmap at `layout::VMEMMAP_START`.
+    ///
+    /// # Safety
+    /// As for [`Memmap::new`].
+    pub unsafe fn kernel() -> Memmap {
+        // SAFETY: the caller's promise.
+        unsafe { Memmap::new(layout::VMEMMAP_START as *mut Page) }
+    }
+
+    /// A memmap over `pages`, whose first element describes `first_pfn`
+    /// (host tests, or any memmap held in ordinary memory). The base is
+    /// computed with wrapping pointer arithmetic and is only ever offset back
+    /// into the slice, since the bounds are exactly the slice.
+    ///
+    /// The memmap does not borrow the slice: the caller keeps it alive, and
+    /// unmoved, while the memmap is used, and then accesses it only through
+    /// the memmap.
+    pub fn for_slice(pages: &mut [Page], first_pfn: u64) -> Memmap {
+        let base = pages.as_mut_ptr().wrapping_sub(first_pfn as usize);
+        Memmap {
+            base,
+            start_pfn: first_pfn,
+            end_pfn: first_pfn + pages.len() as u64,
+        }
+    }
+
+    pub fn start_pfn(&self) -> u64 {
+        self.start_pfn
+    }
+
+    pub fn end_pfn(&self) -> u64 {
+        self.end_pfn
+    }
+
+    /// Whether `pfn` is within the bounds this memmap describes.
+    pub fn contains(&self, pfn: u64) -> bool {
+        self.start_pfn <= pfn && pfn < self.end_pfn
+    }
+
+    /// Whether all of `start..end` is within the bounds (empty ranges are).
+    pub fn contains_range(&self, start: u64, end: u64) -> bool {
+        start >= end || (self.start_pfn <= start && end <= self.end_pfn)
+    }
+
+    /// Address of the struct page of `pfn` (Linux's `pfn_to_page`).
+    pub fn page(&self, pfn: u64) -> *mut Page {
+        self.base.wrapping_add(pfn as usize)
+    }
+
+    /// The pfn a struct page pointer describes (Linux's `page_to_pfn`).
+    pub fn pfn_of(&self, page: *const Page) -> u64 {
+        (page as usize).wrapping_sub(self.base as usize) as u64 >> layout::STRUCT_PAGE_SHIFT
+    }
+
+    /// # Safety
+    /// The vmemmap must be populated at `pfn`, and no other reference to
+    /// that struct page may be live while the result is.
+    #[allow(clippy::mut_from_ref)] // a vmemmap is shared memory by design
+    pub unsafe fn get(&self, pfn: u64) -> &mut Page {
+        // SAFETY: the caller's promise.
+        unsafe { &mut *self.page(pfn) }
+    }
+
+    /// Write fresh struct pages (see [`Page::new`]) for `start..end`,
+    /// without reading the old contents.
+    ///
+    /// # Safety
+    /// The vmemmap must be populated over `start..end`, and no reference to
+    /// those struct pages live.
+    pub unsafe fn init_range(&self, start: u64, end: u64, zone: Zone, flags: PageFlags) {
+        for pfn in start..end {
+            // SAFETY: the caller's promise; `write` never reads the old page.
+            unsafe { self.page(pfn).write(Page::new(zone, flags)) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn page_is_64_bytes_and_aligned() {
+        assert_eq!(core::mem::size_of::<Page>(), 64);
+        assert_eq!(core::mem::align_of::<Page>(), 64);
+        let p = Page::new(Zone::Movable, PageFlags::ONLINE);
+        assert_eq!(p.zone(), Some(Zone::Movable));
+        assert_eq!(
+            (p.next, p.prev, p.refcount, p.order()),
+            (PFN_NONE, PFN_NONE, 0, 0)
+        );
+        assert!(p.is_online() && !p.is_buddy() && !p.is_reserved());
+    }
+
+    #[test]
+    fn zones_have_linux_names() {
+        let names: alloc::vec::Vec<_> = Zone::ALL.iter().map(|z| z.name()).collect();
+        assert_eq!(names, ["Normal", "Movable", "Device"]);
+        for z in Zone::ALL {
+            assert_eq!(Zone::from_u8(z as u8), Some(z));
+        }
+        assert_eq!(Zone::from_u8(3), None);
+        assert_eq!(Zone::Device.buddy_index(), None);
+        assert_eq!(Zone::BUDDY_ZONES.len(), NR_BUDDY_ZONES);
+    }
+
+    #[test]
+    fn memmap_for_slice_indexes_by_pfn() {
+        let first = 0x40000;
+        let mut pages = vec![Page::new(Zone::Normal, PageFlags::empty()); 16];
+        let mm = Memmap::for_slice(&mut pages, first);
+        assert!(mm.contains(first) && mm.contains(first + 15));
+        assert!(!mm.contains(first - 1) && !mm.contains(first + 16));
+        assert!(mm.contains_range(first, first + 16) && !mm.contains_range(first, first + 17));
+        unsafe {
+            mm.init_range(first + 4, first + 8, Zone::Movable, PageFlags::RESERVED);
+            mm.get(first + 3).set_private(7);
+            assert_eq!(mm.get(first + 3).private(), 7);
+            assert_eq!(mm.get(first + 4).zone(), Some(Zone::Movable));
+            assert!(mm.get(first + 7).is_reserved() && !mm.get(first + 8).is_reserved());
+        }
+        assert_eq!(mm.page(first + 1) as usize - mm.page(first) as usize, 64);
+        assert_eq!(mm.pfn_of(mm.page(first + 9)), first + 9);
+        drop(pages);
+    }
+}

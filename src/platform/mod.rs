@@ -1,0 +1,160 @@
+//! What the device tree says about the machine, read once at boot.
+
+pub mod cmdline;
+
+use crate::drivers::psci::Conduit;
+
+/// A physical range `[base, base + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PhysRange {
+    pub base: u64,
+    pub size: u64,
+}
+
+impl PhysRange {
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+}
+
+pub const MAX_MEMORY: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicVersion {
+    V2,
+    V3,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GicInfo {
+    pub version: GicVersion,
+    pub dist: PhysRange,
+    /// GICv2: the CPU interface; GICv3: the redistributors.
+    pub cpu_or_redist: PhysRange,
+}
+
+/// Everything boot needs from the DT; no address is assumed.
+#[derive(Clone, Copy, Debug)]
+pub struct Platform {
+    pub dtb: PhysRange,
+    pub memory: [PhysRange; MAX_MEMORY],
+    pub nr_memory: usize,
+    pub uart: Option<PhysRange>,
+    pub psci: Option<Conduit>,
+    pub gic: Option<GicInfo>,
+    pub nr_cpus: usize,
+    bootargs: [u8; 1024],
+    bootargs_len: usize,
+}
+
+pub const FDT_MAGIC: u32 = 0xd00d_feed;
+
+/// Whether a flattened device tree starts at `pa` (reachable as a pointer).
+///
+/// # Safety
+/// `pa` must be readable.
+pub unsafe fn is_fdt(pa: u64) -> bool {
+    pa != 0
+        && pa % 8 == 0
+        && u32::from_be(unsafe { (pa as *const u32).read_volatile() }) == FDT_MAGIC
+}
+
+impl Platform {
+    /// Reads the DT at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must point at a valid, readable FDT.
+    pub unsafe fn from_fdt(ptr: *const u8) -> Result<Self, fdt::FdtError> {
+        let fdt = unsafe { fdt::Fdt::from_ptr(ptr)? };
+        let mut p = Platform {
+            dtb: PhysRange {
+                base: ptr as u64,
+                size: fdt.total_size() as u64,
+            },
+            memory: [PhysRange::default(); MAX_MEMORY],
+            nr_memory: 0,
+            uart: None,
+            psci: None,
+            gic: None,
+            nr_cpus: fdt.cpus().count(),
+            bootargs: [0; 1024],
+            bootargs_len: 0,
+        };
+        for node in fdt.all_nodes() {
+            let is_memory = node.property("device_type").and_then(|d| d.as_str()) == Some("memory");
+            if !is_memory {
+                continue;
+            }
+            for r in node.reg().into_iter().flatten() {
+                if p.nr_memory < MAX_MEMORY && r.size.unwrap_or(0) > 0 {
+                    p.memory[p.nr_memory] = PhysRange {
+                        base: r.starting_address as u64,
+                        size: r.size.unwrap() as u64,
+                    };
+                    p.nr_memory += 1;
+                }
+            }
+        }
+        p.memory[..p.nr_memory].sort_unstable_by_key(|r| r.base);
+        if let Some(args) = fdt.chosen().bootargs() {
+            let n = args.len().min(p.bootargs.len());
+            p.bootargs[..n].copy_from_slice(&args.as_bytes()[..n]);
+            p.bootargs_len = n;
+        }
+        let first_reg = |node: fdt::node::FdtNode| {
+            node.reg().and_then(|mut r| r.next()).map(|r| PhysRange {
+                base: r.starting_address as u64,
+                size: r.size.unwrap_or(0) as u64,
+            })
+        };
+        // The console is the one /chosen names, else the first PL011.
+        let stdout = fdt.chosen().stdout().filter(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
+        });
+        p.uart = stdout
+            .or_else(|| fdt.find_compatible(&["arm,pl011"]))
+            .and_then(first_reg);
+        p.psci = fdt
+            .find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])
+            .and_then(|n| match n.property("method").and_then(|m| m.as_str()) {
+                Some("hvc") => Some(Conduit::Hvc),
+                Some("smc") => Some(Conduit::Smc),
+                _ => None,
+            });
+        if let Some(gic) = fdt.find_compatible(&["arm,gic-v3", "arm,cortex-a15-gic", "arm,gic-400"])
+        {
+            let version = if gic
+                .compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3"))
+            {
+                GicVersion::V3
+            } else {
+                GicVersion::V2
+            };
+            let mut regs = gic.reg().into_iter().flatten();
+            let mut next = || {
+                regs.next().map(|r| PhysRange {
+                    base: r.starting_address as u64,
+                    size: r.size.unwrap_or(0) as u64,
+                })
+            };
+            if let (Some(dist), Some(cpu_or_redist)) = (next(), next()) {
+                p.gic = Some(GicInfo {
+                    version,
+                    dist,
+                    cpu_or_redist,
+                });
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn memory(&self) -> &[PhysRange] {
+        &self.memory[..self.nr_memory]
+    }
+
+    pub fn bootargs(&self) -> &str {
+        core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("")
+    }
+}
