@@ -6,6 +6,7 @@ use core::fmt::Write;
 use crate::arch::aarch64 as cpu;
 use crate::console::kernel::{KernelMm, KernelSystem, Uart};
 use crate::console::Console;
+use crate::drivers::gic::Gic;
 use crate::drivers::{pl011, psci};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
@@ -17,7 +18,7 @@ use crate::mm::system::{BlockState, MemoryBlock, MemorySystem};
 use crate::mm::translation::KernelTranslation;
 use crate::mm::vmemmap::{vmemmap_backing, vmemmap_populate};
 use crate::platform::cmdline::BootParams;
-use crate::platform::{is_fdt, PhysRange, Platform};
+use crate::platform::{is_fdt, GicVersion, PhysRange, Platform};
 use crate::{heap::Heap, pr_info, pr_warn};
 
 unsafe extern "C" {
@@ -111,6 +112,18 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
     let uart_va = platform
         .uart
         .map(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, &mut memblock));
+    let gic_va = platform.gic.map(|g| {
+        // Only CPU 0's redistributor (RD and SGI frames) is used.
+        let cpu_size = if g.version == GicVersion::V3 {
+            g.cpu_or_redist.size.min(0x20000)
+        } else {
+            g.cpu_or_redist.size
+        };
+        let dist = crate::mm::ioremap::ioremap(&mut pt, g.dist.base, g.dist.size, &mut memblock);
+        let cpu =
+            crate::mm::ioremap::ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, &mut memblock);
+        (g.version, dist as usize, cpu as usize)
+    });
     for r in memblock.memory_regions().as_slice() {
         let (first, last) = (
             align_down(r.base, SECTION_SIZE),
@@ -131,6 +144,21 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
         pl011::relocate(va as usize);
     }
     cpu::disable_user_table();
+    // Without an interrupt to wake it, the idle loop must not sleep.
+    let can_sleep = match (gic_va, platform.uart_intid) {
+        (Some((version, dist, cpu_if)), Some(intid)) => {
+            let gic = Gic::init(version, dist, cpu_if);
+            gic.enable_spi(intid);
+            pl011::enable_rx_interrupt();
+            pr_info!(
+                "GIC {:?}: UART interrupt {} wakes the idle CPU",
+                version,
+                intid
+            );
+            true
+        }
+        _ => false,
+    };
     pr_info!(
         "Page tables: {} pages; boot identity map removed",
         pt.stats.tables
@@ -249,7 +277,11 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
     let mut console = Console::new(Uart);
     loop {
         if console.poll(&mut sys) == 0 {
-            core::hint::spin_loop();
+            if can_sleep {
+                cpu::wait_for_interrupt();
+            } else {
+                core::hint::spin_loop();
+            }
         }
     }
 }

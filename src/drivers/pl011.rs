@@ -29,6 +29,8 @@ register_structs! {
         (0x1c => _reserved1),
         (0x30 => cr: ReadWrite<u32, CR::Register>),
         (0x34 => _reserved2),
+        (0x38 => imsc: ReadWrite<u32>),
+        (0x3c => _reserved3),
         (0x44 => icr: WriteOnly<u32>),
         (0x48 => @END),
     }
@@ -49,6 +51,14 @@ pub fn init(va: usize) {
     if let Some(r) = regs() {
         r.icr.set(0x7ff);
         r.cr.write(CR::UARTEN::SET + CR::TXE::SET + CR::RXE::SET);
+    }
+}
+
+/// Raises the UART's interrupt while received data waits (RX and RX
+/// timeout), so that an idle CPU can sleep until input arrives.
+pub fn enable_rx_interrupt() {
+    if let Some(r) = regs() {
+        r.imsc.set((1 << 4) | (1 << 6));
     }
 }
 

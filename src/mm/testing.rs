@@ -129,13 +129,19 @@ impl Arena {
     }
 
     pub fn read_u64(&self, pa: u64) -> u64 {
-        assert!(self.contains(pa, 8) && pa % 8 == 0, "read_u64 at {pa:#x}");
+        assert!(
+            self.contains(pa, 8) && pa.is_multiple_of(8),
+            "read_u64 at {pa:#x}"
+        );
         // SAFETY: in bounds and aligned (the buffer is page aligned).
         unsafe { (self.host_ptr(pa) as *const u64).read_volatile() }
     }
 
     pub fn write_u64(&self, pa: u64, value: u64) {
-        assert!(self.contains(pa, 8) && pa % 8 == 0, "write_u64 at {pa:#x}");
+        assert!(
+            self.contains(pa, 8) && pa.is_multiple_of(8),
+            "write_u64 at {pa:#x}"
+        );
         // SAFETY: as in `read_u64`.
         unsafe { (self.host_ptr(pa) as *mut u64).write_volatile(value) }
     }
@@ -360,7 +366,7 @@ impl ArenaFrames {
         let mut i = first;
         while i < first + n {
             // Whole words at a time where possible.
-            if i % 64 == 0 && first + n - i >= 64 {
+            if i.is_multiple_of(64) && first + n - i >= 64 {
                 if self.used[i / 64] != 0 {
                     return false;
                 }

@@ -40,6 +40,8 @@ pub struct Platform {
     pub memory: [PhysRange; MAX_MEMORY],
     pub nr_memory: usize,
     pub uart: Option<PhysRange>,
+    /// The UART's interrupt as a GIC INTID (SPIs from 32).
+    pub uart_intid: Option<u32>,
     pub psci: Option<Conduit>,
     pub gic: Option<GicInfo>,
     pub nr_cpus: usize,
@@ -74,6 +76,7 @@ impl Platform {
             memory: [PhysRange::default(); MAX_MEMORY],
             nr_memory: 0,
             uart: None,
+            uart_intid: None,
             psci: None,
             gic: None,
             nr_cpus: fdt.cpus().count(),
@@ -112,9 +115,23 @@ impl Platform {
             n.compatible()
                 .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
         });
-        p.uart = stdout
-            .or_else(|| fdt.find_compatible(&["arm,pl011"]))
-            .and_then(first_reg);
+        let uart = stdout.or_else(|| fdt.find_compatible(&["arm,pl011"]));
+        p.uart = uart.and_then(first_reg);
+        // `interrupts = <type number flags>`: type 0 is an SPI (INTID 32 + n).
+        p.uart_intid = uart
+            .and_then(|n| n.property("interrupts"))
+            .and_then(|prop| {
+                let cell = |i: usize| {
+                    prop.value
+                        .get(i * 4..i * 4 + 4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                };
+                match (cell(0)?, cell(1)?) {
+                    (0, n) => Some(32 + n),
+                    (1, n) => Some(16 + n),
+                    _ => None,
+                }
+            });
         p.psci = fdt
             .find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])
             .and_then(|n| match n.property("method").and_then(|m| m.as_str()) {
@@ -156,5 +173,71 @@ impl Platform {
 
     pub fn bootargs(&self) -> &str {
         core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str) -> Platform {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(path).unwrap();
+        // The parser reads through a pointer: keep the blob 8-byte aligned.
+        let words: Vec<u64> = bytes
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_ne_bytes(w)
+            })
+            .collect();
+        let p = unsafe { Platform::from_fdt(words.as_ptr() as *const u8) }.unwrap();
+        std::mem::forget(words);
+        p
+    }
+
+    #[test]
+    fn reads_qemu_virt_gicv2() {
+        let p = load("virt-gicv2.dtb");
+        assert_eq!(
+            p.memory(),
+            &[PhysRange {
+                base: 0x4000_0000,
+                size: 1 << 30
+            }]
+        );
+        assert_eq!(
+            p.uart,
+            Some(PhysRange {
+                base: 0x900_0000,
+                size: 0x1000
+            })
+        );
+        assert_eq!(p.uart_intid, Some(33));
+        assert_eq!(p.psci, Some(Conduit::Hvc));
+        let gic = p.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V2);
+        assert_eq!(gic.dist.base, 0x800_0000);
+        assert_eq!(gic.cpu_or_redist.base, 0x801_0000);
+        assert_eq!(p.nr_cpus, 1);
+    }
+
+    #[test]
+    fn reads_qemu_virt_gicv3_at_el2() {
+        let p = load("virt-gicv3-el2.dtb");
+        assert_eq!(
+            p.memory(),
+            &[PhysRange {
+                base: 0x4000_0000,
+                size: 2 << 30
+            }]
+        );
+        assert_eq!(p.psci, Some(Conduit::Smc));
+        let gic = p.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V3);
+        assert_eq!(gic.cpu_or_redist.base, 0x80a_0000);
+        assert_eq!(p.nr_cpus, 2);
+        assert_eq!(p.uart_intid, Some(33));
     }
 }

@@ -87,8 +87,10 @@ pub fn counter_freq() -> u64 {
     v
 }
 
-pub fn wait_for_event() {
-    unsafe { asm!("wfe", options(nostack)) }
+/// Sleeps until an interrupt is pending. IRQs stay masked: the kernel
+/// polls, and a pending interrupt ends `wfi` all the same.
+pub fn wait_for_interrupt() {
+    unsafe { asm!("wfi", options(nostack)) }
 }
 
 pub fn halt() -> ! {

@@ -268,7 +268,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         // silently dropped and map the wrong physical memory.
         if pa
             .checked_add(range.len())
-            .is_none_or(|end| end > OUTPUT_ADDRESS_MASK + 1)
+            .is_none_or(|end| end > (OUTPUT_ADDRESS_MASK | mask) + 1)
         {
             return Err(MapError::Misaligned);
         }
