@@ -197,10 +197,7 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
             phys_to_pfn(align_up(start, PAGE_SIZE)),
             phys_to_pfn(align_down(end, PAGE_SIZE)),
         );
-        for pfn in s..e {
-            unsafe { memmap.get(pfn) }.clear_flags(PageFlags::RESERVED);
-        }
-        buddy.free_range(s, e, Zone::Normal);
+        buddy.online_pages(s, e, Zone::Normal);
     });
     let heap_pa = buddy
         .alloc_pages(HEAP_ORDER)

@@ -42,6 +42,7 @@ const HELP: &str = "\
   devmem list                 device-memory regions: id, range, owner, state
   devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
   devmem unmap ID             undo devmem map
+  bench hotplug ADDR SIZE     time add/online/offline/remove of held-back RAM, count RAM and TLBIs
 ";
 
 fn parse_addr(w: Option<&&str>) -> Result<u64> {
@@ -149,6 +150,21 @@ impl System for KernelSystem {
                 Ok(writeln!(out, "{va:#018x}: {v:#018x}")?)
             }
             "devmem" => self.devmem(argv, out),
+            "bench" => {
+                let (start, size) = match (argv.get(1).copied(), argv.get(2), argv.get(3)) {
+                    (Some("hotplug"), Some(a), Some(s)) => (
+                        parse_addr(Some(a))?,
+                        crate::platform::cmdline::memparse(s)
+                            .ok_or_else(|| err!(EINVAL, "bad size {s:?}"))?,
+                    ),
+                    _ => bail!(EINVAL, "usage: bench hotplug ADDR SIZE"),
+                };
+                let mut guard = self.mm.lock();
+                let mm = guard
+                    .as_mut()
+                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+                super::bench::hotplug(mm, start, size, out)
+            }
             name => Err(super::Error::unknown_command(name)),
         }
     }

@@ -17,6 +17,8 @@
 //! implementation (the UART layer) turns them into `"\r\n"` for the
 //! terminal. Input lines may end with CR, LF or CR LF.
 
+#[cfg(target_os = "none")]
+pub mod bench;
 pub mod errno;
 pub mod files;
 #[cfg(target_os = "none")]

@@ -301,6 +301,41 @@ impl BuddyAllocator {
         given
     }
 
+    /// Initialises the struct pages of `start_pfn..end_pfn` for `zone` and
+    /// hands them all over: Linux's `online_pages` (`memmap_init_range`,
+    /// then `__free_pages_core`). One write per struct page and nothing read
+    /// first, which is what makes onlining as cheap as writing the memmap;
+    /// the price is that the caller guarantees no page of the range is held
+    /// by the allocator (the range is an offline memory block). Refused like
+    /// [`free_range`](Self::free_range) for the `Device` zone or a range
+    /// outside the memmap.
+    pub fn online_pages(&mut self, start_pfn: u64, end_pfn: u64, zone: Zone) -> u64 {
+        let Some(z) = zone.buddy_index() else {
+            self.refuse("online_pages", start_pfn, 0, BadFree::BadZone);
+            return 0;
+        };
+        if start_pfn >= end_pfn {
+            return 0;
+        }
+        if !self.memmap.contains_range(start_pfn, end_pfn) {
+            self.refuse("online_pages", start_pfn, 0, BadFree::OutOfRange);
+            return 0;
+        }
+        debug_assert!(
+            self.free_block_of(start_pfn).is_none(),
+            "online_pages over free pages"
+        );
+        // SAFETY: within the memmap, which `new`'s contract keeps mapped.
+        unsafe {
+            self.memmap
+                .init_range(start_pfn, end_pfn, zone, PageFlags::ONLINE)
+        };
+        for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
+        let n = end_pfn - start_pfn;
+        self.managed[z] += n;
+        n
+    }
+
     fn alloc_from(&mut self, order: u32, z: usize) -> Option<u64> {
         let found = (order..=MAX_ORDER).find(|&o| self.heads[z][o as usize] != PFN_NONE)?;
         let pfn = self.heads[z][found as usize];

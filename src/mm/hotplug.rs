@@ -141,14 +141,13 @@ impl<T: Translation> MemorySystem<T> {
             .memmap_on_memory
             .then(|| VmemAltmap::new(spfn, epfn, 0, vmemmap_pages_per_block()));
         self.arch_add_memory(start, end, altmap.as_mut())?;
-        self.init_struct_pages(spfn, epfn, Zone::Normal, PageFlags::RESERVED);
+        // As in Linux, the struct pages of the block are initialised when it
+        // is onlined, once its zone is known; until then only the pages
+        // that hold them are marked (and stay reserved for good).
         if let Some(a) = &altmap {
-            for pfn in a.base_pfn + a.reserve..a.next_pfn() {
-                self.page_flags_set(
-                    pfn,
-                    PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED,
-                );
-            }
+            let flags =
+                PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
+            self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
         self.iomem.insert(start, end, "System RAM");
         self.blocks.insert(
@@ -211,14 +210,8 @@ impl<T: Translation> MemorySystem<T> {
             bail!(EINVAL, "memory{id} is online already");
         }
         let (spfn, epfn) = block_pfns(id);
-        for pfn in spfn..epfn {
-            // SAFETY: present blocks have their vmemmap populated.
-            let page = unsafe { self.memmap.get(pfn) };
-            if !page.has(PageFlags::VMEMMAP_SELF_HOSTED) {
-                page.clear_flags(PageFlags::RESERVED);
-            }
-        }
-        self.buddy.free_range(spfn, epfn, zone);
+        let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
+        self.buddy.online_pages(first, epfn, zone);
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
         self.events.online += 1;
         Ok(())

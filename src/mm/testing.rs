@@ -23,6 +23,8 @@ use crate::mm::pgtable::{Descriptor, Translation};
 /// `[base_pa, base_pa + pages * page_size)`.
 pub struct Arena {
     host: *mut u8,
+    /// What was allocated (`host` lies within it, page aligned).
+    raw: *mut u8,
     layout: Layout,
     base_pa: u64,
     page_size: u64,
@@ -55,13 +57,20 @@ impl Arena {
         base_pa
             .checked_add(len)
             .expect("arena wraps the physical address space");
-        let layout =
-            Layout::from_size_align(len as usize, page_size as usize).expect("arena layout");
+        // One page more than needed at a small alignment, the buffer aligned
+        // by hand: `alloc_zeroed` then is `calloc`, whose large blocks are
+        // fresh mappings, zero without being written. A GiB-sized arena
+        // costs only the pages a test touches (a page-aligned layout would
+        // make the system allocator zero all of it).
+        let layout = Layout::from_size_align((len + page_size) as usize, 16).expect("arena layout");
         // SAFETY: the layout has a non-zero size.
-        let host = unsafe { alloc_zeroed(layout) };
-        assert!(!host.is_null(), "cannot allocate a {len:#x}-byte arena");
+        let raw = unsafe { alloc_zeroed(layout) };
+        assert!(!raw.is_null(), "cannot allocate a {len:#x}-byte arena");
+        // SAFETY: the offset is below `page_size`, inside the allocation.
+        let host = unsafe { raw.add(raw.align_offset(page_size as usize)) };
         Self {
             host,
+            raw,
             layout,
             base_pa,
             page_size,
@@ -179,7 +188,7 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.host, self.layout) }
+        unsafe { dealloc(self.raw, self.layout) }
     }
 }
 

@@ -1,0 +1,133 @@
+//! `bench hotplug`: the figures of BENCHMARKS.md, measured in the guest with
+//! the generic timer (run QEMU with `-icount shift=0,sleep=off` for numbers
+//! that repeat exactly).
+
+use core::fmt::Write;
+
+use super::Result;
+use crate::arch::aarch64 as cpu;
+use crate::mm::layout::*;
+use crate::mm::page::{Page, Zone};
+use crate::mm::system::MemorySystem;
+use crate::mm::translation::KernelTranslation;
+use crate::{bail, err};
+
+fn us(ticks: u64) -> u64 {
+    ticks * 1_000_000 / cpu::counter_freq()
+}
+
+/// Writes `bytes` of fresh struct pages into memory from the buddy
+/// allocator: the floor that adding memory cannot beat.
+fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64) -> Result<u64> {
+    let chunk = PAGE_SIZE << MAX_ORDER;
+    let mut held = [0u64; 64];
+    let n = (bytes / chunk) as usize;
+    if n > held.len() {
+        bail!(EINVAL, "{bytes:#x} is too much struct page memory to time");
+    }
+    for slot in held.iter_mut().take(n) {
+        *slot = mm
+            .buddy
+            .alloc(MAX_ORDER, Zone::Normal)
+            .ok_or_else(|| err!(ENOMEM, "no memory for the baseline"))?;
+    }
+    let t0 = cpu::counter();
+    for &pfn in &held[..n] {
+        let base = phys_to_virt(pfn_to_phys(pfn)) as *mut Page;
+        for i in 0..(chunk >> STRUCT_PAGE_SHIFT) as usize {
+            // SAFETY: the chunk was just allocated to us and is linear mapped.
+            unsafe {
+                base.add(i)
+                    .write(Page::new(Zone::Normal, Default::default()))
+            };
+        }
+        core::hint::black_box(base);
+    }
+    let t = cpu::counter() - t0;
+    for &pfn in &held[..n] {
+        mm.buddy.free(pfn, MAX_ORDER);
+    }
+    Ok(t)
+}
+
+/// Adds, onlines, offlines and removes `[start, start + size)` with struct
+/// pages in system RAM and then on the memory itself, reporting the system
+/// RAM each consumed, the time against a plain write of the struct pages,
+/// and the TLB invalidations per removed block.
+pub fn hotplug(
+    mm: &mut MemorySystem<KernelTranslation>,
+    start: u64,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let blocks = size / MEMORY_BLOCK_SIZE;
+    let struct_pages = (size >> PAGE_SHIFT) << STRUCT_PAGE_SHIFT;
+    let saved = mm.memmap_on_memory;
+    let write = plain_struct_page_write(mm, struct_pages)?;
+    writeln!(
+        out,
+        "plain write of {} KiB of struct pages: {} us",
+        struct_pages >> 10,
+        us(write)
+    )?;
+    for on_memory in [false, true] {
+        mm.memmap_on_memory = on_memory;
+        let before = mm.meminfo();
+        let t0 = cpu::counter();
+        let result = mm.add_memory(start, size);
+        mm.memmap_on_memory = saved;
+        result?;
+        let t_add = cpu::counter() - t0;
+        let added = mm.meminfo();
+        let t1 = cpu::counter();
+        for id in start / MEMORY_BLOCK_SIZE..(start + size) / MEMORY_BLOCK_SIZE {
+            mm.online_block(id, Zone::Movable)?;
+        }
+        let t_online = cpu::counter() - t1;
+        let tlbi = mm.pt.stats.tlbi_ops;
+        let t2 = cpu::counter();
+        for id in start / MEMORY_BLOCK_SIZE..(start + size) / MEMORY_BLOCK_SIZE {
+            mm.offline_block(id)?;
+        }
+        mm.remove_memory(start, size)?;
+        let t_remove = cpu::counter() - t2;
+        let tlbi = mm.pt.stats.tlbi_ops - tlbi;
+        let after = mm.meminfo();
+        let consumed = before.free - added.free;
+        writeln!(
+            out,
+            "memmap_on_memory={}:",
+            if on_memory { 'Y' } else { 'N' }
+        )?;
+        writeln!(
+            out,
+            "  system RAM consumed by add: {} KiB (struct pages {} KiB, page tables {} KiB); on the altmap {} KiB",
+            consumed >> 10,
+            (added.vmemmap - before.vmemmap) >> 10,
+            (added.page_tables - before.page_tables) >> 10,
+            (added.vmemmap_altmap - before.vmemmap_altmap) >> 10
+        )?;
+        writeln!(
+            out,
+            "  add {} us + online {} us = {} us: {}.{:02}x the plain write",
+            us(t_add),
+            us(t_online),
+            us(t_add + t_online),
+            (t_add + t_online) / write,
+            (t_add + t_online) * 100 / write % 100
+        )?;
+        writeln!(out, "  offline + remove: {} us", us(t_remove))?;
+        writeln!(
+            out,
+            "  TLB invalidations: {tlbi} for {blocks} blocks ({} per block)",
+            tlbi / blocks
+        )?;
+        if after != before {
+            bail!(
+                EIO,
+                "meminfo did not return to its baseline: {before:?} -> {after:?}"
+            );
+        }
+    }
+    Ok(())
+}
