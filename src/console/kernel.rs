@@ -10,6 +10,8 @@ use super::{Io, Result, System};
 use crate::arch::aarch64::exception;
 use crate::arch::esr;
 use crate::drivers::{pl011, psci};
+use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PHYS_LIMIT};
+use crate::mm::page::Page;
 use crate::mm::system::{DevMapKind, MemorySystem};
 use crate::mm::translation::KernelTranslation;
 use crate::platform::cmdline::parse_u64;
@@ -42,6 +44,7 @@ const HELP: &str = "\
   devmem list                 device-memory regions: id, range, owner, state
   devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
   devmem unmap ID             undo devmem map
+  page PFN                    the struct page of PFN through the vmemmap (pfn_to_page)
   bench hotplug ADDR SIZE     time add/online/offline/remove of held-back RAM, count RAM and TLBIs
 ";
 
@@ -150,6 +153,26 @@ impl System for KernelSystem {
                 Ok(writeln!(out, "{va:#018x}: {v:#018x}")?)
             }
             "devmem" => self.devmem(argv, out),
+            "page" => {
+                let pfn = parse_addr(argv.get(1))?;
+                if pfn >= PHYS_LIMIT >> PAGE_SHIFT {
+                    bail!(ERANGE, "pfn {pfn:#x} is beyond the physical address range");
+                }
+                // Through the fault-tolerant read: an unpopulated vmemmap
+                // is reported, not fatal.
+                let va = pfn_to_page_va(pfn);
+                let mut words = [0u64; 8];
+                for (i, w) in words.iter_mut().enumerate() {
+                    *w = exception::probe(va + 8 * i as u64).map_err(|f| {
+                        err!(EFAULT, "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})", va, f.far)
+                    })?;
+                }
+                // SAFETY: any 64 bytes are a valid `Page` (plain integers).
+                let page: Page = unsafe { core::mem::transmute(words) };
+                let zone = page.zone().map_or("?", |z| z.name());
+                writeln!(out, "pfn {pfn:#x} page {va:#x} flags {:?} zone {zone} refcount {} owner {}", page.flags(), page.refcount(), page.private())?;
+                Ok(())
+            }
             "bench" => {
                 let (start, size) = match (argv.get(1).copied(), argv.get(2), argv.get(3)) {
                     (Some("hotplug"), Some(a), Some(s)) => (
