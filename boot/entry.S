@@ -2,7 +2,8 @@
 // images). Drop to EL1, zero BSS, build a minimal early map (identity map
 // of the low 512 GiB in 1 GiB blocks, plus the 1 GiB around the image at its
 // linked address), turn the MMU on and jump to Rust at the high address.
-// Everything here is PC-relative until the MMU is on.
+// Everything here is PC-relative until the MMU is on, and nothing before
+// the jump to the high address uses a stack.
 
 .equ SCTLR_EL1_RES1,   0x30d00800
 .equ SCTLR_MMU_ON,     (1 << 0) | (1 << 2) | (1 << 12)   // M, C, I
@@ -44,10 +45,6 @@ _start:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:
-    adrp    x1, __boot_stack_top
-    add     x1, x1, :lo12:__boot_stack_top
-    mov     sp, x1
-
     // Identity map: L0[0] -> L1 of 512 x 1 GiB; the first GiB is devices.
     adrp    x1, idmap_l0
     adrp    x2, idmap_l1
@@ -104,6 +101,10 @@ _start:
     ldr     x1, =high
     br      x1
 high:
+    // The kernel runs on SP_EL0 (EL1t); exceptions switch to SP_EL1.
+    ldr     x1, =__exception_stack_top
+    mov     sp, x1
+    msr     spsel, #0
     ldr     x1, =__boot_stack_top
     mov     sp, x1
     adrp    x1, vectors
@@ -151,10 +152,6 @@ idmap_l0:   .space 4096
 idmap_l1:   .space 4096
 kmap_l0:    .space 4096
 kmap_l1:    .space 4096
-.balign 16
-__boot_stack:
-    .space 64 * 1024
-__boot_stack_top:
 
 .global __kmap_l0
 .set __kmap_l0, kmap_l0

@@ -26,6 +26,8 @@ unsafe extern "C" {
     static _etext: u8;
     static _erodata: u8;
     static _data: u8;
+    static __stack_guard: u8;
+    static __boot_stack: u8;
     static _end: u8;
 }
 
@@ -312,11 +314,9 @@ fn map_kernel(
             sym(unsafe { &_erodata }),
             Attributes::KERNEL_RO,
         ),
-        (
-            sym(unsafe { &_data }),
-            sym(unsafe { &_end }),
-            Attributes::KERNEL_RW,
-        ),
+        // The page(s) below the kernel stack stay unmapped as its guard.
+        (sym(unsafe { &_data }), sym(unsafe { &__stack_guard }), Attributes::KERNEL_RW),
+        (sym(unsafe { &__boot_stack }), sym(unsafe { &_end }), Attributes::KERNEL_RW),
     ];
     for (start, end, attrs) in sections {
         let pa = kernel_pa + (start - text);

@@ -119,12 +119,36 @@ pub fn write_meminfo(info: &MemInfo, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File,
+}
+
 pub struct Files<'a, T: Translation> {
     pub mm: &'a mut MemorySystem<T>,
     pub nr_cpus: usize,
 }
 
 impl<T: Translation> Files<'_, T> {
+    /// What `path` names, from the tree alone (no file is read).
+    fn lookup(&self, path: &str) -> Option<Node> {
+        if TREE.iter().any(|(dir, _)| *dir == path) {
+            return Some(Node::Dir);
+        }
+        let (dir, name) = path.rsplit_once('/')?;
+        let dir = if dir.is_empty() { "/" } else { dir };
+        if let Some((_, files)) = TREE.iter().find(|(d, _)| *d == dir) {
+            if files.contains(&name) {
+                return Some(Node::File);
+            }
+        }
+        match block_path(path)? {
+            (id, _) if !self.mm.blocks.contains_key(&id) => None,
+            (_, None) => Some(Node::Dir),
+            (_, Some(f)) => BLOCK_FILES.contains(&f).then_some(Node::File),
+        }
+    }
     pub fn read(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
         let mm = &mut *self.mm;
         match path {
@@ -166,17 +190,13 @@ impl<T: Translation> Files<'_, T> {
     }
 
     fn read_block(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
-        let Some((id, Some(file))) = block_path(path) else {
-            if self.list(path).is_ok() {
-                bail!(EISDIR, "{path}: is a directory");
-            }
-            bail!(ENOENT, "{path}: no such file");
+        let (Some((id, Some(file))), Some(Node::File)) = (block_path(path), self.lookup(path)) else {
+            return Err(match self.lookup(path) {
+                Some(Node::Dir) => err!(EISDIR, "{path}: is a directory"),
+                _ => err!(ENOENT, "{path}: no such file or directory"),
+            });
         };
-        let block = self
-            .mm
-            .blocks
-            .get(&id)
-            .ok_or_else(|| err!(ENOENT, "{path}: no such file"))?;
+        let block = &self.mm.blocks[&id];
         match file {
             "state" => writeln!(
                 out,
@@ -261,13 +281,11 @@ impl<T: Translation> Files<'_, T> {
                         _ => bail!(EINVAL, "state takes online, online_kernel, online_movable or offline, not {data:?}"),
                     }
                 }
-                Some((id, Some(_))) if mm.blocks.contains_key(&id) => {
-                    bail!(EPERM, "{path}: read-only file")
-                }
-                _ if self.read(path, &mut String::new()).is_ok() => {
-                    bail!(EPERM, "{path}: read-only file")
-                }
-                _ => bail!(ENOENT, "{path}: no such file"),
+                _ => match self.lookup(path) {
+                    Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+                    Some(Node::File) => bail!(EPERM, "{path}: read-only file"),
+                    None => bail!(ENOENT, "{path}: no such file or directory"),
+                },
             },
         }
     }
@@ -280,17 +298,10 @@ impl<T: Translation> Files<'_, T> {
             }
             return Ok(names);
         }
-        match block_path(path) {
-            Some((id, None)) if self.mm.blocks.contains_key(&id) => {
-                Ok(BLOCK_FILES.iter().map(|f| f.to_string()).collect())
-            }
-            Some((id, Some(f))) if self.mm.blocks.contains_key(&id) && BLOCK_FILES.contains(&f) => {
-                bail!(ENOTDIR, "{path}: not a directory")
-            }
-            _ if self.read(path, &mut String::new()).is_ok() => {
-                bail!(ENOTDIR, "{path}: not a directory")
-            }
-            _ => bail!(ENOENT, "{path}: no such file or directory"),
+        match self.lookup(path) {
+            Some(Node::Dir) => Ok(BLOCK_FILES.iter().map(|f| f.to_string()).collect()),
+            Some(Node::File) => bail!(ENOTDIR, "{path}: not a directory"),
+            None => bail!(ENOENT, "{path}: no such file or directory"),
         }
     }
 }

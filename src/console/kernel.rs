@@ -36,8 +36,7 @@ pub struct KernelSystem {
     pub nr_cpus: usize,
 }
 
-const HELP: &str = "\
-  dmesg                       the kernel log
+const HELP: &str = "  dmesg                       the kernel log
   poweroff                    PSCI SYSTEM_OFF
   touch ADDR                  read 8 bytes at virtual ADDR; a fault is reported, not fatal
   crash ADDR                  read ADDR unprotected: a fault there is fatal (oops)

@@ -144,4 +144,11 @@ impl VmemAltmap {
     pub fn contains(&self, pfn: u64) -> bool {
         (self.base_pfn..self.end_pfn).contains(&pfn)
     }
+
+    /// Whether `pfn` is one this altmap handed out and has not had back:
+    /// only those back a vmemmap page. The rest of the range may be
+    /// ordinary memory (a `memmap_on_memory` block once online).
+    pub fn is_allocated(&self, pfn: u64) -> bool {
+        (self.first_pfn()..self.first_pfn() + self.free).contains(&pfn) && self.bit(pfn)
+    }
 }

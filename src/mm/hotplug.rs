@@ -128,9 +128,13 @@ impl<T: Translation> MemorySystem<T> {
                 for done in (first..id).rev() {
                     self.remove_memory_block(done).expect("just added, offline");
                 }
+                // A failed probe added nothing, so it removed nothing either:
+                // `/proc/vmstat` must not count the rolled-back blocks.
+                self.events.hotplug_remove -= id - first;
                 return Err(e);
             }
         }
+        self.events.hotplug_add += last - first;
         Ok(())
     }
 
@@ -158,7 +162,6 @@ impl<T: Translation> MemorySystem<T> {
                 altmap,
             },
         );
-        self.events.hotplug_add += 1;
         pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
         Ok(())
     }

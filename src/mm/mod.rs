@@ -6,6 +6,8 @@ pub mod buddy;
 pub mod frame;
 pub mod granule;
 pub mod hotplug;
+#[cfg(test)]
+mod hotplug_tests;
 pub mod iomem;
 pub mod ioremap;
 pub mod layout;

@@ -193,10 +193,13 @@ impl<T: Translation> MemorySystem<T> {
         blocks.chain(devs)
     }
 
-    /// Which altmap, if any, backs the vmemmap page at `pa`.
+    /// Which altmap, if any, backs the vmemmap page at `pa`: one that
+    /// handed it out, not merely one whose range holds it (an online
+    /// `memmap_on_memory` block gives the rest of its pages to the buddy
+    /// allocator, and so to other blocks' struct pages).
     pub fn altmap_owner(&self, pa: u64) -> Option<&'static str> {
         self.altmaps()
-            .find(|(a, _)| a.contains(phys_to_pfn(pa)))
+            .find(|(a, _)| a.is_allocated(phys_to_pfn(pa)))
             .map(|(_, owner)| owner)
     }
 

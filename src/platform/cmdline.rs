@@ -21,18 +21,31 @@ pub struct BootParams {
 }
 
 /// Linux's `memparse`: a number (decimal, `0x` hex or `0` octal) with an
-/// optional K/M/G/T/P/E suffix. `None` on junk or overflow.
+/// optional K/M/G/T/P/E suffix. As in Linux the number is read first, so
+/// `0x1e` is 30, not 1 EiB. `None` on junk or overflow.
 pub fn memparse(s: &str) -> Option<u64> {
-    let (digits, shift) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 30),
-        b't' | b'T' => (&s[..s.len() - 1], 40),
-        b'p' | b'P' => (&s[..s.len() - 1], 50),
-        b'e' | b'E' => (&s[..s.len() - 1], 60),
-        _ => (s, 0),
+    let (radix, digits) = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (16, hex)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (8, &s[1..])
+    } else {
+        (10, s)
     };
-    let n = parse_u64(digits)?;
+    let end = digits.find(|c: char| !c.is_digit(radix)).unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let n = u64::from_str_radix(&digits[..end], radix).ok()?;
+    let shift = match &digits[end..] {
+        "" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
+        "p" | "P" => 50,
+        "e" | "E" => 60,
+        _ => return None,
+    };
     n.checked_mul(1u64 << shift)
 }
 
@@ -129,5 +142,9 @@ mod tests {
         assert_eq!(memparse(""), None);
         assert_eq!(memparse("12q"), None);
         assert_eq!(memparse("99999999999999999999"), None);
+        assert_eq!(memparse("0x1e"), Some(30));
+        assert_eq!(memparse("0x1eG"), Some(30 << 30));
+        assert_eq!(memparse("2e"), Some(2 << 60));
+        assert_eq!(memparse("0x"), None);
     }
 }

@@ -431,7 +431,7 @@ impl Qemu {
         let at = self.wait_until(
             "the prompt \"# \" at the start of a line",
             timeout,
-            |buf, from| find_prompt(buf, from),
+            find_prompt,
         );
         self.pos = at + PROMPT.len();
         let out = lock(&self.shared.out);

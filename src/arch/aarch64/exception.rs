@@ -18,6 +18,8 @@ unsafe extern "C" {
     fn probe_read(va: u64) -> ProbeResult;
     static probe_read_insn: u8;
     static probe_read_fixup: u8;
+    static __stack_guard: u8;
+    static __boot_stack: u8;
 }
 
 #[repr(C)]
@@ -63,7 +65,9 @@ const ORIGINS: [&str; 4] = ["EL1t", "EL1h", "EL0 (AArch64)", "EL0 (AArch32)"];
 extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
     let (esr, far) = read_esr_far();
     let probe_insn = &raw const probe_read_insn as u64;
-    if kind == 4 && frame.elr == probe_insn && esr::is_abort(esr) {
+    // The kernel runs at EL1t (kind 0); EL1h (kind 4) is the exception
+    // stack itself.
+    if (kind == 0 || kind == 4) && frame.elr == probe_insn && esr::is_abort(esr) {
         *LAST_FAULT.lock() = FaultInfo { esr, far };
         frame.elr = &raw const probe_read_fixup as u64;
         return;
@@ -80,6 +84,10 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
             out,
             "Unable to handle kernel paging request at virtual address {far:016x}"
         );
+        let guard = &raw const __stack_guard as u64..&raw const __boot_stack as u64;
+        if guard.contains(&far) {
+            let _ = writeln!(out, "Kernel stack overflow (guard page hit)");
+        }
     }
     let _ = write!(out, "Mem abort info: ");
     let _ = esr::describe(esr, &mut out);
