@@ -1,18 +1,28 @@
 // Entry from QEMU: MMU off, at EL2 or EL1, x0 = DTB pointer (0 for ELF
-// images). Drop to EL1, zero BSS, build a minimal early map (identity map
-// of the low 512 GiB in 1 GiB blocks, plus the 1 GiB around the image at its
-// linked address), turn the MMU on and jump to Rust at the high address.
-// Everything here is PC-relative until the MMU is on, and nothing before
-// the jump to the high address uses a stack.
+// images). Drop to EL1, zero BSS, build a minimal early map, turn the MMU on
+// and jump to Rust at the high address. Everything here is PC-relative until
+// the MMU is on, and nothing before the jump to the high address uses a
+// stack.
+//
+// The early map is one table of blocks (1 GiB for 4K pages, 32 MiB for 16K,
+// 512 MiB for 64K) for the identity map of low physical memory, and one for
+// the block holding the image at its linked address; 16K needs one more
+// level in between. The granule-dependent numbers come from Rust
+// (src/arch/aarch64/boot.rs) as assembler constants in braces.
 
 .equ SCTLR_EL1_RES1,   0x30d00800
 .equ SCTLR_MMU_ON,     (1 << 0) | (1 << 2) | (1 << 12)   // M, C, I
-.equ TCR_EL1_4K,       0xb5103510      // T0SZ=T1SZ=16, WBWA, inner shareable, TG0=4K, TG1=4K
 .equ BLOCK_NORMAL,     0x705           // valid block, AttrIdx 1, inner shareable, AF
 .equ BLOCK_DEVICE,     0x401           // valid block, AttrIdx 0, AF
 .equ TABLE,            0x3
-.equ KIMAGE_L0_INDEX,  256             // KIMAGE_VADDR = 0xffff800080000000
-.equ KIMAGE_L1_INDEX,  2
+.equ PAGE_SIZE,        {PAGE_SIZE}
+.equ TCR_VALUE,        {TCR}
+.equ BLOCK_SHIFT,      {BLOCK_SHIFT}
+.equ BLOCK_ENTRIES,    {BLOCK_ENTRIES}
+.equ MID_LEVEL,        {MID_LEVEL}     // 1 when a table sits between root and blocks
+.equ K_ROOT_INDEX,     {K_ROOT_INDEX}  // indices of KIMAGE_VADDR at each level
+.equ K_MID_INDEX,      {K_MID_INDEX}
+.equ K_BLOCK_INDEX,    {K_BLOCK_INDEX}
 
 .section .text.boot, "ax"
 .global _start
@@ -45,38 +55,57 @@ _start:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:
-    // Identity map: L0[0] -> L1 of 512 x 1 GiB; the first GiB is devices.
-    adrp    x1, idmap_l0
-    adrp    x2, idmap_l1
+    // Identity map: blocks for all of low memory; what lies below the GiB
+    // holding the image (MMIO on virt) is device memory.
+    adrp    x1, idmap_root
+    adrp    x2, idmap_blocks
+.if MID_LEVEL
+    adrp    x3, idmap_mid
+    orr     x4, x3, #TABLE
+    str     x4, [x1]
+    mov     x1, x3
+.endif
     orr     x3, x2, #TABLE
     str     x3, [x1]
-    mov     x3, #0                          // index
-4:  lsl     x4, x3, #30
-    cbz     x3, 5f
-    mov     x5, #BLOCK_NORMAL
+    and     x6, x20, #~((1 << 30) - 1)
+    mov     x3, #0                          // block index
+4:  lsl     x4, x3, #BLOCK_SHIFT
+    cmp     x4, x6
+    b.hs    5f
+    mov     x5, #BLOCK_DEVICE
     b       6f
-5:  mov     x5, #BLOCK_DEVICE
+5:  mov     x5, #BLOCK_NORMAL
 6:  orr     x4, x4, x5
     str     x4, [x2, x3, lsl #3]
     add     x3, x3, #1
-    cmp     x3, #512
+    mov     x7, #BLOCK_ENTRIES
+    cmp     x3, x7
     b.lo    4b
 
-    // Kernel map: L0[256] -> L1, L1[2] -> the GiB holding the image.
-    adrp    x1, kmap_l0
-    adrp    x2, kmap_l1
-    orr     x3, x2, #TABLE
-    str     x3, [x1, #(KIMAGE_L0_INDEX * 8)]
-    and     x3, x20, #~((1 << 30) - 1)
-    mov     x5, #BLOCK_NORMAL
-    orr     x3, x3, x5
-    str     x3, [x2, #(KIMAGE_L1_INDEX * 8)]
+    // Kernel map: the block holding the image, at KIMAGE_VADDR.
+    adrp    x1, kmap_root
+    adrp    x2, kmap_blocks
+    mov     x5, #K_ROOT_INDEX
+.if MID_LEVEL
+    adrp    x3, kmap_mid
+    orr     x4, x3, #TABLE
+    str     x4, [x1, x5, lsl #3]
+    mov     x1, x3
+    mov     x5, #K_MID_INDEX
+.endif
+    orr     x4, x2, #TABLE
+    str     x4, [x1, x5, lsl #3]
+    and     x3, x20, #~((1 << BLOCK_SHIFT) - 1)
+    mov     x4, #BLOCK_NORMAL
+    orr     x3, x3, x4
+    mov     x5, #K_BLOCK_INDEX
+    str     x3, [x2, x5, lsl #3]
     dsb     ish
 
     ldr     x1, =0x0000000000ff04           // MAIR: see pgtable::descriptor::MAIR_VALUE
     movk    x1, #0x44, lsl #16
     msr     mair_el1, x1
-    ldr     x1, =TCR_EL1_4K
+    ldr     x1, =TCR_VALUE
     mrs     x2, id_aa64mmfr0_el1
     and     x2, x2, #0xf                    // PARange
     cmp     x2, #5
@@ -84,9 +113,9 @@ _start:
     csel    x2, x2, x3, ls                  // at most 48 bits
     bfi     x1, x2, #32, #3                 // IPS
     msr     tcr_el1, x1
-    adrp    x1, idmap_l0
+    adrp    x1, idmap_root
     msr     ttbr0_el1, x1
-    adrp    x1, kmap_l0
+    adrp    x1, kmap_root
     msr     ttbr1_el1, x1
     isb
     tlbi    vmalle1
@@ -147,11 +176,12 @@ el2_to_el1:
     eret
 
 .section .bss.boot_tables, "aw", @nobits
-.balign 4096
-idmap_l0:   .space 4096
-idmap_l1:   .space 4096
-kmap_l0:    .space 4096
-kmap_l1:    .space 4096
-
-.global __kmap_l0
-.set __kmap_l0, kmap_l0
+.balign PAGE_SIZE
+idmap_root:     .space PAGE_SIZE
+idmap_blocks:   .space PAGE_SIZE
+kmap_root:      .space PAGE_SIZE
+kmap_blocks:    .space PAGE_SIZE
+.if MID_LEVEL
+idmap_mid:      .space PAGE_SIZE
+kmap_mid:       .space PAGE_SIZE
+.endif

@@ -4,7 +4,18 @@
 
 #[cfg(target_os = "none")]
 mod kernel {
-    core::arch::global_asm!(include_str!("../boot/entry.S"));
+    use hpk::arch::boot as b;
+    core::arch::global_asm!(
+        include_str!("../boot/entry.S"),
+        PAGE_SIZE = const b::PAGE_SIZE,
+        TCR = const b::TCR,
+        BLOCK_SHIFT = const b::BLOCK_SHIFT,
+        BLOCK_ENTRIES = const b::BLOCK_ENTRIES,
+        MID_LEVEL = const b::MID_LEVEL,
+        K_ROOT_INDEX = const b::K_ROOT_INDEX,
+        K_MID_INDEX = const b::K_MID_INDEX,
+        K_BLOCK_INDEX = const b::K_BLOCK_INDEX,
+    );
     core::arch::global_asm!(include_str!("../boot/vectors.S"));
 
     #[global_allocator]

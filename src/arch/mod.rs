@@ -4,6 +4,9 @@
 
 #[cfg(target_os = "none")]
 pub mod aarch64;
+#[cfg(any(target_os = "none", test))]
+#[path = "aarch64/boot.rs"]
+pub mod boot;
 pub mod esr;
 
 #[cfg(target_os = "none")]

@@ -13,10 +13,11 @@ use super::vmemmap::{vmemmap_free, vmemmap_populate};
 use crate::console::Result;
 use crate::{bail, err, pr_info, pr_warn};
 
-/// The largest leaf of a hot-added linear map. A 1 GiB block would span
-/// eight memory blocks and could not be taken down one block at a time;
-/// 2 MiB blocks (with contiguous groups of 32 MiB) always nest inside one.
-const HOTPLUG_LINEAR_LEAF: u64 = 2 << 20;
+/// The largest leaf of a hot-added linear map: one memory block, so that
+/// blocks can be taken down one at a time. With 4K pages that means 2 MiB
+/// blocks (a 1 GiB one would span eight memory blocks), with 16K 32 MiB,
+/// with 64K one 512 MiB block per memory block.
+const HOTPLUG_LINEAR_LEAF: u64 = MEMORY_BLOCK_SIZE;
 
 /// Pages of struct pages one memory block needs.
 pub const fn vmemmap_pages_per_block() -> u64 {

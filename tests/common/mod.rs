@@ -47,6 +47,8 @@ pub struct Opts {
     pub extra: Vec<String>,
     /// Bound on each wait (boot, each command, exit).
     pub timeout: Duration,
+    /// The kernel to boot; `None`: [`kernel_elf`].
+    pub kernel: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -59,6 +61,7 @@ impl Default for Opts {
             append: None,
             extra: Vec::new(),
             timeout: TIMEOUT,
+            kernel: None,
         }
     }
 }
@@ -66,6 +69,17 @@ impl Default for Opts {
 impl Opts {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Boots `elf` instead of the default kernel.
+    pub fn kernel(mut self, elf: PathBuf) -> Self {
+        assert!(
+            elf.is_file(),
+            "kernel ELF {} not found: scripts/test builds it",
+            elf.display()
+        );
+        self.kernel = Some(elf);
+        self
     }
 
     pub fn cpu(mut self, cpu: &str) -> Self {
@@ -288,7 +302,7 @@ impl Qemu {
 
     /// Starts QEMU without waiting for anything.
     pub fn spawn(opts: Opts) -> Qemu {
-        let elf = kernel_elf();
+        let elf = opts.kernel.clone().unwrap_or_else(kernel_elf);
         let permit = Permit::acquire();
         let mut cmd = Command::new("qemu-system-aarch64");
         cmd.arg("-machine")
