@@ -129,9 +129,6 @@ impl<T: Translation> MemorySystem<T> {
                 for done in (first..id).rev() {
                     self.remove_memory_block(done).expect("just added, offline");
                 }
-                // A failed probe added nothing, so it removed nothing either:
-                // `/proc/vmstat` must not count the rolled-back blocks.
-                self.events.hotplug_remove -= id - first;
                 return Err(e);
             }
         }
@@ -183,6 +180,7 @@ impl<T: Translation> MemorySystem<T> {
         }
         for id in first..last {
             self.remove_memory_block(id)?;
+            self.events.hotplug_remove += 1;
         }
         Ok(())
     }
@@ -199,7 +197,6 @@ impl<T: Translation> MemorySystem<T> {
             pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
         }
         self.iomem.remove(start);
-        self.events.hotplug_remove += 1;
         pr_info!("memory{id}: removed {start:#x}-{:#x}", end - 1);
         Ok(())
     }
