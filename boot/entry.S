@@ -102,30 +102,9 @@ _start:
     str     x3, [x2, x5, lsl #3]
     dsb     ish
 
-    ldr     x1, =0x0000000000ff04           // MAIR: see pgtable::descriptor::MAIR_VALUE
-    movk    x1, #0x44, lsl #16
-    msr     mair_el1, x1
-    ldr     x1, =TCR_VALUE
-    mrs     x2, id_aa64mmfr0_el1
-    and     x2, x2, #0xf                    // PARange
-    cmp     x2, #5
-    mov     x3, #5
-    csel    x2, x2, x3, ls                  // at most 48 bits
-    bfi     x1, x2, #32, #3                 // IPS
-    msr     tcr_el1, x1
     adrp    x1, idmap_root
-    msr     ttbr0_el1, x1
-    adrp    x1, kmap_root
-    msr     ttbr1_el1, x1
-    isb
-    tlbi    vmalle1
-    dsb     nsh
-    isb
-    mrs     x1, sctlr_el1
-    ldr     x2, =SCTLR_MMU_ON
-    orr     x1, x1, x2
-    msr     sctlr_el1, x1
-    isb
+    adrp    x2, kmap_root
+    bl      enable_mmu
 
     ldr     x1, =high
     br      x1
@@ -146,6 +125,70 @@ high:
 park:
     wfe
     b       park
+
+// A secondary CPU, started by PSCI CPU_ON with x0 = the physical address of
+// its SecondaryBoot (src/arch/aarch64/smp.rs): the kernel table, its stacks
+// and its number. The boot identity map is still in memory and lends TTBR0
+// for the jump to the high address.
+.global secondary_entry
+secondary_entry:
+    mov     x19, x0
+    mrs     x1, CurrentEL
+    lsr     x1, x1, #2
+    cmp     x1, #2
+    b.ne    1f
+    bl      el2_to_el1
+1:  ldr     x1, =SCTLR_EL1_RES1
+    msr     sctlr_el1, x1
+    isb
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
+    adrp    x1, idmap_root
+    ldr     x2, [x19, #8]                   // kernel table
+    bl      enable_mmu
+    ldr     x1, =secondary_high
+    br      x1
+secondary_high:
+    ldr     x1, [x19, #24]                  // exception stack top
+    mov     sp, x1
+    msr     spsel, #0
+    ldr     x1, [x19, #16]                  // kernel stack top
+    mov     sp, x1
+    adrp    x1, vectors
+    add     x1, x1, :lo12:vectors
+    msr     vbar_el1, x1
+    isb
+    mov     x0, x19
+    bl      secondary_main
+    b       park
+
+// MMU on with TTBR0 = x1 and TTBR1 = x2, MAIR and TCR for the kernel.
+enable_mmu:
+    ldr     x3, =0x0000000000ff04           // MAIR: see pgtable::descriptor::MAIR_VALUE
+    movk    x3, #0x44, lsl #16
+    msr     mair_el1, x3
+    ldr     x3, =TCR_VALUE
+    mrs     x4, id_aa64mmfr0_el1
+    and     x4, x4, #0xf                    // PARange
+    cmp     x4, #5
+    mov     x5, #5
+    csel    x4, x4, x5, ls                  // at most 48 bits
+    bfi     x3, x4, #32, #3                 // IPS
+    msr     tcr_el1, x3
+    msr     ttbr0_el1, x1
+    msr     ttbr1_el1, x2
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    mrs     x3, sctlr_el1
+    ldr     x4, =SCTLR_MMU_ON
+    orr     x3, x3, x4
+    msr     sctlr_el1, x3
+    isb
+    ret
+
+
 
 // EL2 -> EL1 with EL1 in AArch64, timers and GICv3 registers reachable.
 el2_to_el1:

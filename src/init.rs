@@ -4,6 +4,7 @@
 use core::fmt::Write;
 
 use crate::arch::aarch64 as cpu;
+use crate::arch::aarch64::smp::{self, SecondaryBoot};
 use crate::console::kernel::{KernelMm, KernelSystem, Uart};
 use crate::console::Console;
 use crate::drivers::gic::Gic;
@@ -115,9 +116,9 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
         .uart
         .map(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, &mut memblock));
     let gic_va = platform.gic.map(|g| {
-        // Only CPU 0's redistributor (RD and SGI frames) is used.
+        // One redistributor (RD and SGI frames) per CPU is used.
         let cpu_size = if g.version == GicVersion::V3 {
-            g.cpu_or_redist.size.min(0x20000)
+            g.cpu_or_redist.size.min(0x20000 * platform.nr_cpus as u64)
         } else {
             g.cpu_or_redist.size
         };
@@ -151,6 +152,7 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
         (Some((version, dist, cpu_if)), Some(intid)) => {
             let gic = Gic::init(version, dist, cpu_if);
             gic.enable_spi(intid);
+            smp::set_gic(gic);
             pl011::enable_rx_interrupt();
             pr_info!(
                 "GIC {:?}: UART interrupt {} wakes the idle CPU",
@@ -266,12 +268,12 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
     );
     print_layout();
     *MM.lock() = Some(mm);
+    start_secondaries(&platform, kernel_pa);
     let elapsed_us = (cpu::counter() - t0) * 1_000_000 / cpu::counter_freq();
     pr_info!("Boot took {} us", elapsed_us);
 
     let mut sys = KernelSystem {
         mm: &MM,
-        nr_cpus: platform.nr_cpus,
     };
     let mut console = Console::new(Uart);
     loop {
@@ -286,6 +288,49 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
 }
 
 static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
+
+unsafe extern "C" {
+    fn secondary_entry();
+}
+
+static mut SECONDARY_BOOT: [SecondaryBoot; smp::MAX_CPUS] =
+    [const { SecondaryBoot { cpu: 0, ttbr1: 0, stack_top: 0, exception_stack_top: 0 } }; smp::MAX_CPUS];
+
+/// Kernel and exception stacks of a secondary CPU, from the buddy allocator.
+const SECONDARY_STACK: u64 = 64 << 10;
+const SECONDARY_EXCEPTION_STACK: u64 = 16 << 10;
+
+/// Starts every other CPU the DT lists and waits (bounded) for each.
+fn start_secondaries(platform: &Platform, kernel_pa: u64) {
+    let text = sym(unsafe { &_text });
+    let image_pa = |va: u64| kernel_pa + (va - text);
+    let entry_pa = image_pa(secondary_entry as *const () as u64);
+    for cpu in 1..platform.nr_cpus {
+        let mut guard = MM.lock();
+        let mm = guard.as_mut().expect("memory is up");
+        let order = |size: u64| crate::mm::frame::get_order(size, PAGE_SHIFT);
+        let (Some(stack), Some(exc)) = (
+            mm.buddy.alloc_pages(order(SECONDARY_STACK)),
+            mm.buddy.alloc_pages(order(SECONDARY_EXCEPTION_STACK)),
+        ) else {
+            pr_warn!("CPU{cpu}: no memory for its stacks");
+            break;
+        };
+        let ttbr1 = mm.pt.root_pa();
+        drop(guard);
+        // SAFETY: CPU 0 alone writes these, before the CPU they describe runs.
+        let boot = unsafe { &mut (*(&raw mut SECONDARY_BOOT))[cpu] };
+        boot.ttbr1 = ttbr1;
+        boot.stack_top = phys_to_virt(stack) + (PAGE_SIZE << order(SECONDARY_STACK));
+        boot.exception_stack_top = phys_to_virt(exc) + (PAGE_SIZE << order(SECONDARY_EXCEPTION_STACK));
+        let boot_pa = image_pa(boot as *const SecondaryBoot as u64);
+        if smp::start_cpu(cpu, platform.cpu_mpidr[cpu], entry_pa, boot, boot_pa) {
+            pr_info!("CPU{cpu}: booted secondary processor {:#x}", platform.cpu_mpidr[cpu]);
+        } else {
+            pr_warn!("CPU{cpu}: failed to come online");
+        }
+    }
+}
 
 fn print_layout() {
     pr_info!("Virtual kernel memory layout:");

@@ -112,6 +112,30 @@ fn parse_range(data: &str) -> Result<(u64, u64)> {
     Ok((start, size))
 }
 
+/// A CPU mask as Linux prints it: ranges, `0-3,6`.
+pub fn cpu_list(mask: u64) -> String {
+    let mut out = String::new();
+    let mut cpu = 0;
+    while cpu < 64 {
+        if mask & (1 << cpu) == 0 {
+            cpu += 1;
+            continue;
+        }
+        let first = cpu;
+        while cpu < 64 && mask & (1 << cpu) != 0 {
+            cpu += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        match cpu - 1 - first {
+            0 => out += &format!("{first}"),
+            _ => out += &format!("{first}-{}", cpu - 1),
+        }
+    }
+    out
+}
+
 pub fn write_meminfo(info: &MemInfo, out: &mut dyn Write) -> Result<()> {
     for (name, bytes) in MemInfo::FIELDS.iter().zip(info.values()) {
         writeln!(out, "{:<16}{:>8} kB", format!("{name}:"), bytes >> 10)?;
@@ -127,7 +151,8 @@ enum Node {
 
 pub struct Files<'a, T: Translation> {
     pub mm: &'a mut MemorySystem<T>,
-    pub nr_cpus: usize,
+    /// CPUs running, bit n for CPU n.
+    pub cpus_online: u64,
 }
 
 impl<T: Translation> Files<'_, T> {
@@ -158,10 +183,7 @@ impl<T: Translation> Files<'_, T> {
             "/sys/devices/system/memory/block_size_bytes" => {
                 writeln!(out, "{MEMORY_BLOCK_SIZE:x}")?
             }
-            "/sys/devices/system/cpu/online" => match self.nr_cpus {
-                1 => writeln!(out, "0")?,
-                n => writeln!(out, "0-{}", n - 1)?,
-            },
+            "/sys/devices/system/cpu/online" => writeln!(out, "{}", cpu_list(self.cpus_online))?,
             "/sys/module/memory_hotplug/parameters/memmap_on_memory" => {
                 writeln!(out, "{}", if mm.memmap_on_memory { 'Y' } else { 'N' })?
             }

@@ -33,7 +33,6 @@ pub type KernelMm = MemorySystem<KernelTranslation>;
 
 pub struct KernelSystem {
     pub mm: &'static spin::Mutex<Option<KernelMm>>,
-    pub nr_cpus: usize,
 }
 
 const HELP: &str = "  dmesg                       the kernel log
@@ -63,7 +62,7 @@ impl KernelSystem {
             .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
         f(&mut Files {
             mm,
-            nr_cpus: self.nr_cpus,
+            cpus_online: crate::arch::aarch64::smp::online_mask(),
         })
     }
 

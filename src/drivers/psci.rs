@@ -22,6 +22,25 @@ pub fn conduit() -> Option<Conduit> {
     }
 }
 
+/// PSCI CPU_ON: starts the CPU with MPIDR `mpidr` at physical `entry`,
+/// with `context` in its x0.
+pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), ()> {
+    #[cfg(target_os = "none")]
+    {
+        let r = match conduit() {
+            Some(Conduit::Hvc) => smccc::psci::cpu_on::<smccc::Hvc>(mpidr, entry, context),
+            Some(Conduit::Smc) => smccc::psci::cpu_on::<smccc::Smc>(mpidr, entry, context),
+            None => return Err(()),
+        };
+        r.map_err(|_| ())
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (mpidr, entry, context);
+        Err(())
+    }
+}
+
 /// PSCI SYSTEM_OFF; halts if there is no PSCI or it returns.
 pub fn system_off() -> ! {
     #[cfg(target_os = "none")]

@@ -18,6 +18,7 @@ impl PhysRange {
 }
 
 pub const MAX_MEMORY: usize = 16;
+pub const MAX_CPUS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GicVersion {
@@ -45,6 +46,8 @@ pub struct Platform {
     pub psci: Option<Conduit>,
     pub gic: Option<GicInfo>,
     pub nr_cpus: usize,
+    /// MPIDR of each CPU, in DT order (CPU 0 first).
+    pub cpu_mpidr: [u64; MAX_CPUS],
     bootargs: [u8; 1024],
     bootargs_len: usize,
 }
@@ -79,7 +82,8 @@ impl Platform {
             uart_intid: None,
             psci: None,
             gic: None,
-            nr_cpus: fdt.cpus().count(),
+            nr_cpus: fdt.cpus().count().min(MAX_CPUS),
+            cpu_mpidr: [0; MAX_CPUS],
             bootargs: [0; 1024],
             bootargs_len: 0,
         };
@@ -99,6 +103,9 @@ impl Platform {
             }
         }
         p.memory[..p.nr_memory].sort_unstable_by_key(|r| r.base);
+        for (slot, cpu) in p.cpu_mpidr.iter_mut().zip(fdt.cpus()) {
+            *slot = cpu.ids().first() as u64;
+        }
         if let Some(args) = fdt.chosen().bootargs() {
             let n = args.len().min(p.bootargs.len());
             p.bootargs[..n].copy_from_slice(&args.as_bytes()[..n]);
@@ -238,6 +245,7 @@ mod tests {
         assert_eq!(gic.version, GicVersion::V3);
         assert_eq!(gic.cpu_or_redist.base, 0x80a_0000);
         assert_eq!(p.nr_cpus, 2);
+        assert_eq!(&p.cpu_mpidr[..2], &[0, 1]);
         assert_eq!(p.uart_intid, Some(33));
     }
 }

@@ -1,6 +1,7 @@
 //! What only runs on the CPU: instructions and system registers.
 
 pub mod exception;
+pub mod smp;
 
 use core::arch::asm;
 

@@ -1,0 +1,101 @@
+//! Secondary CPUs: started with PSCI `CPU_ON` through boot/entry.S, then
+//! parked in `wfi` until CPU 0 hands them a job and wakes them with an SGI.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::drivers::gic::Gic;
+
+pub const MAX_CPUS: usize = 16;
+
+/// What a starting CPU reads, with its MMU off, at the physical address
+/// PSCI passes it (layout known to boot/entry.S).
+#[repr(C, align(64))]
+pub struct SecondaryBoot {
+    pub cpu: u64,
+    pub ttbr1: u64,
+    pub stack_top: u64,
+    pub exception_stack_top: u64,
+}
+
+static ONLINE: AtomicU64 = AtomicU64::new(1);
+static GIC: spin::Once<Gic> = spin::Once::new();
+/// A job per CPU (a `fn(usize)` as an address), 0 when idle.
+static JOBS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+
+/// CPUs running, bit n for CPU n (Linux's `cpu_online_mask`).
+pub fn online_mask() -> u64 {
+    ONLINE.load(Ordering::Acquire)
+}
+
+pub fn set_gic(gic: Gic) {
+    GIC.call_once(|| gic);
+}
+
+/// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
+/// read it with its caches off.
+fn clean_to_poc(va: u64, len: u64) {
+    let mut line = va & !63;
+    while line < va + len {
+        unsafe { core::arch::asm!("dc cvac, {}", in(reg) line) };
+        line += 64;
+    }
+    unsafe { core::arch::asm!("dsb sy") };
+}
+
+/// Starts CPU `cpu` (MPIDR `mpidr`) at `entry_pa` with `boot` (at `boot_pa`).
+pub fn start_cpu(cpu: usize, mpidr: u64, entry_pa: u64, boot: &mut SecondaryBoot, boot_pa: u64) -> bool {
+    boot.cpu = cpu as u64;
+    clean_to_poc(boot as *const _ as u64, core::mem::size_of::<SecondaryBoot>() as u64);
+    if crate::drivers::psci::cpu_on(mpidr, entry_pa, boot_pa).is_err() {
+        return false;
+    }
+    // Bounded: a CPU that never arrives is reported, not waited for.
+    for _ in 0..50_000_000u64 {
+        if online_mask() & (1 << cpu) != 0 {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// Hands `job` to every CPU in `mask` and wakes them.
+pub fn run_on(mask: u64, job: fn(usize)) {
+    for (cpu, slot) in JOBS.iter().enumerate() {
+        if mask & (1 << cpu) != 0 {
+            slot.store(job as usize, Ordering::Release);
+        }
+    }
+    if let Some(gic) = GIC.get() {
+        gic.wake(mask as u16);
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn secondary_main(boot: *const SecondaryBoot) -> ! {
+    // The identity map still maps `boot`; it goes right after.
+    let cpu = unsafe { (*boot).cpu } as usize;
+    super::disable_user_table();
+    let gic = GIC.get().copied();
+    if let Some(gic) = gic {
+        gic.init_cpu(cpu);
+    }
+    ONLINE.fetch_or(1 << cpu, Ordering::AcqRel);
+    loop {
+        // Acknowledge first: a wake-up that arrives after the check below
+        // stays pending and ends the `wfi`.
+        if let Some(gic) = gic {
+            gic.ack();
+        }
+        let job = JOBS[cpu].swap(0, Ordering::AcqRel);
+        if job != 0 {
+            // SAFETY: only `run_on` stores here, and only `fn(usize)`s.
+            let job: fn(usize) = unsafe { core::mem::transmute(job) };
+            job(cpu);
+        } else if gic.is_some() {
+            super::wait_for_interrupt();
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
