@@ -110,6 +110,9 @@ impl<T: Translation> MemorySystem<T> {
                 d.owner
             );
         }
+        if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
+            bail!(EEXIST, "memory{id} is present already");
+        }
         if !self
             .hotpluggable
             .iter()
@@ -120,9 +123,6 @@ impl<T: Translation> MemorySystem<T> {
                 "{start:#x}-{:#x} is not RAM held back from boot (mem=)",
                 end - 1
             );
-        }
-        if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
-            bail!(EEXIST, "memory{id} is present already");
         }
         for id in first..last {
             if let Err(e) = self.add_memory_block(id) {

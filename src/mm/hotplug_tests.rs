@@ -694,10 +694,10 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
         ("probe RAM not held back", Errno::EINVAL, |m| {
             m.add_memory(NOT_RAM, BLOCK)
         }),
-        ("probe boot RAM", Errno::EINVAL, |m| {
+        ("probe boot RAM", Errno::EEXIST, |m| {
             m.add_memory(ARENA_BASE, BLOCK)
         }),
-        ("probe past held-back RAM", Errno::EINVAL, |m| {
+        ("probe from boot RAM into held-back RAM", Errno::EEXIST, |m| {
             m.add_memory(start_of(HOT_FIRST - 1), 2 * BLOCK)
         }),
         ("probe device memory", Errno::EBUSY, |m| {
