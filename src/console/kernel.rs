@@ -42,6 +42,7 @@ const HELP: &str = "  dmesg                       the kernel log
   devmem list                 device-memory regions: id, range, owner, state
   devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
   devmem unmap ID             undo devmem map
+  stress [CYCLES [WORKERS]]   secondary CPUs churn pages while CPU 0 cycles hotplug of held-back RAM
   page PFN                    the struct page of PFN through the vmemmap (pfn_to_page)
   bench hotplug ADDR SIZE     time add/online/offline/remove of held-back RAM, count RAM and TLBIs
 ";
@@ -151,6 +152,7 @@ impl System for KernelSystem {
                 Ok(writeln!(out, "{va:#018x}: {v:#018x}")?)
             }
             "devmem" => self.devmem(argv, out),
+            "stress" => super::stress::stress(self.mm, argv, out),
             "page" => {
                 let pfn = parse_addr(argv.get(1))?;
                 if pfn >= PHYS_LIMIT >> PAGE_SHIFT {

@@ -5,7 +5,7 @@
 //! files and commands through [`System`] and its UART through [`Io`], then
 //! calls [`Console::poll`] whenever input may have arrived:
 //!
-//! ```ignore
+//! ```text
 //! let mut console = Console::new(uart);
 //! loop {
 //!     console.poll(&mut kernel_system);
@@ -25,6 +25,8 @@ pub mod files;
 pub mod kernel;
 pub mod line;
 pub mod shell;
+#[cfg(target_os = "none")]
+pub mod stress;
 
 pub use errno::{Errno, Error, Result};
 pub use line::{Event, LineEditor, MAX_LINE};

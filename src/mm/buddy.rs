@@ -71,6 +71,9 @@ pub struct BuddyAllocator {
     /// Pages handed over by `free_range` and not taken back by
     /// `isolate_range` (Linux's `managed_pages`).
     managed: [u64; NR_BUDDY_ZONES],
+    /// Ranges being isolated: `(start, end, pages held)`. Their free pages
+    /// are off the free lists, and pages freed into them are held too.
+    isolating: alloc::vec::Vec<(u64, u64, u64)>,
     stats: BuddyStats,
 }
 
@@ -111,6 +114,7 @@ impl BuddyAllocator {
             nr_blocks: [[0; NR_ORDERS]; NR_BUDDY_ZONES],
             nr_free: [0; NR_BUDDY_ZONES],
             managed: [0; NR_BUDDY_ZONES],
+            isolating: alloc::vec::Vec::new(),
             stats: BuddyStats::default(),
         }
     }
@@ -426,9 +430,74 @@ impl BuddyAllocator {
         let p = self.pg_mut(pfn);
         p.refcount = 0;
         let z = Self::zone_index(p).expect("checked");
-        self.free_one(pfn, order, z);
         self.stats.frees += 1;
+        if let Some(range) = self.isolating.iter_mut().find(|r| r.0 <= pfn && pfn < r.1) {
+            range.2 += 1 << order;
+            let p = self.pg_mut(pfn);
+            p.order = order as u8;
+            p.flags.insert(PageFlags::ISOLATED);
+            return true;
+        }
+        self.free_one(pfn, order, z);
         true
+    }
+
+    /// Starts isolating `start_pfn..end_pfn` (aligned to `2^MAX_ORDER`
+    /// pages) for offlining while pages in it are still in use: its free
+    /// blocks leave the free lists, nothing more is allocated from it, and
+    /// pages freed into it are held aside (Linux's
+    /// `start_isolate_page_range`). Finish with
+    /// [`undo_isolate_page_range`](Self::undo_isolate_page_range), then
+    /// [`isolate_range`](Self::isolate_range) once
+    /// [`test_pages_isolated`](Self::test_pages_isolated).
+    pub fn start_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
+        let block = 1u64 << MAX_ORDER;
+        assert!(start_pfn % block == 0 && end_pfn % block == 0, "isolation of an unaligned range");
+        assert!(self.memmap.contains_range(start_pfn, end_pfn));
+        let mut held = 0;
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            match self.free_block_of(pfn) {
+                Some((head, order)) => {
+                    let z = Self::zone_index(self.pg(head)).expect("free pages have a buddy zone");
+                    self.list_del(z, order, head);
+                    let p = self.pg_mut(head);
+                    p.order = order as u8;
+                    p.flags.insert(PageFlags::ISOLATED);
+                    held += 1 << order;
+                    pfn = head + (1 << order);
+                }
+                None => pfn += 1,
+            }
+        }
+        self.isolating.push((start_pfn, end_pfn, held));
+    }
+
+    /// Whether every page of an isolating range is held or never was the
+    /// allocator's (`VMEMMAP_SELF_HOSTED`): Linux's `test_pages_isolated`.
+    pub fn test_pages_isolated(&self, start_pfn: u64, end_pfn: u64) -> bool {
+        let Some(&(_, _, held)) = self.isolating.iter().find(|r| (r.0, r.1) == (start_pfn, end_pfn)) else {
+            return false;
+        };
+        let own = (start_pfn..end_pfn).filter(|&p| self.pg(p).has(PageFlags::VMEMMAP_SELF_HOSTED)).count();
+        held + own as u64 == end_pfn - start_pfn
+    }
+
+    /// Ends an isolation: held blocks go back to the free lists.
+    pub fn undo_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
+        self.isolating.retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            let p = self.pg(pfn);
+            if !p.has(PageFlags::ISOLATED) {
+                pfn += 1;
+                continue;
+            }
+            let (order, z) = (p.order(), Self::zone_index(p).expect("held pages have a buddy zone"));
+            self.pg_mut(pfn).flags.remove(PageFlags::ISOLATED);
+            self.free_one(pfn, order, z);
+            pfn += 1 << order;
+        }
     }
 
     /// Take every free page of `start_pfn..end_pfn` off the free lists, for

@@ -243,6 +243,41 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
+    /// Starts taking block `id` offline while its pages may still be in
+    /// use: nothing more is allocated from it and what is freed into it is
+    /// held (Linux's page isolation). [`offline_try_finish`] completes it
+    /// once every page is back; [`offline_abort`] gives up.
+    ///
+    /// [`offline_try_finish`]: Self::offline_try_finish
+    /// [`offline_abort`]: Self::offline_abort
+    pub fn offline_begin(&mut self, id: u64) -> Result<()> {
+        match self.blocks.get(&id) {
+            None => bail!(ENOENT, "memory{id} is not present"),
+            Some(b) if b.state == BlockState::Offline => bail!(EINVAL, "memory{id} is offline already"),
+            Some(_) => {}
+        }
+        let (spfn, epfn) = block_pfns(id);
+        self.buddy.start_isolate_page_range(spfn, epfn);
+        Ok(())
+    }
+
+    /// Offlines block `id` if all its pages have come back since
+    /// [`offline_begin`](Self::offline_begin); `false` while some are out.
+    pub fn offline_try_finish(&mut self, id: u64) -> bool {
+        let (spfn, epfn) = block_pfns(id);
+        if !self.buddy.test_pages_isolated(spfn, epfn) {
+            return false;
+        }
+        self.buddy.undo_isolate_page_range(spfn, epfn);
+        self.offline_block(id).expect("every page of the block is free");
+        true
+    }
+
+    pub fn offline_abort(&mut self, id: u64) {
+        let (spfn, epfn) = block_pfns(id);
+        self.buddy.undo_isolate_page_range(spfn, epfn);
+    }
+
     /// Registers device memory (`memmap=` pmem, a BAR); returns its id.
     pub fn add_devmem(
         &mut self,

@@ -29,6 +29,9 @@ bitflags! {
         /// The frame was handed out by a `vmem_altmap`: it goes back to the
         /// altmap, never to the buddy allocator.
         const ALTMAP_BACKED = 1 << 5;
+        /// Head of a free block held aside in a range being isolated for
+        /// offlining (Linux's MIGRATE_ISOLATE free lists); `order` valid.
+        const ISOLATED = 1 << 6;
 
         /// A page with any of these can never be a buddy page.
         const NEVER_BUDDY = Self::RESERVED.bits()

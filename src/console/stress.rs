@@ -1,0 +1,193 @@
+//! `stress CYCLES [WORKERS]`: secondary CPUs allocate, touch, check and free
+//! pages (hot-added ones first, through the linear map and `pfn_to_page`)
+//! while CPU 0 adds, onlines, offlines and removes every held-back memory
+//! block. Offlining waits for the workers' pages to come back, as Linux's
+//! page isolation does. At the end `/proc/meminfo` must equal its start.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::kernel::KernelMm;
+use super::Result;
+use crate::arch::aarch64::{self as cpu, smp};
+use crate::mm::layout::*;
+use crate::mm::page::{PageFlags, Zone};
+use crate::{bail, err};
+
+type MmLock = spin::Mutex<Option<KernelMm>>;
+
+static MM: spin::Once<&'static MmLock> = spin::Once::new();
+static STOP: AtomicBool = AtomicBool::new(false);
+static RUNNING: AtomicU64 = AtomicU64::new(0);
+static OPS: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Pages a worker holds at most at once.
+const HELD: usize = 8;
+/// Words written per page: one per 64-byte line.
+const STRIDE: usize = 8;
+
+fn pattern(pfn: u64, cpu: usize, i: usize) -> u64 {
+    pfn.rotate_left(17) ^ ((cpu as u64) << 56) ^ i as u64
+}
+
+fn words(pfn: u64, order: u32) -> (*mut u64, usize) {
+    let va = phys_to_virt(pfn_to_phys(pfn)) as *mut u64;
+    (va, ((PAGE_SIZE << order) / 8) as usize)
+}
+
+/// One secondary CPU's loop; see the module comment.
+fn worker(cpu: usize) {
+    let mm = *MM.get().expect("set before workers start");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
+    let mut held = [(0u64, 0u32); HELD];
+    let mut n = 0;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    loop {
+        let stopping = STOP.load(Ordering::Acquire);
+        if stopping && n == 0 {
+            break;
+        }
+        if !stopping && n < HELD && (n == 0 || next() % 2 == 0) {
+            let order = (next() % 3) as u32;
+            let got = {
+                let mut g = mm.lock();
+                let m = g.as_mut().expect("memory is up");
+                m.buddy.alloc(order, Zone::Movable).or_else(|| m.buddy.alloc(order, Zone::Normal)).map(|pfn| {
+                    // SAFETY: the page is ours and its vmemmap is populated.
+                    let page = unsafe { m.memmap.get(pfn) };
+                    (pfn, page.refcount() == 1 && page.has(PageFlags::ONLINE))
+                })
+            };
+            if let Some((pfn, page_ok)) = got {
+                if !page_ok {
+                    ERRORS.fetch_add(1, Ordering::Relaxed);
+                }
+                let (va, len) = words(pfn, order);
+                for i in (0..len).step_by(STRIDE) {
+                    // SAFETY: the pages are ours, mapped by the linear map.
+                    unsafe { va.add(i).write_volatile(pattern(pfn, cpu, i)) };
+                }
+                held[n] = (pfn, order);
+                n += 1;
+            }
+        } else if n > 0 {
+            let k = (next() % n as u64) as usize;
+            let (pfn, order) = held[k];
+            let (va, len) = words(pfn, order);
+            for i in (0..len).step_by(STRIDE) {
+                // SAFETY: as above; no one else writes our pages.
+                if unsafe { va.add(i).read_volatile() } != pattern(pfn, cpu, i) {
+                    ERRORS.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            if !mm.lock().as_mut().expect("memory is up").buddy.free(pfn, order) {
+                ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+            held[k] = held[n - 1];
+            n -= 1;
+        }
+        OPS.fetch_add(1, Ordering::Relaxed);
+    }
+    RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
+}
+
+fn with<R>(mm: &MmLock, f: impl FnOnce(&mut KernelMm) -> R) -> R {
+    f(mm.lock().as_mut().expect("memory is up"))
+}
+
+/// Offlines block `id`, waiting (bounded) for the workers' pages to drain.
+fn offline_draining(mm: &MmLock, id: u64) -> Result<()> {
+    with(mm, |m| m.offline_begin(id))?;
+    let t0 = cpu::counter();
+    loop {
+        if with(mm, |m| m.offline_try_finish(id)) {
+            return Ok(());
+        }
+        if cpu::counter() - t0 > 10 * cpu::counter_freq() {
+            with(mm, |m| m.offline_abort(id));
+            bail!(EBUSY, "memory{id}: pages still in use after 10 s");
+        }
+        core::hint::spin_loop();
+    }
+}
+
+pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let num = |i: usize, default: u64| -> Result<u64> {
+        argv.get(i).map_or(Ok(default), |w| w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}")))
+    };
+    let (cycles, workers) = (num(1, 10)?, num(2, 63)?);
+    let online = smp::online_mask() & !1;
+    let mut mask = 0u64;
+    for cpu in 1..64 {
+        if online & (1 << cpu) != 0 && (mask.count_ones() as u64) < workers {
+            mask |= 1 << cpu;
+        }
+    }
+    let ranges: alloc::vec::Vec<_> = with(mm, |m| m.hotpluggable.iter().map(|r| (r.base, r.end())).collect());
+    if ranges.is_empty() {
+        bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
+    }
+    let blocks = ranges.iter().map(|r| (r.1 - r.0) / MEMORY_BLOCK_SIZE).sum::<u64>();
+    MM.call_once(|| mm);
+    let (baseline, saved) = with(mm, |m| (m.meminfo(), m.memmap_on_memory));
+    STOP.store(false, Ordering::Release);
+    OPS.store(0, Ordering::Relaxed);
+    ERRORS.store(0, Ordering::Relaxed);
+    RUNNING.store(mask, Ordering::Release);
+    smp::run_on(mask, worker);
+    let t0 = cpu::counter();
+    let mut result = Ok(());
+    'cycles: for c in 0..cycles {
+        for &(start, end) in &ranges {
+            let r = with(mm, |m| {
+                m.memmap_on_memory = c % 2 == 1;
+                let r = m.add_memory(start, end - start);
+                m.memmap_on_memory = saved;
+                r?;
+                (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE).try_for_each(|id| m.online_block(id, Zone::Movable))
+            });
+            if let Err(e) = r {
+                result = Err(e);
+                break 'cycles;
+            }
+        }
+        for &(start, end) in &ranges {
+            let r = (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
+                .try_for_each(|id| offline_draining(mm, id))
+                .and_then(|()| with(mm, |m| m.remove_memory(start, end - start)));
+            if let Err(e) = r {
+                result = Err(e);
+                break 'cycles;
+            }
+        }
+    }
+    let elapsed = cpu::counter() - t0;
+    STOP.store(true, Ordering::Release);
+    let t1 = cpu::counter();
+    while RUNNING.load(Ordering::Acquire) != 0 {
+        if cpu::counter() - t1 > 10 * cpu::counter_freq() {
+            bail!(EIO, "workers did not stop");
+        }
+        core::hint::spin_loop();
+    }
+    result?;
+    let after = with(mm, |m| m.meminfo());
+    let ms = elapsed * 1000 / cpu::counter_freq();
+    writeln!(out, "{cycles} cycles of {blocks} blocks with {} workers in {ms} ms: {} cycles/s", mask.count_ones(), cycles * 1000 / ms.max(1))?;
+    writeln!(out, "worker operations: {}, errors: {}", OPS.load(Ordering::Relaxed), ERRORS.load(Ordering::Relaxed))?;
+    if ERRORS.load(Ordering::Relaxed) != 0 {
+        bail!(EIO, "workers saw {} errors", ERRORS.load(Ordering::Relaxed));
+    }
+    if after != baseline {
+        bail!(EIO, "meminfo did not return to its baseline: {baseline:?} -> {after:?}");
+    }
+    writeln!(out, "meminfo back to its baseline")?;
+    Ok(())
+}
