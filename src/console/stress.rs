@@ -58,11 +58,14 @@ fn worker(cpu: usize) {
             let got = {
                 let mut g = mm.lock();
                 let m = g.as_mut().expect("memory is up");
-                m.buddy.alloc(order, Zone::Movable).or_else(|| m.buddy.alloc(order, Zone::Normal)).map(|pfn| {
-                    // SAFETY: the page is ours and its vmemmap is populated.
-                    let page = unsafe { m.memmap.get(pfn) };
-                    (pfn, page.refcount() == 1 && page.has(PageFlags::ONLINE))
-                })
+                m.buddy
+                    .alloc(order, Zone::Movable)
+                    .or_else(|| m.buddy.alloc(order, Zone::Normal))
+                    .map(|pfn| {
+                        // SAFETY: the page is ours and its vmemmap is populated.
+                        let page = unsafe { m.memmap.get(pfn) };
+                        (pfn, page.refcount() == 1 && page.has(PageFlags::ONLINE))
+                    })
             };
             if let Some((pfn, page_ok)) = got {
                 if !page_ok {
@@ -87,7 +90,13 @@ fn worker(cpu: usize) {
                     break;
                 }
             }
-            if !mm.lock().as_mut().expect("memory is up").buddy.free(pfn, order) {
+            if !mm
+                .lock()
+                .as_mut()
+                .expect("memory is up")
+                .buddy
+                .free(pfn, order)
+            {
                 ERRORS.fetch_add(1, Ordering::Relaxed);
             }
             held[k] = held[n - 1];
@@ -120,7 +129,9 @@ fn offline_draining(mm: &MmLock, id: u64) -> Result<()> {
 
 pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let num = |i: usize, default: u64| -> Result<u64> {
-        argv.get(i).map_or(Ok(default), |w| w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}")))
+        argv.get(i).map_or(Ok(default), |w| {
+            w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))
+        })
     };
     let (cycles, workers) = (num(1, 10)?, num(2, 63)?);
     let online = smp::online_mask() & !1;
@@ -130,11 +141,16 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
             mask |= 1 << cpu;
         }
     }
-    let ranges: alloc::vec::Vec<_> = with(mm, |m| m.hotpluggable.iter().map(|r| (r.base, r.end())).collect());
+    let ranges: alloc::vec::Vec<_> = with(mm, |m| {
+        m.hotpluggable.iter().map(|r| (r.base, r.end())).collect()
+    });
     if ranges.is_empty() {
         bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
     }
-    let blocks = ranges.iter().map(|r| (r.1 - r.0) / MEMORY_BLOCK_SIZE).sum::<u64>();
+    let blocks = ranges
+        .iter()
+        .map(|r| (r.1 - r.0) / MEMORY_BLOCK_SIZE)
+        .sum::<u64>();
     MM.call_once(|| mm);
     let (baseline, saved) = with(mm, |m| (m.meminfo(), m.memmap_on_memory));
     STOP.store(false, Ordering::Release);
@@ -151,7 +167,8 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
                 let r = m.add_memory(start, end - start);
                 m.memmap_on_memory = saved;
                 r?;
-                (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE).try_for_each(|id| m.online_block(id, Zone::Movable))
+                (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
+                    .try_for_each(|id| m.online_block(id, Zone::Movable))
             });
             if let Err(e) = r {
                 result = Err(e);
@@ -180,13 +197,26 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
     result?;
     let after = with(mm, |m| m.meminfo());
     let ms = elapsed * 1000 / cpu::counter_freq();
-    writeln!(out, "{cycles} cycles of {blocks} blocks with {} workers in {ms} ms: {} cycles/s", mask.count_ones(), cycles * 1000 / ms.max(1))?;
-    writeln!(out, "worker operations: {}, errors: {}", OPS.load(Ordering::Relaxed), ERRORS.load(Ordering::Relaxed))?;
+    writeln!(
+        out,
+        "{cycles} cycles of {blocks} blocks with {} workers in {ms} ms: {} cycles/s",
+        mask.count_ones(),
+        cycles * 1000 / ms.max(1)
+    )?;
+    writeln!(
+        out,
+        "worker operations: {}, errors: {}",
+        OPS.load(Ordering::Relaxed),
+        ERRORS.load(Ordering::Relaxed)
+    )?;
     if ERRORS.load(Ordering::Relaxed) != 0 {
         bail!(EIO, "workers saw {} errors", ERRORS.load(Ordering::Relaxed));
     }
     if after != baseline {
-        bail!(EIO, "meminfo did not return to its baseline: {baseline:?} -> {after:?}");
+        bail!(
+            EIO,
+            "meminfo did not return to its baseline: {baseline:?} -> {after:?}"
+        );
     }
     writeln!(out, "meminfo back to its baseline")?;
     Ok(())

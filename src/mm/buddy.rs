@@ -734,6 +734,37 @@ mod tests {
     }
 
     #[test]
+    fn isolation_holds_what_is_freed_and_allocates_nothing_from_the_range() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + 2 * MAXB, Zone::Movable);
+        let before = audit(b);
+        let a = b.alloc(2, Zone::Movable).unwrap();
+        let c = b.alloc(0, Zone::Movable).unwrap();
+        let (lo, hi) = (BASE + (a - BASE) / MAXB * MAXB, BASE + (a - BASE) / MAXB * MAXB + MAXB);
+        assert!((lo..hi).contains(&c), "both from one max block");
+        b.start_isolate_page_range(lo, hi);
+        assert!(!b.test_pages_isolated(lo, hi));
+        // Nothing comes from the isolated range any more.
+        let d = b.alloc(0, Zone::Movable).unwrap();
+        assert!(!(lo..hi).contains(&d));
+        assert!(b.free(a, 2));
+        assert!(!b.test_pages_isolated(lo, hi));
+        assert!(b.free(c, 0));
+        assert!(b.test_pages_isolated(lo, hi));
+        assert_eq!(b.nr_free(Zone::Movable), MAXB - 1, "held pages are not free");
+        b.undo_isolate_page_range(lo, hi);
+        assert!(b.free(d, 0));
+        assert_eq!(audit(b), before, "undo coalesces back to the start");
+        // The usual way to finish: undo, then take everything at once.
+        b.start_isolate_page_range(lo, hi);
+        assert!(b.test_pages_isolated(lo, hi));
+        b.undo_isolate_page_range(lo, hi);
+        assert_eq!(b.isolate_range(lo, hi), Ok(MAXB));
+        assert_eq!(b.managed(Zone::Movable), MAXB);
+    }
+
+    #[test]
     fn split_and_coalesce() {
         let mut f = fixture(2 * MAXB);
         let b = &mut f.buddy;
