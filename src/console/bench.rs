@@ -19,16 +19,17 @@ fn us(ticks: u64) -> u64 {
 /// Writes `bytes` of fresh struct pages into memory from the buddy
 /// allocator: the floor that adding memory cannot beat.
 fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64) -> Result<u64> {
-    let chunk = PAGE_SIZE << MAX_ORDER;
+    let order = crate::mm::frame::get_order(bytes, PAGE_SHIFT).min(MAX_ORDER);
+    let chunk = PAGE_SIZE << order;
     let mut held = [0u64; 64];
-    let n = (bytes / chunk) as usize;
+    let n = bytes.div_ceil(chunk) as usize;
     if n > held.len() {
         bail!(EINVAL, "{bytes:#x} is too much struct page memory to time");
     }
     for slot in held.iter_mut().take(n) {
         *slot = mm
             .buddy
-            .alloc(MAX_ORDER, Zone::Normal)
+            .alloc(order, Zone::Normal)
             .ok_or_else(|| err!(ENOMEM, "no memory for the baseline"))?;
     }
     let t0 = cpu::counter();
@@ -45,9 +46,9 @@ fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64)
     }
     let t = cpu::counter() - t0;
     for &pfn in &held[..n] {
-        mm.buddy.free(pfn, MAX_ORDER);
+        mm.buddy.free(pfn, order);
     }
-    Ok(t)
+    Ok(t.max(1))
 }
 
 /// Adds, onlines, offlines and removes `[start, start + size)` with struct
