@@ -8,6 +8,8 @@ use crate::arch::aarch64::smp::{self, SecondaryBoot};
 use crate::console::kernel::{KernelMm, KernelSystem, Uart};
 use crate::console::Console;
 use crate::drivers::gic::Gic;
+use crate::drivers::virtio_mem::VirtioMem;
+use virtio_drivers::transport::pci::PciTransport;
 use crate::drivers::{pl011, psci};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
@@ -222,6 +224,7 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
                 state: BlockState::Online(Zone::Normal),
                 boot: true,
                 altmap: None,
+                owner: None,
             },
         );
     }
@@ -269,25 +272,110 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
     print_layout();
     *MM.lock() = Some(mm);
     start_secondaries(&platform, kernel_pa);
+    crate::drivers::virtio_hal::set_image(sym(unsafe { &_text }), kernel_pa);
+    let mut virtio_mem = platform.pci.and_then(|host| probe_pci(&host));
     let elapsed_us = (cpu::counter() - t0) * 1_000_000 / cpu::counter_freq();
     pr_info!("Boot took {} us", elapsed_us);
 
-    let mut sys = KernelSystem {
-        mm: &MM,
-    };
+    let mut sys = KernelSystem { mm: &MM };
     let mut console = Console::new(Uart);
     loop {
-        if console.poll(&mut sys) == 0 {
-            if can_sleep {
-                cpu::wait_for_interrupt();
-            } else {
-                core::hint::spin_loop();
+        if console.poll(&mut sys) > 0 {
+            continue;
+        }
+        if let Some(vm) = virtio_mem.as_mut() {
+            // A config change (INTx) or the retry timer: follow the request.
+            let (changed, tick) = (vm.interrupt(), cpu::timer_fired());
+            if changed || tick {
+                match vm.step() {
+                    Ok(true) => {}
+                    Ok(false) => cpu::arm_timer(VIRTIO_MEM_RETRY_MS),
+                    Err(e) => pr_warn!("{e}"),
+                }
+                continue;
             }
+        }
+        if can_sleep {
+            cpu::wait_for_interrupt();
+        } else {
+            core::hint::spin_loop();
         }
     }
 }
 
+/// How soon the virtio-mem driver retries blocks it could not unplug.
+const VIRTIO_MEM_RETRY_MS: u64 = 1000;
+
+/// Enumerates PCI, registers ivshmem BARs as device memory and starts the
+/// virtio-mem driver (the one device here that needs one).
+fn probe_pci(host: &crate::platform::pci::PciHost) -> Option<VirtioMem<PciTransport>> {
+    use crate::drivers::virtio_hal::{register_mmio, KernelHal};
+    use virtio_drivers::transport::pci::bus::{Cam, MmioCam, PciRoot};
+    use virtio_drivers::transport::{DeviceType, Transport};
+
+    let ioremap = |pa: u64, size: u64| {
+        with_mm(|mm| {
+            let mut p = mm.parts();
+            crate::mm::ioremap::ioremap(p.pt, pa, size, &mut p.frames)
+        })
+    };
+    let ecam = ioremap(host.ecam.base, host.ecam.size);
+    // SAFETY: the whole ECAM window is mapped as device memory, for good.
+    let mut root = PciRoot::new(unsafe { MmioCam::new(ecam as *mut u8, Cam::Ecam) });
+    let mut virtio_mem = None;
+    for dev in crate::drivers::pci::enumerate(&mut root, host) {
+        match (dev.vendor, dev.device) {
+            (0x1af4, 0x1110) => {
+                // ivshmem-plain: BAR 2 is the shared memory.
+                if let Some(bar) = dev.bars[2] {
+                    let id = with_mm(|mm| mm.add_devmem(bar.cpu, bar.size, "ivshmem", "ivshmem"));
+                    pr_info!("ivshmem: device memory {id} at {:#x}-{:#x}", bar.cpu, bar.cpu + bar.size - 1);
+                }
+            }
+            (0x1af4, 0x1040..=0x107f) => {
+                for bar in dev.bars.iter().flatten() {
+                    register_mmio(bar.cpu, bar.size, ioremap(bar.cpu, bar.size));
+                }
+                let Ok(transport) = PciTransport::new::<KernelHal, _>(&mut root, dev.df) else {
+                    pr_warn!("pci {}: not a virtio device after all", dev.df);
+                    continue;
+                };
+                if transport.device_type() != DeviceType::Memory || virtio_mem.is_some() {
+                    pr_info!("pci {}: virtio {:?}: no driver", dev.df, transport.device_type());
+                    continue;
+                }
+                match VirtioMem::new(transport) {
+                    Ok(vm) => {
+                        if let (Some(gic), Some(intid)) = (smp::gic(), dev.intx) {
+                            gic.enable_spi(intid);
+                            gic.enable_private(0, cpu::TIMER_INTID);
+                            pr_info!("virtio_mem: config changes interrupt on INTx {intid}");
+                        }
+                        virtio_mem = Some(vm);
+                    }
+                    Err(e) => pr_warn!("{e}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(vm) = virtio_mem.as_mut() {
+        if vm.unsatisfied() {
+            if let Err(e) = vm.step() {
+                pr_warn!("{e}");
+            }
+        }
+    }
+    virtio_mem
+}
+
 static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
+
+/// Runs `f` on the machine's memory, under its lock. Drivers use this; it
+/// must not be called with the lock held.
+pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> R {
+    f(MM.lock().as_mut().expect("memory is initialised"))
+}
 
 unsafe extern "C" {
     fn secondary_entry();

@@ -109,16 +109,26 @@ impl Gic {
             GicVersion::V2 => {
                 wr(self.cpu + GICC_CTLR, 1);
                 wr(self.cpu + GICC_PMR, 0xff);
-                wr(self.dist + GICD_ISENABLER, 1 << WAKE_SGI); // banked per CPU
             }
             GicVersion::V3 => {
                 let rd_base = self.cpu + cpu * GICR_STRIDE;
                 wr(rd_base + GICR_WAKER, rd(rd_base + GICR_WAKER) & !(1 << 1));
                 while rd(rd_base + GICR_WAKER) & (1 << 2) != 0 {}
-                let sgi = rd_base + GICR_SGI;
-                wr(sgi + GICD_IGROUPR, rd(sgi + GICD_IGROUPR) | 1 << WAKE_SGI);
-                wr(sgi + GICD_ISENABLER, 1 << WAKE_SGI);
                 icc::enable();
+            }
+        }
+        self.enable_private(cpu, WAKE_SGI);
+    }
+
+    /// Enables SGI or PPI `intid` (< 32) on `cpu`, which must be the
+    /// calling CPU with GICv2 (the registers are banked).
+    pub fn enable_private(&self, cpu: usize, intid: u32) {
+        match self.version {
+            GicVersion::V2 => wr(self.dist + GICD_ISENABLER, 1 << intid),
+            GicVersion::V3 => {
+                let sgi = self.cpu + cpu * GICR_STRIDE + GICR_SGI;
+                wr(sgi + GICD_IGROUPR, rd(sgi + GICD_IGROUPR) | 1 << intid);
+                wr(sgi + GICD_ISENABLER, 1 << intid);
             }
         }
     }

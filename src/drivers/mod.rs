@@ -2,5 +2,10 @@
 //! builds on the host.
 
 pub mod gic;
+pub mod pci;
 pub mod pl011;
 pub mod psci;
+#[cfg(target_os = "none")]
+pub mod virtio_hal;
+#[cfg(target_os = "none")]
+pub mod virtio_mem;

@@ -93,39 +93,46 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// Linux's `probe`: hot-adds the memory blocks of `[start, start +
-    /// size)`, offline. All or nothing.
+    /// size)`, offline, from RAM held back at boot. All or nothing.
     pub fn add_memory(&mut self, start: u64, size: u64) -> Result<()> {
+        let (first, last) = self.check_addable(start, size)?;
+        let end = start + size;
+        if !self.hotpluggable.iter().any(|r| r.base <= start && end <= r.end()) {
+            bail!(EINVAL, "{start:#x}-{:#x} is not RAM held back from boot (mem=)", end - 1);
+        }
+        self.add_memory_resource(first, last, "System RAM", None)
+    }
+
+    /// Linux's `add_memory_driver_managed`: memory a driver plugged (the
+    /// region is the driver's, not held back RAM), shown in `/proc/iomem`
+    /// as `resource`; only the driver may remove it.
+    pub fn add_memory_driver_managed(&mut self, start: u64, size: u64, resource: &'static str) -> Result<()> {
+        let (first, last) = self.check_addable(start, size)?;
+        self.add_memory_resource(first, last, resource, Some(resource))
+    }
+
+    /// Whole blocks, not device memory, none present.
+    fn check_addable(&self, start: u64, size: u64) -> Result<(u64, u64)> {
         let (first, last) = Self::check_block_range(start, size)?;
         let end = start + size;
-        if let Some(d) = self
-            .devmem
-            .iter()
-            .find(|d| d.range.base < end && start < d.range.end())
-        {
-            bail!(
-                EBUSY,
-                "{:#x}-{:#x} is device memory ({})",
-                d.range.base,
-                d.range.end() - 1,
-                d.owner
-            );
+        if let Some(d) = self.devmem.iter().find(|d| d.range.base < end && start < d.range.end()) {
+            bail!(EBUSY, "{:#x}-{:#x} is device memory ({})", d.range.base, d.range.end() - 1, d.owner);
         }
         if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
             bail!(EEXIST, "memory{id} is present already");
         }
-        if !self
-            .hotpluggable
-            .iter()
-            .any(|r| r.base <= start && end <= r.end())
-        {
-            bail!(
-                EINVAL,
-                "{start:#x}-{:#x} is not RAM held back from boot (mem=)",
-                end - 1
-            );
-        }
+        Ok((first, last))
+    }
+
+    fn add_memory_resource(
+        &mut self,
+        first: u64,
+        last: u64,
+        resource: &'static str,
+        owner: Option<&'static str>,
+    ) -> Result<()> {
         for id in first..last {
-            if let Err(e) = self.add_memory_block(id) {
+            if let Err(e) = self.add_memory_block(id, resource, owner) {
                 for done in (first..id).rev() {
                     self.remove_memory_block(done).expect("just added, offline");
                 }
@@ -136,7 +143,7 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
-    fn add_memory_block(&mut self, id: u64) -> Result<()> {
+    fn add_memory_block(&mut self, id: u64, resource: &'static str, owner: Option<&'static str>) -> Result<()> {
         let (spfn, epfn) = block_pfns(id);
         let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
         let mut altmap = self
@@ -151,28 +158,33 @@ impl<T: Translation> MemorySystem<T> {
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
             self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
-        self.iomem.insert(start, end, "System RAM");
-        self.blocks.insert(
-            id,
-            MemoryBlock {
-                state: BlockState::Offline,
-                boot: false,
-                altmap,
-            },
-        );
+        self.iomem.insert(start, end, resource);
+        self.blocks.insert(id, MemoryBlock { state: BlockState::Offline, boot: false, altmap, owner });
         pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
         Ok(())
     }
 
     /// Hot-removes the (offline) blocks of `[start, start + size)`. All or
-    /// nothing: every block is checked before any is removed.
+    /// nothing: every block is checked before any is removed. Memory a
+    /// driver manages is the driver's to remove.
     pub fn remove_memory(&mut self, start: u64, size: u64) -> Result<()> {
+        self.remove_memory_checked(start, size, None)
+    }
+
+    /// Linux's `offline_and_remove_memory` minus the offlining: removes
+    /// offline blocks that the driver `resource` added.
+    pub fn remove_memory_driver_managed(&mut self, start: u64, size: u64, resource: &'static str) -> Result<()> {
+        self.remove_memory_checked(start, size, Some(resource))
+    }
+
+    fn remove_memory_checked(&mut self, start: u64, size: u64, driver: Option<&'static str>) -> Result<()> {
         let (first, last) = Self::check_block_range(start, size)?;
         for id in first..last {
             match self.blocks.get(&id) {
                 None => bail!(EINVAL, "memory{id} is not present"),
-                Some(b) if b.boot => {
-                    bail!(EPERM, "memory{id} is boot memory and cannot be removed")
+                Some(b) if b.boot => bail!(EPERM, "memory{id} is boot memory and cannot be removed"),
+                Some(b) if b.owner != driver => {
+                    bail!(EBUSY, "memory{id} is managed by {}", b.owner.unwrap_or("the console"))
                 }
                 Some(b) if b.state != BlockState::Offline => bail!(EBUSY, "memory{id} is online"),
                 Some(_) => {}

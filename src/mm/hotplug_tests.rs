@@ -136,6 +136,7 @@ fn boot() -> Fx {
             state: BlockState::Online(Zone::Normal),
             boot: true,
             altmap: None,
+            owner: None,
         },
     );
     mm.iomem

@@ -10,6 +10,9 @@ use super::pgtable::{Attributes, MapHints, PageTable, Translation, VaRange};
 
 static NEXT: AtomicU64 = AtomicU64::new(IOREMAP_START);
 
+/// The largest leaf used for device mappings.
+const BLOCK: u64 = 2 << 20;
+
 /// Maps `[pa, pa + size)` as device memory; returns the VA of `pa`.
 pub fn ioremap<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
@@ -17,22 +20,19 @@ pub fn ioremap<T: Translation>(
     size: u64,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> u64 {
-    let (first, last) = (
-        align_down(pa, PAGE_SIZE),
-        align_up(pa + size.max(1), PAGE_SIZE),
-    );
-    let va = NEXT.fetch_add(last - first, Ordering::Relaxed);
-    assert!(
-        va + (last - first) <= IOREMAP_END,
-        "ioremap window exhausted"
-    );
-    pt.map_range(
-        VaRange::new(va, va + (last - first)),
-        first,
-        Attributes::DEVICE,
-        MapHints::blocks(2 << 20),
-        frames,
-    )
-    .expect("ioremap of a fresh window cannot overlap");
+    let (first, last) = (align_down(pa, PAGE_SIZE), align_up(pa + size.max(1), PAGE_SIZE));
+    let len = last - first;
+    // Congruent with the physical address modulo a block, so that large
+    // windows (the 256 MiB ECAM) get blocks, not a page table per 2 MiB.
+    let align = if len >= BLOCK { BLOCK } else { PAGE_SIZE };
+    let mut va = 0;
+    NEXT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+        va = align_up(next, align) + (first & (align - 1));
+        Some(va + len)
+    })
+    .expect("the update always succeeds");
+    assert!(va + len <= IOREMAP_END, "ioremap window exhausted");
+    pt.map_range(VaRange::new(va, va + len), first, Attributes::DEVICE, MapHints::blocks(BLOCK), frames)
+        .expect("ioremap of a fresh window cannot overlap");
     va + (pa - first)
 }

@@ -30,6 +30,8 @@ pub struct MemoryBlock {
     pub boot: bool,
     /// `memmap_on_memory`: the block's struct pages live at its start.
     pub altmap: Option<VmemAltmap>,
+    /// The driver that added it (its `/proc/iomem` name), if not `probe`.
+    pub owner: Option<&'static str>,
 }
 
 pub fn block_pfns(id: u64) -> (u64, u64) {

@@ -1,6 +1,7 @@
 //! What the device tree says about the machine, read once at boot.
 
 pub mod cmdline;
+pub mod pci;
 
 use crate::drivers::psci::Conduit;
 
@@ -45,6 +46,7 @@ pub struct Platform {
     pub uart_intid: Option<u32>,
     pub psci: Option<Conduit>,
     pub gic: Option<GicInfo>,
+    pub pci: Option<pci::PciHost>,
     pub nr_cpus: usize,
     /// MPIDR of each CPU, in DT order (CPU 0 first).
     pub cpu_mpidr: [u64; MAX_CPUS],
@@ -82,6 +84,7 @@ impl Platform {
             uart_intid: None,
             psci: None,
             gic: None,
+            pci: None,
             nr_cpus: fdt.cpus().count().min(MAX_CPUS),
             cpu_mpidr: [0; MAX_CPUS],
             bootargs: [0; 1024],
@@ -146,6 +149,9 @@ impl Platform {
                 Some("smc") => Some(Conduit::Smc),
                 _ => None,
             });
+        p.pci = fdt
+            .find_compatible(&["pci-host-ecam-generic"])
+            .and_then(|n| pci::PciHost::from_node(&fdt, n));
         if let Some(gic) = fdt.find_compatible(&["arm,gic-v3", "arm,cortex-a15-gic", "arm,gic-400"])
         {
             let version = if gic
@@ -246,6 +252,16 @@ mod tests {
         assert_eq!(gic.cpu_or_redist.base, 0x80a_0000);
         assert_eq!(p.nr_cpus, 2);
         assert_eq!(&p.cpu_mpidr[..2], &[0, 1]);
+        let pci = p.pci.unwrap();
+        assert_eq!(pci.ecam, PhysRange { base: 0x40_1000_0000, size: 0x1000_0000 });
+        assert_eq!(pci.mmio32, pci::PciWindow { pci: 0x1000_0000, cpu: 0x1000_0000, size: 0x2eff_0000 });
+        assert_eq!(pci.mmio64, Some(pci::PciWindow { pci: 0x80_0000_0000, cpu: 0x80_0000_0000, size: 0x80_0000_0000 }));
+        // virt swizzles INTx: device d, pin p raises SPI 3 + (d + p - 1) % 4.
+        assert_eq!(pci.intx(0, 1), Some(35));
+        assert_eq!(pci.intx(1, 1), Some(36));
+        assert_eq!(pci.intx(2, 1), Some(37));
+        assert_eq!(pci.intx(3, 2), Some(35));
+        assert_eq!(pci.intx(4, 1), Some(35));
         assert_eq!(p.uart_intid, Some(33));
     }
 }

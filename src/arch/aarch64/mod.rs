@@ -88,6 +88,26 @@ pub fn counter_freq() -> u64 {
     v
 }
 
+/// The virtual timer's interrupt (a PPI) on QEMU virt and every GIC system.
+pub const TIMER_INTID: u32 = 27;
+
+/// Makes the virtual timer fire (level, to wake `wfi`) in `ms` milliseconds.
+pub fn arm_timer(ms: u64) {
+    let ticks = ms * counter_freq() / 1000;
+    unsafe { asm!("msr cntv_tval_el0, {}", "mov {t}, #1", "msr cntv_ctl_el0, {t}", "isb", in(reg) ticks, t = out(reg) _) }
+}
+
+/// Whether the armed timer has fired; firing disarms it (drops the line).
+pub fn timer_fired() -> bool {
+    let ctl: u64;
+    unsafe { asm!("mrs {}, cntv_ctl_el0", out(reg) ctl) };
+    let fired = ctl & 0b101 == 0b101;
+    if fired {
+        unsafe { asm!("msr cntv_ctl_el0, xzr", "isb") };
+    }
+    fired
+}
+
 /// Sleeps until an interrupt is pending. IRQs stay masked: the kernel
 /// polls, and a pending interrupt ends `wfi` all the same.
 pub fn wait_for_interrupt() {

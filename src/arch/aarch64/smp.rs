@@ -31,6 +31,10 @@ pub fn set_gic(gic: Gic) {
     GIC.call_once(|| gic);
 }
 
+pub fn gic() -> Option<&'static Gic> {
+    GIC.get()
+}
+
 /// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
 /// read it with its caches off.
 fn clean_to_poc(va: u64, len: u64) {

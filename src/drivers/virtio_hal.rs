@@ -1,0 +1,75 @@
+//! `virtio-drivers`' view of the kernel: DMA memory from the buddy
+//! allocator (reached through the linear map), device registers through
+//! ioremap, buffers shared by physical address (memory is coherent).
+
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use virtio_drivers::{BufferDirection, Hal, PhysAddr};
+
+use crate::mm::frame::{get_order, FrameAllocator};
+use crate::mm::layout::{phys_to_virt, PAGE_END, PAGE_OFFSET, PAGE_SHIFT};
+
+/// virtio-drivers counts DMA in 4 KiB pages whatever the granule.
+const VIRTIO_PAGE: usize = 4096;
+
+static MMIO: spin::Mutex<Vec<(u64, u64, u64)>> = spin::Mutex::new(Vec::new());
+static IMAGE: AtomicU64 = AtomicU64::new(0);
+static IMAGE_PA: AtomicU64 = AtomicU64::new(0);
+
+/// Records a device mapping `[pa, pa + size)` at `va` for `mmio_phys_to_virt`.
+pub fn register_mmio(pa: u64, size: u64, va: u64) {
+    MMIO.lock().push((pa, size, va));
+}
+
+/// Where the kernel image is, to share buffers that live in it (statics,
+/// the boot stack).
+pub fn set_image(va: u64, pa: u64) {
+    IMAGE.store(va, Ordering::Relaxed);
+    IMAGE_PA.store(pa, Ordering::Relaxed);
+}
+
+fn virt_to_phys(va: u64) -> u64 {
+    if (PAGE_OFFSET..PAGE_END).contains(&va) {
+        va - PAGE_OFFSET
+    } else {
+        va - IMAGE.load(Ordering::Relaxed) + IMAGE_PA.load(Ordering::Relaxed)
+    }
+}
+
+pub struct KernelHal;
+
+// SAFETY: DMA buffers are whole buddy blocks, zeroed, kept until
+// `dma_dealloc`; MMIO addresses come from mappings made for the device.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
+        let pa = crate::init::with_mm(|mm| mm.buddy.alloc_pages(order)).expect("no memory for a virtqueue");
+        let va = phys_to_virt(pa) as *mut u8;
+        // SAFETY: just allocated, mapped by the linear map.
+        unsafe { core::ptr::write_bytes(va, 0, (1usize << order) << PAGE_SHIFT) };
+        (pa, NonNull::new(va).expect("linear map is not null"))
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
+        crate::init::with_mm(|mm| mm.buddy.free_pages(paddr, order));
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        let map = MMIO.lock();
+        let (pa, _, va) = map
+            .iter()
+            .find(|(pa, len, _)| *pa <= paddr && paddr + size as u64 <= pa + len)
+            .expect("device registers outside every mapped BAR");
+        NonNull::new((va + (paddr - pa)) as *mut u8).expect("ioremap is not null")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        virt_to_phys(buffer.as_ptr() as *mut u8 as u64)
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
