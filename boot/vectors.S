@@ -82,10 +82,18 @@ exception_common:
 .section .text, "ax"
 .global probe_read
 .global probe_read_insn
+.global probe_write_insn
 .global probe_read_fixup
 probe_read:
 probe_read_insn:
     ldr     x1, [x0]
+    mov     x0, #0
+    ret
+// probe_write(va, value) -> (faulted, _): the same for a store.
+.global probe_write
+probe_write:
+probe_write_insn:
+    str     x1, [x0]
     mov     x0, #0
     ret
 probe_read_fixup:

@@ -10,12 +10,16 @@ use super::{Io, Result, System};
 use crate::arch::aarch64::exception;
 use crate::arch::esr;
 use crate::drivers::{pl011, psci};
-use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PHYS_LIMIT};
+use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PAGE_SIZE, PHYS_LIMIT};
+use crate::mm::page::Zone;
 use crate::mm::page::Page;
 use crate::mm::system::{DevMapKind, MemorySystem};
 use crate::mm::translation::KernelTranslation;
 use crate::platform::cmdline::parse_u64;
 use crate::{bail, err};
+
+/// Pages held by `pin`, as a process would hold them.
+static PINNED: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
 
 pub struct Uart;
 
@@ -43,6 +47,9 @@ const HELP: &str = "  dmesg                       the kernel log
   devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
   devmem unmap ID             undo devmem map
   stress [CYCLES [WORKERS]]   secondary CPUs churn pages while CPU 0 cycles hotplug of held-back RAM
+  poke ADDR VALUE             write 8 bytes at virtual ADDR; a fault is reported, not fatal
+  pin SIZE                    hold SIZE of memory (movable first) as a process would
+  unpin                       give back everything pinned
   page PFN                    the struct page of PFN through the vmemmap (pfn_to_page)
   bench hotplug ADDR SIZE     time add/online/offline/remove of held-back RAM, count RAM and TLBIs
 ";
@@ -153,6 +160,40 @@ impl System for KernelSystem {
             }
             "devmem" => self.devmem(argv, out),
             "stress" => super::stress::stress(self.mm, argv, out),
+            "poke" => {
+                let va = parse_addr(argv.get(1))?;
+                let value = parse_addr(argv.get(2))?;
+                exception::poke(va, value).map_err(|f| {
+                    err!(EFAULT, "Unable to handle kernel paging request at virtual address {:016x}", f.far)
+                })
+            }
+            "pin" => {
+                let size = argv
+                    .get(1)
+                    .and_then(|s| crate::platform::cmdline::memparse(s))
+                    .ok_or_else(|| err!(EINVAL, "usage: pin SIZE"))?;
+                let mut guard = self.mm.lock();
+                let mm = guard.as_mut().ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+                let mut pinned = PINNED.lock();
+                let pages = size.div_ceil(PAGE_SIZE);
+                for _ in 0..pages {
+                    // Movable first: where hot-plugged memory goes.
+                    let Some(pfn) = mm.buddy.alloc(0, Zone::Movable).or_else(|| mm.buddy.alloc(0, Zone::Normal)) else {
+                        bail!(ENOMEM, "out of memory; {} KiB pinned in all", (pinned.len() as u64 * PAGE_SIZE) >> 10);
+                    };
+                    pinned.push(pfn);
+                }
+                writeln!(out, "pinned {} KiB in all", (pinned.len() as u64 * PAGE_SIZE) >> 10)?;
+                Ok(())
+            }
+            "unpin" => {
+                let mut guard = self.mm.lock();
+                let mm = guard.as_mut().ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+                for pfn in PINNED.lock().drain(..) {
+                    mm.buddy.free(pfn, 0);
+                }
+                Ok(())
+            }
             "page" => {
                 let pfn = parse_addr(argv.get(1))?;
                 if pfn >= PHYS_LIMIT >> PAGE_SHIFT {

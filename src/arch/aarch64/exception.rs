@@ -16,7 +16,9 @@ pub struct TrapFrame {
 
 unsafe extern "C" {
     fn probe_read(va: u64) -> ProbeResult;
+    fn probe_write(va: u64, value: u64) -> ProbeResult;
     static probe_read_insn: u8;
+    static probe_write_insn: u8;
     static probe_read_fixup: u8;
     static __stack_guard: u8;
     static __boot_stack: u8;
@@ -50,6 +52,17 @@ pub fn probe(va: u64) -> Result<u64, FaultInfo> {
     }
 }
 
+/// Writes the 64-bit word at `va`; a fault is reported, not fatal.
+pub fn poke(va: u64, value: u64) -> Result<(), FaultInfo> {
+    let r = unsafe { probe_write(va, value) };
+    if r.faulted == 0 {
+        Ok(())
+    } else {
+        let f = LAST_FAULT.lock();
+        Err(FaultInfo { esr: f.esr, far: f.far })
+    }
+}
+
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
     unsafe {
@@ -64,10 +77,10 @@ const ORIGINS: [&str; 4] = ["EL1t", "EL1h", "EL0 (AArch64)", "EL0 (AArch32)"];
 #[unsafe(no_mangle)]
 extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
     let (esr, far) = read_esr_far();
-    let probe_insn = &raw const probe_read_insn as u64;
+    let probes = [&raw const probe_read_insn as u64, &raw const probe_write_insn as u64];
     // The kernel runs at EL1t (kind 0); EL1h (kind 4) is the exception
     // stack itself.
-    if (kind == 0 || kind == 4) && frame.elr == probe_insn && esr::is_abort(esr) {
+    if (kind == 0 || kind == 4) && probes.contains(&frame.elr) && esr::is_abort(esr) {
         *LAST_FAULT.lock() = FaultInfo { esr, far };
         frame.elr = &raw const probe_read_fixup as u64;
         return;
