@@ -9,7 +9,6 @@ use crate::console::kernel::{KernelMm, KernelSystem, Uart};
 use crate::console::Console;
 use crate::drivers::gic::Gic;
 use crate::drivers::virtio_mem::VirtioMem;
-use virtio_drivers::transport::pci::PciTransport;
 use crate::drivers::{pl011, psci};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
@@ -23,6 +22,7 @@ use crate::mm::vmemmap::{vmemmap_backing, vmemmap_populate};
 use crate::platform::cmdline::BootParams;
 use crate::platform::{is_fdt, GicVersion, PhysRange, Platform};
 use crate::{heap::Heap, pr_info, pr_warn};
+use virtio_drivers::transport::pci::PciTransport;
 
 unsafe extern "C" {
     static _text: u8;
@@ -329,7 +329,11 @@ fn probe_pci(host: &crate::platform::pci::PciHost) -> Option<VirtioMem<PciTransp
                 // ivshmem-plain: BAR 2 is the shared memory.
                 if let Some(bar) = dev.bars[2] {
                     let id = with_mm(|mm| mm.add_devmem(bar.cpu, bar.size, "ivshmem", "ivshmem"));
-                    pr_info!("ivshmem: device memory {id} at {:#x}-{:#x}", bar.cpu, bar.cpu + bar.size - 1);
+                    pr_info!(
+                        "ivshmem: device memory {id} at {:#x}-{:#x}",
+                        bar.cpu,
+                        bar.cpu + bar.size - 1
+                    );
                 }
             }
             (0x1af4, 0x1040..=0x107f) => {
@@ -341,7 +345,11 @@ fn probe_pci(host: &crate::platform::pci::PciHost) -> Option<VirtioMem<PciTransp
                     continue;
                 };
                 if transport.device_type() != DeviceType::Memory || virtio_mem.is_some() {
-                    pr_info!("pci {}: virtio {:?}: no driver", dev.df, transport.device_type());
+                    pr_info!(
+                        "pci {}: virtio {:?}: no driver",
+                        dev.df,
+                        transport.device_type()
+                    );
                     continue;
                 }
                 match VirtioMem::new(transport) {
@@ -381,8 +389,6 @@ unsafe extern "C" {
     fn secondary_entry();
 }
 
-static mut SECONDARY_BOOT: [SecondaryBoot; smp::MAX_CPUS] =
-    [const { SecondaryBoot { cpu: 0, ttbr1: 0, stack_top: 0, exception_stack_top: 0 } }; smp::MAX_CPUS];
 
 /// Kernel and exception stacks of a secondary CPU, from the buddy allocator.
 const SECONDARY_STACK: u64 = 64 << 10;
@@ -393,7 +399,7 @@ fn start_secondaries(platform: &Platform, kernel_pa: u64) {
     let text = sym(unsafe { &_text });
     let image_pa = |va: u64| kernel_pa + (va - text);
     let entry_pa = image_pa(secondary_entry as *const () as u64);
-    for cpu in 1..platform.nr_cpus {
+    for (cpu, &mpidr) in platform.cpu_mpidr.iter().enumerate().take(platform.nr_cpus).skip(1) {
         let mut guard = MM.lock();
         let mm = guard.as_mut().expect("memory is up");
         let order = |size: u64| crate::mm::frame::get_order(size, PAGE_SHIFT);
@@ -406,14 +412,15 @@ fn start_secondaries(platform: &Platform, kernel_pa: u64) {
         };
         let ttbr1 = mm.pt.root_pa();
         drop(guard);
-        // SAFETY: CPU 0 alone writes these, before the CPU they describe runs.
-        let boot = unsafe { &mut (*(&raw mut SECONDARY_BOOT))[cpu] };
+        // SAFETY: CPU 0 alone, once per CPU, before that CPU runs.
+        let boot = unsafe { smp::boot_slot(cpu) };
         boot.ttbr1 = ttbr1;
         boot.stack_top = phys_to_virt(stack) + (PAGE_SIZE << order(SECONDARY_STACK));
-        boot.exception_stack_top = phys_to_virt(exc) + (PAGE_SIZE << order(SECONDARY_EXCEPTION_STACK));
+        boot.exception_stack_top =
+            phys_to_virt(exc) + (PAGE_SIZE << order(SECONDARY_EXCEPTION_STACK));
         let boot_pa = image_pa(boot as *const SecondaryBoot as u64);
-        if smp::start_cpu(cpu, platform.cpu_mpidr[cpu], entry_pa, boot, boot_pa) {
-            pr_info!("CPU{cpu}: booted secondary processor {:#x}", platform.cpu_mpidr[cpu]);
+        if smp::start_cpu(cpu, mpidr, entry_pa, boot, boot_pa) {
+            pr_info!("CPU{cpu}: booted secondary processor {mpidr:#x}");
         } else {
             pr_warn!("CPU{cpu}: failed to come online");
         }
@@ -448,8 +455,16 @@ fn map_kernel(
             Attributes::KERNEL_RO,
         ),
         // The page(s) below the kernel stack stay unmapped as its guard.
-        (sym(unsafe { &_data }), sym(unsafe { &__stack_guard }), Attributes::KERNEL_RW),
-        (sym(unsafe { &__boot_stack }), sym(unsafe { &_end }), Attributes::KERNEL_RW),
+        (
+            sym(unsafe { &_data }),
+            sym(unsafe { &__stack_guard }),
+            Attributes::KERNEL_RW,
+        ),
+        (
+            sym(unsafe { &__boot_stack }),
+            sym(unsafe { &_end }),
+            Attributes::KERNEL_RW,
+        ),
     ];
     for (start, end, attrs) in sections {
         let pa = kernel_pa + (start - text);

@@ -48,7 +48,7 @@ const PMEM: u64 = 0x9000_0000;
 const PMEM_SIZE: u64 = 0x1000_0000;
 const PMEM_KB: u64 = PMEM_SIZE >> 10;
 /// Its struct pages, in kB.
-const PMEM_MEMMAP_KB: u64 = PMEM_SIZE / 64 >> 10;
+const PMEM_MEMMAP_KB: u64 = (PMEM_SIZE / 64) >> 10;
 const LINEAR: u64 = 0xffff_0000_0000_0000;
 
 /// The vmstat counters that report misuse; they must stay 0.
@@ -851,7 +851,7 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
     let base_iomem = q.read("/proc/iomem");
     let base = q.meminfo();
     let pfn = PMEM >> 12;
-    let last_pfn = (PMEM + PMEM_SIZE >> 12) - 1;
+    let last_pfn = ((PMEM + PMEM_SIZE) >> 12) - 1;
     expect_page_unmapped(&mut q, pfn);
     expect_fault(&mut q, LINEAR + PMEM);
 

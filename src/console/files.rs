@@ -212,7 +212,8 @@ impl<T: Translation> Files<'_, T> {
     }
 
     fn read_block(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
-        let (Some((id, Some(file))), Some(Node::File)) = (block_path(path), self.lookup(path)) else {
+        let (Some((id, Some(file))), Some(Node::File)) = (block_path(path), self.lookup(path))
+        else {
             return Err(match self.lookup(path) {
                 Some(Node::Dir) => err!(EISDIR, "{path}: is a directory"),
                 _ => err!(ENOENT, "{path}: no such file or directory"),

@@ -11,8 +11,8 @@ use crate::arch::aarch64::exception;
 use crate::arch::esr;
 use crate::drivers::{pl011, psci};
 use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PAGE_SIZE, PHYS_LIMIT};
-use crate::mm::page::Zone;
 use crate::mm::page::Page;
+use crate::mm::page::Zone;
 use crate::mm::system::{DevMapKind, MemorySystem};
 use crate::mm::translation::KernelTranslation;
 use crate::platform::cmdline::parse_u64;
@@ -164,7 +164,11 @@ impl System for KernelSystem {
                 let va = parse_addr(argv.get(1))?;
                 let value = parse_addr(argv.get(2))?;
                 exception::poke(va, value).map_err(|f| {
-                    err!(EFAULT, "Unable to handle kernel paging request at virtual address {:016x}", f.far)
+                    err!(
+                        EFAULT,
+                        "Unable to handle kernel paging request at virtual address {:016x}",
+                        f.far
+                    )
                 })
             }
             "pin" => {
@@ -173,22 +177,38 @@ impl System for KernelSystem {
                     .and_then(|s| crate::platform::cmdline::memparse(s))
                     .ok_or_else(|| err!(EINVAL, "usage: pin SIZE"))?;
                 let mut guard = self.mm.lock();
-                let mm = guard.as_mut().ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+                let mm = guard
+                    .as_mut()
+                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
                 let mut pinned = PINNED.lock();
                 let pages = size.div_ceil(PAGE_SIZE);
                 for _ in 0..pages {
                     // Movable first: where hot-plugged memory goes.
-                    let Some(pfn) = mm.buddy.alloc(0, Zone::Movable).or_else(|| mm.buddy.alloc(0, Zone::Normal)) else {
-                        bail!(ENOMEM, "out of memory; {} KiB pinned in all", (pinned.len() as u64 * PAGE_SIZE) >> 10);
+                    let Some(pfn) = mm
+                        .buddy
+                        .alloc(0, Zone::Movable)
+                        .or_else(|| mm.buddy.alloc(0, Zone::Normal))
+                    else {
+                        bail!(
+                            ENOMEM,
+                            "out of memory; {} KiB pinned in all",
+                            (pinned.len() as u64 * PAGE_SIZE) >> 10
+                        );
                     };
                     pinned.push(pfn);
                 }
-                writeln!(out, "pinned {} KiB in all", (pinned.len() as u64 * PAGE_SIZE) >> 10)?;
+                writeln!(
+                    out,
+                    "pinned {} KiB in all",
+                    (pinned.len() as u64 * PAGE_SIZE) >> 10
+                )?;
                 Ok(())
             }
             "unpin" => {
                 let mut guard = self.mm.lock();
-                let mm = guard.as_mut().ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+                let mm = guard
+                    .as_mut()
+                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
                 for pfn in PINNED.lock().drain(..) {
                     mm.buddy.free(pfn, 0);
                 }
@@ -205,13 +225,24 @@ impl System for KernelSystem {
                 let mut words = [0u64; 8];
                 for (i, w) in words.iter_mut().enumerate() {
                     *w = exception::probe(va + 8 * i as u64).map_err(|f| {
-                        err!(EFAULT, "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})", va, f.far)
+                        err!(
+                            EFAULT,
+                            "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})",
+                            va,
+                            f.far
+                        )
                     })?;
                 }
                 // SAFETY: any 64 bytes are a valid `Page` (plain integers).
                 let page: Page = unsafe { core::mem::transmute(words) };
                 let zone = page.zone().map_or("?", |z| z.name());
-                writeln!(out, "pfn {pfn:#x} page {va:#x} flags {:?} zone {zone} refcount {} owner {}", page.flags(), page.refcount(), page.private())?;
+                writeln!(
+                    out,
+                    "pfn {pfn:#x} page {va:#x} flags {:?} zone {zone} refcount {} owner {}",
+                    page.flags(),
+                    page.refcount(),
+                    page.private()
+                )?;
                 Ok(())
             }
             "bench" => {

@@ -143,8 +143,16 @@ impl Gic {
                 write_volatile((self.dist + GICD_ITARGETSR + intid as usize) as *mut u8, 1)
             },
             GicVersion::V3 => {
-                wr(self.dist + GICD_IGROUPR + word, rd(self.dist + GICD_IGROUPR + word) | bit);
-                unsafe { write_volatile((self.dist + GICD_IROUTER + 8 * intid as usize) as *mut u64, 0) };
+                wr(
+                    self.dist + GICD_IGROUPR + word,
+                    rd(self.dist + GICD_IGROUPR + word) | bit,
+                );
+                unsafe {
+                    write_volatile(
+                        (self.dist + GICD_IROUTER + 8 * intid as usize) as *mut u64,
+                        0,
+                    )
+                };
             }
         }
         wr(self.dist + GICD_ISENABLER + word, bit);
@@ -153,7 +161,10 @@ impl Gic {
     /// Sends the wake-up SGI to the CPUs in `mask` (CPU n = Aff0 n).
     pub fn wake(&self, mask: u16) {
         match self.version {
-            GicVersion::V2 => wr(self.dist + GICD_SGIR, ((mask as u32 & 0xff) << 16) | WAKE_SGI),
+            GicVersion::V2 => wr(
+                self.dist + GICD_SGIR,
+                ((mask as u32 & 0xff) << 16) | WAKE_SGI,
+            ),
             GicVersion::V3 => icc::sgi1r(((WAKE_SGI as u64) << 24) | mask as u64),
         }
     }

@@ -37,7 +37,10 @@ struct WindowAllocator {
 
 impl WindowAllocator {
     fn new(window: PciWindow) -> Self {
-        Self { window, next: window.pci }
+        Self {
+            window,
+            next: window.pci,
+        }
     }
 
     /// A PCI address for `size` bytes, and the CPU address it appears at.
@@ -75,7 +78,13 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                     continue;
                 };
                 let two = bar.takes_two_entries();
-                if let BarInfo::Memory { address_type, prefetchable, size, .. } = bar {
+                if let BarInfo::Memory {
+                    address_type,
+                    prefetchable,
+                    size,
+                    ..
+                } = bar
+                {
                     let wide = address_type == MemoryBarType::Width64;
                     let placed = match (&mut high, wide) {
                         (Some(h), true) => h.alloc(size),
@@ -88,7 +97,11 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                             } else {
                                 root.set_bar_32(df, index, pci as u32);
                             }
-                            dev.bars[index as usize] = Some(Bar { cpu, size, prefetchable });
+                            dev.bars[index as usize] = Some(Bar {
+                                cpu,
+                                size,
+                                prefetchable,
+                            });
                         }
                         _ => ok = false,
                     }
@@ -107,7 +120,11 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                 dev.bars
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, b)| b.map(|b| alloc::format!("BAR{i} {:#x}+{:#x}", b.cpu, b.size)))
+                    .filter_map(|(i, b)| b.map(|b| alloc::format!(
+                        "BAR{i} {:#x}+{:#x}",
+                        b.cpu,
+                        b.size
+                    )))
                     .collect::<Vec<_>>()
                     .join(" ")
             );

@@ -24,20 +24,17 @@ pub fn conduit() -> Option<Conduit> {
 
 /// PSCI CPU_ON: starts the CPU with MPIDR `mpidr` at physical `entry`,
 /// with `context` in its x0.
-pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), ()> {
+pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), smccc::psci::Error> {
     #[cfg(target_os = "none")]
-    {
-        let r = match conduit() {
-            Some(Conduit::Hvc) => smccc::psci::cpu_on::<smccc::Hvc>(mpidr, entry, context),
-            Some(Conduit::Smc) => smccc::psci::cpu_on::<smccc::Smc>(mpidr, entry, context),
-            None => return Err(()),
-        };
-        r.map_err(|_| ())
+    match conduit() {
+        Some(Conduit::Hvc) => smccc::psci::cpu_on::<smccc::Hvc>(mpidr, entry, context),
+        Some(Conduit::Smc) => smccc::psci::cpu_on::<smccc::Smc>(mpidr, entry, context),
+        None => Err(smccc::psci::Error::NotSupported),
     }
     #[cfg(not(target_os = "none"))]
     {
         let _ = (mpidr, entry, context);
-        Err(())
+        Err(smccc::psci::Error::NotSupported)
     }
 }
 

@@ -45,7 +45,8 @@ pub struct KernelHal;
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
-        let pa = crate::init::with_mm(|mm| mm.buddy.alloc_pages(order)).expect("no memory for a virtqueue");
+        let pa = crate::init::with_mm(|mm| mm.buddy.alloc_pages(order))
+            .expect("no memory for a virtqueue");
         let va = phys_to_virt(pa) as *mut u8;
         // SAFETY: just allocated, mapped by the linear map.
         unsafe { core::ptr::write_bytes(va, 0, (1usize << order) << PAGE_SHIFT) };

@@ -68,7 +68,13 @@ impl<T: Transport> VirtioMem<T> {
         let queue = VirtQueue::new(&mut transport, 0, false, false)
             .map_err(|e| err!(EIO, "virtio_mem: no request queue: {e:?}"))?;
         transport.finish_init();
-        let mut dev = Self { transport, queue, config: Config::default(), plugged: BTreeSet::new(), busy: BTreeSet::new() };
+        let mut dev = Self {
+            transport,
+            queue,
+            config: Config::default(),
+            plugged: BTreeSet::new(),
+            busy: BTreeSet::new(),
+        };
         dev.read_config()?;
         if dev.request(REQ_UNPLUG_ALL, 0, 0)? != RESP_ACK {
             bail!(EIO, "virtio_mem: UNPLUG_ALL refused");
@@ -103,7 +109,9 @@ impl<T: Transport> VirtioMem<T> {
                 requested_size: read_u64(t, 48)?,
             })
         };
-        self.config = t.read_consistent(read).map_err(|e| err!(EIO, "virtio_mem: config: {e:?}"))?;
+        self.config = t
+            .read_consistent(read)
+            .map_err(|e| err!(EIO, "virtio_mem: config: {e:?}"))?;
         Ok(())
     }
 
@@ -122,12 +130,18 @@ impl<T: Transport> VirtioMem<T> {
 
     /// Acknowledges the interrupt; whether the configuration changed.
     pub fn interrupt(&mut self) -> bool {
-        self.transport.ack_interrupt().contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
+        self.transport
+            .ack_interrupt()
+            .contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
     }
 
     /// Memory blocks the device asks for, capped by the usable region.
     fn wanted(&self) -> usize {
-        (self.config.requested_size.min(self.config.usable_region_size) / MEMORY_BLOCK_SIZE) as usize
+        (self
+            .config
+            .requested_size
+            .min(self.config.usable_region_size)
+            / MEMORY_BLOCK_SIZE) as usize
     }
 
     /// Whether plugged memory differs from what the device asks for.
@@ -143,7 +157,7 @@ impl<T: Transport> VirtioMem<T> {
     /// reached (false: some blocks are busy; try again later).
     pub fn step(&mut self) -> Result<bool> {
         self.read_config()?;
-        if self.config.requested_size % MEMORY_BLOCK_SIZE != 0 {
+        if !self.config.requested_size.is_multiple_of(MEMORY_BLOCK_SIZE) {
             pr_warn!(
                 "virtio_mem: requested size {:#x} is not a multiple of the memory block size {:#x}; following {:#x}",
                 self.config.requested_size,
@@ -154,13 +168,17 @@ impl<T: Transport> VirtioMem<T> {
         let first = self.config.addr / MEMORY_BLOCK_SIZE;
         let last = first + self.config.usable_region_size / MEMORY_BLOCK_SIZE;
         while self.plugged.len() < self.wanted() {
-            let Some(id) = (first..last).find(|id| !self.plugged.contains(id)) else { break };
+            let Some(id) = (first..last).find(|id| !self.plugged.contains(id)) else {
+                break;
+            };
             self.plug(id)?;
         }
         self.busy.clear();
         let mut candidates: alloc::vec::Vec<u64> = self.plugged.iter().rev().copied().collect();
         while self.plugged.len() > self.wanted() {
-            let Some(id) = candidates.first().copied() else { break };
+            let Some(id) = candidates.first().copied() else {
+                break;
+            };
             candidates.remove(0);
             if !self.unplug(id)? {
                 self.busy.insert(id);
@@ -174,7 +192,11 @@ impl<T: Transport> VirtioMem<T> {
             if self.busy.is_empty() {
                 alloc::string::String::new()
             } else {
-                alloc::format!("; {} MiB busy, stays plugged: {:?}", (self.busy.len() as u64 * MEMORY_BLOCK_SIZE) >> 20, self.busy)
+                alloc::format!(
+                    "; {} MiB busy, stays plugged: {:?}",
+                    (self.busy.len() as u64 * MEMORY_BLOCK_SIZE) >> 20,
+                    self.busy
+                )
             }
         );
         Ok(!self.unsatisfied())

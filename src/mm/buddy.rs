@@ -452,7 +452,10 @@ impl BuddyAllocator {
     /// [`test_pages_isolated`](Self::test_pages_isolated).
     pub fn start_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
         let block = 1u64 << MAX_ORDER;
-        assert!(start_pfn % block == 0 && end_pfn % block == 0, "isolation of an unaligned range");
+        assert!(
+            start_pfn.is_multiple_of(block) && end_pfn.is_multiple_of(block),
+            "isolation of an unaligned range"
+        );
         assert!(self.memmap.contains_range(start_pfn, end_pfn));
         let mut held = 0;
         let mut pfn = start_pfn;
@@ -476,16 +479,23 @@ impl BuddyAllocator {
     /// Whether every page of an isolating range is held or never was the
     /// allocator's (`VMEMMAP_SELF_HOSTED`): Linux's `test_pages_isolated`.
     pub fn test_pages_isolated(&self, start_pfn: u64, end_pfn: u64) -> bool {
-        let Some(&(_, _, held)) = self.isolating.iter().find(|r| (r.0, r.1) == (start_pfn, end_pfn)) else {
+        let Some(&(_, _, held)) = self
+            .isolating
+            .iter()
+            .find(|r| (r.0, r.1) == (start_pfn, end_pfn))
+        else {
             return false;
         };
-        let own = (start_pfn..end_pfn).filter(|&p| self.pg(p).has(PageFlags::VMEMMAP_SELF_HOSTED)).count();
+        let own = (start_pfn..end_pfn)
+            .filter(|&p| self.pg(p).has(PageFlags::VMEMMAP_SELF_HOSTED))
+            .count();
         held + own as u64 == end_pfn - start_pfn
     }
 
     /// Ends an isolation: held blocks go back to the free lists.
     pub fn undo_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
-        self.isolating.retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
+        self.isolating
+            .retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
         let mut pfn = start_pfn;
         while pfn < end_pfn {
             let p = self.pg(pfn);
@@ -493,7 +503,10 @@ impl BuddyAllocator {
                 pfn += 1;
                 continue;
             }
-            let (order, z) = (p.order(), Self::zone_index(p).expect("held pages have a buddy zone"));
+            let (order, z) = (
+                p.order(),
+                Self::zone_index(p).expect("held pages have a buddy zone"),
+            );
             self.pg_mut(pfn).flags.remove(PageFlags::ISOLATED);
             self.free_one(pfn, order, z);
             pfn += 1 << order;
@@ -741,7 +754,10 @@ mod tests {
         let before = audit(b);
         let a = b.alloc(2, Zone::Movable).unwrap();
         let c = b.alloc(0, Zone::Movable).unwrap();
-        let (lo, hi) = (BASE + (a - BASE) / MAXB * MAXB, BASE + (a - BASE) / MAXB * MAXB + MAXB);
+        let (lo, hi) = (
+            BASE + (a - BASE) / MAXB * MAXB,
+            BASE + (a - BASE) / MAXB * MAXB + MAXB,
+        );
         assert!((lo..hi).contains(&c), "both from one max block");
         b.start_isolate_page_range(lo, hi);
         assert!(!b.test_pages_isolated(lo, hi));
@@ -752,7 +768,11 @@ mod tests {
         assert!(!b.test_pages_isolated(lo, hi));
         assert!(b.free(c, 0));
         assert!(b.test_pages_isolated(lo, hi));
-        assert_eq!(b.nr_free(Zone::Movable), MAXB - 1, "held pages are not free");
+        assert_eq!(
+            b.nr_free(Zone::Movable),
+            MAXB - 1,
+            "held pages are not free"
+        );
         b.undo_isolate_page_range(lo, hi);
         assert!(b.free(d, 0));
         assert_eq!(audit(b), before, "undo coalesces back to the start");

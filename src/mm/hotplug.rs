@@ -31,7 +31,7 @@ impl<T: Translation> MemorySystem<T> {
         &mut self,
         start: u64,
         end: u64,
-        mut altmap: Option<&mut VmemAltmap>,
+        altmap: Option<&mut VmemAltmap>,
     ) -> Result<()> {
         let p = self.parts();
         let va = VaRange::new(phys_to_virt(start), phys_to_virt(end));
@@ -43,7 +43,7 @@ impl<T: Translation> MemorySystem<T> {
             p.pt,
             phys_to_pfn(start),
             phys_to_pfn(end),
-            altmap.as_deref_mut(),
+            altmap,
             &mut frames,
         ) {
             self.remove_linear_map(start, end);
@@ -78,7 +78,7 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Checks that `[start, start + size)` is whole memory blocks.
     fn check_block_range(start: u64, size: u64) -> Result<(u64, u64)> {
-        if size == 0 || start % MEMORY_BLOCK_SIZE != 0 || size % MEMORY_BLOCK_SIZE != 0 {
+        if size == 0 || !start.is_multiple_of(MEMORY_BLOCK_SIZE) || !size.is_multiple_of(MEMORY_BLOCK_SIZE) {
             bail!(EINVAL, "{start:#x}+{size:#x} is not aligned to the memory block size {MEMORY_BLOCK_SIZE:#x}");
         }
         match start.checked_add(size) {
@@ -97,8 +97,16 @@ impl<T: Translation> MemorySystem<T> {
     pub fn add_memory(&mut self, start: u64, size: u64) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
         let end = start + size;
-        if !self.hotpluggable.iter().any(|r| r.base <= start && end <= r.end()) {
-            bail!(EINVAL, "{start:#x}-{:#x} is not RAM held back from boot (mem=)", end - 1);
+        if !self
+            .hotpluggable
+            .iter()
+            .any(|r| r.base <= start && end <= r.end())
+        {
+            bail!(
+                EINVAL,
+                "{start:#x}-{:#x} is not RAM held back from boot (mem=)",
+                end - 1
+            );
         }
         self.add_memory_resource(first, last, "System RAM", None)
     }
@@ -106,7 +114,12 @@ impl<T: Translation> MemorySystem<T> {
     /// Linux's `add_memory_driver_managed`: memory a driver plugged (the
     /// region is the driver's, not held back RAM), shown in `/proc/iomem`
     /// as `resource`; only the driver may remove it.
-    pub fn add_memory_driver_managed(&mut self, start: u64, size: u64, resource: &'static str) -> Result<()> {
+    pub fn add_memory_driver_managed(
+        &mut self,
+        start: u64,
+        size: u64,
+        resource: &'static str,
+    ) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
         self.add_memory_resource(first, last, resource, Some(resource))
     }
@@ -115,8 +128,18 @@ impl<T: Translation> MemorySystem<T> {
     fn check_addable(&self, start: u64, size: u64) -> Result<(u64, u64)> {
         let (first, last) = Self::check_block_range(start, size)?;
         let end = start + size;
-        if let Some(d) = self.devmem.iter().find(|d| d.range.base < end && start < d.range.end()) {
-            bail!(EBUSY, "{:#x}-{:#x} is device memory ({})", d.range.base, d.range.end() - 1, d.owner);
+        if let Some(d) = self
+            .devmem
+            .iter()
+            .find(|d| d.range.base < end && start < d.range.end())
+        {
+            bail!(
+                EBUSY,
+                "{:#x}-{:#x} is device memory ({})",
+                d.range.base,
+                d.range.end() - 1,
+                d.owner
+            );
         }
         if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
             bail!(EEXIST, "memory{id} is present already");
@@ -143,7 +166,12 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
-    fn add_memory_block(&mut self, id: u64, resource: &'static str, owner: Option<&'static str>) -> Result<()> {
+    fn add_memory_block(
+        &mut self,
+        id: u64,
+        resource: &'static str,
+        owner: Option<&'static str>,
+    ) -> Result<()> {
         let (spfn, epfn) = block_pfns(id);
         let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
         let mut altmap = self
@@ -159,7 +187,15 @@ impl<T: Translation> MemorySystem<T> {
             self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
         self.iomem.insert(start, end, resource);
-        self.blocks.insert(id, MemoryBlock { state: BlockState::Offline, boot: false, altmap, owner });
+        self.blocks.insert(
+            id,
+            MemoryBlock {
+                state: BlockState::Offline,
+                boot: false,
+                altmap,
+                owner,
+            },
+        );
         pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
         Ok(())
     }
@@ -173,18 +209,34 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Linux's `offline_and_remove_memory` minus the offlining: removes
     /// offline blocks that the driver `resource` added.
-    pub fn remove_memory_driver_managed(&mut self, start: u64, size: u64, resource: &'static str) -> Result<()> {
+    pub fn remove_memory_driver_managed(
+        &mut self,
+        start: u64,
+        size: u64,
+        resource: &'static str,
+    ) -> Result<()> {
         self.remove_memory_checked(start, size, Some(resource))
     }
 
-    fn remove_memory_checked(&mut self, start: u64, size: u64, driver: Option<&'static str>) -> Result<()> {
+    fn remove_memory_checked(
+        &mut self,
+        start: u64,
+        size: u64,
+        driver: Option<&'static str>,
+    ) -> Result<()> {
         let (first, last) = Self::check_block_range(start, size)?;
         for id in first..last {
             match self.blocks.get(&id) {
                 None => bail!(EINVAL, "memory{id} is not present"),
-                Some(b) if b.boot => bail!(EPERM, "memory{id} is boot memory and cannot be removed"),
+                Some(b) if b.boot => {
+                    bail!(EPERM, "memory{id} is boot memory and cannot be removed")
+                }
                 Some(b) if b.owner != driver => {
-                    bail!(EBUSY, "memory{id} is managed by {}", b.owner.unwrap_or("the console"))
+                    bail!(
+                        EBUSY,
+                        "memory{id} is managed by {}",
+                        b.owner.unwrap_or("the console")
+                    )
                 }
                 Some(b) if b.state != BlockState::Offline => bail!(EBUSY, "memory{id} is online"),
                 Some(_) => {}
@@ -265,7 +317,9 @@ impl<T: Translation> MemorySystem<T> {
     pub fn offline_begin(&mut self, id: u64) -> Result<()> {
         match self.blocks.get(&id) {
             None => bail!(ENOENT, "memory{id} is not present"),
-            Some(b) if b.state == BlockState::Offline => bail!(EINVAL, "memory{id} is offline already"),
+            Some(b) if b.state == BlockState::Offline => {
+                bail!(EINVAL, "memory{id} is offline already")
+            }
             Some(_) => {}
         }
         let (spfn, epfn) = block_pfns(id);
@@ -281,7 +335,8 @@ impl<T: Translation> MemorySystem<T> {
             return false;
         }
         self.buddy.undo_isolate_page_range(spfn, epfn);
-        self.offline_block(id).expect("every page of the block is free");
+        self.offline_block(id)
+            .expect("every page of the block is free");
         true
     }
 

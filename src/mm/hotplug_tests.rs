@@ -698,9 +698,11 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
         ("probe boot RAM", Errno::EEXIST, |m| {
             m.add_memory(ARENA_BASE, BLOCK)
         }),
-        ("probe from boot RAM into held-back RAM", Errno::EEXIST, |m| {
-            m.add_memory(start_of(HOT_FIRST - 1), 2 * BLOCK)
-        }),
+        (
+            "probe from boot RAM into held-back RAM",
+            Errno::EEXIST,
+            |m| m.add_memory(start_of(HOT_FIRST - 1), 2 * BLOCK),
+        ),
         ("probe device memory", Errno::EBUSY, |m| {
             m.add_memory(DEV_BASE, BLOCK)
         }),

@@ -20,7 +20,10 @@ pub fn ioremap<T: Translation>(
     size: u64,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> u64 {
-    let (first, last) = (align_down(pa, PAGE_SIZE), align_up(pa + size.max(1), PAGE_SIZE));
+    let (first, last) = (
+        align_down(pa, PAGE_SIZE),
+        align_up(pa + size.max(1), PAGE_SIZE),
+    );
     let len = last - first;
     // Congruent with the physical address modulo a block, so that large
     // windows (the 256 MiB ECAM) get blocks, not a page table per 2 MiB.
@@ -32,7 +35,13 @@ pub fn ioremap<T: Translation>(
     })
     .expect("the update always succeeds");
     assert!(va + len <= IOREMAP_END, "ioremap window exhausted");
-    pt.map_range(VaRange::new(va, va + len), first, Attributes::DEVICE, MapHints::blocks(BLOCK), frames)
-        .expect("ioremap of a fresh window cannot overlap");
+    pt.map_range(
+        VaRange::new(va, va + len),
+        first,
+        Attributes::DEVICE,
+        MapHints::blocks(BLOCK),
+        frames,
+    )
+    .expect("ioremap of a fresh window cannot overlap");
     va + (pa - first)
 }

@@ -31,7 +31,9 @@ pub fn memparse(s: &str) -> Option<u64> {
     } else {
         (10, s)
     };
-    let end = digits.find(|c: char| !c.is_digit(radix)).unwrap_or(digits.len());
+    let end = digits
+        .find(|c: char| !c.is_digit(radix))
+        .unwrap_or(digits.len());
     if end == 0 {
         return None;
     }

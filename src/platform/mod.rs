@@ -62,7 +62,7 @@ pub const FDT_MAGIC: u32 = 0xd00d_feed;
 /// `pa` must be readable.
 pub unsafe fn is_fdt(pa: u64) -> bool {
     pa != 0
-        && pa % 8 == 0
+        && pa.is_multiple_of(8)
         && u32::from_be(unsafe { (pa as *const u32).read_volatile() }) == FDT_MAGIC
 }
 
@@ -253,9 +253,29 @@ mod tests {
         assert_eq!(p.nr_cpus, 2);
         assert_eq!(&p.cpu_mpidr[..2], &[0, 1]);
         let pci = p.pci.unwrap();
-        assert_eq!(pci.ecam, PhysRange { base: 0x40_1000_0000, size: 0x1000_0000 });
-        assert_eq!(pci.mmio32, pci::PciWindow { pci: 0x1000_0000, cpu: 0x1000_0000, size: 0x2eff_0000 });
-        assert_eq!(pci.mmio64, Some(pci::PciWindow { pci: 0x80_0000_0000, cpu: 0x80_0000_0000, size: 0x80_0000_0000 }));
+        assert_eq!(
+            pci.ecam,
+            PhysRange {
+                base: 0x40_1000_0000,
+                size: 0x1000_0000
+            }
+        );
+        assert_eq!(
+            pci.mmio32,
+            pci::PciWindow {
+                pci: 0x1000_0000,
+                cpu: 0x1000_0000,
+                size: 0x2eff_0000
+            }
+        );
+        assert_eq!(
+            pci.mmio64,
+            Some(pci::PciWindow {
+                pci: 0x80_0000_0000,
+                cpu: 0x80_0000_0000,
+                size: 0x80_0000_0000
+            })
+        );
         // virt swizzles INTx: device d, pin p raises SPI 3 + (d + p - 1) % 4.
         assert_eq!(pci.intx(0, 1), Some(35));
         assert_eq!(pci.intx(1, 1), Some(36));

@@ -39,7 +39,9 @@ pub struct PciHost {
 /// Cell `i` of a property (big-endian u32s). Parsing runs before the heap
 /// exists, so nothing here collects.
 fn cell(bytes: &[u8], i: usize) -> Option<u32> {
-    bytes.get(i * 4..i * 4 + 4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    bytes
+        .get(i * 4..i * 4 + 4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 fn join(hi: u32, lo: u32) -> u64 {
@@ -50,7 +52,10 @@ impl PciHost {
     pub fn from_node(fdt: &fdt::Fdt, node: fdt::node::FdtNode) -> Option<Self> {
         let reg = node.reg()?.next()?;
         let mut host = PciHost {
-            ecam: PhysRange { base: reg.starting_address as u64, size: reg.size? as u64 },
+            ecam: PhysRange {
+                base: reg.starting_address as u64,
+                size: reg.size? as u64,
+            },
             bus_start: 0,
             bus_end: 0xff,
             ..Default::default()
@@ -64,7 +69,11 @@ impl PciHost {
         let ranges = node.property("ranges")?.value;
         for row in 0..ranges.len() / 28 {
             let r = |i: usize| cell(ranges, row * 7 + i).unwrap_or(0);
-            let w = PciWindow { pci: join(r(1), r(2)), cpu: join(r(3), r(4)), size: join(r(5), r(6)) };
+            let w = PciWindow {
+                pci: join(r(1), r(2)),
+                cpu: join(r(3), r(4)),
+                size: join(r(5), r(6)),
+            };
             match (r(0) >> 24) & 3 {
                 2 => host.mmio32 = w,
                 3 => host.mmio64 = Some(w),
@@ -82,7 +91,10 @@ impl PciHost {
             let mut i = 0;
             while i + 5 <= map.value.len() / 4 && host.nr_routes < MAX_INTX {
                 let parent = fdt.find_phandle(c(i + 4)?)?;
-                let addr_cells = parent.property("#address-cells").and_then(|p| p.as_usize()).unwrap_or(0);
+                let addr_cells = parent
+                    .property("#address-cells")
+                    .and_then(|p| p.as_usize())
+                    .unwrap_or(0);
                 let int_cells = parent.interrupt_cells()?;
                 let spec = i + 5 + addr_cells;
                 // GIC specifier: <type number flags>, type 0 = SPI.
@@ -91,7 +103,11 @@ impl PciHost {
                     (1, n) => 16 + n,
                     _ => return None,
                 };
-                host.routes[host.nr_routes] = IntxRoute { devfn_bits: c(i)?, pin: c(i + 3)?, intid };
+                host.routes[host.nr_routes] = IntxRoute {
+                    devfn_bits: c(i)?,
+                    pin: c(i + 3)?,
+                    intid,
+                };
                 host.nr_routes += 1;
                 i += 5 + addr_cells + int_cells;
             }

@@ -59,7 +59,10 @@ pub fn poke(va: u64, value: u64) -> Result<(), FaultInfo> {
         Ok(())
     } else {
         let f = LAST_FAULT.lock();
-        Err(FaultInfo { esr: f.esr, far: f.far })
+        Err(FaultInfo {
+            esr: f.esr,
+            far: f.far,
+        })
     }
 }
 
@@ -77,7 +80,10 @@ const ORIGINS: [&str; 4] = ["EL1t", "EL1h", "EL0 (AArch64)", "EL0 (AArch32)"];
 #[unsafe(no_mangle)]
 extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
     let (esr, far) = read_esr_far();
-    let probes = [&raw const probe_read_insn as u64, &raw const probe_write_insn as u64];
+    let probes = [
+        &raw const probe_read_insn as u64,
+        &raw const probe_write_insn as u64,
+    ];
     // The kernel runs at EL1t (kind 0); EL1h (kind 4) is the exception
     // stack itself.
     if (kind == 0 || kind == 4) && probes.contains(&frame.elr) && esr::is_abort(esr) {

@@ -94,7 +94,9 @@ pub const TIMER_INTID: u32 = 27;
 /// Makes the virtual timer fire (level, to wake `wfi`) in `ms` milliseconds.
 pub fn arm_timer(ms: u64) {
     let ticks = ms * counter_freq() / 1000;
-    unsafe { asm!("msr cntv_tval_el0, {}", "mov {t}, #1", "msr cntv_ctl_el0, {t}", "isb", in(reg) ticks, t = out(reg) _) }
+    unsafe {
+        asm!("msr cntv_tval_el0, {}", "mov {t}, #1", "msr cntv_ctl_el0, {t}", "isb", in(reg) ticks, t = out(reg) _)
+    }
 }
 
 /// Whether the armed timer has fired; firing disarms it (drops the line).

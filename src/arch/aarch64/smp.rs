@@ -17,6 +17,24 @@ pub struct SecondaryBoot {
     pub exception_stack_top: u64,
 }
 
+struct BootSlots(core::cell::UnsafeCell<[SecondaryBoot; MAX_CPUS]>);
+
+// SAFETY: each slot is written by CPU 0 before its CPU starts, then only read.
+unsafe impl Sync for BootSlots {}
+
+static BOOT: BootSlots = BootSlots(core::cell::UnsafeCell::new(
+    [const { SecondaryBoot { cpu: 0, ttbr1: 0, stack_top: 0, exception_stack_top: 0 } }; MAX_CPUS],
+));
+
+/// The boot record of `cpu`, in the kernel image (its physical address is
+/// what PSCI passes).
+///
+/// # Safety
+/// Only CPU 0, once per CPU, before starting it.
+pub unsafe fn boot_slot(cpu: usize) -> &'static mut SecondaryBoot {
+    unsafe { &mut (*BOOT.0.get())[cpu] }
+}
+
 static ONLINE: AtomicU64 = AtomicU64::new(1);
 static GIC: spin::Once<Gic> = spin::Once::new();
 /// A job per CPU (a `fn(usize)` as an address), 0 when idle.
@@ -47,9 +65,18 @@ fn clean_to_poc(va: u64, len: u64) {
 }
 
 /// Starts CPU `cpu` (MPIDR `mpidr`) at `entry_pa` with `boot` (at `boot_pa`).
-pub fn start_cpu(cpu: usize, mpidr: u64, entry_pa: u64, boot: &mut SecondaryBoot, boot_pa: u64) -> bool {
+pub fn start_cpu(
+    cpu: usize,
+    mpidr: u64,
+    entry_pa: u64,
+    boot: &mut SecondaryBoot,
+    boot_pa: u64,
+) -> bool {
     boot.cpu = cpu as u64;
-    clean_to_poc(boot as *const _ as u64, core::mem::size_of::<SecondaryBoot>() as u64);
+    clean_to_poc(
+        boot as *const _ as u64,
+        core::mem::size_of::<SecondaryBoot>() as u64,
+    );
     if crate::drivers::psci::cpu_on(mpidr, entry_pa, boot_pa).is_err() {
         return false;
     }
