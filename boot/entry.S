@@ -34,17 +34,7 @@ _start:
     and     x1, x1, #0xff
     cbnz    x1, park                        // only CPU 0 boots here
 
-    mrs     x1, CurrentEL
-    lsr     x1, x1, #2
-    cmp     x1, #2
-    b.ne    1f
-    bl      el2_to_el1
-1:
-    ldr     x1, =SCTLR_EL1_RES1
-    msr     sctlr_el1, x1
-    isb
-    mov     x1, #(3 << 20)                  // CPACR_EL1.FPEN: don't trap FP/SIMD
-    msr     cpacr_el1, x1
+    bl      enter_el1
 
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -109,16 +99,9 @@ _start:
     ldr     x1, =high
     br      x1
 high:
-    // The kernel runs on SP_EL0 (EL1t); exceptions switch to SP_EL1.
     ldr     x1, =__exception_stack_top
-    mov     sp, x1
-    msr     spsel, #0
-    ldr     x1, =__boot_stack_top
-    mov     sp, x1
-    adrp    x1, vectors
-    add     x1, x1, :lo12:vectors
-    msr     vbar_el1, x1
-    isb
+    ldr     x2, =__boot_stack_top
+    bl      enter_kernel_stacks
     mov     x0, x19
     mov     x1, x20
     bl      kmain
@@ -133,6 +116,24 @@ park:
 .global secondary_entry
 secondary_entry:
     mov     x19, x0
+    bl      enter_el1
+    adrp    x1, idmap_root
+    ldr     x2, [x19, #8]                   // kernel table
+    bl      enable_mmu
+    ldr     x1, =secondary_high
+    br      x1
+secondary_high:
+    ldr     x1, [x19, #24]                  // exception stack top
+    ldr     x2, [x19, #16]                  // kernel stack top
+    bl      enter_kernel_stacks
+    mov     x0, x19
+    bl      secondary_main
+    b       park
+
+// At EL1 (dropping from EL2 if entered there), SCTLR_EL1 in a known state,
+// FP/SIMD not trapped. Uses x1, x2, x21.
+enter_el1:
+    mov     x21, x30
     mrs     x1, CurrentEL
     lsr     x1, x1, #2
     cmp     x1, #2
@@ -141,26 +142,21 @@ secondary_entry:
 1:  ldr     x1, =SCTLR_EL1_RES1
     msr     sctlr_el1, x1
     isb
-    mov     x1, #(3 << 20)
+    mov     x1, #(3 << 20)                  // CPACR_EL1.FPEN
     msr     cpacr_el1, x1
-    adrp    x1, idmap_root
-    ldr     x2, [x19, #8]                   // kernel table
-    bl      enable_mmu
-    ldr     x1, =secondary_high
-    br      x1
-secondary_high:
-    ldr     x1, [x19, #24]                  // exception stack top
+    ret     x21
+
+// The kernel runs on SP_EL0 = x2 (EL1t); exceptions switch to SP_EL1 = x1,
+// so that even a kernel stack overflow can be reported.
+enter_kernel_stacks:
     mov     sp, x1
     msr     spsel, #0
-    ldr     x1, [x19, #16]                  // kernel stack top
-    mov     sp, x1
+    mov     sp, x2
     adrp    x1, vectors
     add     x1, x1, :lo12:vectors
     msr     vbar_el1, x1
     isb
-    mov     x0, x19
-    bl      secondary_main
-    b       park
+    ret
 
 // MMU on with TTBR0 = x1 and TTBR1 = x2, MAIR and TCR for the kernel.
 enable_mmu:
