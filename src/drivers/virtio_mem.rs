@@ -11,6 +11,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{InterruptStatus, Transport};
 
 use super::virtio_hal::KernelHal;
+use crate::arch::aarch64 as cpu;
 use crate::console::Result;
 use crate::mm::layout::MEMORY_BLOCK_SIZE;
 use crate::mm::page::Zone;
@@ -50,6 +51,17 @@ pub struct VirtioMem<T: Transport> {
     plugged: BTreeSet<u64>,
     /// Blocks that could not be offlined on the last attempt.
     busy: BTreeSet<u64>,
+    /// Timer ticks of the current step spent waiting for the device and
+    /// spent hot-plugging, reported with its result.
+    ticks: (u64, u64),
+}
+
+/// Runs `f`, adding the generic-timer ticks it took to `total`.
+fn timed<R>(total: &mut u64, f: impl FnOnce() -> R) -> R {
+    let t0 = cpu::counter();
+    let r = f();
+    *total += cpu::counter() - t0;
+    r
 }
 
 fn read_u64<T: Transport>(t: &T, offset: usize) -> virtio_drivers::Result<u64> {
@@ -74,6 +86,7 @@ impl<T: Transport> VirtioMem<T> {
             config: Config::default(),
             plugged: BTreeSet::new(),
             busy: BTreeSet::new(),
+            ticks: (0, 0),
         };
         dev.read_config()?;
         if dev.request(REQ_UNPLUG_ALL, 0, 0)? != RESP_ACK {
@@ -122,9 +135,11 @@ impl<T: Transport> VirtioMem<T> {
         req[8..16].copy_from_slice(&addr.to_le_bytes());
         req[16..18].copy_from_slice(&nb_blocks.to_le_bytes());
         let mut resp = [0u8; 10];
-        self.queue
-            .add_notify_wait_pop(&[&req], &mut [&mut resp], &mut self.transport)
-            .map_err(|e| err!(EIO, "virtio_mem: request failed: {e:?}"))?;
+        let (queue, transport) = (&mut self.queue, &mut self.transport);
+        timed(&mut self.ticks.0, || {
+            queue.add_notify_wait_pop(&[&req], &mut [&mut resp], transport)
+        })
+        .map_err(|e| err!(EIO, "virtio_mem: request failed: {e:?}"))?;
         Ok(u16::from_le_bytes([resp[0], resp[1]]))
     }
 
@@ -156,6 +171,7 @@ impl<T: Transport> VirtioMem<T> {
     /// Moves plugged memory towards `requested_size`. Returns whether it is
     /// reached (false: some blocks are busy; try again later).
     pub fn step(&mut self) -> Result<bool> {
+        self.ticks = (0, 0);
         self.read_config()?;
         if !self.config.requested_size.is_multiple_of(MEMORY_BLOCK_SIZE) {
             pr_warn!(
@@ -186,9 +202,11 @@ impl<T: Transport> VirtioMem<T> {
         }
         self.read_config()?;
         pr_info!(
-            "virtio_mem: plugged {} MiB of {} MiB requested{}",
+            "virtio_mem: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){}",
             self.config.plugged_size >> 20,
             self.config.requested_size >> 20,
+            self.ticks.0 * 1_000_000 / cpu::counter_freq(),
+            self.ticks.1 * 1_000_000 / cpu::counter_freq(),
             if self.busy.is_empty() {
                 alloc::string::String::new()
             } else {
@@ -207,10 +225,12 @@ impl<T: Transport> VirtioMem<T> {
         if self.request(REQ_PLUG, start, self.device_blocks())? != RESP_ACK {
             bail!(EIO, "virtio_mem: device refused to plug {start:#x}");
         }
-        let added = crate::init::with_mm(|mm| {
-            mm.add_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)?;
-            mm.online_block(id, Zone::Movable).inspect_err(|_| {
-                let _ = mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE);
+        let added = timed(&mut self.ticks.1, || {
+            crate::init::with_mm(|mm| {
+                mm.add_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)?;
+                mm.online_block(id, Zone::Movable).inspect_err(|_| {
+                    let _ = mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE);
+                })
             })
         });
         if let Err(e) = added {
@@ -224,9 +244,11 @@ impl<T: Transport> VirtioMem<T> {
     /// Offlines, removes and unplugs block `id`; `false` if it is busy.
     fn unplug(&mut self, id: u64) -> Result<bool> {
         let start = id * MEMORY_BLOCK_SIZE;
-        let removed = crate::init::with_mm(|mm| {
-            mm.offline_block(id)?;
-            mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)
+        let removed = timed(&mut self.ticks.1, || {
+            crate::init::with_mm(|mm| {
+                mm.offline_block(id)?;
+                mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)
+            })
         });
         match removed {
             Ok(()) => {}
