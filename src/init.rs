@@ -389,7 +389,6 @@ unsafe extern "C" {
     fn secondary_entry();
 }
 
-
 /// Kernel and exception stacks of a secondary CPU, from the buddy allocator.
 const SECONDARY_STACK: u64 = 64 << 10;
 const SECONDARY_EXCEPTION_STACK: u64 = 16 << 10;
@@ -399,7 +398,13 @@ fn start_secondaries(platform: &Platform, kernel_pa: u64) {
     let text = sym(unsafe { &_text });
     let image_pa = |va: u64| kernel_pa + (va - text);
     let entry_pa = image_pa(secondary_entry as *const () as u64);
-    for (cpu, &mpidr) in platform.cpu_mpidr.iter().enumerate().take(platform.nr_cpus).skip(1) {
+    for (cpu, &mpidr) in platform
+        .cpu_mpidr
+        .iter()
+        .enumerate()
+        .take(platform.nr_cpus)
+        .skip(1)
+    {
         let mut guard = MM.lock();
         let mm = guard.as_mut().expect("memory is up");
         let order = |size: u64| crate::mm::frame::get_order(size, PAGE_SHIFT);

@@ -53,15 +53,17 @@ impl WindowAllocator {
     }
 }
 
-/// Enumerates the host's buses, places every memory BAR and enables
+/// Enumerates the host's root bus, places every memory BAR and enables
 /// memory decoding and bus mastering. Devices whose BARs do not fit are
-/// left disabled and reported.
+/// left disabled and reported. Buses behind bridges are not reachable
+/// until someone numbers the bridges, which no one here does: only the
+/// root bus (where QEMU puts its devices) is scanned.
 pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) -> Vec<PciDevice> {
     let mut low = WindowAllocator::new(host.mmio32);
     let mut high = host.mmio64.map(WindowAllocator::new);
     let mut found = Vec::new();
-    for bus in host.bus_start..=host.bus_end {
-        let functions: Vec<_> = root.enumerate_bus(bus).collect();
+    {
+        let functions: Vec<_> = root.enumerate_bus(host.bus_start).collect();
         for (df, info) in functions {
             let mut dev = PciDevice {
                 df,
@@ -132,4 +134,124 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Config space of a few functions, with BAR sizing as hardware does it.
+    #[derive(Default)]
+    struct FakeCam {
+        regs: std::rc::Rc<std::cell::RefCell<HashMap<(u8, u8), [u32; 64]>>>,
+        sizes: std::rc::Rc<HashMap<(u8, u8), [u64; 6]>>,
+    }
+
+    impl ConfigurationAccess for FakeCam {
+        fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+            let regs = self.regs.borrow();
+            regs.get(&(df.device, df.function))
+                .map_or(u32::MAX, |r| r[offset as usize / 4])
+        }
+
+        fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+            let key = (df.device, df.function);
+            let sizes = self.sizes[&key];
+            let mut regs = self.regs.borrow_mut();
+            let r = regs.get_mut(&key).unwrap();
+            let i = offset as usize / 4;
+            r[i] = match i {
+                4..=9 => {
+                    let bar = i - 4;
+                    // The upper half of a 64-bit BAR sizes with the lower one.
+                    let (size, high) = if sizes[bar] == 0 && bar > 0 && r[i - 1] & 4 != 0 {
+                        (sizes[bar - 1], true)
+                    } else {
+                        (sizes[bar], false)
+                    };
+                    if size == 0 {
+                        0
+                    } else if high {
+                        data & (!(size - 1) >> 32) as u32
+                    } else {
+                        (data & !(size as u32 - 1) & !0xf) | (r[i] & 0xf)
+                    }
+                }
+                _ => data,
+            };
+        }
+
+        unsafe fn unsafe_clone(&self) -> Self {
+            FakeCam {
+                regs: self.regs.clone(),
+                sizes: self.sizes.clone(),
+            }
+        }
+    }
+
+    #[test]
+    fn bars_are_placed_in_the_windows_and_decoding_enabled() {
+        let mut regs = HashMap::new();
+        let mut sizes = HashMap::new();
+        // 00:01.0: a 4 KiB 32-bit BAR 0. 00:03.0: 256 B BAR 0, 256 MiB
+        // 64-bit prefetchable BAR 2 (ivshmem's shape).
+        let mut a = [0u32; 64];
+        a[0] = 0x1000_1af4;
+        regs.insert((1, 0), a);
+        sizes.insert((1, 0), [0x1000, 0, 0, 0, 0, 0]);
+        let mut b = [0u32; 64];
+        b[0] = 0x1110_1af4;
+        b[6] = 0xc; // 64-bit, prefetchable
+        regs.insert((3, 0), b);
+        sizes.insert((3, 0), [0x100, 0, 0x1000_0000, 0, 0, 0]);
+        let cam = FakeCam {
+            regs: std::rc::Rc::new(std::cell::RefCell::new(regs)),
+            sizes: std::rc::Rc::new(sizes),
+        };
+        let mut root = PciRoot::new(cam);
+        let host = PciHost {
+            mmio32: PciWindow {
+                pci: 0x1000_0000,
+                cpu: 0x1000_0000,
+                size: 0x2eff_0000,
+            },
+            mmio64: Some(PciWindow {
+                pci: 0x80_0000_0000,
+                cpu: 0x80_0000_0000,
+                size: 0x80_0000_0000,
+            }),
+            ..Default::default()
+        };
+        let devs = enumerate(&mut root, &host);
+        assert_eq!(devs.len(), 2);
+        assert_eq!(
+            devs[0].bars[0],
+            Some(Bar {
+                cpu: 0x1000_0000,
+                size: 0x1000,
+                prefetchable: false
+            })
+        );
+        assert_eq!(
+            devs[1].bars[0],
+            Some(Bar {
+                cpu: 0x1000_1000,
+                size: 0x100,
+                prefetchable: false
+            })
+        );
+        assert_eq!(
+            devs[1].bars[2],
+            Some(Bar {
+                cpu: 0x80_0000_0000,
+                size: 0x1000_0000,
+                prefetchable: true
+            })
+        );
+        for dev in &devs {
+            let (_, command) = root.get_status_command(dev.df);
+            assert!(command.contains(Command::MEMORY_SPACE | Command::BUS_MASTER));
+        }
+    }
 }

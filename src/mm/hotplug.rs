@@ -78,7 +78,10 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Checks that `[start, start + size)` is whole memory blocks.
     fn check_block_range(start: u64, size: u64) -> Result<(u64, u64)> {
-        if size == 0 || !start.is_multiple_of(MEMORY_BLOCK_SIZE) || !size.is_multiple_of(MEMORY_BLOCK_SIZE) {
+        if size == 0
+            || !start.is_multiple_of(MEMORY_BLOCK_SIZE)
+            || !size.is_multiple_of(MEMORY_BLOCK_SIZE)
+        {
             bail!(EINVAL, "{start:#x}+{size:#x} is not aligned to the memory block size {MEMORY_BLOCK_SIZE:#x}");
         }
         match start.checked_add(size) {

@@ -23,7 +23,14 @@ struct BootSlots(core::cell::UnsafeCell<[SecondaryBoot; MAX_CPUS]>);
 unsafe impl Sync for BootSlots {}
 
 static BOOT: BootSlots = BootSlots(core::cell::UnsafeCell::new(
-    [const { SecondaryBoot { cpu: 0, ttbr1: 0, stack_top: 0, exception_stack_top: 0 } }; MAX_CPUS],
+    [const {
+        SecondaryBoot {
+            cpu: 0,
+            ttbr1: 0,
+            stack_top: 0,
+            exception_stack_top: 0,
+        }
+    }; MAX_CPUS],
 ));
 
 /// The boot record of `cpu`, in the kernel image (its physical address is
