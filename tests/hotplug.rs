@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{Opts, Qemu};
+use common::{Opts, Qemu, MISUSE_COUNTERS};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -50,14 +50,6 @@ const PMEM_KB: u64 = PMEM_SIZE >> 10;
 /// Its struct pages, in kB.
 const PMEM_MEMMAP_KB: u64 = (PMEM_SIZE / 64) >> 10;
 const LINEAR: u64 = 0xffff_0000_0000_0000;
-
-/// The vmstat counters that report misuse; they must stay 0.
-const WARNINGS: [&str; 4] = [
-    "altmap_without_free_mapped",
-    "hotplug_reserved_page_free",
-    "altmap_bad_free",
-    "buddy_bad_free",
-];
 
 /// Commands answer in milliseconds: a short bound makes a hang fail fast.
 fn boot(append: &str) -> Qemu {
@@ -145,13 +137,7 @@ fn counter(q: &mut Qemu, stat: &BTreeMap<String, u64>, name: &str) -> u64 {
 }
 
 fn no_warnings(q: &mut Qemu, when: &str) {
-    let stat = vmstat(q);
-    for w in WARNINGS {
-        let v = counter(q, &stat, w);
-        if v != 0 {
-            q.fail(&format!("/proc/vmstat {w} is {v} {when}"));
-        }
-    }
+    q.assert_no_misuse(when);
 }
 
 fn get(q: &mut Qemu, info: &BTreeMap<String, u64>, name: &str) -> u64 {
@@ -259,7 +245,7 @@ fn snapshot(q: &mut Qemu) -> Snapshot {
     let stat = q.read("/proc/vmstat");
     let keep: String = stat
         .lines()
-        .filter(|l| l.starts_with("nr_") || WARNINGS.iter().any(|w| l.starts_with(w)))
+        .filter(|l| l.starts_with("nr_") || MISUSE_COUNTERS.iter().any(|w| l.starts_with(w)))
         .map(|l| format!("{l}\n"))
         .collect();
     s.push(("/proc/vmstat (state)".to_string(), keep));

@@ -4,20 +4,13 @@
 
 mod common;
 
-use common::{Opts, Qemu};
-use std::path::PathBuf;
+use common::{granule_kernel, Opts, Qemu};
 use std::time::Duration;
-
-fn elf(granule: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "target/granule-{granule}/aarch64-unknown-none-softfloat/release/kernel"
-    ))
-}
 
 fn stress(granule: &str, machine: &str) {
     let mut q = Qemu::boot(
         Opts::new()
-            .kernel(elf(granule))
+            .kernel(granule_kernel(granule))
             .cpu("max")
             .machine(machine)
             .smp(4)
@@ -40,15 +33,7 @@ fn stress(granule: &str, machine: &str) {
         .unwrap_or_else(|| panic!("no operation count in {out}"));
     assert!(ops > 0, "the workers did nothing: {out}");
     assert_eq!(q.read("/proc/meminfo"), baseline);
-    let vmstat = q.read("/proc/vmstat");
-    for counter in [
-        "altmap_without_free_mapped 0",
-        "hotplug_reserved_page_free 0",
-        "altmap_bad_free 0",
-        "buddy_bad_free 0",
-    ] {
-        assert!(vmstat.lines().any(|l| l == counter), "{counter}:\n{vmstat}");
-    }
+    q.assert_no_misuse("at the end");
     q.poweroff();
 }
 

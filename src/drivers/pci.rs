@@ -141,10 +141,12 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    type Registers = HashMap<(u8, u8), [u32; 64]>;
+
     /// Config space of a few functions, with BAR sizing as hardware does it.
     #[derive(Default)]
     struct FakeCam {
-        regs: std::rc::Rc<std::cell::RefCell<HashMap<(u8, u8), [u32; 64]>>>,
+        regs: std::rc::Rc<std::cell::RefCell<Registers>>,
         sizes: std::rc::Rc<HashMap<(u8, u8), [u64; 6]>>,
     }
 

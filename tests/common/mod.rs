@@ -144,6 +144,21 @@ impl Opts {
     }
 }
 
+/// The `/proc/vmstat` counters that report misuse; they must stay 0.
+pub const MISUSE_COUNTERS: [&str; 4] = [
+    "altmap_without_free_mapped",
+    "hotplug_reserved_page_free",
+    "altmap_bad_free",
+    "buddy_bad_free",
+];
+
+/// The kernel built for `granule` (`4k`, `16k`, `64k`) by `scripts/test`.
+pub fn granule_kernel(granule: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "target/granule-{granule}/aarch64-unknown-none-softfloat/release/kernel"
+    ))
+}
+
 /// The kernel ELF: `$KERNEL_ELF`, else the release build in this tree.
 pub fn kernel_elf() -> PathBuf {
     let path = match std::env::var_os("KERNEL_ELF") {
@@ -566,6 +581,19 @@ impl Qemu {
 
     /// One `/proc/meminfo` value, in kB.
     #[track_caller]
+    /// Fails unless every misuse counter in `/proc/vmstat` reads 0.
+    pub fn assert_no_misuse(&mut self, when: &str) {
+        let text = self.read("/proc/vmstat");
+        for name in MISUSE_COUNTERS {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+            if value != Some(0) {
+                self.fail(&format!("/proc/vmstat {name} is {value:?} {when}"));
+            }
+        }
+    }
+
     pub fn meminfo_kb(&mut self, name: &str) -> u64 {
         match self.meminfo().get(name) {
             Some(&v) => v,
@@ -635,5 +663,318 @@ impl Drop for Qemu {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// QMP: a minimal client over QEMU's `-qmp unix:PATH,server=on,wait=off`.
+
+/// A JSON value, as QMP sends it. Numbers keep their text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// Parses one JSON document (the whole of `text` but white space).
+    pub fn parse(text: &str) -> Result<Json, String> {
+        let mut p = JsonParser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing text at byte {} of {text:?}", p.i));
+        }
+        Ok(v)
+    }
+
+    /// Member `key` of an object.
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Num(n) => n.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Json]> {
+        match self {
+            Json::Arr(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Quotes `s` as a JSON string.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, lit: &str) -> bool {
+        if self.s[self.i..].starts_with(lit.as_bytes()) {
+            self.i += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        let Some(&c) = self.s.get(self.i) else {
+            return Err("unexpected end of JSON".into());
+        };
+        match c {
+            b'{' => {
+                self.i += 1;
+                let mut members = Vec::new();
+                self.ws();
+                if self.eat("}") {
+                    return Ok(Json::Obj(members));
+                }
+                loop {
+                    self.ws();
+                    let key = match self.value()? {
+                        Json::Str(k) => k,
+                        v => return Err(format!("object key {v:?} is not a string")),
+                    };
+                    self.ws();
+                    if !self.eat(":") {
+                        return Err(format!("no ':' at byte {}", self.i));
+                    }
+                    members.push((key, self.value()?));
+                    self.ws();
+                    if self.eat("}") {
+                        return Ok(Json::Obj(members));
+                    }
+                    if !self.eat(",") {
+                        return Err(format!("no ',' or '}}' at byte {}", self.i));
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.eat("]") {
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.ws();
+                    if self.eat("]") {
+                        return Ok(Json::Arr(items));
+                    }
+                    if !self.eat(",") {
+                        return Err(format!("no ',' or ']' at byte {}", self.i));
+                    }
+                }
+            }
+            b'"' => {
+                self.i += 1;
+                let mut bytes = Vec::new();
+                loop {
+                    let Some(&b) = self.s.get(self.i) else {
+                        return Err("unterminated string".into());
+                    };
+                    self.i += 1;
+                    match b {
+                        b'"' => break,
+                        b'\\' => {
+                            let Some(&e) = self.s.get(self.i) else {
+                                return Err("unterminated escape".into());
+                            };
+                            self.i += 1;
+                            let c = match e {
+                                b'n' => '\n',
+                                b't' => '\t',
+                                b'r' => '\r',
+                                b'b' => '\u{8}',
+                                b'f' => '\u{c}',
+                                b'u' => {
+                                    let hex = self
+                                        .s
+                                        .get(self.i..self.i + 4)
+                                        .and_then(|h| std::str::from_utf8(h).ok())
+                                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                                        .ok_or("bad \\u escape")?;
+                                    self.i += 4;
+                                    char::from_u32(hex).unwrap_or('\u{fffd}')
+                                }
+                                other => other as char,
+                            };
+                            let mut buf = [0u8; 4];
+                            bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                        b => bytes.push(b),
+                    }
+                }
+                String::from_utf8(bytes)
+                    .map(Json::Str)
+                    .map_err(|e| e.to_string())
+            }
+            b't' if self.eat("true") => Ok(Json::Bool(true)),
+            b'f' if self.eat("false") => Ok(Json::Bool(false)),
+            b'n' if self.eat("null") => Ok(Json::Null),
+            b'-' | b'0'..=b'9' => {
+                let start = self.i;
+                while self
+                    .s
+                    .get(self.i)
+                    .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(b))
+                {
+                    self.i += 1;
+                }
+                Ok(Json::Num(
+                    String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
+                ))
+            }
+            other => Err(format!("unexpected {:?} at byte {}", other as char, self.i)),
+        }
+    }
+}
+
+/// A QMP connection (`-qmp unix:PATH,server=on,wait=off`). Events that come
+/// between replies are kept in [`Qmp::events`].
+pub struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    /// Asynchronous events received so far, in order.
+    pub events: Vec<Json>,
+}
+
+impl Qmp {
+    /// Connects (retrying until `timeout` while QEMU creates the socket),
+    /// reads the greeting and negotiates capabilities.
+    pub fn connect(path: &std::path::Path, timeout: Duration) -> Result<Qmp, String> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("cannot connect to QMP at {}: {e}", path.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut qmp = Qmp {
+            reader: std::io::BufReader::new(stream),
+            writer,
+            events: Vec::new(),
+        };
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            return Err(format!("QMP greeting expected, got {greeting:?}"));
+        }
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<Json, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("QMP connection closed".into()),
+            Ok(_) => Json::parse(line.trim_end()).map_err(|e| format!("bad QMP message: {e}")),
+            Err(e) => Err(format!("reading QMP: {e}")),
+        }
+    }
+
+    /// Runs `command` with `arguments` (a JSON object's text, or `None`);
+    /// returns the `return` value, or the `error` as text.
+    pub fn execute(&mut self, command: &str, arguments: Option<&str>) -> Result<Json, String> {
+        let mut msg = format!("{{\"execute\": {}", json_str(command));
+        if let Some(a) = arguments {
+            let _ = write!(msg, ", \"arguments\": {a}");
+        }
+        msg.push_str("}\n");
+        self.writer
+            .write_all(msg.as_bytes())
+            .map_err(|e| format!("writing QMP: {e}"))?;
+        loop {
+            let reply = self.read_message()?;
+            if let Some(r) = reply.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = reply.get("error") {
+                return Err(format!("QMP {command}: {e:?}"));
+            }
+            if reply.get("event").is_some() {
+                self.events.push(reply);
+                continue;
+            }
+            return Err(format!("unexpected QMP message {reply:?}"));
+        }
+    }
+
+    /// `qom-set PATH PROPERTY VALUE`, VALUE being JSON text.
+    pub fn qom_set(&mut self, path: &str, property: &str, value: &str) -> Result<(), String> {
+        let args = format!(
+            "{{\"path\": {}, \"property\": {}, \"value\": {value}}}",
+            json_str(path),
+            json_str(property)
+        );
+        self.execute("qom-set", Some(&args)).map(|_| ())
+    }
+
+    /// The `data` of the memory device `id` in `query-memory-devices`.
+    pub fn memory_device(&mut self, id: &str) -> Result<Json, String> {
+        let devices = self.execute("query-memory-devices", None)?;
+        devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("data"))
+            .find(|d| d.get("id").and_then(Json::as_str) == Some(id))
+            .cloned()
+            .ok_or_else(|| format!("no memory device {id:?} in {devices:?}"))
     }
 }
