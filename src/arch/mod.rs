@@ -21,6 +21,33 @@ mod insn {
     pub fn tlbi_vmalle1is() {}
 }
 
+/// Stores 64 bytes as four register pairs: how the memmap is written. LLVM
+/// would turn the zero words of a struct page into a call to memset.
+///
+/// # Safety
+/// `dst` is 16-byte aligned and writable for 64 bytes.
+#[inline(always)]
+pub unsafe fn store_64_bytes(dst: *mut u64, w: [u64; 8]) {
+    #[cfg(target_os = "none")]
+    unsafe {
+        core::arch::asm!(
+            "stp {0}, {1}, [{d}]",
+            "stp {2}, {3}, [{d}, #16]",
+            "stp {4}, {5}, [{d}, #32]",
+            "stp {6}, {7}, [{d}, #48]",
+            in(reg) w[0], in(reg) w[1], in(reg) w[2], in(reg) w[3],
+            in(reg) w[4], in(reg) w[5], in(reg) w[6], in(reg) w[7],
+            d = in(reg) dst,
+            options(nostack, preserves_flags)
+        )
+    }
+    #[cfg(not(target_os = "none"))]
+    for (i, word) in w.iter().enumerate() {
+        // SAFETY: the caller's promise.
+        unsafe { dst.add(i).write_volatile(*word) };
+    }
+}
+
 pub mod barrier {
     /// New descriptors are visible to the table walker before any access
     /// that may use them (Linux's `dsb(ishst); isb()` after kernel mappings).

@@ -317,17 +317,13 @@ impl Memmap {
     /// The vmemmap must be populated over `start..end`, and no reference to
     /// those struct pages live.
     pub unsafe fn init_range(&self, start: u64, end: u64, zone: Zone, flags: PageFlags) {
-        // Eight word stores per page. Built field by field (or copied from a
-        // template) each page costs a call to memset or memcpy, several
-        // times the stores themselves; volatile keeps LLVM from merging the
-        // zero words back into a memset.
-        let words = Page::new(zone, flags).to_words();
+        // Built field by field (or copied from a template) each page costs
+        // a call to memset or memcpy, several times the stores themselves:
+        // the words are stored directly instead.
+        let w = Page::new(zone, flags).to_words();
         for pfn in start..end {
-            let dst = self.page(pfn) as *mut u64;
-            for (i, w) in words.iter().enumerate() {
-                // SAFETY: the caller's promise; nothing of the old page is read.
-                unsafe { dst.add(i).write_volatile(*w) };
-            }
+            // SAFETY: the caller's promise; nothing of the old page is read.
+            unsafe { crate::arch::store_64_bytes(self.page(pfn) as *mut u64, w) };
         }
     }
 }
