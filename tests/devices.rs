@@ -322,19 +322,7 @@ fn read(q: &mut Qemu, path: &str) -> String {
 /// `/proc/meminfo` as text and as name -> kB.
 fn meminfo(q: &mut Qemu) -> (String, BTreeMap<String, u64>) {
     let text = read(q, "/proc/meminfo");
-    let mut map = BTreeMap::new();
-    for line in text.lines() {
-        let parsed = line.split_once(':').and_then(|(name, rest)| {
-            let n = rest.trim().strip_suffix(" kB")?.trim().parse().ok()?;
-            Some((name.to_string(), n))
-        });
-        match parsed {
-            Some((name, n)) => {
-                map.insert(name, n);
-            }
-            None => q.fail(&format!("bad /proc/meminfo line {line:?} in\n{text}")),
-        }
-    }
+    let map = q.parse_meminfo(&text);
     (text, map)
 }
 
@@ -353,16 +341,7 @@ fn expect_deltas(
     deltas: &[(&str, i64)],
     when: &str,
 ) {
-    for &(name, d) in deltas {
-        let (b, n) = (get(q, base, name), get(q, now, name));
-        if n as i64 - b as i64 != d {
-            q.fail(&format!(
-                "{when}: {name} went from {b} kB to {n} kB ({:+} kB), want {d:+} kB\n\
-                 before: {base:?}\nnow: {now:?}",
-                n as i64 - b as i64
-            ));
-        }
-    }
+    q.expect_meminfo_deltas(base, now, deltas, when);
 }
 
 /// Page-table growth from `base` to `now` in kB, which must be small.

@@ -155,16 +155,7 @@ fn expect_deltas(
     deltas: &[(&str, i64)],
     when: &str,
 ) {
-    for &(name, d) in deltas {
-        let (b, n) = (get(q, base, name), get(q, now, name));
-        if n as i64 - b as i64 != d {
-            q.fail(&format!(
-                "{when}: {name} went from {b} kB to {n} kB ({:+} kB), want {d:+} kB\n\
-                 before: {base:?}\nnow: {now:?}",
-                n as i64 - b as i64
-            ));
-        }
-    }
+    q.expect_meminfo_deltas(base, now, deltas, when);
 }
 
 /// Top-level `/proc/iomem` lines naming System RAM that `base` lacks, as

@@ -563,6 +563,12 @@ impl Qemu {
     #[track_caller]
     pub fn meminfo(&mut self) -> BTreeMap<String, u64> {
         let text = self.read("/proc/meminfo");
+        self.parse_meminfo(&text)
+    }
+
+    /// `/proc/meminfo` text as name -> kB; a malformed line fails the test.
+    #[track_caller]
+    pub fn parse_meminfo(&mut self, text: &str) -> BTreeMap<String, u64> {
         let mut map = BTreeMap::new();
         for line in text.lines() {
             let parsed = line.split_once(':').and_then(|(name, rest)| {
@@ -573,10 +579,33 @@ impl Qemu {
                 Some((name, n)) => {
                     map.insert(name, n);
                 }
-                None => self.fail(&format!("bad /proc/meminfo line {line:?}")),
+                None => self.fail(&format!("bad /proc/meminfo line {line:?} in\n{text}")),
             }
         }
         map
+    }
+
+    /// Fails unless each `(field, kB)` of `deltas` is exactly how far
+    /// `/proc/meminfo` moved from `base` to `now`.
+    pub fn expect_meminfo_deltas(
+        &mut self,
+        base: &BTreeMap<String, u64>,
+        now: &BTreeMap<String, u64>,
+        deltas: &[(&str, i64)],
+        when: &str,
+    ) {
+        for &(name, d) in deltas {
+            let (Some(&b), Some(&n)) = (base.get(name), now.get(name)) else {
+                self.fail(&format!("{when}: no {name} in /proc/meminfo"));
+            };
+            if n as i64 - b as i64 != d {
+                self.fail(&format!(
+                    "{when}: {name} went from {b} kB to {n} kB ({:+} kB), want {d:+} kB\n\
+                     before: {base:?}\nnow: {now:?}",
+                    n as i64 - b as i64
+                ));
+            }
+        }
     }
 
     /// One `/proc/meminfo` value, in kB.
