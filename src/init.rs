@@ -287,10 +287,9 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
             // A config change (INTx) or the retry timer: follow the request.
             let (changed, tick) = (vm.interrupt(), cpu::timer_fired());
             if changed || tick {
-                match vm.step() {
-                    Ok(true) => {}
-                    Ok(false) => cpu::arm_timer(VIRTIO_MEM_RETRY_MS),
-                    Err(e) => pr_warn!("{e}"),
+                let done = console.interrupted(|| vm.step().inspect_err(|e| pr_warn!("{e}")));
+                if done == Ok(false) {
+                    cpu::arm_timer(VIRTIO_MEM_RETRY_MS);
                 }
                 continue;
             }

@@ -266,15 +266,46 @@ fn strip_logs(cmd: &str, seg: &str) -> Option<String> {
     }
 }
 
+/// Whether `seg` is driver output that interrupted the prompt: what had
+/// been typed of `cmd` so far, a line break, then only log lines (the
+/// console then prints the prompt and the typed part again).
+fn interrupted_prompt(cmd: &str, seg: &str) -> bool {
+    let typed = cmd
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([cmd.len()])
+        .rev()
+        .find(|&i| seg.starts_with(&cmd[..i]));
+    let Some(mut rest) = typed.map(|i| &seg[i..]) else {
+        return false;
+    };
+    // The break before the log lines; a wait for a log line may have
+    // consumed it along with them, leaving nothing before the prompt.
+    if typed != Some(0) || rest.starts_with('\n') {
+        let Some(r) = rest.strip_prefix('\n') else {
+            return false;
+        };
+        rest = r;
+    }
+    while let Some(n) = log_line_len(rest) {
+        rest = &rest[n..];
+    }
+    rest.is_empty()
+}
+
 /// Runs `cmd` and returns its output, driver log lines taken out.
 fn run(q: &mut Qemu, cmd: &str) -> String {
     q.send_bytes(format!("{cmd}\n").as_bytes());
-    let seg = q.wait_prompt();
-    match strip_logs(cmd, &seg) {
-        Some(out) => out,
-        None => q.fail(&format!(
-            "`{cmd}`: cannot tell its echo from the output in {seg:?}"
-        )),
+    loop {
+        let seg = q.wait_prompt();
+        if let Some(out) = strip_logs(cmd, &seg) {
+            return out;
+        }
+        if !interrupted_prompt(cmd, &seg) {
+            q.fail(&format!(
+                "`{cmd}`: cannot tell its echo from the output in {seg:?}"
+            ));
+        }
     }
 }
 
@@ -294,6 +325,12 @@ fn log_lines_inside_the_echo_are_taken_out() {
     // Output that looks like a log line is output.
     let seg = format!("dmesg\n{log}");
     assert_eq!(strip_logs("dmesg", &seg).as_deref(), Some(log));
+    // Log lines that interrupted the prompt, with or without a partly typed
+    // command before them, are skipped whole.
+    assert!(interrupted_prompt("dmesg", &format!("\n{log}")));
+    assert!(interrupted_prompt("dmesg", &format!("dm\n{log}")));
+    assert!(!interrupted_prompt("dmesg", "dm\nnot a log line\n"));
+    assert!(interrupted_prompt("dmesg", ""));
     // Another command's echo, or an unknown line inside the echo, is not.
     assert_eq!(strip_logs("dmesg", "unpin\n"), None);
     assert_eq!(strip_logs("dmesg", "dmEIO: oops\nesg\n"), None);

@@ -131,6 +131,20 @@ impl LineEditor {
         }
     }
 
+    /// The line typed so far as it was echoed, for redrawing it after
+    /// output that interrupted it (control characters as `^X`, bytes that
+    /// are not UTF-8 as `?`).
+    pub fn redraw(&self) -> alloc::string::String {
+        alloc::string::String::from_utf8_lossy(&self.buf)
+            .chars()
+            .map(|c| match c {
+                '\u{fffd}' => alloc::string::String::from("?"),
+                c if (c as u32) < 0x20 => alloc::format!("^{}", (c as u8 + 0x40) as char),
+                c => alloc::string::String::from(c),
+            })
+            .collect()
+    }
+
     /// Whether nothing has been typed on the current line.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty() && !self.overflow

@@ -117,6 +117,22 @@ impl<I: Io> Console<I> {
         self.write(PROMPT.as_bytes());
     }
 
+    /// Runs `f`, whose output (kernel log lines from a driver) arrives
+    /// while no command runs: it starts on a line of its own, and then the
+    /// prompt and what was typed so far are printed again.
+    pub fn interrupted<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        self.start();
+        if !self.at_line_start {
+            self.write(b"\n");
+        }
+        let r = f();
+        self.at_line_start = true;
+        self.prompt();
+        let typed = self.editor.redraw();
+        self.write(typed.as_bytes());
+        r
+    }
+
     fn write(&mut self, bytes: &[u8]) {
         if let Some(&last) = bytes.last() {
             self.io.write_bytes(bytes);
