@@ -234,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn driver_output_gets_its_own_lines_and_the_typed_line_comes_back() {
+        let mut sys = FakeSystem::new();
+        let mut con = Console::new(FakeIo::default());
+        con.io_mut().input.extend(b"cat /pr\x01");
+        con.poll(&mut sys);
+        con.interrupted(|| ());
+        con.io_mut().output.clear();
+        con.interrupted(|| ());
+        // Nothing was logged: the line break, the prompt, the typed text.
+        assert_eq!(String::from_utf8(con.io().output.clone()).unwrap(), "\n# cat /pr^A");
+        con.io_mut().output.clear();
+        let n = 7;
+        let out = con.interrupted(|| n * 6);
+        assert_eq!(out, 42);
+        con.io_mut().input.extend(b"\x08oc/meminfo\n");
+        con.poll(&mut sys);
+        let t = String::from_utf8(con.into_io().output).unwrap();
+        assert!(t.starts_with("\n# cat /pr^A"), "{t:?}");
+        assert!(t.ends_with("\n# "), "{t:?}");
+        assert!(t.contains("oc/meminfo\nMemTotal:"), "{t:?}");
+    }
+
+    #[test]
     fn prompt_before_any_input() {
         let mut sys = FakeSystem::new();
         let mut con = Console::new(FakeIo::default());
