@@ -23,10 +23,23 @@
 .equ K_ROOT_INDEX,     {K_ROOT_INDEX}  // indices of KIMAGE_VADDR at each level
 .equ K_MID_INDEX,      {K_MID_INDEX}
 .equ K_BLOCK_INDEX,    {K_BLOCK_INDEX}
+.equ IMAGE_FLAGS,      {IMAGE_FLAGS}   // Image header: bits 1-2 are the page size
 
 .section .text.boot, "ax"
 .global _start
 _start:
+    // The arm64 Linux `Image` header (Documentation/arch/arm64/booting.rst),
+    // so that `objcopy -O binary` of this ELF boots as an Image too, with
+    // the DTB in x0. As an ELF, execution starts here all the same.
+    b       primary_entry                   // code0
+    .long   0                               // code1
+    .quad   0x200000                        // text_offset: the image's offset in its block
+    .quad   _kernel_size                    // image_size, BSS included
+    .quad   IMAGE_FLAGS                     // little-endian, page size, 2 MiB aligned base
+    .quad   0, 0, 0
+    .ascii  "ARM\x64"                       // magic
+    .long   0
+primary_entry:
     mov     x19, x0                         // DTB pointer, maybe 0
     adr     x20, _start                     // physical address of the image
 

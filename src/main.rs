@@ -15,6 +15,7 @@ mod kernel {
         K_ROOT_INDEX = const b::K_ROOT_INDEX,
         K_MID_INDEX = const b::K_MID_INDEX,
         K_BLOCK_INDEX = const b::K_BLOCK_INDEX,
+        IMAGE_FLAGS = const b::IMAGE_FLAGS,
     );
     core::arch::global_asm!(include_str!("../boot/vectors.S"));
 

@@ -31,6 +31,14 @@ pub const K_MID_INDEX: u64 = if MID_LEVEL == 1 {
 };
 pub const K_BLOCK_INDEX: u64 = index(BLOCK_LEVEL);
 
+/// The `Image` header's flags: little-endian, the page size (1: 4K, 2: 16K,
+/// 3: 64K), base 2 MiB aligned as close to the start of RAM as possible.
+pub const IMAGE_FLAGS: u64 = match G::PAGE_SHIFT {
+    12 => 1 << 1,
+    14 => 2 << 1,
+    _ => 3 << 1,
+};
+
 /// TCR_EL1: T0SZ = T1SZ = 16 (48-bit VA), write-back caches, inner
 /// shareable, and the granule in TG0/TG1 (whose encodings differ).
 pub const TCR: u64 = {
