@@ -20,7 +20,7 @@ pub const MEMORY_DIR: &str = "/sys/devices/system/memory";
 /// Directories and the files in them; `memoryN` directories are added.
 const TREE: &[(&str, &[&str])] = &[
     ("/", &["proc/", "sys/"]),
-    ("/proc", &["iomem", "meminfo", "vmstat"]),
+    ("/proc", &["buddyinfo", "iomem", "meminfo", "vmstat"]),
     ("/sys", &["devices/", "kernel/", "module/"]),
     ("/sys/devices", &["system/"]),
     ("/sys/devices/system", &["cpu/", "memory/"]),
@@ -179,6 +179,16 @@ impl<T: Translation> Files<'_, T> {
         match path {
             "/proc/meminfo" => write_meminfo(&mm.meminfo(), out)?,
             "/proc/iomem" => mm.iomem.show(out)?,
+            "/proc/buddyinfo" => {
+                // Linux's format: free blocks per order, populated zones.
+                for zone in Zone::BUDDY_ZONES.into_iter().filter(|&z| mm.buddy.managed(z) > 0) {
+                    write!(out, "Node 0, zone {:>8} ", zone.name())?;
+                    for order in 0..=MAX_ORDER {
+                        write!(out, "{:>6} ", mm.buddy.nr_free_blocks(zone, order))?;
+                    }
+                    writeln!(out)?;
+                }
+            }
             "/proc/vmstat" => self.vmstat(out)?,
             "/sys/devices/system/memory/block_size_bytes" => {
                 writeln!(out, "{MEMORY_BLOCK_SIZE:x}")?
