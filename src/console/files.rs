@@ -181,7 +181,10 @@ impl<T: Translation> Files<'_, T> {
             "/proc/iomem" => mm.iomem.show(out)?,
             "/proc/buddyinfo" => {
                 // Linux's format: free blocks per order, populated zones.
-                for zone in Zone::BUDDY_ZONES.into_iter().filter(|&z| mm.buddy.managed(z) > 0) {
+                for zone in Zone::BUDDY_ZONES
+                    .into_iter()
+                    .filter(|&z| mm.buddy.managed(z) > 0)
+                {
                     write!(out, "Node 0, zone {:>8} ", zone.name())?;
                     for order in 0..=MAX_ORDER {
                         write!(out, "{:>6} ", mm.buddy.nr_free_blocks(zone, order))?;

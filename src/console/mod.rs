@@ -243,7 +243,10 @@ mod tests {
         con.io_mut().output.clear();
         con.interrupted(|| ());
         // Nothing was logged: the line break, the prompt, the typed text.
-        assert_eq!(String::from_utf8(con.io().output.clone()).unwrap(), "\n# cat /pr^A");
+        assert_eq!(
+            String::from_utf8(con.io().output.clone()).unwrap(),
+            "\n# cat /pr^A"
+        );
         con.io_mut().output.clear();
         let n = 7;
         let out = con.interrupted(|| n * 6);
