@@ -1,10 +1,12 @@
 //! Boot tests: the kernel boots on every supported CPU, memory size, GIC
 //! version and entry level, maps itself W^X, has dropped the identity map,
-//! reports faults, and shows Linux's memory-block view of boot RAM.
+//! reports faults, and shows Linux's memory-block view of boot RAM. With
+//! `HPK_GRANULE=16k` or `64k` (tests/common) all of it on that granule's
+//! kernel, every CPU being `max`.
 
 mod common;
 
-use common::{Opts, Qemu};
+use common::{block_size, boot_blocks, granule, Granule, Opts, Qemu};
 use std::time::Duration;
 
 /// `-m` sizes in kB.
@@ -20,6 +22,7 @@ fn size_kb(mem: &str) -> u64 {
 
 /// Boots one configuration to the prompt; MemTotal must be at most `-m` and
 /// at least 97% of it; the single CPU is online; `poweroff` exits with 0.
+/// With `HPK_GRANULE` 16k or 64k the harness boots `cpu` as `max`.
 fn check_config(cpu: &str, mem: &str, machine: &str, smp: u32) {
     let mut q = Qemu::boot(Opts::new().cpu(cpu).mem(mem).machine(machine).smp(smp));
     let mem_kb = size_kb(mem);
@@ -121,17 +124,28 @@ fn size_bytes(s: &str) -> u64 {
     }
 }
 
-const LINEAR_RAM_1G: &str = "0xffff000040000000-0xffff000080000000           1G PUD       RW NX SHD AF        BLK UXN    MEM/NORMAL";
+/// The linear map of 1 GiB of boot RAM: one 1G PUD block with 4K; 32 MiB
+/// PMD blocks with the contiguous bit with 16K; two 512 MiB PMD blocks with
+/// 64K (the dump merges equal neighbours into one line).
+fn linear_ram_1g() -> &'static str {
+    match granule() {
+        Granule::K4 => "0xffff000040000000-0xffff000080000000           1G PUD       RW NX SHD AF        BLK UXN    MEM/NORMAL",
+        Granule::K16 => "0xffff000040000000-0xffff000080000000           1G PMD       RW NX SHD AF    CON BLK UXN    MEM/NORMAL",
+        Granule::K64 => "0xffff000040000000-0xffff000080000000           1G PMD       RW NX SHD AF        BLK UXN    MEM/NORMAL",
+    }
+}
 
 #[test]
 fn ptdump_linear_map_vmemmap_and_kernel_wx() {
     let mut q = Qemu::boot(Opts::new().mem("1G"));
     let dump = q.read("/sys/kernel/debug/kernel_page_tables");
 
-    // The linear map of RAM: one 1G PUD block, never executable.
+    // The linear map of RAM: one 1G PUD block (PMD blocks with 16K and
+    // 64K), never executable.
     let linear = region(&mut q, &dump, "Linear Mapping");
-    if !linear.contains(&LINEAR_RAM_1G) {
-        q.fail(&format!("no line\n{LINEAR_RAM_1G}\nin the linear map"));
+    let want = linear_ram_1g();
+    if !linear.contains(&want) {
+        q.fail(&format!("no line\n{want}\nin the linear map"));
     }
     for l in &linear {
         if attrs(l).is_some_and(|a| !a.contains(&"NX")) {
@@ -139,19 +153,34 @@ fn ptdump_linear_map_vmemmap_and_kernel_wx() {
         }
     }
 
-    // vmemmap: PMD blocks, RW NX, as much as /proc/meminfo says.
+    // vmemmap: PMD blocks with 4K; base pages (PTEs, no blocks) with 16K
+    // and 64K, as Linux (vmemmap_populate_basepages); RW NX, as much as
+    // /proc/meminfo says.
     let vmemmap = region(&mut q, &dump, "vmemmap");
     let mapped: Vec<&str> = vmemmap
         .iter()
         .copied()
         .filter(|l| attrs(l).is_some())
         .collect();
-    let pmd_block = |l: &&str| {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        w.get(2) == Some(&"PMD") && w.contains(&"BLK") && w.contains(&"RW") && w.contains(&"NX")
+    let (level, block) = match granule() {
+        Granule::K4 => ("PMD", true),
+        Granule::K16 | Granule::K64 => ("PTE", false),
     };
-    if !mapped.iter().any(pmd_block) {
-        q.fail("no RW NX PMD block in the vmemmap region");
+    let leaf = |l: &&str| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.get(2) == Some(&level)
+            && w.contains(&"BLK") == block
+            && w.contains(&"RW")
+            && w.contains(&"NX")
+    };
+    if !mapped.iter().any(leaf) {
+        let what = if block { "block" } else { "page" };
+        q.fail(&format!("no RW NX {level} {what} in the vmemmap region"));
+    }
+    if !block {
+        if let Some(l) = mapped.iter().find(|l| !leaf(l)) {
+            q.fail(&format!("vmemmap line not an RW NX {level} page: {l:?}"));
+        }
     }
     let vmemmap_kb: u64 = mapped
         .iter()
@@ -264,19 +293,25 @@ fn memory_blocks_of_boot_ram() {
     let mut q = Qemu::boot(Opts::new().mem("1G"));
     let dir = "/sys/devices/system/memory";
     let bs = q.read(&format!("{dir}/block_size_bytes"));
-    if bs != "8000000\n" {
+    if bs != format!("{:x}\n", block_size()) {
         q.fail(&format!("block_size_bytes is {bs:?}"));
     }
+    // memory8..15 with 128 MiB blocks, memory2..3 with 512 MiB ones.
+    let boot = boot_blocks(1 << 30);
     let ls = q.run_ok(&format!("ls {dir}"));
     let mut blocks: Vec<u64> = ls
         .lines()
         .filter_map(|l| l.strip_prefix("memory")?.trim_end_matches('/').parse().ok())
         .collect();
     blocks.sort();
-    if blocks != (8..16).collect::<Vec<u64>>() {
-        q.fail(&format!("memory blocks {blocks:?}, want memory8..memory15"));
+    if blocks != boot.clone().collect::<Vec<u64>>() {
+        q.fail(&format!(
+            "memory blocks {blocks:?}, want memory{}..memory{}",
+            boot.start,
+            boot.end - 1
+        ));
     }
-    for n in 8..16 {
+    for n in boot.clone() {
         let state = q.read(&format!("{dir}/memory{n}/state"));
         let removable = q.read(&format!("{dir}/memory{n}/removable"));
         let phys_index = q.read(&format!("{dir}/memory{n}/phys_index"));
@@ -286,7 +321,7 @@ fn memory_blocks_of_boot_ram() {
             ));
         }
     }
-    for n in [0, 7, 16] {
+    for n in [0, boot.start - 1, boot.end] {
         q.run_err(&format!("cat {dir}/memory{n}/state"), "ENOENT");
     }
     let iomem = q.read("/proc/iomem");

@@ -1,14 +1,26 @@
 //! Console robustness (`console.md`): bad input of any kind is answered by
 //! exactly one line `error: ERRNO: ...`, never a hang or a crash, and
-//! changes nothing; backspace edits the line; `help` and `dmesg` work.
+//! changes nothing; backspace edits the line; `help` and `dmesg` work. With
+//! `HPK_GRANULE=16k` or `64k` (tests/common) on that granule's kernel.
 
 mod common;
 
-use common::{Opts, Qemu};
+use common::{block_size, boot_blocks, Opts, Qemu};
 use std::time::Duration;
 
 const MEM: &str = "/sys/devices/system/memory";
 const PROBE: &str = "/sys/devices/system/memory/probe";
+
+/// The memory blocks of the default 1 GiB of boot RAM (memory8..15 with
+/// 128 MiB blocks, memory2..3 with 512 MiB ones).
+fn boot_ram_blocks() -> std::ops::Range<u64> {
+    boot_blocks(1 << 30)
+}
+
+/// The first block of boot RAM (memory8 with 128 MiB blocks).
+fn first_block() -> u64 {
+    boot_ram_blocks().start
+}
 
 /// Commands answer in milliseconds: a short bound makes a hang fail fast.
 fn boot() -> Qemu {
@@ -57,11 +69,12 @@ fn unknown_command(q: &mut Qemu) {
 fn directories_and_read_only_files(q: &mut Qemu) {
     q.run_err("cat /sys", "EISDIR");
     q.run_err("cat /", "EISDIR");
-    q.run_err(&format!("cat {MEM}/memory8"), "EISDIR");
+    let b = first_block();
+    q.run_err(&format!("cat {MEM}/memory{b}"), "EISDIR");
     q.run_err("echo x > /proc/meminfo", "EPERM");
     q.run_err("echo 1 > /proc/iomem", "EPERM");
     q.run_err(&format!("echo 1 > {MEM}/block_size_bytes"), "EPERM");
-    q.run_err(&format!("echo 1 > {MEM}/memory8/removable"), "EPERM");
+    q.run_err(&format!("echo 1 > {MEM}/memory{b}/removable"), "EPERM");
     alive(q);
 }
 
@@ -76,7 +89,8 @@ fn syntax_errors(q: &mut Qemu) {
 }
 
 fn bad_values(q: &mut Qemu) {
-    q.run_err(&format!("echo bogus > {MEM}/memory8/state"), "EINVAL");
+    let b = first_block();
+    q.run_err(&format!("echo bogus > {MEM}/memory{b}/state"), "EINVAL");
     q.run_err(
         "echo maybe > /sys/module/memory_hotplug/parameters/memmap_on_memory",
         "EINVAL",
@@ -193,20 +207,23 @@ fn numbers_that_overflow(q: &mut Qemu) {
     );
     q.run_err(&format!("echo 16E > {PROBE}"), "EINVAL");
     q.run_err(&format!("echo 0xfffffffffffffffG > {PROBE}"), "EINVAL");
-    // In range, but the end overflows.
+    // In range, but the end overflows: the last block of the address
+    // space (0xfffffffff8000000 with 128 MiB blocks) and two blocks' size.
+    let top = 0u64.wrapping_sub(block_size());
+    let two = 2 * block_size();
     run_err_any(
         q,
-        &format!("echo 0xfffffffff8000000 0x10000000 > {PROBE}"),
+        &format!("echo {top:#x} {two:#x} > {PROBE}"),
         &["EINVAL", "ERANGE"],
     );
     run_err_any(
         q,
-        &format!("echo 0x80000000 0xfffffffff8000000 > {PROBE}"),
+        &format!("echo 0x80000000 {top:#x} > {PROBE}"),
         &["EINVAL", "ERANGE"],
     );
     run_err_any(
         q,
-        &format!("echo 0xfffffffff8000000 0x10000000 > {MEM}/remove"),
+        &format!("echo {top:#x} {two:#x} > {MEM}/remove"),
         &["EINVAL", "ERANGE"],
     );
     q.run_err("touch 0x1ffffffffffffffffff", "EINVAL");
@@ -240,7 +257,8 @@ fn not_numbers(q: &mut Qemu) {
 /// Files of memory blocks that do not exist, or that a block lacks.
 fn missing_block_files(q: &mut Qemu) {
     q.run_err(&format!("cat {MEM}/memory99/state"), "ENOENT");
-    q.run_err(&format!("cat {MEM}/memory8/nope"), "ENOENT");
+    let b = first_block();
+    q.run_err(&format!("cat {MEM}/memory{b}/nope"), "ENOENT");
     q.run_err(&format!("echo online > {MEM}/memory99/state"), "ENOENT");
     alive(q);
 }
@@ -382,7 +400,7 @@ fn snapshot(q: &mut Qemu) -> Vec<(String, String)> {
         "/sys/kernel/debug/fail_nth_alloc".to_string(),
         "/sys/kernel/debug/kernel_page_tables".to_string(),
     ];
-    files.extend((8..16).map(|n| format!("{MEM}/memory{n}/state")));
+    files.extend(boot_ram_blocks().map(|n| format!("{MEM}/memory{n}/state")));
     let mut snap: Vec<(String, String)> = files
         .into_iter()
         .map(|f| {

@@ -1,7 +1,10 @@
-//! Memory hotplug through the console (`console.md`), on a 2 GiB machine
-//! booted with `mem=1G memmap=256M!0x90000000`: RAM 0x80000000-0xbfffffff
-//! is held back for `probe`, except the emulated pmem 0x90000000-0x9fffffff
-//! (`devmem` region 0). The held-back blocks are memory16, 17, 20..23.
+//! Memory hotplug through the console (`console.md`), on every granule
+//! (`HPK_GRANULE`, see [`Layout`]). With 128 MiB blocks (4K, 16K): a 2 GiB
+//! machine booted with `mem=1G memmap=256M!0x90000000`: RAM
+//! 0x80000000-0xbfffffff is held back for `probe`, except the emulated pmem
+//! 0x90000000-0x9fffffff (`devmem` region 0). The held-back blocks are
+//! memory16, 17, 20..23. With 512 MiB blocks (64K) the same shape at 4 GiB:
+//! memory4, 5, pmem memory6, then memory7..9.
 //!
 //! - probe / online / offline / remove cycles, with and without
 //!   `memmap_on_memory`, one block at a time and several at once: the
@@ -16,11 +19,13 @@
 
 mod common;
 
-use common::{Opts, Qemu, MISUSE_COUNTERS};
+use common::{
+    block_kb, block_size, boot_blocks, granule, page_size, struct_pages_kb,
+    struct_pages_per_block_kb, vmemmap_va, Granule, Opts, Qemu, MISUSE_COUNTERS, RAM_BASE,
+};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const APPEND: &str = "mem=1G memmap=256M!0x90000000";
 const MEM: &str = "/sys/devices/system/memory";
 const PROBE: &str = "/sys/devices/system/memory/probe";
 const REMOVE: &str = "/sys/devices/system/memory/remove";
@@ -29,40 +34,149 @@ const FAIL_NTH: &str = "/sys/kernel/debug/fail_nth_alloc";
 const PTDUMP: &str = "/sys/kernel/debug/kernel_page_tables";
 const VMEMMAP: &str = "/sys/kernel/debug/vmemmap";
 
-const BLOCK: u64 = 0x800_0000;
-/// One memory block, in kB.
-const BLOCK_KB: u64 = BLOCK >> 10;
-/// The struct pages of one block (32768 pages of 64 bytes), in kB.
-const MEMMAP_KB: u64 = 2048;
-/// The held-back blocks `probe` takes: memory16, 17, 20, 21, 22, 23.
-const HELD_BACK: [u64; 6] = [
-    0x8000_0000,
-    0x8800_0000,
-    0xa000_0000,
-    0xa800_0000,
-    0xb000_0000,
-    0xb800_0000,
-];
-/// The device region (`devmem` 0).
-const PMEM: u64 = 0x9000_0000;
-const PMEM_SIZE: u64 = 0x1000_0000;
-const PMEM_KB: u64 = PMEM_SIZE >> 10;
-/// Its struct pages, in kB.
-const PMEM_MEMMAP_KB: u64 = (PMEM_SIZE / 64) >> 10;
 const LINEAR: u64 = 0xffff_0000_0000_0000;
+/// Boot RAM: 1 GiB from [`RAM_BASE`] (`mem=1G`).
+const BOOT_RAM: u64 = 1 << 30;
+/// The end of boot RAM.
+const BOOT_END: u64 = RAM_BASE + BOOT_RAM;
+
+/// The machine of these tests: 1 GiB of boot RAM, then held-back RAM for
+/// `probe`: two blocks, the device region (`devmem` 0, `memmap=`, which
+/// must be whole blocks), and more blocks up to the end of RAM.
+struct Layout {
+    /// `-m`.
+    mem: &'static str,
+    /// The kernel command line.
+    append: &'static str,
+    /// The two held-back blocks below the device region (memory16, 17).
+    below: [u64; 2],
+    /// The device region.
+    pmem: u64,
+    pmem_size: u64,
+    /// The held-back RAM above the device region: `[above, ram_end)`.
+    above: u64,
+    /// The end of RAM (`RAM_BASE` + `-m`).
+    ram_end: u64,
+}
+
+/// The layout for the selected granule.
+fn layout() -> Layout {
+    match granule() {
+        // 128 MiB blocks: memory16, 17 | pmem (memory18, 19) | memory20..23.
+        Granule::K4 | Granule::K16 => Layout {
+            mem: "2G",
+            append: "mem=1G memmap=256M!0x90000000",
+            below: [0x8000_0000, 0x8800_0000],
+            pmem: 0x9000_0000,
+            pmem_size: 0x1000_0000,
+            above: 0xa000_0000,
+            ram_end: 0xc000_0000,
+        },
+        // 512 MiB blocks: memory4, 5 | pmem (memory6) | memory7..9, the
+        // last two above 4 GiB.
+        Granule::K64 => Layout {
+            mem: "4G",
+            append: "mem=1G memmap=512M!0xc0000000",
+            below: [0x8000_0000, 0xa000_0000],
+            pmem: 0xc000_0000,
+            pmem_size: 0x2000_0000,
+            above: 0xe000_0000,
+            ram_end: 0x1_4000_0000,
+        },
+    }
+}
+
+impl Layout {
+    /// The size of the held-back RAM above the device region.
+    fn above_size(&self) -> u64 {
+        self.ram_end - self.above
+    }
+
+    /// The blocks above the device region (four, or three with 64K).
+    fn above_blocks(&self) -> Vec<u64> {
+        (self.above..self.ram_end)
+            .step_by(block_size() as usize)
+            .collect()
+    }
+
+    /// The held-back blocks `probe` takes: memory16, 17, 20, 21, 22, 23
+    /// with 128 MiB blocks.
+    fn held_back(&self) -> Vec<u64> {
+        let mut v = self.below.to_vec();
+        v.extend(self.above_blocks());
+        v
+    }
+
+    /// `"ABOVE SIZE"`: every block above the device region, in one write.
+    fn above_range(&self) -> String {
+        range(self.above, self.above_size())
+    }
+
+    fn pmem_kb(&self) -> u64 {
+        self.pmem_size >> 10
+    }
+
+    /// The struct pages of the device region, in kB.
+    fn pmem_memmap_kb(&self) -> u64 {
+        struct_pages_kb(self.pmem_size)
+    }
+
+    /// The `devmem list` line of the device region in `state`.
+    fn devmem_list(&self, state: &str) -> String {
+        format!(
+            "0 {:#x}-{:#x} pmem {state}\n",
+            self.pmem,
+            self.pmem + self.pmem_size - 1
+        )
+    }
+}
+
+/// The struct pages of one block, in kB: 2048 (4K: 32768 pages of 64
+/// bytes), 512 (16K: 8192 pages), 512 (64K: 8192 pages of a 512 MiB
+/// block).
+fn memmap_kb() -> u64 {
+    struct_pages_per_block_kb()
+}
+
+/// The vmemmap leaves mapping one block's struct pages: one PMD block with
+/// 4K; with 16K and 64K base pages (as Linux, `vmemmap_populate_basepages`):
+/// 32 of 16K, 8 of 64K. Each is a page allocated (unless on an altmap) and
+/// a TLB invalidation when the block goes.
+fn vmemmap_leaves_per_block() -> u64 {
+    match granule() {
+        Granule::K4 => 1,
+        Granule::K16 | Granule::K64 => memmap_kb() * 1024 / page_size(),
+    }
+}
+
+/// `"ADDR SIZE"`, quoted for `echo`.
+fn range(addr: u64, size: u64) -> String {
+    format!("\"{addr:#x} {size:#x}\"")
+}
+
+fn hex(addr: u64) -> String {
+    format!("{addr:#x}")
+}
 
 /// Commands answer in milliseconds: a short bound makes a hang fail fast.
-fn boot(append: &str) -> Qemu {
+/// `extra` is appended to the layout's command line.
+fn boot(extra: &str) -> Qemu {
+    let l = layout();
+    let append = if extra.is_empty() {
+        l.append.to_string()
+    } else {
+        format!("{} {extra}", l.append)
+    };
     Qemu::boot(
         Opts::new()
-            .mem("2G")
-            .append(append)
+            .mem(l.mem)
+            .append(&append)
             .timeout(Duration::from_secs(20)),
     )
 }
 
 fn id(addr: u64) -> u64 {
-    addr / BLOCK
+    addr / block_size()
 }
 
 fn state_path(id: u64) -> String {
@@ -197,12 +311,12 @@ fn expect_iomem_ram(q: &mut Qemu, base: &str, blocks: &[u64], when: &str) {
     added.sort();
     let mut covered: Vec<u64> = Vec::new();
     for &(s, e) in &added {
-        if s % BLOCK != 0 || e % BLOCK != 0 || s >= e {
+        if s % block_size() != 0 || e % block_size() != 0 || s >= e {
             q.fail(&format!(
                 "{when}: System RAM {s:#x}-{e:#x} is not whole blocks"
             ));
         }
-        covered.extend((s..e).step_by(BLOCK as usize));
+        covered.extend((s..e).step_by(block_size() as usize));
     }
     let mut want = blocks.to_vec();
     want.sort();
@@ -331,8 +445,9 @@ fn expect_page_unmapped(q: &mut Qemu, pfn: u64) {
 enum Shape {
     /// `probe` and `remove` once per block.
     OneByOne,
-    /// 0x80000000 and 0x88000000 one by one, then
-    /// `0xa0000000 0x20000000` (four blocks) in one write.
+    /// The two blocks below the device region one by one (0x80000000,
+    /// 0x88000000), then those above it in one write
+    /// (`0xa0000000 0x20000000`, four blocks; three with 64K).
     Multi,
 }
 
@@ -351,23 +466,25 @@ fn cycle(
     set_mom(q, mom);
     let base = q.meminfo();
     let boot_blocks = blocks(q);
-    let k = HELD_BACK.len() as i64;
+    let l = layout();
+    let held_back = l.held_back();
+    let k = held_back.len() as i64;
 
     // probe: offline blocks, System RAM in /proc/iomem, struct pages mapped.
     match shape {
         Shape::OneByOne => {
-            for a in HELD_BACK {
-                probe(q, &format!("{a:#x}"));
+            for &a in &held_back {
+                probe(q, &hex(a));
             }
         }
         Shape::Multi => {
-            probe(q, "0x80000000");
-            probe(q, "0x88000000");
-            probe(q, "\"0xa0000000 0x20000000\"");
+            probe(q, &hex(l.below[0]));
+            probe(q, &hex(l.below[1]));
+            probe(q, &l.above_range());
         }
     }
     let mut want_blocks = boot_blocks.clone();
-    want_blocks.extend(HELD_BACK.iter().map(|&a| id(a)));
+    want_blocks.extend(held_back.iter().map(|&a| id(a)));
     want_blocks.sort();
     let now_blocks = blocks(q);
     if now_blocks != want_blocks {
@@ -375,18 +492,18 @@ fn cycle(
             "memory blocks after probe are {now_blocks:?}, want {want_blocks:?}"
         )));
     }
-    for a in HELD_BACK {
+    for &a in &held_back {
         let st = state(q, id(a));
         if st != "offline" {
             q.fail(&when(&format!("memory{} is {st:?} after probe", id(a))));
         }
     }
-    expect_iomem_ram(q, base_iomem, &HELD_BACK, &when("after probe"));
+    expect_iomem_ram(q, base_iomem, &held_back, &when("after probe"));
     let probed = q.meminfo();
     let (vm, alt) = if mom {
-        (0, MEMMAP_KB as i64 * k)
+        (0, memmap_kb() as i64 * k)
     } else {
-        (MEMMAP_KB as i64 * k, 0)
+        (memmap_kb() as i64 * k, 0)
     };
     expect_deltas(
         q,
@@ -403,7 +520,7 @@ fn cycle(
 
     // online, in a mix of the three words.
     let words = ["online", "online_kernel", "online_movable"];
-    for (i, a) in HELD_BACK.iter().enumerate() {
+    for (i, a) in held_back.iter().enumerate() {
         let word = words[(i + n) % 3];
         set_state(q, id(*a), word);
         let st = state(q, id(*a));
@@ -421,7 +538,7 @@ fn cycle(
         }
     }
     let online = q.meminfo();
-    let per_block = BLOCK_KB as i64 - if mom { MEMMAP_KB as i64 } else { 0 };
+    let per_block = block_kb() as i64 - if mom { memmap_kb() as i64 } else { 0 };
     expect_deltas(
         q,
         &base,
@@ -442,12 +559,12 @@ fn cycle(
         &[("MemFree", per_block * k), ("PageTables", 0)],
         &when("after online (from probe)"),
     );
-    for a in HELD_BACK {
-        expect_touch(q, LINEAR + a + BLOCK - 8);
+    for &a in &held_back {
+        expect_touch(q, LINEAR + a + block_size() - 8);
     }
 
     // offline: MemTotal back, struct pages still there.
-    for a in HELD_BACK.iter().rev() {
+    for a in held_back.iter().rev() {
         set_state(q, id(*a), "offline");
         let st = state(q, id(*a));
         if st != "offline" {
@@ -473,14 +590,14 @@ fn cycle(
     let tlbi_before = counter(q, &stat, "tlb_kernel_invalidations");
     match shape {
         Shape::OneByOne => {
-            for a in HELD_BACK {
-                remove(q, &format!("{a:#x}"));
+            for &a in &held_back {
+                remove(q, &hex(a));
             }
         }
         Shape::Multi => {
-            remove(q, "\"0xa0000000 0x20000000\"");
-            remove(q, "0x88000000");
-            remove(q, "0x80000000");
+            remove(q, &l.above_range());
+            remove(q, &hex(l.below[1]));
+            remove(q, &hex(l.below[0]));
         }
     }
     let stat = vmstat(q);
@@ -509,14 +626,19 @@ fn cycle(
 #[test]
 fn probe_online_offline_remove_cycles_restore_meminfo() {
     let started = Instant::now();
-    let mut q = boot(APPEND);
+    let mut q = boot("");
     let base_text = q.read("/proc/meminfo");
     let base_iomem = q.read("/proc/iomem");
     let base_ptdump = q.read(PTDUMP);
     let stat0 = vmstat(&mut q);
     let blocks0 = blocks(&mut q);
-    if blocks0 != (8..16).collect::<Vec<u64>>() {
-        q.fail(&format!("boot memory blocks are {blocks0:?}, want 8..15"));
+    let want0 = boot_blocks(BOOT_RAM);
+    if blocks0 != want0.clone().collect::<Vec<u64>>() {
+        q.fail(&format!(
+            "boot memory blocks are {blocks0:?}, want {}..{}",
+            want0.start,
+            want0.end - 1
+        ));
     }
     let mom0 = q.read(MOM);
     if mom0 != "N\n" {
@@ -524,7 +646,11 @@ fn probe_online_offline_remove_cycles_restore_meminfo() {
     }
 
     const CYCLES: usize = 20;
-    let k = HELD_BACK.len() as u64;
+    let k = layout().held_back().len() as u64;
+    // At most 8 TLB invalidations a block (4K), plus one for each further
+    // vmemmap leaf of a block (31 with 16K, 7 with 64K): Linux invalidates
+    // base pages of the vmemmap one by one.
+    let per_block = 8 + vmemmap_leaves_per_block() - 1;
     // TLB invalidations of each removal, by kind of cycle.
     let mut tlbis: BTreeMap<(bool, Shape), Vec<u64>> = BTreeMap::new();
     for n in 0..CYCLES {
@@ -537,9 +663,9 @@ fn probe_online_offline_remove_cycles_restore_meminfo() {
             Shape::OneByOne
         };
         let tlbi = cycle(&mut q, n, mom, shape, &base_text, &base_iomem);
-        if tlbi > 8 * k {
+        if tlbi > per_block * k {
             q.fail(&format!(
-                "cycle {n}: removing {k} blocks took {tlbi} TLB invalidations, more than 8 a block"
+                "cycle {n}: removing {k} blocks took {tlbi} TLB invalidations, more than {per_block} a block"
             ));
         }
         tlbis.entry((mom, shape)).or_default().push(tlbi);
@@ -604,15 +730,16 @@ fn probe_online_offline_remove_cycles_restore_meminfo() {
 /// in a Movable one.
 #[test]
 fn interleaved_blocks_with_mixed_memmap_on_memory() {
-    let mut q = boot(APPEND);
+    let mut q = boot("");
     let q = &mut q;
     let base_text = q.read("/proc/meminfo");
     let base_iomem = q.read("/proc/iomem");
     let base = q.meminfo();
+    let held_back = layout().held_back();
     let words = ["online", "online_kernel", "online_movable"];
     for n in 0..10 {
         let (mut total, mut vm, mut alt) = (0i64, 0i64, 0i64);
-        for (i, &a) in HELD_BACK.iter().enumerate() {
+        for (i, &a) in held_back.iter().enumerate() {
             let mom = (i + n) % 2 == 1;
             set_mom(q, mom);
             probe(q, &format!("{a:#x}"));
@@ -622,11 +749,11 @@ fn interleaved_blocks_with_mixed_memmap_on_memory() {
                 words[(i + n) % 3]
             };
             set_state(q, id(a), word);
-            total += BLOCK_KB as i64 - if mom { MEMMAP_KB as i64 } else { 0 };
+            total += block_kb() as i64 - if mom { memmap_kb() as i64 } else { 0 };
             if mom {
-                alt += MEMMAP_KB as i64;
+                alt += memmap_kb() as i64;
             } else {
-                vm += MEMMAP_KB as i64;
+                vm += memmap_kb() as i64;
             }
             let now = q.meminfo();
             expect_deltas(
@@ -643,9 +770,10 @@ fn interleaved_blocks_with_mixed_memmap_on_memory() {
         }
         // Nothing the kernel allocated after it went to the Movable block:
         // it goes offline first and comes back.
-        set_state(q, 16, "offline");
-        set_state(q, 16, "online_movable");
-        for &a in HELD_BACK.iter().rev() {
+        let movable = id(held_back[0]);
+        set_state(q, movable, "offline");
+        set_state(q, movable, "online_movable");
+        for &a in held_back.iter().rev() {
             set_state(q, id(a), "offline");
             remove(q, &format!("{a:#x}"));
             expect_fault(q, LINEAR + a);
@@ -671,7 +799,9 @@ fn interleaved_blocks_with_mixed_memmap_on_memory() {
 
 #[test]
 fn memmap_on_memory_boot_parameter() {
-    let mut q = boot(&format!("{APPEND} memory_hotplug.memmap_on_memory=1"));
+    let mut q = boot("memory_hotplug.memmap_on_memory=1");
+    let a = layout().below[1];
+    let b = id(a);
     let mom = q.read(MOM);
     if mom != "Y\n" {
         q.fail(&format!(
@@ -684,7 +814,7 @@ fn memmap_on_memory_boot_parameter() {
         q.fail("VmemmapAltmap is not 0 at boot");
     }
     // It takes effect: the struct pages of a probed block are on the block.
-    probe(&mut q, "0x88000000");
+    probe(&mut q, &hex(a));
     let probed = q.meminfo();
     expect_deltas(
         &mut q,
@@ -692,7 +822,7 @@ fn memmap_on_memory_boot_parameter() {
         &probed,
         &[
             ("Vmemmap", 0),
-            ("VmemmapAltmap", MEMMAP_KB as i64),
+            ("VmemmapAltmap", memmap_kb() as i64),
             ("MemTotal", 0),
         ],
         "probe with memory_hotplug.memmap_on_memory=1",
@@ -710,24 +840,31 @@ fn memmap_on_memory_boot_parameter() {
         })
         .sum();
     // On the block itself.
-    let pfns = (0x88000, 0x90000);
-    expect_vmemmap_backed(&mut q, "altmap:memmap_on_memory", pfns, pfns, "memory17");
-    if self_hosted_kb != MEMMAP_KB {
+    let pfns = (a / page_size(), (a + block_size()) / page_size());
+    expect_vmemmap_backed(
+        &mut q,
+        "altmap:memmap_on_memory",
+        pfns,
+        pfns,
+        &format!("memory{b}"),
+    );
+    if self_hosted_kb != memmap_kb() {
         q.fail(&format!(
-            "{VMEMMAP} shows {self_hosted_kb}K altmap:memmap_on_memory, want {MEMMAP_KB}K:\n{vmemmap}"
+            "{VMEMMAP} shows {self_hosted_kb}K altmap:memmap_on_memory, want {}K:\n{vmemmap}",
+            memmap_kb()
         ));
     }
-    set_state(&mut q, 17, "online");
+    set_state(&mut q, b, "online");
     let online = q.meminfo();
     expect_deltas(
         &mut q,
         &base,
         &online,
-        &[("MemTotal", (BLOCK_KB - MEMMAP_KB) as i64)],
+        &[("MemTotal", (block_kb() - memmap_kb()) as i64)],
         "online with memmap_on_memory",
     );
-    set_state(&mut q, 17, "offline");
-    remove(&mut q, "0x88000000");
+    set_state(&mut q, b, "offline");
+    remove(&mut q, &hex(a));
     let text = q.read("/proc/meminfo");
     if text != base_text {
         q.fail(&format!(
@@ -795,10 +932,10 @@ fn expect_vmemmap_backed(
     what: &str,
 ) {
     let lines = vmemmap_lines(q, backing);
-    let va = |pfn: u64| 0xffff_fc00_0000_0000 + pfn * 64;
+    let va = vmemmap_va;
     let mut at = va(pfns.0);
     for &(s, e, kb, pfn) in &lines {
-        let pages = (e - s) >> 12;
+        let pages = (e - s) / page_size();
         let ok = s == at && kb == (e - s) >> 10 && pfn >= from.0 && pfn + pages <= from.1;
         if !ok {
             q.fail(&format!(
@@ -819,23 +956,26 @@ fn expect_vmemmap_backed(
 
 #[test]
 fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
-    let mut q = boot(APPEND);
+    let l = layout();
+    let (pmem, pmem_size) = (l.pmem, l.pmem_size);
+    let (pmem_kb, pmem_memmap_kb) = (l.pmem_kb(), l.pmem_memmap_kb());
+    let mut q = boot("");
     let list = q.run_ok("devmem list");
-    if list != "0 0x90000000-0x9fffffff pmem unmapped\n" {
+    if list != l.devmem_list("unmapped") {
         q.fail(&format!("devmem list is {list:?}"));
     }
     let base_text = q.read("/proc/meminfo");
     let base_iomem = q.read("/proc/iomem");
     let base = q.meminfo();
-    let pfn = PMEM >> 12;
-    let last_pfn = ((PMEM + PMEM_SIZE) >> 12) - 1;
+    let pfn = pmem / page_size();
+    let last_pfn = (pmem + pmem_size) / page_size() - 1;
     expect_page_unmapped(&mut q, pfn);
-    expect_fault(&mut q, LINEAR + PMEM);
+    expect_fault(&mut q, LINEAR + pmem);
 
     // --map=dev: struct pages on the device.
     ok(&mut q, "devmem map 0 --map=dev");
     let list = q.run_ok("devmem list");
-    if list != "0 0x90000000-0x9fffffff pmem mapped(dev)\n" {
+    if list != l.devmem_list("mapped(dev)") {
         q.fail(&format!("devmem list after map=dev is {list:?}"));
     }
     let dev = q.meminfo();
@@ -847,25 +987,26 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
         &[
             ("MemTotal", 0),
             ("Vmemmap", 0),
-            ("VmemmapAltmap", PMEM_MEMMAP_KB as i64),
-            ("DeviceMem", PMEM_KB as i64),
+            ("VmemmapAltmap", pmem_memmap_kb as i64),
+            ("DeviceMem", pmem_kb as i64),
             ("MemFree", -tables),
         ],
         "devmem map 0 --map=dev",
     );
-    if !(0..=16).contains(&tables) {
+    // At most four table pages (16 kB with 4K).
+    if !(0..=4 * (page_size() as i64 >> 10)).contains(&tables) {
         q.fail(&format!(
             "devmem map 0 --map=dev took {tables} kB of page tables"
         ));
     }
-    if dev["VmemmapAltmap"] != 4096 || dev["DeviceMem"] != 262144 {
+    if dev["VmemmapAltmap"] != pmem_memmap_kb || dev["DeviceMem"] != pmem_kb {
         q.fail(&format!("after map=dev: {dev:?}"));
     }
     let altmap_kb = vmemmap_kb(&mut q, "altmap:pmem");
-    if altmap_kb != PMEM_MEMMAP_KB {
+    if altmap_kb != pmem_memmap_kb {
         let text = q.read(VMEMMAP);
         q.fail(&format!(
-            "{VMEMMAP} has {altmap_kb}K altmap:pmem, want {PMEM_MEMMAP_KB}K:\n{text}"
+            "{VMEMMAP} has {altmap_kb}K altmap:pmem, want {pmem_memmap_kb}K:\n{text}"
         ));
     }
     // On the device itself, for the whole device.
@@ -873,7 +1014,7 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
     expect_vmemmap_backed(&mut q, "altmap:pmem", dev_pfns, dev_pfns, "map=dev");
     expect_page_zone(&mut q, pfn, "Device");
     expect_page_zone(&mut q, last_pfn, "Device");
-    expect_touch(&mut q, LINEAR + PMEM);
+    expect_touch(&mut q, LINEAR + pmem);
     ok(&mut q, "devmem unmap 0");
     let text = q.read("/proc/meminfo");
     if text != base_text {
@@ -886,12 +1027,12 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
     }
     expect_page_unmapped(&mut q, pfn);
     expect_page_unmapped(&mut q, last_pfn);
-    expect_fault(&mut q, LINEAR + PMEM);
+    expect_fault(&mut q, LINEAR + pmem);
 
     // --map=mem: struct pages in system RAM, size / 64 of them.
     ok(&mut q, "devmem map 0 --map=mem");
     let list = q.run_ok("devmem list");
-    if list != "0 0x90000000-0x9fffffff pmem mapped(mem)\n" {
+    if list != l.devmem_list("mapped(mem)") {
         q.fail(&format!("devmem list after map=mem is {list:?}"));
     }
     let mem = q.meminfo();
@@ -902,10 +1043,10 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
         &mem,
         &[
             ("MemTotal", 0),
-            ("Vmemmap", PMEM_MEMMAP_KB as i64),
+            ("Vmemmap", pmem_memmap_kb as i64),
             ("VmemmapAltmap", 0),
-            ("DeviceMem", PMEM_KB as i64),
-            ("MemFree", -(PMEM_MEMMAP_KB as i64) - tables),
+            ("DeviceMem", pmem_kb as i64),
+            ("MemFree", -(pmem_memmap_kb as i64) - tables),
         ],
         "devmem map 0 --map=mem",
     );
@@ -929,7 +1070,7 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
     }
     expect_page_unmapped(&mut q, pfn);
     let list = q.run_ok("devmem list");
-    if list != "0 0x90000000-0x9fffffff pmem unmapped\n" {
+    if list != l.devmem_list("unmapped") {
         q.fail(&format!("devmem list after unmap is {list:?}"));
     }
     let stat = vmstat(&mut q);
@@ -948,27 +1089,32 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
 
 #[test]
 fn touched_removed_address_faults() {
+    // memory16 (memory4 with 64K): 0x80000000, pfns 0x80000..0x87fff
+    // with 4K.
+    let a = layout().below[0];
+    let b = id(a);
+    let (first_pfn, last_pfn) = (a / page_size(), (a + block_size()) / page_size() - 1);
     for mom in [false, true] {
-        let mut q = boot(APPEND);
+        let mut q = boot("");
         set_mom(&mut q, mom);
         let base_text = q.read("/proc/meminfo");
-        let va = LINEAR + 0x8000_0000;
+        let va = LINEAR + a;
         expect_fault(&mut q, va);
-        expect_page_unmapped(&mut q, 0x80000);
+        expect_page_unmapped(&mut q, first_pfn);
 
-        probe(&mut q, "0x80000000");
+        probe(&mut q, &hex(a));
         // Mapped as soon as it is added (Linux's arch_add_memory).
         expect_touch(&mut q, va);
-        set_state(&mut q, 16, "online");
+        set_state(&mut q, b, "online");
         expect_touch(&mut q, va);
-        expect_touch(&mut q, va + BLOCK - 8);
-        expect_page_zone(&mut q, 0x80000, "Normal");
-        expect_page_zone(&mut q, 0x87fff, "Normal");
-        set_state(&mut q, 16, "offline");
-        remove(&mut q, "0x80000000");
+        expect_touch(&mut q, va + block_size() - 8);
+        expect_page_zone(&mut q, first_pfn, "Normal");
+        expect_page_zone(&mut q, last_pfn, "Normal");
+        set_state(&mut q, b, "offline");
+        remove(&mut q, &hex(a));
 
         // Exactly one error line, then the console goes on.
-        for a in [va, va + 0x1000, va + BLOCK - 8] {
+        for a in [va, va + 0x1000, va + block_size() - 8] {
             expect_fault(&mut q, a);
         }
         let text = q.read("/proc/meminfo");
@@ -977,18 +1123,18 @@ fn touched_removed_address_faults() {
                 "/proc/meminfo after remove is\n{text}not\n{base_text}"
             ));
         }
-        expect_page_unmapped(&mut q, 0x80000);
-        expect_page_unmapped(&mut q, 0x87fff);
+        expect_page_unmapped(&mut q, first_pfn);
+        expect_page_unmapped(&mut q, last_pfn);
         // A second fault is handled like the first; boot RAM is still there.
         expect_fault(&mut q, va);
         expect_touch(&mut q, LINEAR + 0x4000_0000);
         // The block can come back.
-        probe(&mut q, "0x80000000");
-        set_state(&mut q, 16, "online_movable");
+        probe(&mut q, &hex(a));
+        set_state(&mut q, b, "online_movable");
         expect_touch(&mut q, va);
-        expect_page_zone(&mut q, 0x80000, if mom { "Normal" } else { "Movable" });
-        set_state(&mut q, 16, "offline");
-        remove(&mut q, "0x80000000");
+        expect_page_zone(&mut q, first_pfn, if mom { "Normal" } else { "Movable" });
+        set_state(&mut q, b, "offline");
+        remove(&mut q, &hex(a));
         expect_fault(&mut q, va);
         let text = q.read("/proc/meminfo");
         if text != base_text {
@@ -1006,56 +1152,66 @@ fn touched_removed_address_faults() {
 
 #[test]
 fn every_bad_request_is_refused_and_changes_nothing() {
-    let mut q = boot(APPEND);
+    // Addresses as with 128 MiB blocks (4K, 16K); 64K has the same shape.
+    let l = layout();
+    let bs = block_size();
+    // memory16 and 17, below the device region.
+    let [lo0, lo1] = l.below;
+    // The last block of boot RAM (0x78000000).
+    let boot_last = BOOT_END - bs;
+    // The last block of the address space (0xfffffffff8000000).
+    let top = 0u64.wrapping_sub(bs);
+    let first = id(RAM_BASE);
+    let mut q = boot("");
     let q = &mut q;
     let start = snapshot(q);
 
     // probe
-    refused(q, &echo("0x80001000", PROBE), "EINVAL");
-    refused(q, &echo("\"0x80000000 0x1000\"", PROBE), "EINVAL");
-    refused(q, &echo("\"0x80000000 0\"", PROBE), "EINVAL");
-    refused(q, &echo("\"0x80000000 0x8001000\"", PROBE), "EINVAL");
+    refused(q, &echo(&hex(lo0 + 0x1000), PROBE), "EINVAL");
+    refused(q, &echo(&format!("\"{lo0:#x} 0x1000\""), PROBE), "EINVAL");
+    refused(q, &echo(&format!("\"{lo0:#x} 0\""), PROBE), "EINVAL");
+    refused(q, &echo(&range(lo0, bs + 0x1000), PROBE), "EINVAL");
     // Boot RAM is present already, as Linux would say.
-    refused(q, &echo("0x40000000", PROBE), "EEXIST");
-    refused(q, &echo("0x78000000", PROBE), "EEXIST");
+    refused(q, &echo(&hex(RAM_BASE), PROBE), "EEXIST");
+    refused(q, &echo(&hex(boot_last), PROBE), "EEXIST");
     // Not RAM at all.
     refused(q, &echo("0x200000000", PROBE), "EINVAL");
-    refused(q, &echo("0xc0000000", PROBE), "EINVAL");
+    refused(q, &echo(&hex(l.ram_end), PROBE), "EINVAL");
     // Partly held-back RAM, partly boot RAM or beyond RAM: all or nothing.
-    refused(q, &echo("\"0x78000000 0x10000000\"", PROBE), "EEXIST");
-    refused(q, &echo("\"0xb8000000 0x10000000\"", PROBE), "EINVAL");
+    refused(q, &echo(&range(boot_last, 2 * bs), PROBE), "EEXIST");
+    refused(q, &echo(&range(l.ram_end - bs, 2 * bs), PROBE), "EINVAL");
     // Beyond the physical address range (aligned addresses), or a size
     // that makes the end overflow.
     refused(q, &echo("0x800000000000", PROBE), "ERANGE");
-    refused(q, &echo("0xfffffffff8000000", PROBE), "ERANGE");
+    refused(q, &echo(&hex(top), PROBE), "ERANGE");
     refused(
         q,
-        &echo("\"0x80000000 0xffffffff80000000\"", PROBE),
+        &echo(&range(lo0, 0u64.wrapping_sub(lo0)), PROBE),
         "ERANGE",
     );
-    refused(q, &echo("\"0x80000000 0x800000000000\"", PROBE), "ERANGE");
+    refused(q, &echo(&range(lo0, 0x8000_0000_0000), PROBE), "ERANGE");
     // Misaligned comes first (Linux's probe_store checks it first).
     refused(q, &echo("0xffffffffffff000", PROBE), "EINVAL");
     // Numbers that do not fit.
     refused(q, &echo("0x1ffffffffffffffff", PROBE), "EINVAL");
     // The device region, whole or in part.
-    refused(q, &echo("0x90000000", PROBE), "EBUSY");
-    refused(q, &echo("\"0x88000000 0x10000000\"", PROBE), "EBUSY");
-    refused(q, &echo("\"0x80000000 0x40000000\"", PROBE), "EBUSY");
+    refused(q, &echo(&hex(l.pmem), PROBE), "EBUSY");
+    refused(q, &echo(&range(lo1, 2 * bs), PROBE), "EBUSY");
+    refused(q, &echo(&range(lo0, l.ram_end - lo0), PROBE), "EBUSY");
 
     // remove
-    refused(q, &echo("0x40000000", REMOVE), "EPERM");
-    refused(q, &echo("\"0x78000000 0x10000000\"", REMOVE), "EPERM");
-    refused(q, &echo("0x80000000", REMOVE), "EINVAL");
-    refused(q, &echo("0x80001000", REMOVE), "EINVAL");
-    refused(q, &echo("0xfffffffff8000000", REMOVE), "ERANGE");
+    refused(q, &echo(&hex(RAM_BASE), REMOVE), "EPERM");
+    refused(q, &echo(&range(boot_last, 2 * bs), REMOVE), "EPERM");
+    refused(q, &echo(&hex(lo0), REMOVE), "EINVAL");
+    refused(q, &echo(&hex(lo0 + 0x1000), REMOVE), "EINVAL");
+    refused(q, &echo(&hex(top), REMOVE), "ERANGE");
 
     // state and parameters
-    refused(q, &echo("offline", &state_path(8)), "EBUSY");
-    refused(q, &echo("online", &state_path(8)), "EINVAL");
-    refused(q, &echo("online_movable", &state_path(8)), "EINVAL");
-    refused(q, &echo("bogus", &state_path(8)), "EINVAL");
-    refused(q, &echo("online", &state_path(16)), "ENOENT");
+    refused(q, &echo("offline", &state_path(first)), "EBUSY");
+    refused(q, &echo("online", &state_path(first)), "EINVAL");
+    refused(q, &echo("online_movable", &state_path(first)), "EINVAL");
+    refused(q, &echo("bogus", &state_path(first)), "EINVAL");
+    refused(q, &echo("online", &state_path(id(lo0))), "ENOENT");
     refused(q, &echo("maybe", MOM), "EINVAL");
     refused(q, &echo("yes", MOM), "EINVAL");
     refused(q, &echo("many", FAIL_NTH), "EINVAL");
@@ -1070,32 +1226,41 @@ fn every_bad_request_is_refused_and_changes_nothing() {
     refused(q, "devmem map 0 --map=dev", "EBUSY");
     refused(q, "devmem map 0 --map=mem", "EBUSY");
     // Mapped device memory is still not RAM to probe.
-    refused(q, &echo("0x90000000", PROBE), "EBUSY");
+    refused(q, &echo(&hex(l.pmem), PROBE), "EBUSY");
     ok(q, "devmem unmap 0");
     refused(q, "devmem unmap 0", "EINVAL");
     expect_unchanged(q, &start, "devmem map and unmap");
 
-    // With hot-added blocks: memory16 online, memory17 offline.
-    probe(q, "0x80000000");
-    set_state(q, 16, "online");
-    probe(q, "0x88000000");
-    refused(q, &echo("0x80000000", PROBE), "EEXIST");
-    refused(q, &echo("0x88000000", PROBE), "EEXIST");
-    refused(q, &echo("\"0x80000000 0x10000000\"", PROBE), "EEXIST");
-    refused(q, &echo("0x80000000", REMOVE), "EBUSY");
+    // With hot-added blocks: memory16 online, memory17 offline. With 16K
+    // and 64K memory17's struct pages are base pages that may be allocated
+    // from an online Normal memory16 (kernel pages, as in Linux), which
+    // could then not go offline before memory17 is removed: there memory16
+    // is onlined Movable, which keeps them out.
+    let (m16, m17) = (id(lo0), id(lo1));
+    probe(q, &hex(lo0));
+    let word = match granule() {
+        Granule::K4 => "online",
+        Granule::K16 | Granule::K64 => "online_movable",
+    };
+    set_state(q, m16, word);
+    probe(q, &hex(lo1));
+    refused(q, &echo(&hex(lo0), PROBE), "EEXIST");
+    refused(q, &echo(&hex(lo1), PROBE), "EEXIST");
+    refused(q, &echo(&range(lo0, 2 * bs), PROBE), "EEXIST");
+    refused(q, &echo(&hex(lo0), REMOVE), "EBUSY");
     // All or nothing: memory17 is offline but memory16 is not.
-    refused(q, &echo("\"0x80000000 0x10000000\"", REMOVE), "EBUSY");
-    // memory18 is not present: memory17 stays.
-    refused(q, &echo("\"0x88000000 0x10000000\"", REMOVE), "EINVAL");
-    refused(q, &echo("online", &state_path(16)), "EINVAL");
-    refused(q, &echo("online_kernel", &state_path(16)), "EINVAL");
-    refused(q, &echo("online_movable", &state_path(16)), "EINVAL");
-    refused(q, &echo("offline", &state_path(17)), "EINVAL");
-    refused(q, &echo("bogus", &state_path(16)), "EINVAL");
-    refused(q, &echo("bogus", &state_path(17)), "EINVAL");
-    refused(q, &echo("0xa0000000", REMOVE), "EINVAL");
-    set_state(q, 16, "offline");
-    remove(q, "\"0x80000000 0x10000000\"");
+    refused(q, &echo(&range(lo0, 2 * bs), REMOVE), "EBUSY");
+    // memory18 (the device region) is not present: memory17 stays.
+    refused(q, &echo(&range(lo1, 2 * bs), REMOVE), "EINVAL");
+    refused(q, &echo("online", &state_path(m16)), "EINVAL");
+    refused(q, &echo("online_kernel", &state_path(m16)), "EINVAL");
+    refused(q, &echo("online_movable", &state_path(m16)), "EINVAL");
+    refused(q, &echo("offline", &state_path(m17)), "EINVAL");
+    refused(q, &echo("bogus", &state_path(m16)), "EINVAL");
+    refused(q, &echo("bogus", &state_path(m17)), "EINVAL");
+    refused(q, &echo(&hex(l.above), REMOVE), "EINVAL");
+    set_state(q, m16, "offline");
+    remove(q, &range(lo0, 2 * bs));
     expect_unchanged(q, &start, "probe, online, offline and remove");
     no_warnings(q, "after the bad requests");
     // The console still answers.
@@ -1117,6 +1282,19 @@ struct Expect {
     allocates: bool,
 }
 
+/// How many runs [`fail_each_allocation`] makes at most: 64, plus with 16K
+/// and 64K one for each base page of struct pages of all held-back blocks
+/// (192 with 16K, 40 with 64K), each a page allocation.
+fn max_runs() -> u64 {
+    let extra = match granule() {
+        Granule::K4 => 0,
+        Granule::K16 | Granule::K64 => {
+            layout().held_back().len() as u64 * vmemmap_leaves_per_block()
+        }
+    };
+    64 + extra
+}
+
 /// Makes the 1st, 2nd, 3rd, ... page allocation of `op` fail until it
 /// succeeds without reaching the injected failure. A failure must be one
 /// line `error: ENOMEM: ...` with nothing changed; a success (also one that
@@ -1127,7 +1305,8 @@ fn fail_each_allocation(q: &mut Qemu, op: &str, undo: &[&str], expect: Expect) -
     let before = snapshot(q);
     let base = q.meminfo();
     let (mut failures, mut successes) = (0, 0);
-    for n in 1..=64u64 {
+    let runs = max_runs();
+    for n in 1..=runs {
         q.write(FAIL_NTH, &n.to_string());
         let ev = events(q);
         let out = q.run(op);
@@ -1187,23 +1366,32 @@ fn fail_each_allocation(q: &mut Qemu, op: &str, undo: &[&str], expect: Expect) -
         }
     }
     q.fail(&format!(
-        "`{op}` still reaches the injected failure after 64 runs"
+        "`{op}` still reaches the injected failure after {runs} runs"
     ));
 }
 
 #[test]
 fn allocation_failures_roll_back_exactly() {
-    let mut q = boot(APPEND);
+    let l = layout();
+    let [lo0, lo1] = l.below;
+    // The blocks above the device region: four (three with 64K).
+    let n_above = l.above_blocks().len() as u64;
+    let mut q = boot("");
     let q = &mut q;
     let start = snapshot(q);
     let stat0 = vmstat(q);
-    let one = MEMMAP_KB as i64;
-    let four = 4 * one;
+    let one = memmap_kb() as i64;
+    let above = n_above as i64 * one;
     let mut summary = Vec::new();
     // Blocks that successful probes added (each removed again).
     let mut blocks_added = 0;
     for mom in [false, true] {
         set_mom(q, mom);
+        // A probe of blocks none of which is present must allocate: with 4K
+        // a PMD table for the linear map (boot RAM is one PUD block); with
+        // 16K and 64K the boot tables cover the held-back RAM, so only the
+        // struct pages, when in RAM (base pages: no fallback).
+        let first_allocates = granule() == Granule::K4 || !mom;
         let expect = |kb: i64, allocates: bool| {
             let (vmemmap, altmap) = if mom { (0, kb) } else { (kb, 0) };
             Expect {
@@ -1215,40 +1403,48 @@ fn allocation_failures_roll_back_exactly() {
         };
         let (f, s) = fail_each_allocation(
             q,
-            &echo("0x80000000", PROBE),
-            &[&echo("0x80000000", REMOVE)],
-            expect(one, true),
+            &echo(&hex(lo0), PROBE),
+            &[&echo(&hex(lo0), REMOVE)],
+            expect(one, first_allocates),
         );
         summary.push((format!("probe one block, memmap_on_memory={mom}"), f, s));
         blocks_added += s;
         let (f, s) = fail_each_allocation(
             q,
-            &echo("\"0xa0000000 0x20000000\"", PROBE),
-            &[&echo("\"0xa0000000 0x20000000\"", REMOVE)],
-            expect(four, true),
-        );
-        summary.push((format!("probe four blocks, memmap_on_memory={mom}"), f, s));
-        blocks_added += 4 * s;
-        // With a block present already, sharing its tables: nothing but
-        // struct pages (which fall back to base pages) to allocate.
-        probe(q, "0x88000000");
-        blocks_added += 1;
-        let (f, s) = fail_each_allocation(
-            q,
-            &echo("\"0xa0000000 0x20000000\"", PROBE),
-            &[&echo("\"0xa0000000 0x20000000\"", REMOVE)],
-            expect(four, false),
+            &echo(&l.above_range(), PROBE),
+            &[&echo(&l.above_range(), REMOVE)],
+            expect(above, first_allocates),
         );
         summary.push((
-            format!("probe four blocks next to memory17, memmap_on_memory={mom}"),
+            format!("probe {n_above} blocks, memmap_on_memory={mom}"),
             f,
             s,
         ));
-        blocks_added += 4 * s;
-        remove(q, "0x88000000");
+        blocks_added += n_above * s;
+        // With a block present already, sharing its tables: nothing but
+        // struct pages (which fall back to base pages with 4K, and are base
+        // pages with 16K and 64K) to allocate.
+        probe(q, &hex(lo1));
+        blocks_added += 1;
+        let (f, s) = fail_each_allocation(
+            q,
+            &echo(&l.above_range(), PROBE),
+            &[&echo(&l.above_range(), REMOVE)],
+            expect(above, false),
+        );
+        summary.push((
+            format!(
+                "probe {n_above} blocks next to memory{}, memmap_on_memory={mom}",
+                id(lo1)
+            ),
+            f,
+            s,
+        ));
+        blocks_added += n_above * s;
+        remove(q, &hex(lo1));
     }
     set_mom(q, false);
-    let dev = PMEM_MEMMAP_KB as i64;
+    let dev = l.pmem_memmap_kb() as i64;
     let mut maps = 0;
     let (f, s) = fail_each_allocation(
         q,
@@ -1257,8 +1453,11 @@ fn allocation_failures_roll_back_exactly() {
         Expect {
             vmemmap: 0,
             altmap: dev,
-            device: PMEM_KB as i64,
-            allocates: true,
+            device: l.pmem_kb() as i64,
+            // With 4K the linear map of the region needs a PMD table; with
+            // 16K and 64K the boot tables cover it, and the struct pages
+            // are on the device.
+            allocates: granule() == Granule::K4,
         },
     );
     summary.push(("devmem map --map=dev".to_string(), f, s));
@@ -1270,7 +1469,7 @@ fn allocation_failures_roll_back_exactly() {
         Expect {
             vmemmap: dev,
             altmap: 0,
-            device: PMEM_KB as i64,
+            device: l.pmem_kb() as i64,
             allocates: true,
         },
     );

@@ -165,6 +165,12 @@ impl<T: Translation> MemorySystem<T> {
                 return Err(e);
             }
         }
+        // Logged once the whole range is in: a rolled-back add says
+        // nothing but its one error.
+        for id in first..last {
+            let (start, end) = (id * MEMORY_BLOCK_SIZE, (id + 1) * MEMORY_BLOCK_SIZE);
+            pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
+        }
         self.events.hotplug_add += last - first;
         Ok(())
     }
@@ -199,7 +205,6 @@ impl<T: Translation> MemorySystem<T> {
                 owner,
             },
         );
-        pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
         Ok(())
     }
 
@@ -248,6 +253,8 @@ impl<T: Translation> MemorySystem<T> {
         for id in first..last {
             self.remove_memory_block(id)?;
             self.events.hotplug_remove += 1;
+            let (start, end) = (id * MEMORY_BLOCK_SIZE, (id + 1) * MEMORY_BLOCK_SIZE);
+            pr_info!("memory{id}: removed {start:#x}-{:#x}", end - 1);
         }
         Ok(())
     }
@@ -264,7 +271,6 @@ impl<T: Translation> MemorySystem<T> {
             pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
         }
         self.iomem.remove(start);
-        pr_info!("memory{id}: removed {start:#x}-{:#x}", end - 1);
         Ok(())
     }
 
