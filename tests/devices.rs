@@ -363,24 +363,6 @@ fn meminfo(q: &mut Qemu) -> (String, BTreeMap<String, u64>) {
     (text, map)
 }
 
-fn get(q: &mut Qemu, info: &BTreeMap<String, u64>, name: &str) -> u64 {
-    match info.get(name) {
-        Some(&v) => v,
-        None => q.fail(&format!("no {name} in /proc/meminfo")),
-    }
-}
-
-/// Exact `/proc/meminfo` changes from `base` to `now`: `(field, kB)`.
-fn expect_deltas(
-    q: &mut Qemu,
-    base: &BTreeMap<String, u64>,
-    now: &BTreeMap<String, u64>,
-    deltas: &[(&str, i64)],
-    when: &str,
-) {
-    q.expect_meminfo_deltas(base, now, deltas, when);
-}
-
 /// Page-table growth from `base` to `now` in kB, which must be small.
 fn table_growth(
     q: &mut Qemu,
@@ -388,7 +370,8 @@ fn table_growth(
     now: &BTreeMap<String, u64>,
     when: &str,
 ) -> i64 {
-    let tables = get(q, now, "PageTables") as i64 - get(q, base, "PageTables") as i64;
+    let tables =
+        q.meminfo_field(now, "PageTables") as i64 - q.meminfo_field(base, "PageTables") as i64;
     if !(0..=64).contains(&tables) {
         q.fail(&format!("{when}: PageTables changed by {tables} kB"));
     }
@@ -501,8 +484,7 @@ fn virtio_mem_follows_requests(name: &str, machine: &str) {
     }
     let (_, grown) = meminfo(&mut r.q);
     let tables = table_growth(&mut r.q, &base, &grown, "1 GiB plugged");
-    expect_deltas(
-        &mut r.q,
+    r.q.expect_meminfo_deltas(
         &base,
         &grown,
         &[
@@ -575,8 +557,7 @@ fn virtio_mem_follows_requests(name: &str, machine: &str) {
     }
     let (_, half) = meminfo(&mut r.q);
     let tables = table_growth(&mut r.q, &base, &half, "512 MiB plugged");
-    expect_deltas(
-        &mut r.q,
+    r.q.expect_meminfo_deltas(
         &base,
         &half,
         &[
@@ -676,8 +657,7 @@ fn virtio_mem_follows_requests(name: &str, machine: &str) {
     }
     let (_, pinned) = meminfo(&mut r.q);
     let tables = table_growth(&mut r.q, &base, &pinned, "busy blocks plugged");
-    expect_deltas(
-        &mut r.q,
+    r.q.expect_meminfo_deltas(
         &base,
         &pinned,
         &[
@@ -928,8 +908,7 @@ fn ivshmem_map_dev_and_mem_share_data_with_the_host() {
     ivshmem_range(&mut r.q, "mapped(dev)");
     let (_, dev) = meminfo(&mut r.q);
     let tables = table_growth(&mut r.q, &base, &dev, "devmem map 0 --map=dev");
-    expect_deltas(
-        &mut r.q,
+    r.q.expect_meminfo_deltas(
         &base,
         &dev,
         &[
@@ -990,8 +969,7 @@ fn ivshmem_map_dev_and_mem_share_data_with_the_host() {
     let (_, mem) = meminfo(&mut r.q);
     let tables = table_growth(&mut r.q, &base, &mem, "devmem map 0 --map=mem");
     let memmap_kb = kb(SHM_SIZE / 64);
-    expect_deltas(
-        &mut r.q,
+    r.q.expect_meminfo_deltas(
         &base,
         &mem,
         &[

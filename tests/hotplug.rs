@@ -254,24 +254,6 @@ fn no_warnings(q: &mut Qemu, when: &str) {
     q.assert_no_misuse(when);
 }
 
-fn get(q: &mut Qemu, info: &BTreeMap<String, u64>, name: &str) -> u64 {
-    match info.get(name) {
-        Some(&v) => v,
-        None => q.fail(&format!("no {name} in /proc/meminfo")),
-    }
-}
-
-/// Exact `/proc/meminfo` changes from `base` to `now`: `(field, kB)`.
-fn expect_deltas(
-    q: &mut Qemu,
-    base: &BTreeMap<String, u64>,
-    now: &BTreeMap<String, u64>,
-    deltas: &[(&str, i64)],
-    when: &str,
-) {
-    q.expect_meminfo_deltas(base, now, deltas, when);
-}
-
 /// Top-level `/proc/iomem` lines naming System RAM that `base` lacks, as
 /// `[start, end)`; everything else must be as in `base`.
 fn new_system_ram(q: &mut Qemu, base: &str, now: &str) -> Vec<(u64, u64)> {
@@ -505,8 +487,7 @@ fn cycle(
     } else {
         (memmap_kb() as i64 * k, 0)
     };
-    expect_deltas(
-        q,
+    q.expect_meminfo_deltas(
         &base,
         &probed,
         &[
@@ -539,8 +520,7 @@ fn cycle(
     }
     let online = q.meminfo();
     let per_block = block_kb() as i64 - if mom { memmap_kb() as i64 } else { 0 };
-    expect_deltas(
-        q,
+    q.expect_meminfo_deltas(
         &base,
         &online,
         &[
@@ -552,8 +532,7 @@ fn cycle(
         &when("after online"),
     );
     // Onlining allocates nothing: every page it adds is free.
-    expect_deltas(
-        q,
+    q.expect_meminfo_deltas(
         &probed,
         &online,
         &[("MemFree", per_block * k), ("PageTables", 0)],
@@ -572,8 +551,7 @@ fn cycle(
         }
     }
     let offline = q.meminfo();
-    expect_deltas(
-        q,
+    q.expect_meminfo_deltas(
         &base,
         &offline,
         &[("MemTotal", 0), ("Vmemmap", vm), ("VmemmapAltmap", alt)],
@@ -756,8 +734,7 @@ fn interleaved_blocks_with_mixed_memmap_on_memory() {
                 vm += memmap_kb() as i64;
             }
             let now = q.meminfo();
-            expect_deltas(
-                q,
+            q.expect_meminfo_deltas(
                 &base,
                 &now,
                 &[("MemTotal", total), ("Vmemmap", vm), ("VmemmapAltmap", alt)],
@@ -816,8 +793,7 @@ fn memmap_on_memory_boot_parameter() {
     // It takes effect: the struct pages of a probed block are on the block.
     probe(&mut q, &hex(a));
     let probed = q.meminfo();
-    expect_deltas(
-        &mut q,
+    q.expect_meminfo_deltas(
         &base,
         &probed,
         &[
@@ -856,8 +832,7 @@ fn memmap_on_memory_boot_parameter() {
     }
     set_state(&mut q, b, "online");
     let online = q.meminfo();
-    expect_deltas(
-        &mut q,
+    q.expect_meminfo_deltas(
         &base,
         &online,
         &[("MemTotal", (block_kb() - memmap_kb()) as i64)],
@@ -979,9 +954,8 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
         q.fail(&format!("devmem list after map=dev is {list:?}"));
     }
     let dev = q.meminfo();
-    let tables = get(&mut q, &dev, "PageTables") as i64 - base["PageTables"] as i64;
-    expect_deltas(
-        &mut q,
+    let tables = q.meminfo_field(&dev, "PageTables") as i64 - base["PageTables"] as i64;
+    q.expect_meminfo_deltas(
         &base,
         &dev,
         &[
@@ -1036,9 +1010,8 @@ fn devmem_map_dev_keeps_vmemmap_map_mem_grows_it_by_size_over_64() {
         q.fail(&format!("devmem list after map=mem is {list:?}"));
     }
     let mem = q.meminfo();
-    let tables = get(&mut q, &mem, "PageTables") as i64 - base["PageTables"] as i64;
-    expect_deltas(
-        &mut q,
+    let tables = q.meminfo_field(&mem, "PageTables") as i64 - base["PageTables"] as i64;
+    q.expect_meminfo_deltas(
         &base,
         &mem,
         &[
@@ -1336,8 +1309,7 @@ fn fail_each_allocation(q: &mut Qemu, op: &str, undo: &[&str], expect: Expect) -
         let pending = q.read(FAIL_NTH);
         q.write(FAIL_NTH, "0");
         let now = q.meminfo();
-        expect_deltas(
-            q,
+        q.expect_meminfo_deltas(
             &base,
             &now,
             &[

@@ -734,6 +734,14 @@ impl Qemu {
         map
     }
 
+    /// Field `name` of parsed `/proc/meminfo`, failing the test if absent.
+    pub fn meminfo_field(&mut self, info: &BTreeMap<String, u64>, name: &str) -> u64 {
+        match info.get(name) {
+            Some(&v) => v,
+            None => self.fail(&format!("no {name} in /proc/meminfo")),
+        }
+    }
+
     /// Fails unless each `(field, kB)` of `deltas` is exactly how far
     /// `/proc/meminfo` moved from `base` to `now`.
     pub fn expect_meminfo_deltas(
