@@ -93,11 +93,4 @@ pub mod tlb {
         insn::dsb_ish_isb();
         1
     }
-
-    pub fn flush_all() -> u64 {
-        insn::dsb_ishst();
-        insn::tlbi_vmalle1is();
-        insn::dsb_ish_isb();
-        1
-    }
 }

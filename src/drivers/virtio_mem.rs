@@ -102,14 +102,6 @@ impl<T: Transport> VirtioMem<T> {
         Ok(dev)
     }
 
-    pub fn config(&self) -> Config {
-        self.config
-    }
-
-    pub fn plugged_blocks(&self) -> usize {
-        self.plugged.len()
-    }
-
     fn read_config(&mut self) -> Result<()> {
         let t = &self.transport;
         let read = || -> virtio_drivers::Result<Config> {

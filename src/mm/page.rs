@@ -235,18 +235,6 @@ impl Memmap {
         }
     }
 
-    /// As [`Memmap::new`] but describing only `start_pfn..end_pfn`.
-    ///
-    /// # Safety
-    /// As for [`Memmap::new`], for pfns in `start_pfn..end_pfn`.
-    pub unsafe fn with_bounds(base: *mut Page, start_pfn: u64, end_pfn: u64) -> Memmap {
-        Memmap {
-            base,
-            start_pfn,
-            end_pfn,
-        }
-    }
-
     /// The kernel's vmemmap at `layout::VMEMMAP_START`.
     ///
     /// # Safety

@@ -13,25 +13,18 @@ use super::pgtable::{Attributes, MapError, MapHints, PageTable, Translation, VaR
 /// exactly one 128 MiB section.
 const VMEMMAP_BLOCK: u64 = 2 << 20;
 
-/// Where a piece of vmemmap backing came from (for rollback and reports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backing {
-    System,
-    Altmap,
-}
-
 /// One allocation of `2^order` pages for vmemmap backing: from the altmap
 /// when there is one (Linux's `vmemmap_alloc_block_buf`), else `frames`.
 fn alloc_backing(
     order: u32,
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
-) -> Option<(u64, Backing)> {
+) -> Option<u64> {
     match altmap {
         Some(a) => a
             .alloc_pfns(1 << order)
-            .map(|pfn| (pfn << PAGE_SHIFT, Backing::Altmap)),
-        None => frames.alloc_pages(order).map(|pa| (pa, Backing::System)),
+            .map(|pfn| pfn << PAGE_SHIFT),
+        None => frames.alloc_pages(order),
     }
 }
 
@@ -98,7 +91,7 @@ fn vmemmap_populate_block<T: Translation>(
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
     let order = (VMEMMAP_BLOCK >> PAGE_SHIFT).trailing_zeros();
-    let (pa, _) = alloc_backing(order, altmap, frames).ok_or(MapError::NoMemory)?;
+    let pa = alloc_backing(order, altmap, frames).ok_or(MapError::NoMemory)?;
     let range = VaRange::new(va, va + VMEMMAP_BLOCK);
     pt.map_range(
         range,
@@ -120,7 +113,7 @@ pub fn vmemmap_populate_basepages<T: Translation>(
 ) -> Result<(), MapError> {
     let mut va = start & !(PAGE_SIZE - 1);
     while va < end {
-        let (pa, _) = alloc_backing(0, altmap, frames).ok_or(MapError::NoMemory)?;
+        let pa = alloc_backing(0, altmap, frames).ok_or(MapError::NoMemory)?;
         let range = VaRange::new(va, va + PAGE_SIZE);
         pt.map_range(range, pa, Attributes::KERNEL_RW, MapHints::pages(), frames)
             .inspect_err(|_| free_backing(pa, 0, altmap, frames))?;
