@@ -388,40 +388,49 @@ unsafe extern "C" {
     fn secondary_entry();
 }
 
-/// Kernel and exception stacks of a secondary CPU, from the buddy allocator.
+/// Kernel and exception stacks of a secondary CPU.
 const SECONDARY_STACK: u64 = 64 << 10;
 const SECONDARY_EXCEPTION_STACK: u64 = 16 << 10;
 
-/// Starts every other CPU the DT lists and waits (bounded) for each.
+/// Maps `size` bytes of fresh pages at `va` as a stack; its top.
+fn map_stack(mm: &mut KernelMm, va: u64, size: u64) -> Option<u64> {
+    let size = align_up(size, PAGE_SIZE);
+    let order = crate::mm::frame::get_order(size, PAGE_SHIFT);
+    let mut p = mm.parts();
+    let pa = p.frames.alloc_pages(order)?;
+    let range = VaRange::new(va, va + size);
+    if p.pt.map_range(range, pa, Attributes::KERNEL_RW, MapHints::pages(), &mut p.frames).is_err() {
+        p.frames.free_pages(pa, order);
+        return None;
+    }
+    Some(va + size)
+}
+
+/// Starts every other CPU the DT lists and waits (bounded) for each. Each
+/// gets its stacks in the kernel stacks region, an unmapped guard page
+/// below each, so that an overflow faults and is reported.
 fn start_secondaries(platform: &Platform, kernel_pa: u64) {
     let text = sym(unsafe { &_text });
     let image_pa = |va: u64| kernel_pa + (va - text);
     let entry_pa = image_pa(secondary_entry as *const () as u64);
-    for (cpu, &mpidr) in platform
-        .cpu_mpidr
-        .iter()
-        .enumerate()
-        .take(platform.nr_cpus)
-        .skip(1)
-    {
-        let mut guard = MM.lock();
-        let mm = guard.as_mut().expect("memory is up");
-        let order = |size: u64| crate::mm::frame::get_order(size, PAGE_SHIFT);
-        let (Some(stack), Some(exc)) = (
-            mm.buddy.alloc_pages(order(SECONDARY_STACK)),
-            mm.buddy.alloc_pages(order(SECONDARY_EXCEPTION_STACK)),
-        ) else {
+    let (stack, exception) = (align_up(SECONDARY_STACK, PAGE_SIZE), align_up(SECONDARY_EXCEPTION_STACK, PAGE_SIZE));
+    let slot = PAGE_SIZE + stack + PAGE_SIZE + exception;
+    for (cpu, &mpidr) in platform.cpu_mpidr.iter().enumerate().take(platform.nr_cpus).skip(1) {
+        let base = KSTACKS_START + cpu as u64 * slot;
+        let mapped = with_mm(|mm| {
+            let top = map_stack(mm, base + PAGE_SIZE, stack)?;
+            let exception_top = map_stack(mm, top + PAGE_SIZE, exception)?;
+            Some((top, exception_top, mm.pt.root_pa()))
+        });
+        let Some((top, exception_top, ttbr1)) = mapped else {
             pr_warn!("CPU{cpu}: no memory for its stacks");
             break;
         };
-        let ttbr1 = mm.pt.root_pa();
-        drop(guard);
         // SAFETY: CPU 0 alone, once per CPU, before that CPU runs.
         let boot = unsafe { smp::boot_slot(cpu) };
         boot.ttbr1 = ttbr1;
-        boot.stack_top = phys_to_virt(stack) + (PAGE_SIZE << order(SECONDARY_STACK));
-        boot.exception_stack_top =
-            phys_to_virt(exc) + (PAGE_SIZE << order(SECONDARY_EXCEPTION_STACK));
+        boot.stack_top = top;
+        boot.exception_stack_top = exception_top;
         let boot_pa = image_pa(boot as *const SecondaryBoot as u64);
         if smp::start_cpu(cpu, mpidr, entry_pa, boot, boot_pa) {
             pr_info!("CPU{cpu}: booted secondary processor {mpidr:#x}");
@@ -433,7 +442,7 @@ fn start_secondaries(platform: &Platform, kernel_pa: u64) {
 
 fn print_layout() {
     pr_info!("Virtual kernel memory layout:");
-    for m in crate::console::files::MARKERS.chunks(2) {
+    for m in MARKERS.chunks(2) {
         pr_info!(
             "    {:<16} 0x{:016x} - 0x{:016x}   ({:>8} GB)",
             m[0].name.trim_end_matches(" start"),

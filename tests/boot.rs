@@ -256,6 +256,33 @@ fn identity_map_is_gone() {
     q.poweroff();
 }
 
+/// A kernel stack overflow, on CPU 0 (boot stack) and on a secondary
+/// (stacks in their own region), runs into an unmapped guard page and is
+/// reported as such, not a silent hang.
+#[test]
+fn stack_overflow_hits_the_guard_page() {
+    for cpu in [0, 1] {
+        let mut q = Qemu::boot(Opts::new().mem("1G").smp(2));
+        q.send_bytes(format!("crash stack {cpu}\n").as_bytes());
+        let text = q.wait_for("Kernel panic", Duration::from_secs(30));
+        for want in [
+            "Internal error: Oops",
+            "Kernel stack overflow (guard page hit)",
+            "level 3 translation fault, write",
+        ] {
+            if !text.contains(want) {
+                q.fail(&format!("CPU{cpu}: no {want:?} before \"Kernel panic\""));
+            }
+        }
+        let status = q.wait_exit(Duration::from_secs(30));
+        if !status.success() {
+            q.fail(&format!(
+                "QEMU exited with {status} after the panic, not 0 (powered off)"
+            ));
+        }
+    }
+}
+
 #[test]
 fn fatal_fault_oopses_and_powers_off() {
     let mut q = Qemu::boot(Opts::new().mem("1G"));

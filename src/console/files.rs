@@ -9,7 +9,6 @@ use core::fmt::Write;
 use super::Result;
 use crate::mm::layout::*;
 use crate::mm::page::Zone;
-use crate::mm::pgtable::dump::Marker;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{BlockState, MemInfo, MemorySystem};
 use crate::platform::cmdline::parse_u64;
@@ -44,41 +43,6 @@ const TREE: &[(&str, &[&str])] = &[
 
 const BLOCK_FILES: &[&str] = &["phys_index", "removable", "state", "valid_zones"];
 
-/// The ptdump regions, as Linux marks them.
-pub const MARKERS: &[Marker] = &[
-    Marker {
-        addr: PAGE_OFFSET,
-        name: "Linear Mapping start",
-    },
-    Marker {
-        addr: PAGE_END,
-        name: "Linear Mapping end",
-    },
-    Marker {
-        addr: KIMAGE_VADDR,
-        name: "Kernel Image start",
-    },
-    Marker {
-        addr: KIMAGE_VADDR + (1 << 30),
-        name: "Kernel Image end",
-    },
-    Marker {
-        addr: IOREMAP_START,
-        name: "ioremap start",
-    },
-    Marker {
-        addr: IOREMAP_END,
-        name: "ioremap end",
-    },
-    Marker {
-        addr: VMEMMAP_START,
-        name: "vmemmap start",
-    },
-    Marker {
-        addr: VMEMMAP_END,
-        name: "vmemmap end",
-    },
-];
 
 /// `memoryN/file` under [`MEMORY_DIR`].
 fn block_path(path: &str) -> Option<(u64, Option<&str>)> {

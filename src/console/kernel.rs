@@ -18,6 +18,14 @@ use crate::mm::translation::KernelTranslation;
 use crate::platform::cmdline::parse_u64;
 use crate::{bail, err};
 
+/// Recurses until the stack runs into its guard page (`crash stack`).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn overflow(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    overflow(depth + 1) + frame[0]
+}
+
 /// Pages held by `pin`, as a process would hold them.
 static PINNED: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
 
@@ -43,6 +51,7 @@ const HELP: &str = "  dmesg                       the kernel log
   poweroff                    PSCI SYSTEM_OFF
   touch ADDR                  read 8 bytes at virtual ADDR; a fault is reported, not fatal
   crash ADDR                  read ADDR unprotected: a fault there is fatal (oops)
+  crash stack [CPU]           overflow CPU's kernel stack into its guard page (oops)
   devmem list                 device-memory regions: id, range, owner, state
   devmem map ID --map=dev|mem ZONE_DEVICE; struct pages on the device or in RAM
   devmem unmap ID             undo devmem map
@@ -151,6 +160,23 @@ impl System for KernelSystem {
                         bail!(EFAULT, "Unable to handle kernel paging request at virtual address {:016x}: {what}", f.far)
                     }
                 }
+            }
+            "crash" if argv.get(1) == Some(&"stack") => {
+                let cpu: usize = argv.get(2).map_or(Ok(0), |c| c.parse()).map_err(|_| err!(EINVAL, "bad CPU"))?;
+                if crate::arch::aarch64::smp::online_mask() & (1 << cpu) == 0 {
+                    bail!(EINVAL, "CPU{cpu} is not online");
+                }
+                if cpu == 0 {
+                    overflow(0);
+                } else {
+                    crate::arch::aarch64::smp::run_on(1 << cpu, |_| {
+                        overflow(0);
+                    });
+                    loop {
+                        core::hint::spin_loop();
+                    }
+                }
+                Ok(())
             }
             "crash" => {
                 let va = parse_addr(argv.get(1))?;

@@ -38,7 +38,7 @@ use super::pgtable::{Attributes, MapHints, PageTable, VaRange};
 use super::system::{block_pfns, BlockState, DevMapKind, MemInfo, MemoryBlock, MemorySystem};
 use super::testing::{Arena, ArenaTranslation};
 use super::vmemmap::{vmemmap_backing, vmemmap_populate};
-use crate::console::files::MARKERS;
+use crate::mm::layout::MARKERS;
 use crate::console::{Errno, Result};
 use crate::platform::PhysRange;
 

@@ -3,6 +3,7 @@
 //! 48-bit VA. Every fixed address of the kernel lives here.
 
 use super::granule::{Granule, KernelGranule};
+use super::pgtable::dump::Marker;
 
 pub const VA_BITS: u32 = 48;
 pub const PAGE_SHIFT: u32 = KernelGranule::PAGE_SHIFT;
@@ -23,6 +24,9 @@ pub const PHYS_LIMIT: u64 = PAGE_END - PAGE_OFFSET;
 
 /// Kernel image, at the base of the vmalloc area like Linux's KIMAGE_VADDR.
 pub const KIMAGE_VADDR: u64 = PAGE_END + 0x8000_0000;
+/// Secondary CPUs' stacks, each with an unmapped guard page below it.
+pub const KSTACKS_START: u64 = KIMAGE_VADDR + (1 << 30);
+pub const KSTACKS_END: u64 = IOREMAP_START;
 /// Device mappings (ioremap) are handed out upwards from here.
 pub const IOREMAP_START: u64 = PAGE_END + (1 << 32);
 pub const IOREMAP_END: u64 = IOREMAP_START + (1 << 40);
@@ -71,12 +75,19 @@ pub const fn align_up(x: u64, a: u64) -> u64 {
     (x + a - 1) & !(a - 1)
 }
 
-/// The regions, in address order, as printed at boot and marked in ptdump.
-pub const REGIONS: &[(&str, u64, u64)] = &[
-    ("Linear Mapping", PAGE_OFFSET, PAGE_END),
-    ("Kernel Image", KIMAGE_VADDR, KIMAGE_VADDR + (1 << 30)),
-    ("ioremap", IOREMAP_START, IOREMAP_END),
-    ("vmemmap", VMEMMAP_START, VMEMMAP_END),
+/// The regions, in address order, as printed at boot and marked in ptdump
+/// (start and end markers, as Linux's arm64 ptdump names them).
+pub const MARKERS: &[Marker] = &[
+    Marker { addr: PAGE_OFFSET, name: "Linear Mapping start" },
+    Marker { addr: PAGE_END, name: "Linear Mapping end" },
+    Marker { addr: KIMAGE_VADDR, name: "Kernel Image start" },
+    Marker { addr: KSTACKS_START, name: "Kernel Image end" },
+    Marker { addr: KSTACKS_START, name: "Kernel stacks start" },
+    Marker { addr: KSTACKS_END, name: "Kernel stacks end" },
+    Marker { addr: IOREMAP_START, name: "ioremap start" },
+    Marker { addr: IOREMAP_END, name: "ioremap end" },
+    Marker { addr: VMEMMAP_START, name: "vmemmap start" },
+    Marker { addr: VMEMMAP_END, name: "vmemmap end" },
 ];
 
 #[cfg(test)]
@@ -93,8 +104,8 @@ mod tests {
             assert_eq!(MAX_ORDER, 10);
         }
         // Regions are ordered and disjoint.
-        for w in REGIONS.windows(2) {
-            assert!(w[0].2 <= w[1].1);
+        for w in MARKERS.windows(2) {
+            assert!(w[0].addr <= w[1].addr);
         }
         assert_eq!(pfn_to_page_va(1) - pfn_to_page_va(0), 64);
         assert_eq!(page_va_to_pfn(pfn_to_page_va(12345)), 12345);

@@ -103,8 +103,10 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
             out,
             "Unable to handle kernel paging request at virtual address {far:016x}"
         );
-        let guard = &raw const __stack_guard as u64..&raw const __boot_stack as u64;
-        if guard.contains(&far) {
+        let boot_guard = &raw const __stack_guard as u64..&raw const __boot_stack as u64;
+        // Only guard pages are unmapped in the secondaries' stack region.
+        let secondary = crate::mm::layout::KSTACKS_START..crate::mm::layout::KSTACKS_END;
+        if boot_guard.contains(&far) || secondary.contains(&far) {
             let _ = writeln!(out, "Kernel stack overflow (guard page hit)");
         }
     }
