@@ -399,7 +399,16 @@ fn map_stack(mm: &mut KernelMm, va: u64, size: u64) -> Option<u64> {
     let mut p = mm.parts();
     let pa = p.frames.alloc_pages(order)?;
     let range = VaRange::new(va, va + size);
-    if p.pt.map_range(range, pa, Attributes::KERNEL_RW, MapHints::pages(), &mut p.frames).is_err() {
+    if p.pt
+        .map_range(
+            range,
+            pa,
+            Attributes::KERNEL_RW,
+            MapHints::pages(),
+            &mut p.frames,
+        )
+        .is_err()
+    {
         p.frames.free_pages(pa, order);
         return None;
     }
@@ -413,9 +422,18 @@ fn start_secondaries(platform: &Platform, kernel_pa: u64) {
     let text = sym(unsafe { &_text });
     let image_pa = |va: u64| kernel_pa + (va - text);
     let entry_pa = image_pa(secondary_entry as *const () as u64);
-    let (stack, exception) = (align_up(SECONDARY_STACK, PAGE_SIZE), align_up(SECONDARY_EXCEPTION_STACK, PAGE_SIZE));
+    let (stack, exception) = (
+        align_up(SECONDARY_STACK, PAGE_SIZE),
+        align_up(SECONDARY_EXCEPTION_STACK, PAGE_SIZE),
+    );
     let slot = PAGE_SIZE + stack + PAGE_SIZE + exception;
-    for (cpu, &mpidr) in platform.cpu_mpidr.iter().enumerate().take(platform.nr_cpus).skip(1) {
+    for (cpu, &mpidr) in platform
+        .cpu_mpidr
+        .iter()
+        .enumerate()
+        .take(platform.nr_cpus)
+        .skip(1)
+    {
         let base = KSTACKS_START + cpu as u64 * slot;
         let mapped = with_mm(|mm| {
             let top = map_stack(mm, base + PAGE_SIZE, stack)?;

@@ -43,7 +43,6 @@ const TREE: &[(&str, &[&str])] = &[
 
 const BLOCK_FILES: &[&str] = &["phys_index", "removable", "state", "valid_zones"];
 
-
 /// `memoryN/file` under [`MEMORY_DIR`].
 fn block_path(path: &str) -> Option<(u64, Option<&str>)> {
     let rest = path.strip_prefix(MEMORY_DIR)?.strip_prefix("/memory")?;

@@ -162,7 +162,10 @@ impl System for KernelSystem {
                 }
             }
             "crash" if argv.get(1) == Some(&"stack") => {
-                let cpu: usize = argv.get(2).map_or(Ok(0), |c| c.parse()).map_err(|_| err!(EINVAL, "bad CPU"))?;
+                let cpu: usize = argv
+                    .get(2)
+                    .map_or(Ok(0), |c| c.parse())
+                    .map_err(|_| err!(EINVAL, "bad CPU"))?;
                 if crate::arch::aarch64::smp::online_mask() & (1 << cpu) == 0 {
                     bail!(EINVAL, "CPU{cpu} is not online");
                 }

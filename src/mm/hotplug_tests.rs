@@ -38,8 +38,8 @@ use super::pgtable::{Attributes, MapHints, PageTable, VaRange};
 use super::system::{block_pfns, BlockState, DevMapKind, MemInfo, MemoryBlock, MemorySystem};
 use super::testing::{Arena, ArenaTranslation};
 use super::vmemmap::{vmemmap_backing, vmemmap_populate};
-use crate::mm::layout::MARKERS;
 use crate::console::{Errno, Result};
+use crate::mm::layout::MARKERS;
 use crate::platform::PhysRange;
 
 const ARENA_BASE: u64 = 0x4000_0000;

@@ -78,16 +78,46 @@ pub const fn align_up(x: u64, a: u64) -> u64 {
 /// The regions, in address order, as printed at boot and marked in ptdump
 /// (start and end markers, as Linux's arm64 ptdump names them).
 pub const MARKERS: &[Marker] = &[
-    Marker { addr: PAGE_OFFSET, name: "Linear Mapping start" },
-    Marker { addr: PAGE_END, name: "Linear Mapping end" },
-    Marker { addr: KIMAGE_VADDR, name: "Kernel Image start" },
-    Marker { addr: KSTACKS_START, name: "Kernel Image end" },
-    Marker { addr: KSTACKS_START, name: "Kernel stacks start" },
-    Marker { addr: KSTACKS_END, name: "Kernel stacks end" },
-    Marker { addr: IOREMAP_START, name: "ioremap start" },
-    Marker { addr: IOREMAP_END, name: "ioremap end" },
-    Marker { addr: VMEMMAP_START, name: "vmemmap start" },
-    Marker { addr: VMEMMAP_END, name: "vmemmap end" },
+    Marker {
+        addr: PAGE_OFFSET,
+        name: "Linear Mapping start",
+    },
+    Marker {
+        addr: PAGE_END,
+        name: "Linear Mapping end",
+    },
+    Marker {
+        addr: KIMAGE_VADDR,
+        name: "Kernel Image start",
+    },
+    Marker {
+        addr: KSTACKS_START,
+        name: "Kernel Image end",
+    },
+    Marker {
+        addr: KSTACKS_START,
+        name: "Kernel stacks start",
+    },
+    Marker {
+        addr: KSTACKS_END,
+        name: "Kernel stacks end",
+    },
+    Marker {
+        addr: IOREMAP_START,
+        name: "ioremap start",
+    },
+    Marker {
+        addr: IOREMAP_END,
+        name: "ioremap end",
+    },
+    Marker {
+        addr: VMEMMAP_START,
+        name: "vmemmap start",
+    },
+    Marker {
+        addr: VMEMMAP_END,
+        name: "vmemmap end",
+    },
 ];
 
 #[cfg(test)]

@@ -21,9 +21,7 @@ fn alloc_backing(
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Option<u64> {
     match altmap {
-        Some(a) => a
-            .alloc_pfns(1 << order)
-            .map(|pfn| pfn << PAGE_SHIFT),
+        Some(a) => a.alloc_pfns(1 << order).map(|pfn| pfn << PAGE_SHIFT),
         None => frames.alloc_pages(order),
     }
 }
