@@ -41,7 +41,7 @@ const TREE: &[(&str, &[&str])] = &[
     ),
 ];
 
-const BLOCK_FILES: &[&str] = &["phys_index", "removable", "state", "valid_zones"];
+const BLOCK_FILES: &[&str] = &["online", "phys_index", "removable", "state", "valid_zones"];
 
 /// `memoryN/file` under [`MEMORY_DIR`].
 fn block_path(path: &str) -> Option<(u64, Option<&str>)> {
@@ -197,6 +197,7 @@ impl<T: Translation> Files<'_, T> {
         };
         let block = &self.mm.blocks[&id];
         match file {
+            "online" => writeln!(out, "{}", u8::from(block.state != BlockState::Offline))?,
             "state" => writeln!(
                 out,
                 "{}",
@@ -269,10 +270,18 @@ impl<T: Translation> Files<'_, T> {
                 Ok(())
             }
             _ => match block_path(path) {
-                Some((id, Some("state"))) => {
+                Some((id, Some(file @ ("state" | "online")))) => {
                     if !mm.blocks.contains_key(&id) {
                         bail!(ENOENT, "{path}: no such file");
                     }
+                    // `online` is the device core's switch: 1 onlines in
+                    // the default zone, 0 offlines.
+                    let data = match (file, data) {
+                        ("online", "1") => "online",
+                        ("online", "0") => "offline",
+                        ("online", _) => bail!(EINVAL, "online takes 1 or 0, not {data:?}"),
+                        (_, data) => data,
+                    };
                     match data {
                         "online" | "online_kernel" => mm.online_block(id, Zone::Normal),
                         "online_movable" => mm.online_block(id, Zone::Movable),
