@@ -1,3 +1,7 @@
+//! The walker proper: mapping with validation before mutation, translation
+//! and walks over leaves and tables. Teardown (Linux's hotplug unmap) is in
+//! `unmap.rs`, dumps in `dump.rs`.
+
 use core::marker::PhantomData;
 
 use super::descriptor::{Attributes, Descriptor, OUTPUT_ADDRESS_MASK};
