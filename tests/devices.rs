@@ -1023,3 +1023,64 @@ fn ivshmem_map_dev_and_mem_share_data_with_the_host() {
     vmstat_warnings(&mut r.q, "after ivshmem map/unmap");
     r.poweroff();
 }
+
+/// Requests that are not whole memory blocks: the driver plugs device
+/// blocks (2 MiB) and onlines only those, like Linux's sub-block mode;
+/// unplugged parts of a block stay out of MemTotal. With memmap_on_memory
+/// a block's first device block holds its struct pages.
+#[test]
+fn virtio_mem_follows_requests_in_device_blocks() {
+    for memmap_on_memory in ["N", "Y"] {
+        let mut r = Rig::boot(&format!("subblocks-{memmap_on_memory}"), "");
+        ok(
+            &mut r.q,
+            &format!(
+                "echo {memmap_on_memory} > /sys/module/memory_hotplug/parameters/memmap_on_memory"
+            ),
+        );
+        let (base_text, base) = meminfo(&mut r.q);
+        let struct_pages = |blocks: u64| kb(blocks * BLOCK / 64);
+        // (requested MiB, memory blocks added)
+        for (mib, blocks) in [(300, 3), (100, 1), (130, 2), (2, 1), (0, 0)] {
+            r.request(mib * MIB);
+            r.wait_plugged(mib * MIB, FOLLOW);
+            r.wait_report(mib, mib);
+            let (_, now) = meminfo(&mut r.q);
+            let tables = table_growth(&mut r.q, &base, &now, "device blocks");
+            let (total, vmemmap, altmap) = if memmap_on_memory == "Y" {
+                // The first 2 MiB of each block are its struct pages.
+                (
+                    kb(mib * MIB) - struct_pages(blocks),
+                    0,
+                    struct_pages(blocks),
+                )
+            } else {
+                (kb(mib * MIB), struct_pages(blocks), 0)
+            };
+            r.q.expect_meminfo_deltas(
+                &base,
+                &now,
+                &[
+                    ("MemTotal", total),
+                    ("Vmemmap", vmemmap),
+                    ("VmemmapAltmap", altmap),
+                    ("MemFree", total - vmemmap - tables),
+                ],
+                &format!("requested {mib} MiB, memmap_on_memory={memmap_on_memory}"),
+            );
+            let iomem = read(&mut r.q, "/proc/iomem");
+            let added = iomem.lines().filter(|l| l.ends_with(RESOURCE)).count() as u64;
+            if added != blocks {
+                r.q.fail(&format!(
+                    "{mib} MiB: {added} virtio-mem blocks in /proc/iomem, want {blocks}"
+                ));
+            }
+        }
+        let (text, _) = meminfo(&mut r.q);
+        if text != base_text {
+            r.q.fail(&format!("meminfo after 0 MiB:\n{text}\nwant\n{base_text}"));
+        }
+        vmstat_warnings(&mut r.q, "after device-block requests");
+        r.poweroff();
+    }
+}

@@ -1,11 +1,14 @@
 //! virtio-mem (virtio 1.2, 5.15): memory the device plugs and unplugs in
-//! blocks at the host's request. The driver follows `requested_size` in
-//! whole memory blocks: plug the device blocks of a memory block, then
-//! hot-add and online it (movable, so it can go again); to shrink, offline
-//! and remove a block, then unplug it. A block that cannot be offlined
-//! stays plugged and is reported; the next change or timer tick retries.
+//! device blocks at the host's request. The driver follows
+//! `requested_size` like Linux's sub-block mode: a memory block is hot-added
+//! and onlined (movable, so it can go again) when its first device block is
+//! plugged, and only its plugged device blocks (always a prefix) reach the
+//! buddy allocator; the rest stay logically offline. Shrinking takes the
+//! last device blocks back (or offlines and removes the whole block) and
+//! unplugs them. Memory that cannot be taken back stays plugged and is
+//! reported; the next change or timer tick retries.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{InterruptStatus, Transport};
@@ -13,9 +16,9 @@ use virtio_drivers::transport::{InterruptStatus, Transport};
 use super::virtio_hal::KernelHal;
 use crate::arch::aarch64 as cpu;
 use crate::console::Result;
-use crate::mm::layout::MEMORY_BLOCK_SIZE;
+use crate::mm::layout::{MEMORY_BLOCK_SIZE, PAGE_SHIFT};
 use crate::mm::page::Zone;
-use crate::{bail, err, pr_info, pr_warn};
+use crate::{bail, err, pr_info};
 
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
 
@@ -47,8 +50,9 @@ pub struct VirtioMem<T: Transport> {
     transport: T,
     queue: VirtQueue<KernelHal, 8>,
     config: Config,
-    /// Memory blocks plugged and added.
-    plugged: BTreeSet<u64>,
+    /// Memory blocks added, with how many of their device blocks
+    /// (sub-blocks) are plugged: always the first ones.
+    plugged: BTreeMap<u64, u64>,
     /// Blocks that could not be offlined on the last attempt.
     busy: BTreeSet<u64>,
     /// Timer ticks of the current step spent waiting for the device and
@@ -84,11 +88,17 @@ impl<T: Transport> VirtioMem<T> {
             transport,
             queue,
             config: Config::default(),
-            plugged: BTreeSet::new(),
+            plugged: BTreeMap::new(),
             busy: BTreeSet::new(),
             ticks: (0, 0),
         };
         dev.read_config()?;
+        let bs = dev.config.block_size;
+        if bs == 0 || !MEMORY_BLOCK_SIZE.is_multiple_of(bs) || bs < 1 << PAGE_SHIFT {
+            // Linux's big-block mode (device blocks spanning memory
+            // blocks) is not implemented.
+            bail!(ENODEV, "virtio_mem: device block size {bs:#x} does not divide the memory block size {MEMORY_BLOCK_SIZE:#x}");
+        }
         if dev.request(REQ_UNPLUG_ALL, 0, 0)? != RESP_ACK {
             bail!(EIO, "virtio_mem: UNPLUG_ALL refused");
         }
@@ -142,53 +152,71 @@ impl<T: Transport> VirtioMem<T> {
             .contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
     }
 
-    /// Memory blocks the device asks for, capped by the usable region.
-    fn wanted(&self) -> usize {
-        (self
-            .config
+    /// Device blocks the device asks for, capped by the usable region.
+    fn wanted(&self) -> u64 {
+        self.config
             .requested_size
             .min(self.config.usable_region_size)
-            / MEMORY_BLOCK_SIZE) as usize
+            / self.config.block_size
+    }
+
+    /// Device blocks plugged.
+    fn have(&self) -> u64 {
+        self.plugged.values().sum()
     }
 
     /// Whether plugged memory differs from what the device asks for.
     pub fn unsatisfied(&self) -> bool {
-        self.plugged.len() != self.wanted()
+        self.have() != self.wanted()
     }
 
-    fn device_blocks(&self) -> u16 {
-        (MEMORY_BLOCK_SIZE / self.config.block_size) as u16
+    /// Device blocks (sub-blocks) per memory block.
+    fn per_block(&self) -> u64 {
+        MEMORY_BLOCK_SIZE / self.config.block_size
+    }
+
+    /// Physical address and pfn range of sub-blocks `[from, to)` of `id`.
+    fn sub_blocks(&self, id: u64, from: u64, to: u64) -> (u64, u64, u64) {
+        let start = id * MEMORY_BLOCK_SIZE + from * self.config.block_size;
+        let end = id * MEMORY_BLOCK_SIZE + to * self.config.block_size;
+        (start, start >> PAGE_SHIFT, end >> PAGE_SHIFT)
     }
 
     /// Moves plugged memory towards `requested_size`. Returns whether it is
-    /// reached (false: some blocks are busy; try again later).
+    /// reached (false: some memory is busy; try again later).
     pub fn step(&mut self) -> Result<bool> {
         self.ticks = (0, 0);
         self.read_config()?;
-        if !self.config.requested_size.is_multiple_of(MEMORY_BLOCK_SIZE) {
-            pr_warn!(
-                "virtio_mem: requested size {:#x} is not a multiple of the memory block size {:#x}; following {:#x}",
-                self.config.requested_size,
-                MEMORY_BLOCK_SIZE,
-                self.wanted() as u64 * MEMORY_BLOCK_SIZE
-            );
-        }
+        let per_block = self.per_block();
         let first = self.config.addr / MEMORY_BLOCK_SIZE;
         let last = first + self.config.usable_region_size / MEMORY_BLOCK_SIZE;
-        while self.plugged.len() < self.wanted() {
-            let Some(id) = (first..last).find(|id| !self.plugged.contains(id)) else {
+        while self.have() < self.wanted() {
+            // Fill a partly plugged block first, else start a new one.
+            let partial = self
+                .plugged
+                .iter()
+                .rev()
+                .find(|(_, &n)| n < per_block)
+                .map(|(&id, &n)| (id, n));
+            let Some((id, n)) = partial.or_else(|| {
+                (first..last)
+                    .find(|id| !self.plugged.contains_key(id))
+                    .map(|id| (id, 0))
+            }) else {
                 break;
             };
-            self.plug(id)?;
+            let k = (self.wanted() - self.have()).min(per_block - n);
+            self.plug(id, n, k)?;
         }
         self.busy.clear();
-        let mut candidates: alloc::vec::Vec<u64> = self.plugged.iter().rev().copied().collect();
-        while self.plugged.len() > self.wanted() {
-            let Some(id) = candidates.first().copied() else {
+        let candidates: alloc::vec::Vec<(u64, u64)> =
+            self.plugged.iter().rev().map(|(&id, &n)| (id, n)).collect();
+        for (id, n) in candidates {
+            if self.have() <= self.wanted() {
                 break;
-            };
-            candidates.remove(0);
-            if !self.unplug(id)? {
+            }
+            let k = (self.have() - self.wanted()).min(n);
+            if !self.unplug(id, n, k)? {
                 self.busy.insert(id);
             }
         }
@@ -202,44 +230,55 @@ impl<T: Transport> VirtioMem<T> {
             if self.busy.is_empty() {
                 alloc::string::String::new()
             } else {
-                alloc::format!(
-                    "; {} MiB busy, stays plugged: {:?}",
-                    (self.busy.len() as u64 * MEMORY_BLOCK_SIZE) >> 20,
-                    self.busy
-                )
+                let busy_mib: u64 = self.busy.iter().map(|id| self.plugged[id] * self.config.block_size).sum::<u64>() >> 20;
+                alloc::format!("; {busy_mib} MiB busy, stays plugged: {:?}", self.busy)
             }
         );
         Ok(!self.unsatisfied())
     }
 
-    fn plug(&mut self, id: u64) -> Result<()> {
-        let start = id * MEMORY_BLOCK_SIZE;
-        if self.request(REQ_PLUG, start, self.device_blocks())? != RESP_ACK {
+    /// Plugs sub-blocks `[n, n + k)` of block `id` (whose first `n` are
+    /// plugged) and gives them to the buddy allocator, adding and onlining
+    /// the block when it is new. Undone on failure.
+    fn plug(&mut self, id: u64, n: u64, k: u64) -> Result<()> {
+        let (start, spfn, epfn) = self.sub_blocks(id, n, n + k);
+        if self.request(REQ_PLUG, start, k as u16)? != RESP_ACK {
             bail!(EIO, "virtio_mem: device refused to plug {start:#x}");
         }
+        let block = id * MEMORY_BLOCK_SIZE;
         let added = timed(&mut self.ticks.1, || {
             crate::init::with_mm(|mm| {
-                mm.add_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)?;
-                mm.online_block(id, Zone::Movable).inspect_err(|_| {
-                    let _ = mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE);
-                })
+                if n > 0 {
+                    return mm.online_pages_range(id, spfn, epfn);
+                }
+                mm.add_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?;
+                mm.online_block_partial(id, Zone::Movable, epfn)
+                    .inspect_err(|_| {
+                        let _ = mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE);
+                    })
             })
         });
         if let Err(e) = added {
-            self.request(REQ_UNPLUG, start, self.device_blocks())?;
+            self.request(REQ_UNPLUG, start, k as u16)?;
             return Err(e);
         }
-        self.plugged.insert(id);
+        self.plugged.insert(id, n + k);
         Ok(())
     }
 
-    /// Offlines, removes and unplugs block `id`; `false` if it is busy.
-    fn unplug(&mut self, id: u64) -> Result<bool> {
-        let start = id * MEMORY_BLOCK_SIZE;
+    /// Unplugs the last `k` of the `n` plugged sub-blocks of block `id`:
+    /// all of them means offlining and removing the block; fewer, taking
+    /// their pages back from the buddy allocator. `false` if they are busy.
+    fn unplug(&mut self, id: u64, n: u64, k: u64) -> Result<bool> {
+        let (start, spfn, epfn) = self.sub_blocks(id, n - k, n);
+        let block = id * MEMORY_BLOCK_SIZE;
         let removed = timed(&mut self.ticks.1, || {
             crate::init::with_mm(|mm| {
+                if k < n {
+                    return mm.offline_pages_range(id, spfn, epfn);
+                }
                 mm.offline_block(id)?;
-                mm.remove_memory_driver_managed(start, MEMORY_BLOCK_SIZE, RESOURCE)
+                mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)
             })
         });
         match removed {
@@ -247,10 +286,14 @@ impl<T: Transport> VirtioMem<T> {
             Err(e) if e.errno == crate::console::Errno::EBUSY => return Ok(false),
             Err(e) => return Err(e),
         }
-        if self.request(REQ_UNPLUG, start, self.device_blocks())? != RESP_ACK {
+        if self.request(REQ_UNPLUG, start, k as u16)? != RESP_ACK {
             bail!(EIO, "virtio_mem: device refused to unplug {start:#x}");
         }
-        self.plugged.remove(&id);
+        if k < n {
+            self.plugged.insert(id, n - k);
+        } else {
+            self.plugged.remove(&id);
+        }
         Ok(true)
     }
 }

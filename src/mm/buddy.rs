@@ -477,7 +477,7 @@ impl BuddyAllocator {
     }
 
     /// Whether every page of an isolating range is held or never was the
-    /// allocator's (`VMEMMAP_SELF_HOSTED`): Linux's `test_pages_isolated`.
+    /// allocator's (`UNMANAGED`): Linux's `test_pages_isolated`.
     pub fn test_pages_isolated(&self, start_pfn: u64, end_pfn: u64) -> bool {
         let Some(&(_, _, held)) = self
             .isolating
@@ -487,7 +487,7 @@ impl BuddyAllocator {
             return false;
         };
         let own = (start_pfn..end_pfn)
-            .filter(|&p| self.pg(p).has(PageFlags::VMEMMAP_SELF_HOSTED))
+            .filter(|&p| self.pg(p).flags.intersects(PageFlags::UNMANAGED))
             .count();
         held + own as u64 == end_pfn - start_pfn
     }
@@ -518,7 +518,7 @@ impl BuddyAllocator {
     /// `take_page_off_buddy`, minus migration: pages in use make it fail).
     ///
     /// First checks, changing nothing, that every page is free or
-    /// `VMEMMAP_SELF_HOSTED` (the block's own memmap, skipped); otherwise
+    /// `UNMANAGED` (the block's own memmap, unplugged memory: skipped); otherwise
     /// returns `Err(first busy pfn)` (a pfn outside the memmap counts as
     /// busy). Then unlinks the free blocks and returns `Ok(pages taken)`.
     ///
@@ -534,7 +534,7 @@ impl BuddyAllocator {
             if !self.memmap.contains(pfn) {
                 return Err(pfn);
             }
-            if self.pg(pfn).has(PageFlags::VMEMMAP_SELF_HOSTED) {
+            if self.pg(pfn).flags.intersects(PageFlags::UNMANAGED) {
                 pfn += 1;
                 continue;
             }
@@ -547,7 +547,7 @@ impl BuddyAllocator {
         let mut taken = 0;
         let mut pfn = start_pfn;
         while pfn < end_pfn {
-            if self.pg(pfn).has(PageFlags::VMEMMAP_SELF_HOSTED) {
+            if self.pg(pfn).flags.intersects(PageFlags::UNMANAGED) {
                 pfn += 1;
                 continue;
             }

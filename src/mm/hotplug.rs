@@ -276,6 +276,13 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Gives an offline block's pages to the buddy allocator in `zone`.
     pub fn online_block(&mut self, id: u64, zone: Zone) -> Result<()> {
+        self.online_block_partial(id, zone, block_pfns(id).1)
+    }
+
+    /// Onlines block `id` with only its pages below `online_end` given to
+    /// the buddy allocator; the rest are logically offline, as a driver's
+    /// unplugged memory is (virtio-mem's sub-blocks).
+    pub fn online_block_partial(&mut self, id: u64, zone: Zone, online_end: u64) -> Result<()> {
         let block = self
             .blocks
             .get(&id)
@@ -285,9 +292,70 @@ impl<T: Translation> MemorySystem<T> {
         }
         let (spfn, epfn) = block_pfns(id);
         let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
-        self.buddy.online_pages(first, epfn, zone);
+        let online_end = online_end.clamp(first, epfn);
+        self.init_struct_pages(
+            online_end,
+            epfn,
+            zone,
+            PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE,
+        );
+        self.buddy.online_pages(first, online_end, zone);
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
         self.events.online += 1;
+        Ok(())
+    }
+
+    /// The zone of online block `id`, if `[start_pfn, end_pfn)` lies in it.
+    fn online_zone_of(&self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<Zone> {
+        let (spfn, epfn) = block_pfns(id);
+        if start_pfn < spfn || end_pfn > epfn || start_pfn >= end_pfn {
+            bail!(
+                EINVAL,
+                "{:#x}-{:#x} is not inside memory{id}",
+                pfn_to_phys(start_pfn),
+                pfn_to_phys(end_pfn) - 1
+            );
+        }
+        match self.blocks.get(&id).map(|b| b.state) {
+            Some(BlockState::Online(zone)) => Ok(zone),
+            Some(BlockState::Offline) => bail!(EINVAL, "memory{id} is offline"),
+            None => bail!(ENOENT, "memory{id} is not present"),
+        }
+    }
+
+    /// Gives logically offline pages of an online block to the buddy
+    /// allocator (a driver plugged them).
+    pub fn online_pages_range(&mut self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<()> {
+        let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
+        // SAFETY: present blocks have their vmemmap populated.
+        if (start_pfn..end_pfn)
+            .any(|p| !unsafe { self.memmap.get(p) }.has(PageFlags::LOGICALLY_OFFLINE))
+        {
+            bail!(
+                EINVAL,
+                "{:#x}-{:#x} is not logically offline",
+                pfn_to_phys(start_pfn),
+                pfn_to_phys(end_pfn) - 1
+            );
+        }
+        self.buddy.online_pages(start_pfn, end_pfn, zone);
+        Ok(())
+    }
+
+    /// Takes pages of an online block back from the buddy allocator and
+    /// makes them logically offline (a driver will unplug them); `EBUSY`,
+    /// with nothing changed, while any is in use.
+    pub fn offline_pages_range(&mut self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<()> {
+        let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
+        if let Err(pfn) = self.buddy.isolate_range(start_pfn, end_pfn) {
+            bail!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn));
+        }
+        self.init_struct_pages(
+            start_pfn,
+            end_pfn,
+            zone,
+            PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE,
+        );
         Ok(())
     }
 

@@ -29,6 +29,9 @@ bitflags! {
         /// The frame was handed out by a `vmem_altmap`: it goes back to the
         /// altmap, never to the buddy allocator.
         const ALTMAP_BACKED = 1 << 5;
+        /// In an online block but not the allocator's: memory a driver
+        /// has not plugged (Linux's `PageOffline`, virtio-mem's sub-blocks).
+        const LOGICALLY_OFFLINE = 1 << 7;
         /// Head of a free block held aside in a range being isolated for
         /// offlining (Linux's MIGRATE_ISOLATE free lists); `order` valid.
         const ISOLATED = 1 << 6;
@@ -37,7 +40,12 @@ bitflags! {
         const NEVER_BUDDY = Self::RESERVED.bits()
             | Self::DEVICE.bits()
             | Self::VMEMMAP_SELF_HOSTED.bits()
+            | Self::LOGICALLY_OFFLINE.bits()
             | Self::ALTMAP_BACKED.bits();
+
+        /// Pages of an online block that the allocator never holds: its
+        /// own memmap, and memory not plugged. Offlining skips them.
+        const UNMANAGED = Self::VMEMMAP_SELF_HOSTED.bits() | Self::LOGICALLY_OFFLINE.bits();
     }
 }
 
