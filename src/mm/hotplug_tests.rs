@@ -1849,6 +1849,10 @@ fn partly_online_blocks_grow_shrink_and_return_to_the_start() {
         // Offlining the block skips what is logically offline.
         fx.mm.offline_block(id).unwrap();
         fx.mm.remove_memory(start_of(id), BLOCK).unwrap();
-        assert_same("partly online block, back to the start", &snap(&fx.mm), &base);
+        assert_same(
+            "partly online block, back to the start",
+            &snap(&fx.mm),
+            &base,
+        );
     }
 }
