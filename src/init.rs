@@ -95,9 +95,10 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
         memblock.add_memory(r.base, size);
     }
     memblock.reserve(kernel_pa, image_size);
+    let dtb_first = align_down(platform.dtb.base, PAGE_SIZE);
     memblock.reserve(
-        platform.dtb.base & !(PAGE_SIZE - 1),
-        align_up(platform.dtb.size, PAGE_SIZE),
+        dtb_first,
+        align_up(platform.dtb.end(), PAGE_SIZE) - dtb_first,
     );
 
     let mut pt = PageTable::new(KernelTranslation::IDENTITY, &mut memblock)
