@@ -13,12 +13,12 @@ use crate::drivers::{pl011, psci};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
 use crate::mm::layout::*;
-use crate::mm::memblock::Memblock;
+use crate::mm::memblock::{Memblock, Regions};
 use crate::mm::page::{Memmap, PageFlags, Zone};
 use crate::mm::pgtable::{Attributes, MapHints, PageTable, VaRange};
 use crate::mm::system::{BlockState, MemoryBlock, MemorySystem};
 use crate::mm::translation::KernelTranslation;
-use crate::mm::vmemmap::{vmemmap_backing, vmemmap_populate};
+use crate::mm::vmemmap::vmemmap_populate;
 use crate::platform::cmdline::BootParams;
 use crate::platform::{is_fdt, GicVersion, PhysRange, Platform};
 use crate::{heap::Heap, pr_info, pr_warn};
@@ -36,6 +36,23 @@ unsafe extern "C" {
 
 fn sym(s: &u8) -> u64 {
     s as *const u8 as u64
+}
+
+/// The start of every section that boot RAM touches, once each, in order
+/// (memblock keeps its regions sorted and merged).
+fn boot_sections(ram: &Regions) -> impl Iterator<Item = u64> + '_ {
+    let mut last = None;
+    ram.as_slice()
+        .iter()
+        .flat_map(|r| {
+            (align_down(r.base, SECTION_SIZE)..align_up(r.end(), SECTION_SIZE))
+                .step_by(SECTION_SIZE as usize)
+        })
+        .filter(move |&s| {
+            let new = last.is_none_or(|l| s > l);
+            last = Some(s);
+            new
+        })
 }
 
 /// Bytes of kernel heap, taken from the buddy allocator once it is up.
@@ -130,18 +147,10 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
             crate::mm::ioremap::ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, &mut memblock);
         (g.version, dist as usize, cpu as usize)
     });
-    for r in memblock.memory_regions().as_slice() {
-        let (first, last) = (
-            align_down(r.base, SECTION_SIZE),
-            align_up(r.end(), SECTION_SIZE),
-        );
-        for s in (first..last).step_by(SECTION_SIZE as usize) {
-            let pfn = phys_to_pfn(s);
-            if vmemmap_backing(&pt, pfn).is_none() {
-                vmemmap_populate(&mut pt, pfn, pfn + PAGES_PER_SECTION, None, &mut memblock)
-                    .expect("vmemmap");
-            }
-        }
+    for section in boot_sections(&memblock.memory_regions()) {
+        let pfn = phys_to_pfn(section);
+        vmemmap_populate(&mut pt, pfn, pfn + PAGES_PER_SECTION, None, &mut memblock)
+            .expect("vmemmap");
     }
 
     cpu::switch_kernel_table(pt.root_pa());
@@ -174,29 +183,10 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
     // Struct pages of present sections, all reserved; then what memblock
     // left free goes to the buddy allocator.
     let memmap = unsafe { Memmap::kernel() };
-    let mut present = [(0u64, 0u64); 64];
-    let mut nr_present = 0;
-    for r in memblock.memory() {
-        let (first, last) = (
-            align_down(r.base, SECTION_SIZE),
-            align_up(r.end(), SECTION_SIZE),
-        );
-        for s in (first..last).step_by(SECTION_SIZE as usize) {
-            if present[..nr_present].iter().any(|p| p.0 == s) {
-                continue;
-            }
-            let pfn = phys_to_pfn(s);
-            unsafe {
-                memmap.init_range(
-                    pfn,
-                    pfn + PAGES_PER_SECTION,
-                    Zone::Normal,
-                    PageFlags::RESERVED | PageFlags::ONLINE,
-                )
-            };
-            present[nr_present] = (s, s / MEMORY_BLOCK_SIZE);
-            nr_present += 1;
-        }
+    for section in boot_sections(&memblock.memory_regions()) {
+        let pfn = phys_to_pfn(section);
+        let flags = PageFlags::RESERVED | PageFlags::ONLINE;
+        unsafe { memmap.init_range(pfn, pfn + PAGES_PER_SECTION, Zone::Normal, flags) };
     }
     let mut buddy = unsafe { BuddyAllocator::new(memmap) };
     memblock.for_each_free(|start, end| {
@@ -218,16 +208,14 @@ pub fn start(x0: u64, kernel_pa: u64, heap: &'static Heap) -> ! {
 
     let mut mm = MemorySystem::new(pt, buddy, memmap);
     mm.memmap_on_memory = params.memmap_on_memory;
-    for &(_, id) in &present[..nr_present] {
-        mm.blocks.insert(
-            id,
-            MemoryBlock {
-                state: BlockState::Online(Zone::Normal),
-                boot: true,
-                altmap: None,
-                owner: None,
-            },
-        );
+    for section in boot_sections(&memblock.memory_regions()) {
+        let block = MemoryBlock {
+            state: BlockState::Online(Zone::Normal),
+            boot: true,
+            altmap: None,
+            owner: None,
+        };
+        mm.blocks.insert(section / MEMORY_BLOCK_SIZE, block);
     }
     for r in memblock.memory() {
         mm.iomem.insert(r.base, r.end(), "System RAM");
