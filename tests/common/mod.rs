@@ -152,8 +152,12 @@ pub const MISUSE_COUNTERS: [&str; 4] = [
     "buddy_bad_free",
 ];
 
-/// The kernel built for `granule` (`4k`, `16k`, `64k`) by `scripts/test`.
+/// The kernel built for `granule` (`4k`, `16k`, `64k`) by `scripts/test`;
+/// 4K is the default build.
 pub fn granule_kernel(granule: &str) -> PathBuf {
+    if granule == "4k" {
+        return kernel_elf();
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
         "target/granule-{granule}/aarch64-unknown-none-softfloat/release/kernel"
     ))
