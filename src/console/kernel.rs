@@ -69,62 +69,63 @@ fn parse_addr(w: Option<&&str>) -> Result<u64> {
 }
 
 impl KernelSystem {
+    /// Runs `f` on the machine's memory, under its lock.
+    fn with_mm<R>(&mut self, f: impl FnOnce(&mut KernelMm) -> Result<R>) -> Result<R> {
+        let mut guard = self.mm.lock();
+        let mm = guard
+            .as_mut()
+            .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+        f(mm)
+    }
+
     fn with_files<R>(
         &mut self,
         f: impl FnOnce(&mut Files<KernelTranslation>) -> Result<R>,
     ) -> Result<R> {
-        let mut guard = self.mm.lock();
-        let mm = guard
-            .as_mut()
-            .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
-        f(&mut Files {
-            mm,
-            cpus_online: crate::arch::aarch64::smp::online_mask(),
-        })
+        let cpus_online = crate::arch::aarch64::smp::online_mask();
+        self.with_mm(|mm| f(&mut Files { mm, cpus_online }))
     }
 
     fn devmem(&mut self, argv: &[&str], out: &mut dyn Write) -> Result<()> {
-        let mut guard = self.mm.lock();
-        let mm = guard
-            .as_mut()
-            .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
-        let id = |w: Option<&&str>| -> Result<usize> {
-            let w = w.ok_or_else(|| err!(EINVAL, "missing region id"))?;
-            w.parse().map_err(|_| err!(EINVAL, "bad region id {w:?}"))
-        };
-        match argv.get(1).copied() {
-            Some("list") => {
-                for (i, d) in mm.devmem.iter().enumerate() {
-                    let state = match &d.mapping {
-                        None => "unmapped",
-                        Some((DevMapKind::Dev, _)) => "mapped(dev)",
-                        Some((DevMapKind::Mem, _)) => "mapped(mem)",
-                    };
-                    writeln!(
-                        out,
-                        "{i} {:#x}-{:#x} {} {state}",
-                        d.range.base,
-                        d.range.end() - 1,
-                        d.owner
-                    )?;
+        self.with_mm(|mm| {
+            let id = |w: Option<&&str>| -> Result<usize> {
+                let w = w.ok_or_else(|| err!(EINVAL, "missing region id"))?;
+                w.parse().map_err(|_| err!(EINVAL, "bad region id {w:?}"))
+            };
+            match argv.get(1).copied() {
+                Some("list") => {
+                    for (i, d) in mm.devmem.iter().enumerate() {
+                        let state = match &d.mapping {
+                            None => "unmapped",
+                            Some((DevMapKind::Dev, _)) => "mapped(dev)",
+                            Some((DevMapKind::Mem, _)) => "mapped(mem)",
+                        };
+                        writeln!(
+                            out,
+                            "{i} {:#x}-{:#x} {} {state}",
+                            d.range.base,
+                            d.range.end() - 1,
+                            d.owner
+                        )?;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                Some("map") => {
+                    let id = id(argv.get(2))?;
+                    let kind = match argv.get(3).copied() {
+                        Some("--map=dev") => DevMapKind::Dev,
+                        Some("--map=mem") => DevMapKind::Mem,
+                        _ => bail!(EINVAL, "usage: devmem map ID --map=dev|mem"),
+                    };
+                    mm.memremap_pages(id, kind)
+                }
+                Some("unmap") => mm.memunmap_pages(id(argv.get(2))?),
+                _ => bail!(
+                    EINVAL,
+                    "usage: devmem list | map ID --map=dev|mem | unmap ID"
+                ),
             }
-            Some("map") => {
-                let id = id(argv.get(2))?;
-                let kind = match argv.get(3).copied() {
-                    Some("--map=dev") => DevMapKind::Dev,
-                    Some("--map=mem") => DevMapKind::Mem,
-                    _ => bail!(EINVAL, "usage: devmem map ID --map=dev|mem"),
-                };
-                mm.memremap_pages(id, kind)
-            }
-            Some("unmap") => mm.memunmap_pages(id(argv.get(2))?),
-            _ => bail!(
-                EINVAL,
-                "usage: devmem list | map ID --map=dev|mem | unmap ID"
-            ),
-        }
+        })
     }
 }
 
@@ -205,44 +206,38 @@ impl System for KernelSystem {
                     .get(1)
                     .and_then(|s| crate::platform::cmdline::memparse(s))
                     .ok_or_else(|| err!(EINVAL, "usage: pin SIZE"))?;
-                let mut guard = self.mm.lock();
-                let mm = guard
-                    .as_mut()
-                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
-                let mut pinned = PINNED.lock();
-                let pages = size.div_ceil(PAGE_SIZE);
-                for _ in 0..pages {
-                    // Movable first: where hot-plugged memory goes.
-                    let Some(pfn) = mm
-                        .buddy
-                        .alloc(0, Zone::Movable)
-                        .or_else(|| mm.buddy.alloc(0, Zone::Normal))
-                    else {
-                        bail!(
-                            ENOMEM,
-                            "out of memory; {} KiB pinned in all",
-                            (pinned.len() as u64 * PAGE_SIZE) >> 10
-                        );
-                    };
-                    pinned.push(pfn);
-                }
-                writeln!(
-                    out,
-                    "pinned {} KiB in all",
-                    (pinned.len() as u64 * PAGE_SIZE) >> 10
-                )?;
-                Ok(())
+                self.with_mm(|mm| {
+                    let mut pinned = PINNED.lock();
+                    let pages = size.div_ceil(PAGE_SIZE);
+                    for _ in 0..pages {
+                        // Movable first: where hot-plugged memory goes.
+                        let Some(pfn) = mm
+                            .buddy
+                            .alloc(0, Zone::Movable)
+                            .or_else(|| mm.buddy.alloc(0, Zone::Normal))
+                        else {
+                            bail!(
+                                ENOMEM,
+                                "out of memory; {} KiB pinned in all",
+                                (pinned.len() as u64 * PAGE_SIZE) >> 10
+                            );
+                        };
+                        pinned.push(pfn);
+                    }
+                    writeln!(
+                        out,
+                        "pinned {} KiB in all",
+                        (pinned.len() as u64 * PAGE_SIZE) >> 10
+                    )?;
+                    Ok(())
+                })
             }
-            "unpin" => {
-                let mut guard = self.mm.lock();
-                let mm = guard
-                    .as_mut()
-                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
+            "unpin" => self.with_mm(|mm| {
                 for pfn in PINNED.lock().drain(..) {
                     mm.buddy.free(pfn, 0);
                 }
                 Ok(())
-            }
+            }),
             "page" => {
                 let pfn = parse_addr(argv.get(1))?;
                 if pfn >= PHYS_LIMIT >> PAGE_SHIFT {
@@ -283,11 +278,7 @@ impl System for KernelSystem {
                     ),
                     _ => bail!(EINVAL, "usage: bench hotplug ADDR SIZE"),
                 };
-                let mut guard = self.mm.lock();
-                let mm = guard
-                    .as_mut()
-                    .ok_or_else(|| err!(EAGAIN, "memory not initialised"))?;
-                super::bench::hotplug(mm, start, size, out)
+                self.with_mm(|mm| super::bench::hotplug(mm, start, size, out))
             }
             name => Err(super::Error::unknown_command(name)),
         }

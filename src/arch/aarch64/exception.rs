@@ -40,30 +40,24 @@ static LAST_FAULT: spin::Mutex<FaultInfo> = spin::Mutex::new(FaultInfo { esr: 0,
 
 /// Reads the 64-bit word at `va`; a fault is reported, not fatal.
 pub fn probe(va: u64) -> Result<u64, FaultInfo> {
-    let r = unsafe { probe_read(va) };
-    if r.faulted == 0 {
-        Ok(r.value)
-    } else {
-        let f = LAST_FAULT.lock();
-        Err(FaultInfo {
-            esr: f.esr,
-            far: f.far,
-        })
-    }
+    probed(unsafe { probe_read(va) })
 }
 
 /// Writes the 64-bit word at `va`; a fault is reported, not fatal.
 pub fn poke(va: u64, value: u64) -> Result<(), FaultInfo> {
-    let r = unsafe { probe_write(va, value) };
+    probed(unsafe { probe_write(va, value) }).map(|_| ())
+}
+
+/// The value of a probe, or the fault the handler recorded for it.
+fn probed(r: ProbeResult) -> Result<u64, FaultInfo> {
     if r.faulted == 0 {
-        Ok(())
-    } else {
-        let f = LAST_FAULT.lock();
-        Err(FaultInfo {
-            esr: f.esr,
-            far: f.far,
-        })
+        return Ok(r.value);
     }
+    let f = LAST_FAULT.lock();
+    Err(FaultInfo {
+        esr: f.esr,
+        far: f.far,
+    })
 }
 
 fn read_esr_far() -> (u64, u64) {

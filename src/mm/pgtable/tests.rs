@@ -1268,17 +1268,9 @@ fn free_mapped_unfolds_contiguous_groups_before_freeing<G: Granule>() {
 // ---------------------------------------------------------------------------
 // ptdump
 
-fn linear_markers() -> [Marker; 2] {
-    [
-        Marker {
-            addr: PAGE_OFFSET,
-            name: "Linear Mapping start",
-        },
-        Marker {
-            addr: PAGE_END,
-            name: "Linear Mapping end",
-        },
-    ]
+/// The linear-map part of the kernel's markers.
+fn linear_markers() -> &'static [Marker] {
+    &crate::mm::layout::MARKERS[..2]
 }
 
 /// Lines are runs that tile the dumped range exactly, none empty.
@@ -1303,7 +1295,7 @@ fn dump_tiles_the_range<G: Granule>() {
     let b = block::<G>();
     let markers = linear_markers();
     // An empty table dumps as one hole.
-    let dump = env.dump(&markers);
+    let dump = env.dump(markers);
     check_dump_shape(&dump, PAGE_OFFSET, PAGE_END);
     assert_eq!(dump.lines().count(), 3, "{dump}");
 
@@ -1332,7 +1324,7 @@ fn dump_tiles_the_range<G: Granule>() {
         MapHints::pages(),
     )
     .unwrap();
-    let dump = env.dump(&markers);
+    let dump = env.dump(markers);
     check_dump_shape(&dump, PAGE_OFFSET, PAGE_END);
     let lines: Vec<&str> = dump.lines().collect();
     assert_eq!(lines[0], "---[ Linear Mapping start ]---");
@@ -1409,7 +1401,7 @@ fn dump_matches_linux_arm64_ptdump() {
         ro_cont,
     )
     .unwrap();
-    let dump = env.dump(&linear_markers());
+    let dump = env.dump(linear_markers());
     let want = "\
 ---[ Linear Mapping start ]---
 0xffff000000000000-0xffff000040000000           1G PUD
