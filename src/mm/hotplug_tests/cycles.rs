@@ -1,0 +1,199 @@
+//! Whole cycles return to the start: probe, online, offline and remove of
+//! one block or several, struct pages in system RAM or on the block itself.
+
+use super::*;
+use crate::mm::buddy::BadFree;
+use crate::mm::hotplug::vmemmap_pages_per_block;
+use crate::mm::vmemmap::vmemmap_backing;
+
+/// probe, online, offline, remove of one block, struct pages in system RAM
+/// or on the block itself, in either GiB (the second needs a table).
+fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
+    let mut fx = boot();
+    let base = snap(&fx.mm);
+    let events = fx.mm.events;
+    let (spfn, epfn) = block_pfns(id);
+    let start = start_of(id);
+    let new_tables = u64::from(start >= GIB2);
+
+    fx.mm.memmap_on_memory = memmap_on_memory;
+    fx.mm.add_memory(start, BLOCK).expect("probe");
+    let probed = snap(&fx.mm);
+    let mi = probed.meminfo;
+    assert_eq!(block_state(&fx.mm, id), Some(BlockState::Offline));
+    assert_eq!(probed.tables, base.tables + new_tables);
+    assert_eq!(
+        mi.page_tables,
+        base.meminfo.page_tables + new_tables * PAGE_SIZE
+    );
+    assert_eq!(
+        mi.total, base.meminfo.total,
+        "an offline block adds no MemTotal"
+    );
+    assert_eq!(mi.device_mem, 0);
+    if memmap_on_memory {
+        // No system RAM for struct pages: only the table pages.
+        assert_eq!(mi.vmemmap, base.meminfo.vmemmap);
+        assert_eq!(
+            mi.vmemmap_altmap,
+            base.meminfo.vmemmap_altmap + MEMMAP_PER_BLOCK
+        );
+        assert_eq!(mi.free, base.meminfo.free - new_tables * PAGE_SIZE);
+        assert!(new_tables <= 1);
+        let a = fx.mm.blocks[&id].altmap.as_ref().expect("altmap");
+        assert_eq!((a.base_pfn, a.end_pfn, a.reserve), (spfn, epfn, 0));
+        assert_eq!(a.alloc, vmemmap_pages_per_block());
+        assert_eq!(a.next_pfn(), spfn + vmemmap_pages_per_block());
+        // The block's struct pages are its own first 2 MiB.
+        assert_eq!(vmemmap_backing(&fx.mm.pt, spfn), Some((start, 2 * MIB)));
+        assert_eq!(fx.mm.altmap_owner(start), Some("memmap_on_memory"));
+        for pfn in spfn..epfn {
+            // SAFETY: present block.
+            let hosted = unsafe { fx.mm.memmap.get(pfn) }
+                .has(PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED);
+            assert_eq!(
+                hosted,
+                pfn < spfn + vmemmap_pages_per_block(),
+                "pfn {pfn:#x}"
+            );
+        }
+    } else {
+        assert_eq!(mi.vmemmap, base.meminfo.vmemmap + MEMMAP_PER_BLOCK);
+        assert_eq!(mi.vmemmap_altmap, 0);
+        assert_eq!(
+            mi.free,
+            base.meminfo.free - MEMMAP_PER_BLOCK - new_tables * PAGE_SIZE
+        );
+        assert!(fx.mm.blocks[&id].altmap.is_none());
+        let (pa, size) = vmemmap_backing(&fx.mm.pt, spfn).expect("vmemmap mapped");
+        assert_eq!(size, 2 * MIB);
+        assert_eq!(
+            block_of(phys_to_pfn(pa)),
+            BOOT,
+            "struct pages from boot RAM"
+        );
+    }
+    assert_eq!(
+        fx.mm
+            .pt
+            .translate(phys_to_virt(start + 0x1234))
+            .map(|t| t.0),
+        Some(start + 0x1234)
+    );
+    assert_eq!(
+        fx.mm
+            .pt
+            .translate(phys_to_virt(start + BLOCK - 8))
+            .map(|t| t.0),
+        Some(start + BLOCK - 8)
+    );
+
+    fx.mm.online_block(id, zone).expect("online");
+    let hosted = if memmap_on_memory {
+        vmemmap_pages_per_block()
+    } else {
+        0
+    };
+    let mi = fx.mm.meminfo();
+    assert_eq!(block_state(&fx.mm, id), Some(BlockState::Online(zone)));
+    assert_eq!(mi.total, base.meminfo.total + BLOCK - hosted * PAGE_SIZE);
+    assert_eq!(mi.free, probed.meminfo.free + BLOCK - hosted * PAGE_SIZE);
+    let z = zone.buddy_index().unwrap();
+    assert_eq!(
+        fx.mm.buddy.managed(zone),
+        base.managed[z] + BLOCK_PAGES - hosted
+    );
+    // The self-hosted struct pages never enter the buddy allocator.
+    for pfn in spfn..spfn + hosted {
+        assert!(
+            !fx.mm.buddy.is_free(pfn),
+            "self-hosted pfn {pfn:#x} is free"
+        );
+    }
+    if hosted != 0 {
+        assert!(matches!(
+            fx.mm.buddy.check_free(spfn, 0),
+            Err(BadFree::NeverBuddy(_))
+        ));
+        assert!(fx.mm.buddy.is_free(spfn + hosted));
+    }
+
+    fx.mm.offline_block(id).expect("offline");
+    assert_same("after offline", &snap(&fx.mm), &probed);
+
+    fx.mm.remove_memory(start, BLOCK).expect("remove");
+    assert_same("after remove", &snap(&fx.mm), &base);
+    assert_eq!(fx.mm.pt.translate(phys_to_virt(start)), None);
+    assert_eq!(fx.mm.pt.translate(pfn_to_page_va(spfn)), None);
+    assert_eq!(fx.mm.pt.translate(pfn_to_page_va(epfn - 1)), None);
+    let ev = fx.mm.events;
+    assert_eq!(
+        (ev.hotplug_add, ev.hotplug_remove, ev.online, ev.offline),
+        (
+            events.hotplug_add + 1,
+            events.hotplug_remove + 1,
+            events.online + 1,
+            events.offline + 1
+        )
+    );
+}
+
+#[test]
+fn cycle_one_block_returns_to_the_start() {
+    for id in [HOT_FIRST, 16, HOT_END - 1] {
+        for mom in [false, true] {
+            for zone in Zone::BUDDY_ZONES {
+                cycle_one_block(id, mom, zone);
+            }
+        }
+    }
+}
+
+/// Several blocks at once across the GiB line, mixed `memmap_on_memory`,
+/// removed in another order than added: still exactly the start.
+#[test]
+fn cycle_many_blocks_returns_to_the_start() {
+    let mut fx = boot();
+    let base = snap(&fx.mm);
+    fx.mm.memmap_on_memory = true;
+    fx.mm.add_memory(start_of(14), 2 * BLOCK).unwrap();
+    fx.mm.memmap_on_memory = false;
+    fx.mm.add_memory(start_of(16), 3 * BLOCK).unwrap();
+    assert_eq!(fx.mm.pt.stats.tables, BOOT_TABLES + 1);
+    let mi = fx.mm.meminfo();
+    assert_eq!(mi.vmemmap, base.meminfo.vmemmap + 3 * MEMMAP_PER_BLOCK);
+    assert_eq!(mi.vmemmap_altmap, 2 * MEMMAP_PER_BLOCK);
+    for (id, zone) in [
+        (14, Zone::Movable),
+        (15, Zone::Normal),
+        (16, Zone::Normal),
+        (18, Zone::Movable),
+    ] {
+        fx.mm.online_block(id, zone).unwrap();
+    }
+    // Some churn through the new memory.
+    let got: Vec<u64> = (0..64)
+        .map(|i| {
+            let zone = if i % 2 == 0 {
+                Zone::Movable
+            } else {
+                Zone::Normal
+            };
+            fx.mm.buddy.alloc(i % 3, zone).unwrap()
+        })
+        .collect();
+    for (i, pfn) in got.into_iter().enumerate().rev() {
+        assert!(fx.mm.buddy.free(pfn, i as u32 % 3));
+    }
+    for id in [18, 14, 16, 15] {
+        fx.mm.offline_block(id).unwrap();
+    }
+    // The last block of the second GiB keeps its table until it goes.
+    fx.mm.remove_memory(start_of(16), BLOCK).unwrap();
+    fx.mm.remove_memory(start_of(18), BLOCK).unwrap();
+    assert_eq!(fx.mm.pt.stats.tables, BOOT_TABLES + 1);
+    fx.mm.remove_memory(start_of(17), BLOCK).unwrap();
+    assert_eq!(fx.mm.pt.stats.tables, BOOT_TABLES);
+    fx.mm.remove_memory(start_of(14), 2 * BLOCK).unwrap();
+    assert_same("after removing everything", &snap(&fx.mm), &base);
+}

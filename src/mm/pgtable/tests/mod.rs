@@ -1,0 +1,325 @@
+//! Host tests of the generic walker, the hotplug teardown and ptdump, each
+//! run for the 4K, 16K and 64K granules over a simulated arena: the shared
+//! fixtures here, the tests by topic in the submodules.
+
+mod contiguous;
+mod dump;
+mod faults;
+mod map;
+mod model;
+mod unmap;
+
+use std::collections::BTreeMap;
+
+use self::{contiguous::*, dump::*, faults::*, map::*, model::*, unmap::*};
+use super::dump::Marker;
+use super::unmap::UnmapWarnings;
+use super::{Attributes, Descriptor, MapError, MapHints, PageTable, TableStats, VaRange};
+use crate::arch::tlb::MAX_TLBI_OPS;
+use crate::mm::altmap::VmemAltmap;
+use crate::mm::granule::{Granule, Granule16K, Granule4K, Granule64K};
+use crate::mm::layout::PAGE_OFFSET;
+use crate::mm::testing::{Arena, ArenaFrames, ArenaTranslation};
+
+/// Where arenas live: an unusual physical base, aligned to every block size.
+const ARENA_BASE: u64 = 0x8_4000_0000;
+/// A linear-map address aligned to 1 TiB (every block and group size but
+/// the 64K granule's 4 TiB level-1 entry).
+const VA0: u64 = PAGE_OFFSET + (1 << 40);
+/// Output addresses of leaves not backed by the arena (the walker never
+/// touches leaf memory): aligned to 64 GiB, so to every group span.
+const PA0: u64 = 0x3000_0000_0000;
+/// Table pages the small arenas hold below and above the block area.
+const SPARE_PAGES: usize = 64;
+
+fn page<G: Granule>() -> u64 {
+    G::PAGE_SIZE
+}
+
+/// Size of a level-2 block, and the span of one last-level table.
+fn block<G: Granule>() -> u64 {
+    G::level_size(2)
+}
+
+/// Start of the second entry of the first level: crossing it needs new
+/// tables at every level.
+fn top_boundary<G: Granule>() -> u64 {
+    PAGE_OFFSET + G::level_size(G::START_LEVEL)
+}
+
+/// TLBI ops one `flush_kernel_range` of `len` bytes issues.
+fn range_ops<G: Granule>(len: u64) -> u64 {
+    let pages = len.div_ceil(G::PAGE_SIZE);
+    if pages > MAX_TLBI_OPS {
+        1
+    } else {
+        pages
+    }
+}
+
+/// The whole kernel half up to its last 64 KiB, as ptdump markers.
+const ALL: [Marker; 2] = [
+    Marker {
+        addr: PAGE_OFFSET,
+        name: "start",
+    },
+    Marker {
+        addr: 0xffff_ffff_ffff_0000,
+        name: "end",
+    },
+];
+
+/// A page table over an arena, with the allocator the tables come from.
+struct Env<G: Granule> {
+    pt: PageTable<ArenaTranslation, G>,
+    frames: ArenaFrames,
+    w: UnmapWarnings,
+    arena: Arena,
+}
+
+/// Everything a failed operation must leave untouched.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    stats: TableStats,
+    in_use: usize,
+    allocations: Vec<(u64, u32)>,
+    tables: Vec<(usize, u64, Vec<u64>)>,
+    dump: String,
+}
+
+impl<G: Granule> Env<G> {
+    /// Room for `blocks` naturally aligned level-2 blocks between
+    /// [`SPARE_PAGES`] pages on each side (tables come from the low ones).
+    fn with_blocks(blocks: usize) -> Self {
+        let per_block = (block::<G>() / page::<G>()) as usize;
+        let base = ARENA_BASE - SPARE_PAGES as u64 * page::<G>();
+        let arena = Arena::new(base, 2 * SPARE_PAGES + blocks * per_block, page::<G>());
+        let mut frames = arena.frames();
+        let pt = PageTable::new(arena.translation(), &mut frames).expect("root table");
+        assert_eq!(pt.root_pa(), base);
+        Self {
+            pt,
+            frames,
+            w: UnmapWarnings::default(),
+            arena,
+        }
+    }
+
+    fn new() -> Self {
+        Self::with_blocks(0)
+    }
+
+    fn map(
+        &mut self,
+        start: u64,
+        end: u64,
+        pa: u64,
+        attrs: Attributes,
+        hints: MapHints,
+    ) -> Result<(), MapError> {
+        self.pt
+            .map_range(VaRange::new(start, end), pa, attrs, hints, &mut self.frames)
+    }
+
+    fn unmap(&mut self, start: u64, end: u64, free_mapped: bool, altmap: Option<&mut VmemAltmap>) {
+        self.pt.unmap_hotplug_range(
+            start,
+            end,
+            free_mapped,
+            altmap,
+            &mut self.frames,
+            &mut self.w,
+        );
+    }
+
+    /// `free_empty_tables` with the whole kernel half as floor and ceiling.
+    fn free_tables(&mut self, start: u64, end: u64) {
+        self.pt
+            .free_empty_tables(start, end, PAGE_OFFSET, 0, &mut self.frames);
+    }
+
+    fn count_tables(&self) -> u64 {
+        let mut n = 0;
+        self.pt.for_each_table(|_, _| n += 1);
+        n
+    }
+
+    fn leaves(&self, start: u64, end: u64) -> Vec<(u64, u64, usize, Descriptor)> {
+        let mut v = Vec::new();
+        self.pt
+            .for_each_leaf(VaRange::new(start, end), |va, size, level, d| {
+                v.push((va, size, level, d))
+            });
+        v
+    }
+
+    fn dump(&self, markers: &[Marker]) -> String {
+        let mut s = String::new();
+        self.pt.dump(markers, &mut s).unwrap();
+        s
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut tables = Vec::new();
+        self.pt.for_each_table(|level, pa| {
+            let entries = (0..G::ENTRIES)
+                .map(|i| self.arena.read_u64(pa + 8 * i as u64))
+                .collect();
+            tables.push((level, pa, entries));
+        });
+        Snapshot {
+            stats: self.pt.stats,
+            in_use: self.frames.in_use(),
+            allocations: self.frames.allocations(),
+            tables,
+            dump: self.dump(&ALL),
+        }
+    }
+
+    /// Table count bookkeeping agrees with the tables reachable, and (when
+    /// only tables come from the allocator) with the frames in use.
+    fn check_tables(&self, only_tables_allocated: bool) {
+        assert_eq!(
+            self.pt.stats.tables,
+            self.count_tables(),
+            "stats vs for_each_table"
+        );
+        assert_eq!(
+            self.pt.stats.tables,
+            self.pt.stats.tables_allocated - self.pt.stats.tables_freed,
+            "tables = allocated - freed"
+        );
+        if only_tables_allocated {
+            assert_eq!(
+                self.frames.in_use() as u64,
+                self.pt.stats.tables,
+                "frames in use vs tables"
+            );
+        }
+    }
+
+    fn check_contiguous(&self, start: u64, end: u64) {
+        if let Err(e) = contiguous_consistent(&self.pt, start, end) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Every leaf with the contiguous bit sits in a whole, aligned group of
+/// contiguous leaves of its level, same attributes, whose output is one
+/// aligned block.
+fn contiguous_consistent<G: Granule>(
+    pt: &PageTable<ArenaTranslation, G>,
+    start: u64,
+    end: u64,
+) -> Result<(), String> {
+    let mut leaves = Vec::new();
+    pt.for_each_leaf(VaRange::new(start, end), |va, size, level, d| {
+        leaves.push((va, size, level, d))
+    });
+    let by_va: BTreeMap<u64, (u64, usize, Descriptor)> = leaves
+        .iter()
+        .map(|&(va, size, level, d)| (va, (size, level, d)))
+        .collect();
+    for &(va, size, level, d) in &leaves {
+        if !d.is_contiguous() {
+            continue;
+        }
+        let n = G::contiguous_entries(level) as u64;
+        let span = size * n;
+        let group = va & !(span - 1);
+        let group_pa = d.output_address().wrapping_sub(va - group);
+        if group_pa & (span - 1) != 0 {
+            return Err(std::format!("CONT leaf {va:#x}: output not group aligned"));
+        }
+        for i in 0..n {
+            let e = group + i * size;
+            let Some((esize, elevel, ed)) = by_va
+                .get(&e)
+                .copied()
+                .or_else(|| pt.translate(e).map(|(_, d, l)| (G::level_size(l), l, d)))
+            else {
+                return Err(std::format!(
+                    "CONT leaf {va:#x}: group entry {e:#x} unmapped"
+                ));
+            };
+            if (esize, elevel) != (size, level)
+                || !ed.is_contiguous()
+                || ed.output_address() != group_pa + i * size
+                || ed.attrs() != d.attrs()
+            {
+                return Err(std::format!("CONT group {group:#x}: entry {e:#x} is {ed:x?} at level {elevel}, leaf {va:#x} is {d:x?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asserts `va` translates to `pa` with a leaf at `level` carrying `attrs`.
+fn assert_maps<G: Granule>(env: &Env<G>, va: u64, pa: u64, level: usize, attrs: Attributes) {
+    let (out, d, l) = env
+        .pt
+        .translate(va)
+        .unwrap_or_else(|| panic!("{va:#x} does not translate"));
+    assert_eq!(out, pa, "output of {va:#x}");
+    assert_eq!(l, level, "level of {va:#x}");
+    assert_eq!(
+        d.attrs().leaf_attrs(),
+        attrs.leaf_attrs(),
+        "attributes of {va:#x}"
+    );
+    assert!(d.is_valid());
+    assert_eq!(
+        d.attrs().contains(Attributes::TABLE_OR_PAGE),
+        level == 3,
+        "page vs block bit of {va:#x}"
+    );
+}
+
+/// An altmap over a device range outside the frame allocator, with an odd
+/// reserve so that a block allocation needs padding.
+fn device_altmap<G: Granule>(blocks: u64) -> VmemAltmap {
+    let base_pfn = PA0 >> G::PAGE_SHIFT;
+    let per_block = block::<G>() / page::<G>();
+    let reserve = 3;
+    // Room for the padding before a block and a few contiguous groups.
+    let free = (blocks + 1) * per_block + 512;
+    VmemAltmap::new(base_pfn, base_pfn + reserve + free + 5, reserve, free)
+}
+
+// ---------------------------------------------------------------------------
+
+macro_rules! for_each_granule {
+    ($($name:ident),* $(,)?) => {
+        mod granule_4k {
+            $( #[test] fn $name() { super::$name::<super::Granule4K>() } )*
+        }
+        mod granule_16k {
+            $( #[test] fn $name() { super::$name::<super::Granule16K>() } )*
+        }
+        mod granule_64k {
+            $( #[test] fn $name() { super::$name::<super::Granule64K>() } )*
+        }
+    };
+}
+
+for_each_granule!(
+    map_pages_and_translate_back,
+    map_blocks_where_aligned,
+    contiguous_only_on_whole_aligned_groups,
+    misaligned_is_refused,
+    overlap_is_refused_and_changes_nothing,
+    no_memory_at_every_table_rolls_back,
+    unmap_then_free_tables_leaves_only_the_root,
+    small_unmap_flushes_page_by_page,
+    free_mapped_returns_frames,
+    altmap_backing_goes_back_to_the_altmap,
+    altmap_without_free_mapped_is_counted,
+    reserved_page_is_counted_not_freed,
+    free_empty_tables_respects_floor_and_ceiling,
+    partial_unmap_splits_a_contiguous_group,
+    free_mapped_unfolds_contiguous_groups_before_freeing,
+    dump_tiles_the_range,
+    property_pages,
+    property_blocks,
+);
