@@ -5,10 +5,11 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod commands;
 pub mod console;
 pub mod drivers;
-pub mod heap;
-#[cfg(target_os = "none")]
+pub mod error;
+pub mod fs;
 pub mod init;
 pub mod log;
 pub mod mm;

@@ -4,7 +4,7 @@
 
 #[cfg(target_os = "none")]
 mod kernel {
-    use hpk::arch::boot as b;
+    use hpk::init::early_map as b;
     core::arch::global_asm!(
         include_str!("../boot/entry.S"),
         PAGE_SIZE = const b::PAGE_SIZE,
@@ -20,7 +20,7 @@ mod kernel {
     core::arch::global_asm!(include_str!("../boot/vectors.S"));
 
     #[global_allocator]
-    static HEAP: hpk::heap::Heap = hpk::heap::Heap::empty();
+    static HEAP: hpk::mm::heap::Heap = hpk::mm::heap::Heap::empty();
 
     /// Called by boot/entry.S with the MMU on, at the linked address.
     #[unsafe(no_mangle)]

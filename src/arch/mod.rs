@@ -4,9 +4,6 @@
 
 #[cfg(target_os = "none")]
 pub mod aarch64;
-#[cfg(any(target_os = "none", test))]
-#[path = "aarch64/boot.rs"]
-pub mod boot;
 pub mod esr;
 
 #[cfg(target_os = "none")]
@@ -46,6 +43,22 @@ pub unsafe fn store_64_bytes(dst: *mut u64, w: [u64; 8]) {
         // SAFETY: the caller's promise.
         unsafe { dst.add(i).write_volatile(*word) };
     }
+}
+
+/// The generic timer's count (0 on the host, where time is not modelled).
+pub fn counter() -> u64 {
+    #[cfg(target_os = "none")]
+    return aarch64::counter();
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
+/// The generic timer's ticks per second.
+pub fn counter_freq() -> u64 {
+    #[cfg(target_os = "none")]
+    return aarch64::counter_freq();
+    #[cfg(not(target_os = "none"))]
+    1_000_000
 }
 
 pub mod barrier {

@@ -20,7 +20,7 @@
 //! Every error is reported once, at the end of the line, so that the console
 //! answers each line with exactly one result.
 
-use super::errno::{Errno, Error};
+use crate::error::{Errno, Error};
 use alloc::string::String;
 use alloc::vec::Vec;
 

@@ -25,7 +25,7 @@
 //! commands themselves. The built-ins' own text never does (`echo '# x'`
 //! prints what it was asked to).
 
-use super::errno::{Errno, Error, Result};
+use crate::error::{Errno, Error, Result};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -45,7 +45,7 @@ pub trait System {
     /// return [`Error::unknown_command`].
     fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Result<()>;
     /// Lines for `help` describing the project's own commands.
-    fn help(&self) -> &'static str;
+    fn help(&self) -> String;
 }
 
 /// A parsed line.
@@ -233,7 +233,7 @@ fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut String) -> Result<()>
             out.push_str(BUILTIN_HELP);
             let own = sys.help();
             if !own.is_empty() {
-                out.push_str(own);
+                out.push_str(&own);
                 end_line(out);
             }
             Ok(())
@@ -409,8 +409,8 @@ pub(crate) mod fake {
             }
         }
 
-        fn help(&self) -> &'static str {
-            "  dmesg                   print the kernel log\n  args ARGS...            print each argument"
+        fn help(&self) -> String {
+            "  dmesg                   print the kernel log\n  args ARGS...            print each argument".into()
         }
     }
 }

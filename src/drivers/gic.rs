@@ -185,3 +185,30 @@ impl Gic {
         }
     }
 }
+
+static GIC: spin::Once<Gic> = spin::Once::new();
+
+/// Keeps the machine's GIC for good; the one every later user gets.
+pub fn install(gic: Gic) -> &'static Gic {
+    GIC.call_once(|| gic)
+}
+
+/// The machine's GIC, once [`install`]ed.
+pub fn get() -> Option<&'static Gic> {
+    GIC.get()
+}
+
+#[cfg(target_os = "none")]
+impl crate::arch::aarch64::smp::Wakeup for Gic {
+    fn init_cpu(&self, cpu: usize) {
+        Gic::init_cpu(self, cpu)
+    }
+
+    fn ack(&self) {
+        Gic::ack(self)
+    }
+
+    fn wake(&self, mask: u16) {
+        Gic::wake(self, mask)
+    }
+}

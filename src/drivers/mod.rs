@@ -7,5 +7,4 @@ pub mod pl011;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod virtio_hal;
-#[cfg(target_os = "none")]
 pub mod virtio_mem;

@@ -2,11 +2,7 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Conduit {
-    Hvc = 1,
-    Smc = 2,
-}
+pub use crate::platform::Conduit;
 
 static CONDUIT: AtomicU8 = AtomicU8::new(0);
 

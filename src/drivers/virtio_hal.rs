@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use crate::mm::frame::{get_order, FrameAllocator};
+use crate::mm::frame::get_order;
 use crate::mm::layout::{phys_to_virt, PAGE_END, PAGE_OFFSET, PAGE_SHIFT};
 
 /// virtio-drivers counts DMA in 4 KiB pages whatever the granule.
@@ -45,7 +45,9 @@ pub struct KernelHal;
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
-        let pa = crate::init::with_mm(|mm| mm.buddy.alloc_pages(order))
+        let pa = crate::mm::global::with_mm(|mm| mm.alloc_pages(order))
+            .ok()
+            .flatten()
             .expect("no memory for a virtqueue");
         let va = phys_to_virt(pa) as *mut u8;
         // SAFETY: just allocated, mapped by the linear map.
@@ -55,7 +57,7 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
         let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
-        crate::init::with_mm(|mm| mm.buddy.free_pages(paddr, order));
+        let _ = crate::mm::global::with_mm(|mm| mm.free_pages(paddr, order));
         0
     }
 

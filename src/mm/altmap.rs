@@ -26,6 +26,19 @@ pub enum AltmapError {
     NotAllocated { pfn: u64 },
 }
 
+impl From<AltmapError> for crate::error::Error {
+    fn from(e: AltmapError) -> Self {
+        match e {
+            AltmapError::OutOfRange { pfn } => {
+                crate::err!(ERANGE, "pfn {pfn:#x} is outside the altmap")
+            }
+            AltmapError::NotAllocated { pfn } => {
+                crate::err!(EINVAL, "pfn {pfn:#x} was not allocated from the altmap")
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmemAltmap {
     /// First pfn of the device or hot-added range.

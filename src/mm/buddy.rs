@@ -48,6 +48,12 @@ pub enum BadFree {
     OrderMismatch { allocated: u32 },
 }
 
+impl From<BadFree> for crate::error::Error {
+    fn from(e: BadFree) -> Self {
+        crate::err!(EINVAL, "page allocator refused the free: {e:?}")
+    }
+}
+
 /// Event counters (for `/proc/vmstat`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BuddyStats {

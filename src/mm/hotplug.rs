@@ -8,10 +8,38 @@ use super::altmap::VmemAltmap;
 use super::layout::*;
 use super::page::{PageFlags, Zone};
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
-use super::system::{block_pfns, map_errno, BlockState, DevMapKind, MemoryBlock, MemorySystem};
+use super::system::{block_pfns, BlockState, DevMapKind, MemoryBlock, MemorySystem};
 use super::vmemmap::{vmemmap_free, vmemmap_populate};
-use crate::console::Result;
+use crate::error::{Error, Result};
 use crate::{bail, err, pr_info, pr_warn};
+
+/// Why pages could not be taken offline. Callers that retry (virtio-mem,
+/// Linux's `offline_pages` loop) decide on the variant, not an errno.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OfflineError {
+    /// A page of memory block `id` is in use: nothing changed; it may be
+    /// free later.
+    Busy { id: u64, pfn: u64 },
+    /// The request itself is wrong (no such block, not online, ...).
+    Invalid(Error),
+}
+
+impl From<Error> for OfflineError {
+    fn from(e: Error) -> Self {
+        OfflineError::Invalid(e)
+    }
+}
+
+impl From<OfflineError> for Error {
+    fn from(e: OfflineError) -> Self {
+        match e {
+            OfflineError::Busy { id, pfn } => {
+                err!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn))
+            }
+            OfflineError::Invalid(e) => e,
+        }
+    }
+}
 
 /// The largest leaf of a hot-added linear map: one memory block, so that
 /// blocks can be taken down one at a time. With 4K pages that means 2 MiB
@@ -37,8 +65,7 @@ impl<T: Translation> MemorySystem<T> {
         let va = VaRange::new(phys_to_virt(start), phys_to_virt(end));
         let hints = MapHints::blocks(HOTPLUG_LINEAR_LEAF).with_contiguous();
         let mut frames = p.frames;
-        p.pt.map_range(va, start, Attributes::KERNEL_RW, hints, &mut frames)
-            .map_err(map_errno)?;
+        p.pt.map_range(va, start, Attributes::KERNEL_RW, hints, &mut frames)?;
         if let Err(e) = vmemmap_populate(
             p.pt,
             phys_to_pfn(start),
@@ -47,7 +74,7 @@ impl<T: Translation> MemorySystem<T> {
             &mut frames,
         ) {
             self.remove_linear_map(start, end);
-            return Err(map_errno(e));
+            return Err(e.into());
         }
         Ok(())
     }
@@ -345,10 +372,15 @@ impl<T: Translation> MemorySystem<T> {
     /// Takes pages of an online block back from the buddy allocator and
     /// makes them logically offline (a driver will unplug them); `EBUSY`,
     /// with nothing changed, while any is in use.
-    pub fn offline_pages_range(&mut self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<()> {
+    pub fn offline_pages_range(
+        &mut self,
+        id: u64,
+        start_pfn: u64,
+        end_pfn: u64,
+    ) -> core::result::Result<(), OfflineError> {
         let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
         if let Err(pfn) = self.buddy.isolate_range(start_pfn, end_pfn) {
-            bail!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn));
+            return Err(OfflineError::Busy { id, pfn });
         }
         self.init_struct_pages(
             start_pfn,
@@ -361,17 +393,17 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Takes an online block's pages back from the buddy allocator; `EBUSY`,
     /// with nothing changed, while any of them is in use.
-    pub fn offline_block(&mut self, id: u64) -> Result<()> {
+    pub fn offline_block(&mut self, id: u64) -> core::result::Result<(), OfflineError> {
         let block = self
             .blocks
             .get(&id)
             .ok_or_else(|| err!(ENOENT, "memory{id} is not present"))?;
         if block.state == BlockState::Offline {
-            bail!(EINVAL, "memory{id} is offline already");
+            return Err(err!(EINVAL, "memory{id} is offline already").into());
         }
         let (spfn, epfn) = block_pfns(id);
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
-            bail!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn));
+            return Err(OfflineError::Busy { id, pfn });
         }
         for pfn in spfn..epfn {
             // SAFETY: present blocks have their vmemmap populated.
@@ -420,23 +452,6 @@ impl<T: Translation> MemorySystem<T> {
     pub fn offline_abort(&mut self, id: u64) {
         let (spfn, epfn) = block_pfns(id);
         self.buddy.undo_isolate_page_range(spfn, epfn);
-    }
-
-    /// Registers device memory (`memmap=` pmem, a BAR); returns its id.
-    pub fn add_devmem(
-        &mut self,
-        base: u64,
-        size: u64,
-        owner: &'static str,
-        resource: &'static str,
-    ) -> usize {
-        self.iomem.insert(base, base + size, resource);
-        self.devmem.push(super::system::DevMem {
-            range: crate::platform::PhysRange { base, size },
-            owner,
-            mapping: None,
-        });
-        self.devmem.len() - 1
     }
 
     /// Linux's `memremap_pages` for device memory `id`: linear map, struct

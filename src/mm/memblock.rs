@@ -3,9 +3,9 @@
 //! Everything it allocates stays reserved for good; what is left goes to the
 //! buddy allocator.
 
+use super::addr::PhysRange;
 use super::frame::FrameAllocator;
 use super::layout::PAGE_SHIFT;
-use crate::platform::PhysRange;
 
 const MAX_REGIONS: usize = 64;
 

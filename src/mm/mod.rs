@@ -1,10 +1,13 @@
 //! The memory-management core: portable Rust that reaches the CPU only
 //! through [`crate::arch`], and so runs unchanged in host tests.
 
+pub mod addr;
 pub mod altmap;
 pub mod buddy;
 pub mod frame;
+pub mod global;
 pub mod granule;
+pub mod heap;
 pub mod hotplug;
 #[cfg(test)]
 mod hotplug_tests;
@@ -15,6 +18,8 @@ pub mod memblock;
 pub mod page;
 pub mod pgtable;
 pub mod system;
+#[cfg(test)]
+pub mod test_system;
 #[cfg(test)]
 pub mod testing;
 pub mod translation;

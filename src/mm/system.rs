@@ -5,6 +5,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use super::addr::PhysRange;
 use super::altmap::VmemAltmap;
 use super::buddy::BuddyAllocator;
 use super::frame::FrameAllocator;
@@ -13,8 +14,7 @@ use super::iomem::IoMem;
 use super::layout::*;
 use super::page::{Memmap, PageFlags, Zone};
 use super::pgtable::unmap::UnmapWarnings;
-use super::pgtable::{MapError, PageTable, Translation};
-use crate::platform::PhysRange;
+use super::pgtable::{PageTable, Translation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockState {
@@ -68,21 +68,23 @@ pub struct Events {
     pub devmem_unmap: u64,
 }
 
+/// Fields are the mm core's own: the rest of the kernel goes through the
+/// boot API, the hotplug operations and the read accessors below.
 pub struct MemorySystem<T: Translation> {
-    pub pt: PageTable<T, KernelGranule>,
-    pub buddy: BuddyAllocator,
-    pub memmap: Memmap,
-    pub blocks: BTreeMap<u64, MemoryBlock>,
-    pub iomem: IoMem,
+    pub(in crate::mm) pt: PageTable<T, KernelGranule>,
+    pub(in crate::mm) buddy: BuddyAllocator,
+    pub(in crate::mm) memmap: Memmap,
+    pub(in crate::mm) blocks: BTreeMap<u64, MemoryBlock>,
+    pub(in crate::mm) iomem: IoMem,
     /// RAM the platform describes that boot left alone (above `mem=`).
-    pub hotpluggable: Vec<PhysRange>,
-    pub devmem: Vec<DevMem>,
+    pub(in crate::mm) hotpluggable: Vec<PhysRange>,
+    pub(in crate::mm) devmem: Vec<DevMem>,
     /// Default for hot-added blocks (boot parameter and sysfs file).
-    pub memmap_on_memory: bool,
-    pub warnings: UnmapWarnings,
-    pub events: Events,
+    pub(in crate::mm) memmap_on_memory: bool,
+    pub(in crate::mm) warnings: UnmapWarnings,
+    pub(in crate::mm) events: Events,
     /// Fault injection: the allocation this many allocations from now fails.
-    pub fail_nth_alloc: Option<u64>,
+    pub(in crate::mm) fail_nth_alloc: Option<u64>,
 }
 
 /// The frame allocator every mm operation uses: the buddy allocator's
@@ -115,7 +117,7 @@ impl FrameAllocator for Frames<'_> {
 }
 
 /// Disjoint borrows of the parts an operation needs at once.
-pub struct Parts<'a, T: Translation> {
+pub(in crate::mm) struct Parts<'a, T: Translation> {
     pub pt: &'a mut PageTable<T, KernelGranule>,
     pub frames: Frames<'a>,
     pub warnings: &'a mut UnmapWarnings,
@@ -171,7 +173,7 @@ impl<T: Translation> MemorySystem<T> {
         }
     }
 
-    pub fn parts(&mut self) -> Parts<'_, T> {
+    pub(in crate::mm) fn parts(&mut self) -> Parts<'_, T> {
         Parts {
             pt: &mut self.pt,
             frames: Frames {
@@ -258,11 +260,174 @@ impl<T: Translation> MemorySystem<T> {
     }
 }
 
-/// A walker error as the errno the console reports.
-pub fn map_errno(e: MapError) -> crate::console::Error {
-    match e {
-        MapError::NoMemory => crate::err!(ENOMEM, "out of memory for page tables or struct pages"),
-        MapError::AlreadyMapped(va) => crate::err!(EEXIST, "{va:#x} is mapped already"),
-        MapError::Misaligned => crate::err!(EINVAL, "range not page aligned"),
+/// Boot: what init tells the memory system about the machine, once, before
+/// anything else uses it.
+impl<T: Translation> MemorySystem<T> {
+    /// RAM present at boot: its sections become online, unremovable memory
+    /// blocks (their struct pages are initialised by then) and System RAM
+    /// in `/proc/iomem`.
+    pub fn register_boot_memory(&mut self, range: PhysRange) {
+        let first = align_down(range.base, MEMORY_BLOCK_SIZE) / MEMORY_BLOCK_SIZE;
+        let last = align_up(range.end(), MEMORY_BLOCK_SIZE) / MEMORY_BLOCK_SIZE;
+        for id in first..last {
+            self.blocks.insert(
+                id,
+                MemoryBlock {
+                    state: BlockState::Online(Zone::Normal),
+                    boot: true,
+                    altmap: None,
+                    owner: None,
+                },
+            );
+        }
+        self.iomem.insert(range.base, range.end(), "System RAM");
+    }
+
+    /// A named part of boot RAM in `/proc/iomem` (`Kernel code`, ...).
+    pub fn register_boot_resource(&mut self, range: PhysRange, name: &'static str) {
+        self.iomem.insert_child(range.base, range.end(), name);
+    }
+
+    /// RAM the platform has that boot left out (`mem=`): what `probe` may add.
+    pub fn add_hotpluggable_range(&mut self, range: PhysRange) {
+        self.hotpluggable.push(range);
+    }
+
+    /// Device memory (`memmap=` pmem, a BAR) that `devmem map` may make
+    /// ZONE_DEVICE; shown in `/proc/iomem` as `resource`. Returns its id.
+    pub fn register_device_memory(
+        &mut self,
+        range: PhysRange,
+        owner: &'static str,
+        resource: &'static str,
+    ) -> usize {
+        self.iomem.insert(range.base, range.end(), resource);
+        self.devmem.push(DevMem {
+            range,
+            owner,
+            mapping: None,
+        });
+        self.devmem.len() - 1
+    }
+
+    /// Maps `[pa, pa + size)` as device memory in the ioremap window; the
+    /// virtual address of `pa`.
+    pub fn ioremap(&mut self, pa: u64, size: u64) -> u64 {
+        let mut p = self.parts();
+        super::ioremap::ioremap(p.pt, pa, size, &mut p.frames)
+    }
+
+    /// Maps `size` bytes of fresh pages at `va` (a kernel stack below its
+    /// guard page); the top, or `None` with nothing changed.
+    pub fn map_kernel_pages(&mut self, va: u64, size: u64) -> Option<u64> {
+        let size = align_up(size, PAGE_SIZE);
+        let order = super::frame::get_order(size, PAGE_SHIFT);
+        let mut p = self.parts();
+        let pa = p.frames.alloc_pages(order)?;
+        let range = super::pgtable::VaRange::new(va, va + size);
+        let hints = super::pgtable::MapHints::pages();
+        let attrs = super::pgtable::Attributes::KERNEL_RW;
+        if p.pt
+            .map_range(range, pa, attrs, hints, &mut p.frames)
+            .is_err()
+        {
+            p.frames.free_pages(pa, order);
+            return None;
+        }
+        Some(va + size)
+    }
+}
+
+/// Reading the state, and the few knobs the kernel's files turn.
+impl<T: Translation> MemorySystem<T> {
+    pub fn page_table(&self) -> &PageTable<T, KernelGranule> {
+        &self.pt
+    }
+
+    pub fn buddy(&self) -> &BuddyAllocator {
+        &self.buddy
+    }
+
+    pub fn blocks(&self) -> &BTreeMap<u64, MemoryBlock> {
+        &self.blocks
+    }
+
+    pub fn iomem(&self) -> &IoMem {
+        &self.iomem
+    }
+
+    pub fn hotpluggable(&self) -> &[PhysRange] {
+        &self.hotpluggable
+    }
+
+    pub fn devmem(&self) -> &[DevMem] {
+        &self.devmem
+    }
+
+    pub fn events(&self) -> Events {
+        self.events
+    }
+
+    pub fn warnings(&self) -> UnmapWarnings {
+        self.warnings
+    }
+
+    pub fn memmap_on_memory(&self) -> bool {
+        self.memmap_on_memory
+    }
+
+    pub fn set_memmap_on_memory(&mut self, on: bool) {
+        self.memmap_on_memory = on;
+    }
+
+    /// Fault injection: `Some(n)` fails the allocation `n` allocations from now.
+    pub fn fail_nth_alloc(&self) -> Option<u64> {
+        self.fail_nth_alloc
+    }
+
+    pub fn set_fail_nth_alloc(&mut self, n: Option<u64>) {
+        self.fail_nth_alloc = n;
+    }
+
+    /// The struct page of `pfn` if its vmemmap is populated (a present
+    /// memory block or mapped device memory), else `None`.
+    pub fn page(&self, pfn: u64) -> Option<&super::page::Page> {
+        let pa = pfn_to_phys(pfn);
+        let in_block = self.blocks.contains_key(&(pa / MEMORY_BLOCK_SIZE));
+        let in_devmem = self
+            .devmem
+            .iter()
+            .any(|d| d.mapping.is_some() && d.range.base <= pa && pa < d.range.end());
+        // SAFETY: the vmemmap of present blocks and mapped device memory is
+        // populated.
+        (in_block || in_devmem).then(|| unsafe { &*self.memmap.get(pfn) })
+    }
+
+    /// `2^order` pages from `zone`; their first pfn.
+    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<u64> {
+        self.buddy.alloc(order, zone)
+    }
+
+    /// `2^order` pages from Movable if it has them, else Normal (where a
+    /// process's pages go).
+    pub fn alloc_movable_first(&mut self, order: u32) -> Option<u64> {
+        self.buddy
+            .alloc(order, Zone::Movable)
+            .or_else(|| self.buddy.alloc(order, Zone::Normal))
+    }
+
+    /// Gives back what [`alloc`](Self::alloc) handed out; `false` (logged,
+    /// counted, nothing changed) for a bad free.
+    pub fn free(&mut self, pfn: u64, order: u32) -> bool {
+        self.buddy.free(pfn, order)
+    }
+
+    /// The page allocator's Normal zone by physical address, for DMA.
+    pub fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+        self.buddy.alloc_pages(order)
+    }
+
+    pub fn free_pages(&mut self, pa: u64, order: u32) {
+        self.buddy.free_pages(pa, order)
     }
 }

@@ -3,19 +3,13 @@
 pub mod cmdline;
 pub mod pci;
 
-use crate::drivers::psci::Conduit;
+pub use crate::mm::addr::PhysRange;
 
-/// A physical range `[base, base + size)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PhysRange {
-    pub base: u64,
-    pub size: u64,
-}
-
-impl PhysRange {
-    pub const fn end(&self) -> u64 {
-        self.base + self.size
-    }
+/// How PSCI calls reach the firmware (`/psci` `method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    Hvc = 1,
+    Smc = 2,
 }
 
 pub const MAX_MEMORY: usize = 16;

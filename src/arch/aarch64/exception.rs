@@ -36,6 +36,34 @@ pub struct FaultInfo {
     pub far: u64,
 }
 
+/// What an oops needs from outside the CPU, given once by init: where the
+/// report goes, how the machine stops, and where stack guard pages are (the
+/// arch layer knows no console, firmware or memory layout).
+pub struct OopsHooks {
+    pub write: fn(&str),
+    pub power_off: fn() -> !,
+    /// A region holding only stacks and their unmapped guard pages.
+    pub stacks: core::ops::Range<u64>,
+}
+
+static HOOKS: spin::Once<OopsHooks> = spin::Once::new();
+
+pub fn set_oops_hooks(hooks: OopsHooks) {
+    HOOKS.call_once(|| hooks);
+}
+
+/// The oops report's sink: the hook, or nowhere before init set one.
+struct OopsWriter(Option<fn(&str)>);
+
+impl Write for OopsWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        if let Some(w) = self.0 {
+            w(s);
+        }
+        Ok(())
+    }
+}
+
 static LAST_FAULT: spin::Mutex<FaultInfo> = spin::Mutex::new(FaultInfo { esr: 0, far: 0 });
 
 /// Reads the 64-bit word at `va`; a fault is reported, not fatal.
@@ -85,7 +113,8 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
         frame.elr = &raw const probe_read_fixup as u64;
         return;
     }
-    let mut out = crate::drivers::pl011::RawWriter;
+    let hooks = HOOKS.get();
+    let mut out = OopsWriter(hooks.map(|h| h.write));
     let _ = writeln!(
         out,
         "\nInternal error: Oops: {} exception from {}",
@@ -99,8 +128,8 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
         );
         let boot_guard = &raw const __stack_guard as u64..&raw const __boot_stack as u64;
         // Only guard pages are unmapped in the secondaries' stack region.
-        let secondary = crate::mm::layout::KSTACKS_START..crate::mm::layout::KSTACKS_END;
-        if boot_guard.contains(&far) || secondary.contains(&far) {
+        let in_stacks = hooks.is_some_and(|h| h.stacks.contains(&far));
+        if boot_guard.contains(&far) || in_stacks {
             let _ = writeln!(out, "Kernel stack overflow (guard page hit)");
         }
     }
@@ -120,5 +149,8 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
         let _ = writeln!(out);
     }
     let _ = writeln!(out, "Kernel panic - not syncing: Oops: Fatal exception");
-    crate::drivers::psci::system_off();
+    match hooks {
+        Some(h) => (h.power_off)(),
+        None => super::halt(),
+    }
 }

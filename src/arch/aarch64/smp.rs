@@ -3,7 +3,16 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::drivers::gic::Gic;
+/// The interrupt controller as SMP needs it: waking parked CPUs. The GIC
+/// driver implements it; the arch layer does not know which GIC it is.
+pub trait Wakeup: Sync {
+    /// Per-CPU set-up on the CPU itself.
+    fn init_cpu(&self, cpu: usize);
+    /// Acknowledges this CPU's pending wake-up, if any.
+    fn ack(&self);
+    /// Sends a wake-up to each CPU in `mask`.
+    fn wake(&self, mask: u16);
+}
 
 pub const MAX_CPUS: usize = 16;
 
@@ -43,7 +52,7 @@ pub unsafe fn boot_slot(cpu: usize) -> &'static mut SecondaryBoot {
 }
 
 static ONLINE: AtomicU64 = AtomicU64::new(1);
-static GIC: spin::Once<Gic> = spin::Once::new();
+static WAKEUP: spin::Once<&'static dyn Wakeup> = spin::Once::new();
 /// A job per CPU (a `fn(usize)` as an address), 0 when idle.
 static JOBS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
@@ -52,12 +61,8 @@ pub fn online_mask() -> u64 {
     ONLINE.load(Ordering::Acquire)
 }
 
-pub fn set_gic(gic: Gic) {
-    GIC.call_once(|| gic);
-}
-
-pub fn gic() -> Option<&'static Gic> {
-    GIC.get()
+pub fn set_wakeup(w: &'static dyn Wakeup) {
+    WAKEUP.call_once(|| w);
 }
 
 /// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
@@ -71,20 +76,20 @@ fn clean_to_poc(va: u64, len: u64) {
     unsafe { core::arch::asm!("dsb sy") };
 }
 
-/// Starts CPU `cpu` (MPIDR `mpidr`) at `entry_pa` with `boot` (at `boot_pa`).
+/// Starts CPU `cpu` with `boot` (at `boot_pa`) through `cpu_on` (the
+/// firmware's call, given `boot_pa`), and waits for it to come online.
 pub fn start_cpu(
     cpu: usize,
-    mpidr: u64,
-    entry_pa: u64,
     boot: &mut SecondaryBoot,
     boot_pa: u64,
+    cpu_on: impl FnOnce(u64) -> bool,
 ) -> bool {
     boot.cpu = cpu as u64;
     clean_to_poc(
         boot as *const _ as u64,
         core::mem::size_of::<SecondaryBoot>() as u64,
     );
-    if crate::drivers::psci::cpu_on(mpidr, entry_pa, boot_pa).is_err() {
+    if !cpu_on(boot_pa) {
         return false;
     }
     // Bounded: a CPU that never arrives is reported, not waited for.
@@ -104,8 +109,8 @@ pub fn run_on(mask: u64, job: fn(usize)) {
             slot.store(job as usize, Ordering::Release);
         }
     }
-    if let Some(gic) = GIC.get() {
-        gic.wake(mask as u16);
+    if let Some(w) = WAKEUP.get() {
+        w.wake(mask as u16);
     }
 }
 
@@ -114,7 +119,7 @@ extern "C" fn secondary_main(boot: *const SecondaryBoot) -> ! {
     // The identity map still maps `boot`; it goes right after.
     let cpu = unsafe { (*boot).cpu } as usize;
     super::disable_user_table();
-    let gic = GIC.get().copied();
+    let gic = WAKEUP.get().copied();
     if let Some(gic) = gic {
         gic.init_cpu(cpu);
     }

@@ -76,12 +76,20 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
         ("online absent", Errno::ENOENT, |m| {
             m.online_block(12, Zone::Normal)
         }),
-        ("offline offline", Errno::EINVAL, |m| m.offline_block(9)),
-        ("offline absent", Errno::ENOENT, |m| m.offline_block(12)),
+        (
+            "offline offline",
+            Errno::EINVAL,
+            |m| Ok(m.offline_block(9)?),
+        ),
+        (
+            "offline absent",
+            Errno::ENOENT,
+            |m| Ok(m.offline_block(12)?),
+        ),
         ("offline with a page in use", Errno::EBUSY, |m| {
-            m.offline_block(11)
+            Ok(m.offline_block(11)?)
         }),
-        ("offline boot", Errno::EBUSY, |m| m.offline_block(BOOT)),
+        ("offline boot", Errno::EBUSY, |m| Ok(m.offline_block(BOOT)?)),
         ("remove online", Errno::EBUSY, |m| {
             m.remove_memory(start_of(11), BLOCK)
         }),
@@ -131,9 +139,13 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
 #[test]
 fn misaligned_device_memory_is_refused() {
     let mut fx = boot();
+    let bar = PhysRange {
+        base: NOT_RAM + 2 * MIB,
+        size: BLOCK,
+    };
     let id = fx
         .mm
-        .add_devmem(NOT_RAM + 2 * MIB, BLOCK, "ivshmem", "ivshmem BAR 2");
+        .register_device_memory(bar, "ivshmem", "ivshmem BAR 2");
     let before = snap(&fx.mm);
     assert_eq!(
         errno(fx.mm.memremap_pages(id, DevMapKind::Dev)),

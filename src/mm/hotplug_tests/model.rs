@@ -232,7 +232,7 @@ fn apply(fx: &mut Fx, model: &mut Model, op: &Op) -> core::result::Result<(), Te
                 _ if busy(mm) => Err(Errno::EBUSY),
                 _ => Ok(()),
             };
-            expect(mm.offline_block(id), want, op)?;
+            expect(mm.offline_block(id).map_err(Into::into), want, op)?;
             if want.is_ok() {
                 model.blocks.get_mut(&id).unwrap().state = BlockState::Offline;
             }

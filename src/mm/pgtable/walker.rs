@@ -81,6 +81,18 @@ pub enum MapError {
     NoMemory,
 }
 
+impl From<MapError> for crate::error::Error {
+    fn from(e: MapError) -> Self {
+        match e {
+            MapError::NoMemory => {
+                crate::err!(ENOMEM, "out of memory for page tables or struct pages")
+            }
+            MapError::AlreadyMapped(va) => crate::err!(EEXIST, "{va:#x} is mapped already"),
+            MapError::Misaligned => crate::err!(EINVAL, "range not page aligned"),
+        }
+    }
+}
+
 /// Counters every test and `/proc/vmstat` lean on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {

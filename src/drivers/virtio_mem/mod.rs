@@ -7,35 +7,30 @@
 //! last device blocks back (or offlines and removes the whole block) and
 //! unplugs them. Memory that cannot be taken back stays plugged and is
 //! reported; the next change or timer tick retries.
+//!
+//! The driver talks to the device through [`MemDevice`] and to memory
+//! through a [`MemorySystem`] it is handed, so every decision it makes runs
+//! in host tests over a fake device ([`pci`] is the real one).
+
+#[cfg(target_os = "none")]
+pub mod pci;
+#[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
+mod tests;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 
-use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{InterruptStatus, Transport};
-
-use super::virtio_hal::KernelHal;
-use crate::arch::aarch64 as cpu;
-use crate::console::Result;
+use crate::arch;
+use crate::error::Result;
+use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{MEMORY_BLOCK_SIZE, PAGE_SHIFT};
 use crate::mm::page::Zone;
-use crate::{bail, err, pr_info};
+use crate::mm::pgtable::Translation;
+use crate::mm::system::MemorySystem;
+use crate::{bail, pr_info};
 
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
 
-bitflags::bitflags! {
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    struct Features: u64 {
-        const UNPLUGGED_INACCESSIBLE = 1 << 1;
-        const VERSION_1 = 1 << 32;
-    }
-}
-
-const REQ_PLUG: u16 = 0;
-const REQ_UNPLUG: u16 = 1;
-const REQ_UNPLUG_ALL: u16 = 2;
-const RESP_ACK: u16 = 0;
-
-/// The device's configuration (5.15.4), little-endian.
+/// The device's configuration (5.15.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub block_size: u64,
@@ -46,9 +41,44 @@ pub struct Config {
     pub requested_size: u64,
 }
 
-pub struct VirtioMem<T: Transport> {
-    transport: T,
-    queue: VirtQueue<KernelHal, 8>,
+/// A request on the device's queue (5.15.6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Plug { addr: u64, nb_blocks: u16 },
+    Unplug { addr: u64, nb_blocks: u16 },
+    UnplugAll,
+}
+
+/// The device's answer (`VIRTIO_MEM_RESP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Response {
+    Ack,
+    Nack,
+    Busy,
+    Error,
+}
+
+impl Response {
+    pub fn from_raw(v: u16) -> Self {
+        match v {
+            0 => Response::Ack,
+            1 => Response::Nack,
+            2 => Response::Busy,
+            _ => Response::Error,
+        }
+    }
+}
+
+/// A virtio-mem device as the driver uses it.
+pub trait MemDevice {
+    /// Reads the configuration (consistently, across a generation change).
+    fn config(&mut self) -> Result<Config>;
+    /// Sends one request and waits for its answer.
+    fn request(&mut self, req: Request) -> Result<Response>;
+}
+
+pub struct VirtioMem<D: MemDevice> {
+    dev: D,
     config: Config,
     /// Memory blocks added, with how many of their device blocks
     /// (sub-blocks) are plugged: always the first ones.
@@ -62,94 +92,54 @@ pub struct VirtioMem<T: Transport> {
 
 /// Runs `f`, adding the generic-timer ticks it took to `total`.
 fn timed<R>(total: &mut u64, f: impl FnOnce() -> R) -> R {
-    let t0 = cpu::counter();
+    let t0 = arch::counter();
     let r = f();
-    *total += cpu::counter() - t0;
+    *total += arch::counter() - t0;
     r
 }
 
-fn read_u64<T: Transport>(t: &T, offset: usize) -> virtio_drivers::Result<u64> {
-    let lo: u32 = t.read_config_space(offset)?;
-    let hi: u32 = t.read_config_space(offset + 4)?;
-    Ok(((hi as u64) << 32) | lo as u64)
-}
-
-impl<T: Transport> VirtioMem<T> {
-    /// Initialises the device and unplugs everything (5.15.6.1).
-    pub fn new(mut transport: T) -> Result<Self> {
-        let features = transport.begin_init(Features::VERSION_1 | Features::UNPLUGGED_INACCESSIBLE);
-        if !features.contains(Features::UNPLUGGED_INACCESSIBLE) {
-            pr_info!("virtio_mem: device allows access to unplugged memory");
-        }
-        let queue = VirtQueue::new(&mut transport, 0, false, false)
-            .map_err(|e| err!(EIO, "virtio_mem: no request queue: {e:?}"))?;
-        transport.finish_init();
-        let mut dev = Self {
-            transport,
-            queue,
+impl<D: MemDevice> VirtioMem<D> {
+    /// Checks the device's geometry and unplugs everything (5.15.6.1).
+    pub fn new(dev: D) -> Result<Self> {
+        let mut vm = Self {
+            dev,
             config: Config::default(),
             plugged: BTreeMap::new(),
             busy: BTreeSet::new(),
             ticks: (0, 0),
         };
-        dev.read_config()?;
-        let bs = dev.config.block_size;
+        vm.read_config()?;
+        let bs = vm.config.block_size;
         if bs == 0 || !MEMORY_BLOCK_SIZE.is_multiple_of(bs) || bs < 1 << PAGE_SHIFT {
             // Linux's big-block mode (device blocks spanning memory
             // blocks) is not implemented.
             bail!(ENODEV, "virtio_mem: device block size {bs:#x} does not divide the memory block size {MEMORY_BLOCK_SIZE:#x}");
         }
-        if dev.request(REQ_UNPLUG_ALL, 0, 0)? != RESP_ACK {
+        if vm.request(Request::UnplugAll)? != Response::Ack {
             bail!(EIO, "virtio_mem: UNPLUG_ALL refused");
         }
-        dev.read_config()?;
+        vm.read_config()?;
         pr_info!(
             "virtio_mem: region {:#x}-{:#x}, device block size {:#x}",
-            dev.config.addr,
-            dev.config.addr + dev.config.region_size - 1,
-            dev.config.block_size
+            vm.config.addr,
+            vm.config.addr + vm.config.region_size - 1,
+            vm.config.block_size
         );
-        Ok(dev)
+        Ok(vm)
+    }
+
+    pub fn device(&mut self) -> &mut D {
+        &mut self.dev
     }
 
     fn read_config(&mut self) -> Result<()> {
-        let t = &self.transport;
-        let read = || -> virtio_drivers::Result<Config> {
-            Ok(Config {
-                block_size: read_u64(t, 0)?,
-                addr: read_u64(t, 16)?,
-                region_size: read_u64(t, 24)?,
-                usable_region_size: read_u64(t, 32)?,
-                plugged_size: read_u64(t, 40)?,
-                requested_size: read_u64(t, 48)?,
-            })
-        };
-        self.config = t
-            .read_consistent(read)
-            .map_err(|e| err!(EIO, "virtio_mem: config: {e:?}"))?;
+        self.config = self.dev.config()?;
         Ok(())
     }
 
-    /// One request on the queue; the response type.
-    fn request(&mut self, kind: u16, addr: u64, nb_blocks: u16) -> Result<u16> {
-        let mut req = [0u8; 24];
-        req[0..2].copy_from_slice(&kind.to_le_bytes());
-        req[8..16].copy_from_slice(&addr.to_le_bytes());
-        req[16..18].copy_from_slice(&nb_blocks.to_le_bytes());
-        let mut resp = [0u8; 10];
-        let (queue, transport) = (&mut self.queue, &mut self.transport);
-        timed(&mut self.ticks.0, || {
-            queue.add_notify_wait_pop(&[&req], &mut [&mut resp], transport)
-        })
-        .map_err(|e| err!(EIO, "virtio_mem: request failed: {e:?}"))?;
-        Ok(u16::from_le_bytes([resp[0], resp[1]]))
-    }
-
-    /// Acknowledges the interrupt; whether the configuration changed.
-    pub fn interrupt(&mut self) -> bool {
-        self.transport
-            .ack_interrupt()
-            .contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT)
+    fn request(&mut self, req: Request) -> Result<Response> {
+        let dev = &mut self.dev;
+        timed(&mut self.ticks.0, || dev.request(req))
     }
 
     /// Device blocks the device asks for, capped by the usable region.
@@ -184,7 +174,7 @@ impl<T: Transport> VirtioMem<T> {
 
     /// Moves plugged memory towards `requested_size`. Returns whether it is
     /// reached (false: some memory is busy; try again later).
-    pub fn step(&mut self) -> Result<bool> {
+    pub fn step<T: Translation>(&mut self, mm: &mut MemorySystem<T>) -> Result<bool> {
         self.ticks = (0, 0);
         self.read_config()?;
         let per_block = self.per_block();
@@ -206,7 +196,7 @@ impl<T: Transport> VirtioMem<T> {
                 break;
             };
             let k = (self.wanted() - self.have()).min(per_block - n);
-            self.plug(id, n, k)?;
+            self.plug(mm, id, n, k)?;
         }
         self.busy.clear();
         let candidates: alloc::vec::Vec<(u64, u64)> =
@@ -216,7 +206,7 @@ impl<T: Transport> VirtioMem<T> {
                 break;
             }
             let k = (self.have() - self.wanted()).min(n);
-            if !self.unplug(id, n, k)? {
+            if !self.unplug(mm, id, n, k)? {
                 self.busy.insert(id);
             }
         }
@@ -225,8 +215,8 @@ impl<T: Transport> VirtioMem<T> {
             "virtio_mem: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){}",
             self.config.plugged_size >> 20,
             self.config.requested_size >> 20,
-            self.ticks.0 * 1_000_000 / cpu::counter_freq(),
-            self.ticks.1 * 1_000_000 / cpu::counter_freq(),
+            self.ticks.0 * 1_000_000 / arch::counter_freq(),
+            self.ticks.1 * 1_000_000 / arch::counter_freq(),
             if self.busy.is_empty() {
                 alloc::string::String::new()
             } else {
@@ -240,26 +230,38 @@ impl<T: Transport> VirtioMem<T> {
     /// Plugs sub-blocks `[n, n + k)` of block `id` (whose first `n` are
     /// plugged) and gives them to the buddy allocator, adding and onlining
     /// the block when it is new. Undone on failure.
-    fn plug(&mut self, id: u64, n: u64, k: u64) -> Result<()> {
+    fn plug<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        id: u64,
+        n: u64,
+        k: u64,
+    ) -> Result<()> {
         let (start, spfn, epfn) = self.sub_blocks(id, n, n + k);
-        if self.request(REQ_PLUG, start, k as u16)? != RESP_ACK {
+        let nb_blocks = k as u16;
+        if self.request(Request::Plug {
+            addr: start,
+            nb_blocks,
+        })? != Response::Ack
+        {
             bail!(EIO, "virtio_mem: device refused to plug {start:#x}");
         }
         let block = id * MEMORY_BLOCK_SIZE;
         let added = timed(&mut self.ticks.1, || {
-            crate::init::with_mm(|mm| {
-                if n > 0 {
-                    return mm.online_pages_range(id, spfn, epfn);
-                }
-                mm.add_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?;
-                mm.online_block_partial(id, Zone::Movable, epfn)
-                    .inspect_err(|_| {
-                        let _ = mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE);
-                    })
-            })
+            if n > 0 {
+                return mm.online_pages_range(id, spfn, epfn);
+            }
+            mm.add_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?;
+            mm.online_block_partial(id, Zone::Movable, epfn)
+                .inspect_err(|_| {
+                    let _ = mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE);
+                })
         });
         if let Err(e) = added {
-            self.request(REQ_UNPLUG, start, k as u16)?;
+            self.request(Request::Unplug {
+                addr: start,
+                nb_blocks,
+            })?;
             return Err(e);
         }
         self.plugged.insert(id, n + k);
@@ -269,24 +271,33 @@ impl<T: Transport> VirtioMem<T> {
     /// Unplugs the last `k` of the `n` plugged sub-blocks of block `id`:
     /// all of them means offlining and removing the block; fewer, taking
     /// their pages back from the buddy allocator. `false` if they are busy.
-    fn unplug(&mut self, id: u64, n: u64, k: u64) -> Result<bool> {
+    fn unplug<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        id: u64,
+        n: u64,
+        k: u64,
+    ) -> Result<bool> {
         let (start, spfn, epfn) = self.sub_blocks(id, n - k, n);
         let block = id * MEMORY_BLOCK_SIZE;
         let removed = timed(&mut self.ticks.1, || {
-            crate::init::with_mm(|mm| {
-                if k < n {
-                    return mm.offline_pages_range(id, spfn, epfn);
-                }
-                mm.offline_block(id)?;
-                mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)
-            })
+            if k < n {
+                return mm.offline_pages_range(id, spfn, epfn);
+            }
+            mm.offline_block(id)?;
+            Ok(mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?)
         });
         match removed {
             Ok(()) => {}
-            Err(e) if e.errno == crate::console::Errno::EBUSY => return Ok(false),
-            Err(e) => return Err(e),
+            Err(OfflineError::Busy { .. }) => return Ok(false),
+            Err(OfflineError::Invalid(e)) => return Err(e),
         }
-        if self.request(REQ_UNPLUG, start, k as u16)? != RESP_ACK {
+        let nb_blocks = k as u16;
+        if self.request(Request::Unplug {
+            addr: start,
+            nb_blocks,
+        })? != Response::Ack
+        {
             bail!(EIO, "virtio_mem: device refused to unplug {start:#x}");
         }
         if k < n {

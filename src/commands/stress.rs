@@ -7,16 +7,13 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::kernel::KernelMm;
-use super::Result;
 use crate::arch::aarch64::{self as cpu, smp};
+use crate::error::Result;
+use crate::mm::global::{with_mm, KernelMm};
 use crate::mm::layout::*;
 use crate::mm::page::{PageFlags, Zone};
 use crate::{bail, err};
 
-type MmLock = spin::Mutex<Option<KernelMm>>;
-
-static MM: spin::Once<&'static MmLock> = spin::Once::new();
 static STOP: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicU64 = AtomicU64::new(0);
 static OPS: AtomicU64 = AtomicU64::new(0);
@@ -38,7 +35,6 @@ fn words(pfn: u64, order: u32) -> (*mut u64, usize) {
 
 /// One secondary CPU's loop; see the module comment.
 fn worker(cpu: usize) {
-    let mm = *MM.get().expect("set before workers start");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
     let mut held = [(0u64, 0u32); HELD];
     let mut n = 0;
@@ -55,18 +51,14 @@ fn worker(cpu: usize) {
         }
         if !stopping && n < HELD && (n == 0 || next() % 2 == 0) {
             let order = (next() % 3) as u32;
-            let got = {
-                let mut g = mm.lock();
-                let m = g.as_mut().expect("memory is up");
-                m.buddy
-                    .alloc(order, Zone::Movable)
-                    .or_else(|| m.buddy.alloc(order, Zone::Normal))
-                    .map(|pfn| {
-                        // SAFETY: the page is ours and its vmemmap is populated.
-                        let page = unsafe { m.memmap.get(pfn) };
-                        (pfn, page.refcount() == 1 && page.has(PageFlags::ONLINE))
-                    })
-            };
+            let got = with(|m| {
+                m.alloc_movable_first(order).map(|pfn| {
+                    let page_ok = m
+                        .page(pfn)
+                        .is_some_and(|p| p.refcount() == 1 && p.has(PageFlags::ONLINE));
+                    (pfn, page_ok)
+                })
+            });
             if let Some((pfn, page_ok)) = got {
                 if !page_ok {
                     ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -90,13 +82,7 @@ fn worker(cpu: usize) {
                     break;
                 }
             }
-            if !mm
-                .lock()
-                .as_mut()
-                .expect("memory is up")
-                .buddy
-                .free(pfn, order)
-            {
+            if !with(|m| m.free(pfn, order)) {
                 ERRORS.fetch_add(1, Ordering::Relaxed);
             }
             held[k] = held[n - 1];
@@ -107,27 +93,28 @@ fn worker(cpu: usize) {
     RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
 }
 
-fn with<R>(mm: &MmLock, f: impl FnOnce(&mut KernelMm) -> R) -> R {
-    f(mm.lock().as_mut().expect("memory is up"))
+/// The memory system is installed before any command runs.
+fn with<R>(f: impl FnOnce(&mut KernelMm) -> R) -> R {
+    with_mm(f).expect("memory is installed before the console starts")
 }
 
 /// Offlines block `id`, waiting (bounded) for the workers' pages to drain.
-fn offline_draining(mm: &MmLock, id: u64) -> Result<()> {
-    with(mm, |m| m.offline_begin(id))?;
+fn offline_draining(id: u64) -> Result<()> {
+    with(|m| m.offline_begin(id))?;
     let t0 = cpu::counter();
     loop {
-        if with(mm, |m| m.offline_try_finish(id)) {
+        if with(|m| m.offline_try_finish(id)) {
             return Ok(());
         }
         if cpu::counter() - t0 > 10 * cpu::counter_freq() {
-            with(mm, |m| m.offline_abort(id));
+            with(|m| m.offline_abort(id));
             bail!(EBUSY, "memory{id}: pages still in use after 10 s");
         }
         core::hint::spin_loop();
     }
 }
 
-pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let num = |i: usize, default: u64| -> Result<u64> {
         argv.get(i).map_or(Ok(default), |w| {
             w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))
@@ -141,9 +128,8 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
             mask |= 1 << cpu;
         }
     }
-    let ranges: alloc::vec::Vec<_> = with(mm, |m| {
-        m.hotpluggable.iter().map(|r| (r.base, r.end())).collect()
-    });
+    let ranges: alloc::vec::Vec<_> =
+        with(|m| m.hotpluggable().iter().map(|r| (r.base, r.end())).collect());
     if ranges.is_empty() {
         bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
     }
@@ -151,8 +137,7 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
         .iter()
         .map(|r| (r.1 - r.0) / MEMORY_BLOCK_SIZE)
         .sum::<u64>();
-    MM.call_once(|| mm);
-    let (baseline, saved) = with(mm, |m| (m.meminfo(), m.memmap_on_memory));
+    let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
     STOP.store(false, Ordering::Release);
     OPS.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
@@ -162,10 +147,10 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
     let mut result = Ok(());
     'cycles: for c in 0..cycles {
         for &(start, end) in &ranges {
-            let r = with(mm, |m| {
-                m.memmap_on_memory = c % 2 == 1;
+            let r = with(|m| {
+                m.set_memmap_on_memory(c % 2 == 1);
                 let r = m.add_memory(start, end - start);
-                m.memmap_on_memory = saved;
+                m.set_memmap_on_memory(saved);
                 r?;
                 (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
                     .try_for_each(|id| m.online_block(id, Zone::Movable))
@@ -177,8 +162,8 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
         }
         for &(start, end) in &ranges {
             let r = (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
-                .try_for_each(|id| offline_draining(mm, id))
-                .and_then(|()| with(mm, |m| m.remove_memory(start, end - start)));
+                .try_for_each(offline_draining)
+                .and_then(|()| with(|m| m.remove_memory(start, end - start)));
             if let Err(e) = r {
                 result = Err(e);
                 break 'cycles;
@@ -195,7 +180,7 @@ pub fn stress(mm: &'static MmLock, argv: &[&str], out: &mut dyn Write) -> Result
         core::hint::spin_loop();
     }
     result?;
-    let after = with(mm, |m| m.meminfo());
+    let after = with(|m| m.meminfo());
     let ms = elapsed * 1000 / cpu::counter_freq();
     writeln!(
         out,

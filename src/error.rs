@@ -1,4 +1,6 @@
-//! Linux errno names and the console's error type.
+//! The kernel's error: a Linux errno with a message. Typed errors of the
+//! layers above (`MapError`, `AltmapError`, ...) convert into it where they
+//! are defined.
 //!
 //! Every failure the console reports is one line, `error: <ERRNO>: <msg>`
 //! (`console.md`). [`Error`]'s `Display` produces exactly that line, without
@@ -157,7 +159,7 @@ pub struct Error {
     pub msg: String,
 }
 
-/// The console's result type.
+/// The kernel's result type.
 pub type Result<T> = core::result::Result<T, Error>;
 
 impl Error {
@@ -228,11 +230,11 @@ impl core::error::Error for Error {}
 #[macro_export]
 macro_rules! err {
     ($errno:ident) => {
-        $crate::console::Error::from($crate::console::Errno::$errno)
+        $crate::error::Error::from($crate::error::Errno::$errno)
     };
     ($errno:ident, $($arg:tt)+) => {
-        $crate::console::Error::from_args(
-            $crate::console::Errno::$errno,
+        $crate::error::Error::from_args(
+            $crate::error::Errno::$errno,
             ::core::format_args!($($arg)+),
         )
     };

@@ -1,10 +1,20 @@
-//! The console's files over the same machine: Linux's formats.
+//! The kernel's files over a booted host system: Linux's formats.
 
-use super::*;
+use alloc::format;
+use alloc::string::String;
+
+use super::Files;
+use crate::error::Errno;
+use crate::mm::layout::MAX_ORDER;
+use crate::mm::test_system::{start_of, TestSystem, BLOCK, BOOT, HOT_FIRST};
+use crate::mm::testing::ArenaTranslation;
+
+fn boot() -> TestSystem {
+    TestSystem::boot()
+}
 
 #[test]
 fn files_speak_linux_formats() {
-    use crate::console::files::Files;
     let mut fx = boot();
     let mut files = Files {
         mm: &mut fx.mm,

@@ -4,13 +4,27 @@
 
 use core::fmt::Write;
 
-use super::Result;
+use super::{parse_number, Kernel};
 use crate::arch::aarch64 as cpu;
+use crate::error::Result;
 use crate::mm::layout::*;
 use crate::mm::page::{Page, Zone};
+use crate::mm::pgtable::Translation;
 use crate::mm::system::MemorySystem;
-use crate::mm::translation::KernelTranslation;
+use crate::platform::cmdline::memparse;
 use crate::{bail, err};
+
+/// `bench hotplug ADDR SIZE`.
+pub fn command<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let (start, size) = match (argv.get(1).copied(), argv.get(3)) {
+        (Some("hotplug"), Some(s)) => (
+            parse_number(argv.get(2), "address")?,
+            memparse(s).ok_or_else(|| err!(EINVAL, "bad size {s:?}"))?,
+        ),
+        _ => bail!(EINVAL, "usage: bench hotplug ADDR SIZE"),
+    };
+    k.with_mm(|mm| hotplug(mm, start, size, out))
+}
 
 fn us(ticks: u64) -> u64 {
     ticks * 1_000_000 / cpu::counter_freq()
@@ -18,7 +32,7 @@ fn us(ticks: u64) -> u64 {
 
 /// Writes `bytes` of fresh struct pages into memory from the buddy
 /// allocator: the floor that adding memory cannot beat.
-fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64) -> Result<u64> {
+fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64) -> Result<u64> {
     let order = crate::mm::frame::get_order(bytes, PAGE_SHIFT).min(MAX_ORDER);
     let chunk = PAGE_SIZE << order;
     let mut held = [0u64; 64];
@@ -28,7 +42,6 @@ fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64)
     }
     for slot in held.iter_mut().take(n) {
         *slot = mm
-            .buddy
             .alloc(order, Zone::Normal)
             .ok_or_else(|| err!(ENOMEM, "no memory for the baseline"))?;
     }
@@ -46,7 +59,7 @@ fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64)
     }
     let t = cpu::counter() - t0;
     for &pfn in &held[..n] {
-        mm.buddy.free(pfn, order);
+        mm.free(pfn, order);
     }
     Ok(t.max(1))
 }
@@ -55,15 +68,15 @@ fn plain_struct_page_write(mm: &mut MemorySystem<KernelTranslation>, bytes: u64)
 /// pages in system RAM and then on the memory itself, reporting the system
 /// RAM each consumed, the time against a plain write of the struct pages,
 /// and the TLB invalidations per removed block.
-pub fn hotplug(
-    mm: &mut MemorySystem<KernelTranslation>,
+fn hotplug<T: Translation>(
+    mm: &mut MemorySystem<T>,
     start: u64,
     size: u64,
     out: &mut dyn Write,
 ) -> Result<()> {
     let blocks = size / MEMORY_BLOCK_SIZE;
     let struct_pages = (size >> PAGE_SHIFT) << STRUCT_PAGE_SHIFT;
-    let saved = mm.memmap_on_memory;
+    let saved = mm.memmap_on_memory();
     let write = plain_struct_page_write(mm, struct_pages)?;
     writeln!(
         out,
@@ -72,11 +85,11 @@ pub fn hotplug(
         us(write)
     )?;
     for on_memory in [false, true] {
-        mm.memmap_on_memory = on_memory;
+        mm.set_memmap_on_memory(on_memory);
         let before = mm.meminfo();
         let t0 = cpu::counter();
         let result = mm.add_memory(start, size);
-        mm.memmap_on_memory = saved;
+        mm.set_memmap_on_memory(saved);
         result?;
         let t_add = cpu::counter() - t0;
         let added = mm.meminfo();
@@ -85,14 +98,14 @@ pub fn hotplug(
             mm.online_block(id, Zone::Movable)?;
         }
         let t_online = cpu::counter() - t1;
-        let tlbi = mm.pt.stats.tlbi_ops;
+        let tlbi = mm.page_table().stats.tlbi_ops;
         let t2 = cpu::counter();
         for id in start / MEMORY_BLOCK_SIZE..(start + size) / MEMORY_BLOCK_SIZE {
             mm.offline_block(id)?;
         }
         mm.remove_memory(start, size)?;
         let t_remove = cpu::counter() - t2;
-        let tlbi = mm.pt.stats.tlbi_ops - tlbi;
+        let tlbi = mm.page_table().stats.tlbi_ops - tlbi;
         let after = mm.meminfo();
         let consumed = before.free - added.free;
         writeln!(

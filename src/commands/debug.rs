@@ -1,0 +1,164 @@
+//! Commands that need the real CPU and firmware: the kernel log, power,
+//! fault-tolerant reads and writes, deliberate oopses, struct pages read
+//! through the vmemmap.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use super::{parse_number, Command, Kernel};
+use crate::arch::aarch64::{exception, smp};
+use crate::arch::esr;
+use crate::drivers::psci;
+use crate::error::Result;
+use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PHYS_LIMIT};
+use crate::mm::page::Page;
+use crate::{bail, err};
+
+pub fn commands<K: Kernel>() -> Vec<Command<K>> {
+    vec![
+        Command {
+            name: "dmesg",
+            usage: "dmesg",
+            about: "the kernel log",
+            run: |_, _, out| {
+                crate::log::for_each_chunk(|b| {
+                    let _ = out.write_str(&String::from_utf8_lossy(b));
+                });
+                Ok(())
+            },
+        },
+        Command {
+            name: "poweroff",
+            usage: "poweroff",
+            about: "PSCI SYSTEM_OFF",
+            run: |_, _, _| psci::system_off(),
+        },
+        Command {
+            name: "touch",
+            usage: "touch ADDR",
+            about: "read 8 bytes at virtual ADDR; a fault is reported, not fatal",
+            run: touch,
+        },
+        Command {
+            name: "crash",
+            usage: "crash ADDR",
+            about: "read ADDR unprotected: a fault there is fatal (oops)",
+            run: crash,
+        },
+        Command {
+            name: "crash",
+            usage: "crash stack [CPU]",
+            about: "overflow CPU's kernel stack into its guard page (oops)",
+            run: crash,
+        },
+        Command {
+            name: "poke",
+            usage: "poke ADDR VALUE",
+            about: "write 8 bytes at virtual ADDR; a fault is reported, not fatal",
+            run: poke,
+        },
+        Command {
+            name: "page",
+            usage: "page PFN",
+            about: "the struct page of PFN through the vmemmap (pfn_to_page)",
+            run: page,
+        },
+    ]
+}
+
+/// Recurses until the stack runs into its guard page (`crash stack`).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn overflow(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    overflow(depth + 1) + frame[0]
+}
+
+fn touch<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let va = parse_number(argv.get(1), "address")?;
+    match exception::probe(va) {
+        Ok(v) => Ok(writeln!(out, "{va:#018x}: {v:#018x}")?),
+        Err(f) => {
+            let mut what = String::new();
+            esr::describe(f.esr, &mut what)?;
+            bail!(
+                EFAULT,
+                "Unable to handle kernel paging request at virtual address {:016x}: {what}",
+                f.far
+            )
+        }
+    }
+}
+
+fn crash<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    if argv.get(1) == Some(&"stack") {
+        let cpu: usize = argv
+            .get(2)
+            .map_or(Ok(0), |c| c.parse())
+            .map_err(|_| err!(EINVAL, "bad CPU"))?;
+        if cpu >= 64 || smp::online_mask() & (1 << cpu) == 0 {
+            bail!(EINVAL, "CPU{cpu} is not online");
+        }
+        if cpu == 0 {
+            overflow(0);
+        } else {
+            smp::run_on(1 << cpu, |_| {
+                overflow(0);
+            });
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        return Ok(());
+    }
+    let va = parse_number(argv.get(1), "address")?;
+    // SAFETY: none; a fault here is the point (the oops path).
+    let v = unsafe { (va as *const u64).read_volatile() };
+    Ok(writeln!(out, "{va:#018x}: {v:#018x}")?)
+}
+
+fn poke<K: Kernel>(_: &mut K, argv: &[&str], _: &mut dyn Write) -> Result<()> {
+    let va = parse_number(argv.get(1), "address")?;
+    let value = parse_number(argv.get(2), "value")?;
+    exception::poke(va, value).map_err(|f| {
+        err!(
+            EFAULT,
+            "Unable to handle kernel paging request at virtual address {:016x}",
+            f.far
+        )
+    })
+}
+
+/// Reads the struct page through the fault-tolerant read: an unpopulated
+/// vmemmap is reported, not fatal.
+fn page<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let pfn = parse_number(argv.get(1), "pfn")?;
+    if pfn >= PHYS_LIMIT >> PAGE_SHIFT {
+        bail!(ERANGE, "pfn {pfn:#x} is beyond the physical address range");
+    }
+    let va = pfn_to_page_va(pfn);
+    let mut words = [0u64; 8];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = exception::probe(va + 8 * i as u64).map_err(|f| {
+            err!(
+                EFAULT,
+                "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})",
+                va,
+                f.far
+            )
+        })?;
+    }
+    // SAFETY: any 64 bytes are a valid `Page` (plain integers).
+    let page: Page = unsafe { core::mem::transmute(words) };
+    let zone = page.zone().map_or("?", |z| z.name());
+    writeln!(
+        out,
+        "pfn {pfn:#x} page {va:#x} flags {:?} zone {zone} refcount {} owner {}",
+        page.flags(),
+        page.refcount(),
+        page.private()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Commands on the memory system alone: `pin`, `unpin`, `devmem`.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use super::{Command, Kernel};
+use crate::error::Result;
+use crate::mm::layout::PAGE_SIZE;
+use crate::mm::system::DevMapKind;
+use crate::platform::cmdline::memparse;
+use crate::{bail, err};
+
+pub fn commands<K: Kernel>() -> Vec<Command<K>> {
+    vec![
+        Command {
+            name: "devmem",
+            usage: "devmem list",
+            about: "device-memory regions: id, range, owner, state",
+            run: devmem,
+        },
+        Command {
+            name: "devmem",
+            usage: "devmem map ID --map=dev|mem",
+            about: "ZONE_DEVICE; struct pages on the device or in RAM",
+            run: devmem,
+        },
+        Command {
+            name: "devmem",
+            usage: "devmem unmap ID",
+            about: "undo devmem map",
+            run: devmem,
+        },
+        Command {
+            name: "pin",
+            usage: "pin SIZE",
+            about: "hold SIZE of memory (movable first) as a process would",
+            run: pin,
+        },
+        Command {
+            name: "unpin",
+            usage: "unpin",
+            about: "give back everything pinned",
+            run: unpin,
+        },
+    ]
+}
+
+fn devmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let id = |w: Option<&&str>| -> Result<usize> {
+        let w = w.ok_or_else(|| err!(EINVAL, "missing region id"))?;
+        w.parse().map_err(|_| err!(EINVAL, "bad region id {w:?}"))
+    };
+    k.with_mm(|mm| match argv.get(1).copied() {
+        Some("list") => {
+            for (i, d) in mm.devmem().iter().enumerate() {
+                let state = match &d.mapping {
+                    None => "unmapped",
+                    Some((DevMapKind::Dev, _)) => "mapped(dev)",
+                    Some((DevMapKind::Mem, _)) => "mapped(mem)",
+                };
+                writeln!(
+                    out,
+                    "{i} {:#x}-{:#x} {} {state}",
+                    d.range.base,
+                    d.range.end() - 1,
+                    d.owner
+                )?;
+            }
+            Ok(())
+        }
+        Some("map") => {
+            let id = id(argv.get(2))?;
+            let kind = match argv.get(3).copied() {
+                Some("--map=dev") => DevMapKind::Dev,
+                Some("--map=mem") => DevMapKind::Mem,
+                _ => bail!(EINVAL, "usage: devmem map ID --map=dev|mem"),
+            };
+            mm.memremap_pages(id, kind)
+        }
+        Some("unmap") => mm.memunmap_pages(id(argv.get(2))?),
+        _ => bail!(
+            EINVAL,
+            "usage: devmem list | map ID --map=dev|mem | unmap ID"
+        ),
+    })
+}
+
+fn pinned_kib(pages: usize) -> u64 {
+    (pages as u64 * PAGE_SIZE) >> 10
+}
+
+/// Pins page by page: what is pinned before memory runs out stays pinned,
+/// as a process's pages would.
+fn pin<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let size = argv
+        .get(1)
+        .and_then(|s| memparse(s))
+        .ok_or_else(|| err!(EINVAL, "usage: pin SIZE"))?;
+    let mut pinned = core::mem::take(k.pinned());
+    let r = k.with_mm(|mm| {
+        for _ in 0..size.div_ceil(PAGE_SIZE) {
+            let Some(pfn) = mm.alloc_movable_first(0) else {
+                bail!(
+                    ENOMEM,
+                    "out of memory; {} KiB pinned in all",
+                    pinned_kib(pinned.len())
+                );
+            };
+            pinned.push(pfn);
+        }
+        Ok(())
+    });
+    let n = pinned.len();
+    *k.pinned() = pinned;
+    r?;
+    Ok(writeln!(out, "pinned {} KiB in all", pinned_kib(n))?)
+}
+
+fn unpin<K: Kernel>(k: &mut K, _: &[&str], _: &mut dyn Write) -> Result<()> {
+    let pinned = core::mem::take(k.pinned());
+    k.with_mm(|mm| {
+        for &pfn in &pinned {
+            mm.free(pfn, 0);
+        }
+        Ok(())
+    })
+}

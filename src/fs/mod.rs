@@ -1,0 +1,207 @@
+//! The kernel's files: procfs, sysfs and debugfs under Linux's names and
+//! formats (`console.md`), over any [`MemorySystem`].
+//!
+//! Every fixed path is named once, in [`attributes`], with its show and
+//! store functions (Linux's `DEVICE_ATTR` in `drivers/base/memory.c`); the
+//! memory-block directories have their own table ([`memory::BLOCK_ATTRS`]).
+//! Directories are what the paths imply: nothing lists them separately.
+
+mod debug;
+pub mod memory;
+pub mod proc;
+
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::error::Result;
+use crate::mm::pgtable::Translation;
+use crate::mm::system::MemorySystem;
+use crate::{bail, err};
+
+/// What a show or store function works on.
+pub struct Files<'a, T: Translation> {
+    pub mm: &'a mut MemorySystem<T>,
+    /// CPUs running, bit n for CPU n.
+    pub cpus_online: u64,
+}
+
+pub type Show<T> = fn(&Files<T>, &mut dyn Write) -> Result<()>;
+pub type Store<T> = fn(&mut Files<T>, &str) -> Result<()>;
+
+/// One file: its path, and what reading and writing it do (`None`: the
+/// file is write-only or read-only).
+pub struct Attribute<T: Translation> {
+    pub path: &'static str,
+    pub show: Option<Show<T>>,
+    pub store: Option<Store<T>>,
+}
+
+/// Every file at a fixed path.
+pub fn attributes<T: Translation>() -> [Attribute<T>; 12] {
+    let a = |path, show, store| Attribute { path, show, store };
+    [
+        a("/proc/meminfo", Some(proc::meminfo), None),
+        a("/proc/iomem", Some(proc::iomem), None),
+        a("/proc/buddyinfo", Some(proc::buddyinfo), None),
+        a("/proc/vmstat", Some(proc::vmstat), None),
+        a("/sys/devices/system/cpu/online", Some(cpu_online), None),
+        a(
+            "/sys/devices/system/memory/block_size_bytes",
+            Some(memory::block_size_bytes),
+            None,
+        ),
+        a(
+            "/sys/devices/system/memory/probe",
+            None,
+            Some(memory::probe),
+        ),
+        a(
+            "/sys/devices/system/memory/remove",
+            None,
+            Some(memory::remove),
+        ),
+        a(
+            "/sys/module/memory_hotplug/parameters/memmap_on_memory",
+            Some(memory::show_memmap_on_memory),
+            Some(memory::store_memmap_on_memory),
+        ),
+        a(
+            "/sys/kernel/debug/kernel_page_tables",
+            Some(debug::kernel_page_tables),
+            None,
+        ),
+        a("/sys/kernel/debug/vmemmap", Some(debug::vmemmap), None),
+        a(
+            "/sys/kernel/debug/fail_nth_alloc",
+            Some(debug::show_fail_nth_alloc),
+            Some(debug::store_fail_nth_alloc),
+        ),
+    ]
+}
+
+/// What a path names.
+enum Node<T: Translation> {
+    Dir,
+    File(Option<Show<T>>, Option<Store<T>>),
+    Block(u64, memory::BlockAttr<T>),
+}
+
+/// A CPU mask as Linux prints it: ranges, `0-3,6`.
+pub fn cpu_list(mask: u64) -> String {
+    let mut out = String::new();
+    let mut cpu = 0;
+    while cpu < 64 {
+        if mask & (1 << cpu) == 0 {
+            cpu += 1;
+            continue;
+        }
+        let first = cpu;
+        while cpu < 64 && mask & (1 << cpu) != 0 {
+            cpu += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        match cpu - 1 - first {
+            0 => out += &format!("{first}"),
+            _ => out += &format!("{first}-{}", cpu - 1),
+        }
+    }
+    out
+}
+
+fn cpu_online<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
+    Ok(writeln!(out, "{}", cpu_list(f.cpus_online))?)
+}
+
+impl<T: Translation> Files<'_, T> {
+    fn lookup(&self, path: &str) -> Option<Node<T>> {
+        let attrs = attributes::<T>();
+        if let Some(a) = attrs.iter().find(|a| a.path == path) {
+            return Some(Node::File(a.show, a.store));
+        }
+        if path == "/" || self.children(path).next().is_some() {
+            return Some(Node::Dir);
+        }
+        let (id, file) = memory::block_path(path)?;
+        if !self.mm.blocks().contains_key(&id) {
+            return None;
+        }
+        match file {
+            None => Some(Node::Dir),
+            Some(f) => memory::block_attrs::<T>()
+                .into_iter()
+                .find(|a| a.name == f)
+                .map(|a| Node::Block(id, a)),
+        }
+    }
+
+    /// Names directly under `dir`, sorted, directories ending with `/`;
+    /// then the memory blocks, in id order.
+    fn children(&self, dir: &str) -> impl Iterator<Item = String> + '_ {
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
+        let fixed: BTreeSet<String> = attributes::<T>()
+            .into_iter()
+            .filter_map(|a| {
+                let rest = a.path.strip_prefix(prefix.as_str())?;
+                Some(match rest.split_once('/') {
+                    Some((d, _)) => format!("{d}/"),
+                    None => rest.to_string(),
+                })
+            })
+            .collect();
+        let blocks = (dir == memory::MEMORY_DIR)
+            .then(|| self.mm.blocks().keys().map(|id| format!("memory{id}/")))
+            .into_iter()
+            .flatten();
+        fixed.into_iter().chain(blocks)
+    }
+
+    pub fn read(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
+        match self.lookup(path) {
+            Some(Node::File(Some(show), _)) => show(self, out),
+            Some(Node::File(None, _)) => bail!(EACCES, "{path}: write-only file"),
+            Some(Node::Block(id, a)) => (a.show)(self.mm, id, out),
+            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            None => bail!(ENOENT, "{path}: no such file or directory"),
+        }
+    }
+
+    pub fn write(&mut self, path: &str, data: &str) -> Result<()> {
+        let data = data.trim();
+        match self.lookup(path) {
+            Some(Node::File(_, Some(store))) => store(self, data),
+            Some(Node::Block(
+                id,
+                memory::BlockAttr {
+                    store: Some(store), ..
+                },
+            )) => store(self.mm, id, data),
+            Some(Node::File(..) | Node::Block(..)) => bail!(EPERM, "{path}: read-only file"),
+            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            None => bail!(ENOENT, "{path}: no such file or directory"),
+        }
+    }
+
+    pub fn list(&mut self, path: &str) -> Result<Vec<String>> {
+        match self.lookup(path) {
+            Some(Node::Dir) if memory::block_path(path).is_some() => Ok(memory::block_attrs::<T>()
+                .iter()
+                .map(|a| a.name.to_string())
+                .collect()),
+            Some(Node::Dir) => Ok(self.children(path).collect()),
+            Some(_) => bail!(ENOTDIR, "{path}: not a directory"),
+            None => Err(err!(ENOENT, "{path}: no such file or directory")),
+        }
+    }
+}
+
+#[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
+mod tests;

@@ -1,0 +1,160 @@
+//! `setup_arch`: find and read the device tree and the command line, start
+//! the UART and the firmware interface, and describe memory in memblock.
+
+use crate::arch::aarch64 as cpu;
+use crate::drivers::{pl011, psci};
+use crate::mm::addr::PhysRange;
+use crate::mm::layout::{align_down, align_up, PAGE_SIZE, VA_BITS};
+use crate::mm::memblock::Memblock;
+use crate::platform::cmdline::BootParams;
+use crate::platform::{is_fdt, Platform};
+use crate::{pr_info, pr_warn};
+
+unsafe extern "C" {
+    static _text: u8;
+    static _etext: u8;
+    static _erodata: u8;
+    static _data: u8;
+    static __stack_guard: u8;
+    static __boot_stack: u8;
+    static _end: u8;
+}
+
+/// The kernel image: where it was loaded and its sections' linked
+/// addresses (from the linker script).
+pub struct KernelImage {
+    pub pa: u64,
+    pub text: u64,
+    pub etext: u64,
+    pub erodata: u64,
+    pub data: u64,
+    /// The unmapped page(s) below the boot stack.
+    pub stack_guard: u64,
+    pub boot_stack: u64,
+    pub end: u64,
+}
+
+impl KernelImage {
+    fn new(pa: u64) -> Self {
+        let sym = |s: &u8| s as *const u8 as u64;
+        // SAFETY: linker symbols; only their addresses are taken.
+        unsafe {
+            KernelImage {
+                pa,
+                text: sym(&_text),
+                etext: sym(&_etext),
+                erodata: sym(&_erodata),
+                data: sym(&_data),
+                stack_guard: sym(&__stack_guard),
+                boot_stack: sym(&__boot_stack),
+                end: sym(&_end),
+            }
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.end - self.text
+    }
+
+    /// The physical address of a linked address in the image.
+    pub fn pa_of(&self, va: u64) -> u64 {
+        self.pa + (va - self.text)
+    }
+}
+
+/// What the later phases start from.
+pub struct Boot {
+    pub platform: Platform,
+    pub params: BootParams,
+    pub image: KernelImage,
+    pub memblock: Memblock,
+    /// Where `mem=` cut boot RAM off: RAM above it is hot-pluggable later.
+    pub ram_limit: u64,
+}
+
+impl Boot {
+    /// RAM the DT describes that boot left out (`mem=`).
+    pub fn held_back(&self) -> impl Iterator<Item = PhysRange> + '_ {
+        self.platform.memory().iter().filter_map(|r| {
+            let base = r.base.max(self.ram_limit);
+            (base < r.end()).then(|| PhysRange {
+                base,
+                size: r.end() - base,
+            })
+        })
+    }
+}
+
+/// The DT: where x0 says, else at the start of the GiB the image is in
+/// (QEMU's place for it when booting an ELF).
+fn find_dtb(x0: u64, kernel_pa: u64) -> Option<u64> {
+    [x0, kernel_pa & !((1 << 30) - 1)]
+        .into_iter()
+        .find(|&pa| unsafe { is_fdt(pa) })
+}
+
+pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
+    let Some(dtb) = find_dtb(x0, kernel_pa) else {
+        cpu::halt()
+    };
+    let Ok(platform) = (unsafe { Platform::from_fdt(dtb as *const u8) }) else {
+        cpu::halt()
+    };
+    if let Some(uart) = platform.uart {
+        pl011::init(uart.base as usize);
+    }
+    crate::log::set_sink(pl011::write_bytes_str);
+    if let Some(conduit) = platform.psci {
+        psci::init(conduit);
+    }
+    pr_info!(
+        "Booting hotplug-kernel on QEMU virt ({} granule, {}-bit VA)",
+        <crate::mm::granule::KernelGranule as crate::mm::granule::Granule>::NAME,
+        VA_BITS
+    );
+    pr_info!(
+        "Machine model: {} CPU(s), DTB at {:#x}",
+        platform.nr_cpus,
+        dtb
+    );
+    let params = BootParams::parse(platform.bootargs(), |w| {
+        pr_warn!("Unknown kernel command line parameter \"{w}\", ignored")
+    });
+    if let Some(level) = params.loglevel {
+        crate::log::set_console_level(level);
+    }
+    pr_info!("Kernel command line: {}", platform.bootargs());
+
+    let image = KernelImage::new(kernel_pa);
+    let (memblock, ram_limit) = memblock_init(&platform, &params, &image);
+    Boot {
+        platform,
+        params,
+        image,
+        memblock,
+        ram_limit,
+    }
+}
+
+/// Boot RAM up to `mem=`, less the kernel image and the DT; and where
+/// `mem=` cut it off. (No heap yet: nothing here may allocate.)
+fn memblock_init(platform: &Platform, params: &BootParams, image: &KernelImage) -> (Memblock, u64) {
+    let mut memblock = Memblock::new();
+    let mut ram_limit = u64::MAX;
+    let mut budget = params.mem.unwrap_or(u64::MAX);
+    for r in platform.memory() {
+        let size = r.size.min(budget);
+        budget -= size;
+        if size < r.size {
+            ram_limit = ram_limit.min(r.base + size);
+        }
+        memblock.add_memory(r.base, size);
+    }
+    memblock.reserve(image.pa, image.size());
+    let dtb_first = align_down(platform.dtb.base, PAGE_SIZE);
+    memblock.reserve(
+        dtb_first,
+        align_up(platform.dtb.end(), PAGE_SIZE) - dtb_first,
+    );
+    (memblock, ram_limit)
+}

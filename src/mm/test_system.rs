@@ -1,0 +1,146 @@
+//! A booted [`MemorySystem`] over a 2 GiB simulated physical arena, for
+//! host tests of everything that works on memory: hotplug, drivers,
+//! commands, the kernel's files. Booted the way `init` boots the kernel.
+//!
+//! Struct pages live in a host `Vec<Page>` covering every pfn of the arena
+//! (the kernel's vmemmap is virtual), while the page table still gets the
+//! vmemmap mappings and their backing pages, exactly as in the kernel.
+//!
+//! The geometry (4K granule; a block is a 128 MiB section):
+//!
+//! ```text
+//! 0x4000_0000  block 8        boot memory, online Normal, never removable
+//! 0x4800_0000  blocks 9..=19  RAM held back from boot (`probe` may add it)
+//! 0x8000_0000  (1 GiB line)   the second GiB needs a linear-map PMD table
+//! 0xa000_0000  blocks 20, 21  device memory (`memmap=` pmem)
+//! 0xb000_0000  blocks 22, 23  neither: `probe` must refuse it
+//! ```
+//!
+//! The boot tables (root, linear PUD and PMD, vmemmap PUD and PMD) come from
+//! the buddy allocator, as do the boot block's 2 MiB of struct pages.
+
+#![cfg(not(any(feature = "granule-16k", feature = "granule-64k")))]
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::addr::PhysRange;
+use super::buddy::BuddyAllocator;
+use super::layout::*;
+use super::page::{Memmap, Page, PageFlags, Zone};
+use super::pgtable::{Attributes, MapHints, PageTable, VaRange};
+use super::system::{block_pfns, MemorySystem};
+use super::testing::{Arena, ArenaTranslation};
+use super::vmemmap::vmemmap_populate;
+
+pub const ARENA_BASE: u64 = 0x4000_0000;
+pub const ARENA_SIZE: u64 = 2 << 30;
+pub const BLOCK: u64 = MEMORY_BLOCK_SIZE;
+pub const BLOCK_PAGES: u64 = PAGES_PER_SECTION;
+/// The boot block's id (`memory8`).
+pub const BOOT: u64 = ARENA_BASE / BLOCK;
+/// Pages at the start of boot memory left reserved (kernel image, DTB).
+pub const BOOT_RESERVED: u64 = 16;
+/// RAM held back from boot: blocks `HOT_FIRST..HOT_END`.
+pub const HOT_FIRST: u64 = 9;
+pub const HOT_END: u64 = 20;
+/// The second GiB of the arena: its linear map needs a PMD table of its own.
+pub const GIB2: u64 = 0x8000_0000;
+pub const DEV_BASE: u64 = 0xa000_0000;
+pub const DEV_SIZE: u64 = 2 * BLOCK;
+/// Arena memory that is neither boot, held back nor device memory.
+pub const NOT_RAM: u64 = 0xb000_0000;
+/// Table pages after boot: root, linear PUD + PMD, vmemmap PUD + PMD.
+pub const BOOT_TABLES: u64 = 5;
+/// Struct pages of one block, in bytes (one 2 MiB vmemmap block).
+pub const MEMMAP_PER_BLOCK: u64 = BLOCK / PAGE_SIZE * 64;
+pub const MIB: u64 = 1 << 20;
+
+pub fn start_of(id: u64) -> u64 {
+    id * BLOCK
+}
+
+pub fn block_of(pfn: u64) -> u64 {
+    pfn_to_phys(pfn) / BLOCK
+}
+
+pub fn dev_pfns() -> (u64, u64) {
+    (phys_to_pfn(DEV_BASE), phys_to_pfn(DEV_BASE + DEV_SIZE))
+}
+
+/// The system and the host memory behind it (dropped after it).
+pub struct TestSystem {
+    pub mm: MemorySystem<ArenaTranslation>,
+    /// The id of the `memmap=` pmem region.
+    pub dev: usize,
+    _pages: Vec<Page>,
+    _arena: Arena,
+}
+
+impl TestSystem {
+    /// Boots a system the way `init` does: every struct page of the boot
+    /// block `RESERVED | ONLINE`, what is free (all but the first pages) given
+    /// to the buddy allocator, then the boot block's linear map and vmemmap
+    /// from it.
+    pub fn boot() -> Self {
+        assert_eq!(PAGE_SIZE, 4096, "the geometry assumes the 4K granule");
+        assert_eq!(BLOCK, 128 * MIB);
+        let nr_pages = (ARENA_SIZE / PAGE_SIZE) as usize;
+        let arena = Arena::new(ARENA_BASE, nr_pages, PAGE_SIZE);
+        // Every pfn of the arena has a struct page; only those of present
+        // memory are ever initialised and looked at.
+        let mut pages = vec![Page::new(Zone::Normal, PageFlags::RESERVED); nr_pages];
+        let memmap = Memmap::for_slice(&mut pages, phys_to_pfn(ARENA_BASE));
+        let (bs, be) = block_pfns(BOOT);
+        // SAFETY: `pages` covers the range and nothing references it yet.
+        unsafe {
+            memmap.init_range(
+                bs,
+                be,
+                Zone::Normal,
+                PageFlags::RESERVED | PageFlags::ONLINE,
+            )
+        };
+        // SAFETY: the pages outlive the allocator (both live in the fixture, the
+        // allocator dropped first), and every struct page it touches (the boot
+        // block) is initialised.
+        let mut buddy = unsafe { BuddyAllocator::new(memmap) };
+        assert_eq!(
+            buddy.online_pages(bs + BOOT_RESERVED, be, Zone::Normal),
+            BLOCK_PAGES - BOOT_RESERVED
+        );
+        let mut pt = PageTable::new(arena.translation(), &mut buddy).expect("root table");
+        let linear = VaRange::new(phys_to_virt(ARENA_BASE), phys_to_virt(ARENA_BASE + BLOCK));
+        pt.map_range(
+            linear,
+            ARENA_BASE,
+            Attributes::KERNEL_RW,
+            MapHints::blocks(1 << 30).with_contiguous(),
+            &mut buddy,
+        )
+        .expect("boot linear map");
+        vmemmap_populate(&mut pt, bs, be, None, &mut buddy).expect("boot vmemmap");
+        assert_eq!(pt.stats.tables, BOOT_TABLES);
+
+        let mut mm = MemorySystem::new(pt, buddy, memmap);
+        mm.register_boot_memory(PhysRange {
+            base: ARENA_BASE,
+            size: BLOCK,
+        });
+        mm.add_hotpluggable_range(PhysRange {
+            base: start_of(HOT_FIRST),
+            size: (HOT_END - HOT_FIRST) * BLOCK,
+        });
+        let pmem = PhysRange {
+            base: DEV_BASE,
+            size: DEV_SIZE,
+        };
+        let dev = mm.register_device_memory(pmem, "pmem", "Persistent Memory (legacy)");
+        TestSystem {
+            mm,
+            dev,
+            _pages: pages,
+            _arena: arena,
+        }
+    }
+}
