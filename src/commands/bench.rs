@@ -7,10 +7,11 @@ use core::fmt::Write;
 use super::{parse_number, Kernel};
 use crate::arch::aarch64 as cpu;
 use crate::error::Result;
+use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::layout::*;
 use crate::mm::page::{Page, Zone};
 use crate::mm::pgtable::Translation;
-use crate::mm::system::MemorySystem;
+use crate::mm::system::{block_id, MemorySystem};
 use crate::platform::cmdline::memparse;
 use crate::{bail, err};
 
@@ -18,7 +19,7 @@ use crate::{bail, err};
 pub fn command<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let (start, size) = match (argv.get(1).copied(), argv.get(3)) {
         (Some("hotplug"), Some(s)) => (
-            parse_number(argv.get(2), "address")?,
+            PhysAddr::new(parse_number(argv.get(2), "address")?),
             memparse(s).ok_or_else(|| err!(EINVAL, "bad size {s:?}"))?,
         ),
         _ => bail!(EINVAL, "usage: bench hotplug ADDR SIZE"),
@@ -35,7 +36,7 @@ fn us(ticks: u64) -> u64 {
 fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64) -> Result<u64> {
     let order = crate::mm::frame::get_order(bytes, PAGE_SHIFT).min(MAX_ORDER);
     let chunk = PAGE_SIZE << order;
-    let mut held = [0u64; 64];
+    let mut held = [Pfn::new(0); 64];
     let n = bytes.div_ceil(chunk) as usize;
     if n > held.len() {
         bail!(EINVAL, "{bytes:#x} is too much struct page memory to time");
@@ -47,7 +48,7 @@ fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64)
     }
     let t0 = cpu::counter();
     for &pfn in &held[..n] {
-        let base = phys_to_virt(pfn_to_phys(pfn)) as *mut Page;
+        let base = pfn.phys().to_virt().as_mut_ptr::<Page>();
         for i in 0..(chunk >> STRUCT_PAGE_SHIFT) as usize {
             // SAFETY: the chunk was just allocated to us and is linear mapped.
             unsafe {
@@ -70,7 +71,7 @@ fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64)
 /// and the TLB invalidations per removed block.
 fn hotplug<T: Translation>(
     mm: &mut MemorySystem<T>,
-    start: u64,
+    start: PhysAddr,
     size: u64,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -94,13 +95,13 @@ fn hotplug<T: Translation>(
         let t_add = cpu::counter() - t0;
         let added = mm.meminfo();
         let t1 = cpu::counter();
-        for id in start / MEMORY_BLOCK_SIZE..(start + size) / MEMORY_BLOCK_SIZE {
+        for id in block_id(start)..block_id(start + size) {
             mm.online_block(id, Zone::Movable)?;
         }
         let t_online = cpu::counter() - t1;
         let tlbi = mm.page_table().stats.tlbi_ops;
         let t2 = cpu::counter();
-        for id in start / MEMORY_BLOCK_SIZE..(start + size) / MEMORY_BLOCK_SIZE {
+        for id in block_id(start)..block_id(start + size) {
             mm.offline_block(id)?;
         }
         mm.remove_memory(start, size)?;

@@ -12,7 +12,8 @@ use crate::arch::aarch64::{exception, smp};
 use crate::arch::esr;
 use crate::drivers::psci;
 use crate::error::Result;
-use crate::mm::layout::{pfn_to_page_va, PAGE_SHIFT, PHYS_LIMIT};
+use crate::mm::addr::{Pfn, PhysAddr};
+use crate::mm::layout::PHYS_LIMIT;
 use crate::mm::page::Page;
 use crate::{bail, err};
 
@@ -134,14 +135,14 @@ fn poke<K: Kernel>(_: &mut K, argv: &[&str], _: &mut dyn Write) -> Result<()> {
 /// Reads the struct page through the fault-tolerant read: an unpopulated
 /// vmemmap is reported, not fatal.
 fn page<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
-    let pfn = parse_number(argv.get(1), "pfn")?;
-    if pfn >= PHYS_LIMIT >> PAGE_SHIFT {
+    let pfn = Pfn::new(parse_number(argv.get(1), "pfn")?);
+    if pfn >= Pfn::down(PhysAddr::new(PHYS_LIMIT)) {
         bail!(ERANGE, "pfn {pfn:#x} is beyond the physical address range");
     }
-    let va = pfn_to_page_va(pfn);
+    let va = pfn.page_va();
     let mut words = [0u64; 8];
     for (i, w) in words.iter_mut().enumerate() {
-        *w = exception::probe(va + 8 * i as u64).map_err(|f| {
+        *w = exception::probe((va + 8 * i as u64).as_u64()).map_err(|f| {
             err!(
                 EFAULT,
                 "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})",

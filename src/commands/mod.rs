@@ -25,6 +25,7 @@ use crate::console::System;
 use crate::err;
 use crate::error::{Error, Result};
 use crate::fs::Files;
+use crate::mm::addr::Pfn;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::MemorySystem;
 use crate::platform::cmdline::parse_u64;
@@ -37,7 +38,7 @@ pub trait Kernel {
     /// CPUs running, bit n for CPU n.
     fn cpus_online(&self) -> u64;
     /// Pages held by `pin`, as a process would hold them.
-    fn pinned(&mut self) -> &mut Vec<u64>;
+    fn pinned(&mut self) -> &mut Vec<Pfn>;
 }
 
 pub type Handler<K> = fn(&mut K, &[&str], &mut dyn Write) -> Result<()>;
@@ -139,7 +140,7 @@ impl<K: Kernel> System for Shell<K> {
 #[cfg(target_os = "none")]
 #[derive(Default)]
 pub struct Machine {
-    pinned: Vec<u64>,
+    pinned: Vec<Pfn>,
 }
 
 #[cfg(target_os = "none")]
@@ -154,7 +155,7 @@ impl Kernel for Machine {
         crate::arch::aarch64::smp::online_mask()
     }
 
-    fn pinned(&mut self) -> &mut Vec<u64> {
+    fn pinned(&mut self) -> &mut Vec<Pfn> {
         &mut self.pinned
     }
 }

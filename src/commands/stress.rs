@@ -9,9 +9,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::arch::aarch64::{self as cpu, smp};
 use crate::error::Result;
+use crate::mm::addr::Pfn;
 use crate::mm::global::{with_mm, KernelMm};
 use crate::mm::layout::*;
 use crate::mm::page::{PageFlags, Zone};
+use crate::mm::system::block_id;
 use crate::{bail, err};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -24,19 +26,19 @@ const HELD: usize = 8;
 /// Words written per page: one per 64-byte line.
 const STRIDE: usize = 8;
 
-fn pattern(pfn: u64, cpu: usize, i: usize) -> u64 {
-    pfn.rotate_left(17) ^ ((cpu as u64) << 56) ^ i as u64
+fn pattern(pfn: Pfn, cpu: usize, i: usize) -> u64 {
+    pfn.as_u64().rotate_left(17) ^ ((cpu as u64) << 56) ^ i as u64
 }
 
-fn words(pfn: u64, order: u32) -> (*mut u64, usize) {
-    let va = phys_to_virt(pfn_to_phys(pfn)) as *mut u64;
+fn words(pfn: Pfn, order: u32) -> (*mut u64, usize) {
+    let va = pfn.phys().to_virt().as_mut_ptr::<u64>();
     (va, ((PAGE_SIZE << order) / 8) as usize)
 }
 
 /// One secondary CPU's loop; see the module comment.
 fn worker(cpu: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
-    let mut held = [(0u64, 0u32); HELD];
+    let mut held = [(Pfn::new(0), 0u32); HELD];
     let mut n = 0;
     let mut next = || {
         rng ^= rng << 13;
@@ -128,14 +130,13 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             mask |= 1 << cpu;
         }
     }
-    let ranges: alloc::vec::Vec<_> =
-        with(|m| m.hotpluggable().iter().map(|r| (r.base, r.end())).collect());
+    let ranges = with(|m| m.hotpluggable().to_vec());
     if ranges.is_empty() {
         bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
     }
     let blocks = ranges
         .iter()
-        .map(|r| (r.1 - r.0) / MEMORY_BLOCK_SIZE)
+        .map(|r| r.size / MEMORY_BLOCK_SIZE)
         .sum::<u64>();
     let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
     STOP.store(false, Ordering::Release);
@@ -146,13 +147,13 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let t0 = cpu::counter();
     let mut result = Ok(());
     'cycles: for c in 0..cycles {
-        for &(start, end) in &ranges {
+        for range in &ranges {
             let r = with(|m| {
                 m.set_memmap_on_memory(c % 2 == 1);
-                let r = m.add_memory(start, end - start);
+                let r = m.add_memory(range.base, range.size);
                 m.set_memmap_on_memory(saved);
                 r?;
-                (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
+                (block_id(range.base)..block_id(range.end()))
                     .try_for_each(|id| m.online_block(id, Zone::Movable))
             });
             if let Err(e) = r {
@@ -160,10 +161,10 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
                 break 'cycles;
             }
         }
-        for &(start, end) in &ranges {
-            let r = (start / MEMORY_BLOCK_SIZE..end / MEMORY_BLOCK_SIZE)
+        for range in &ranges {
+            let r = (block_id(range.base)..block_id(range.end()))
                 .try_for_each(offline_draining)
-                .and_then(|()| with(|m| m.remove_memory(start, end - start)));
+                .and_then(|()| with(|m| m.remove_memory(range.base, range.size)));
             if let Err(e) = r {
                 result = Err(e);
                 break 'cycles;

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use super::{Kernel, Shell};
 use crate::console::run;
 use crate::error::{Errno, Result};
+use crate::mm::addr::Pfn;
 use crate::mm::layout::PAGE_SIZE;
 use crate::mm::system::MemorySystem;
 use crate::mm::test_system::TestSystem;
@@ -14,7 +15,7 @@ use crate::mm::testing::ArenaTranslation;
 
 struct HostKernel {
     sys: TestSystem,
-    pinned: Vec<u64>,
+    pinned: Vec<Pfn>,
 }
 
 impl Kernel for HostKernel {
@@ -31,7 +32,7 @@ impl Kernel for HostKernel {
         0b11
     }
 
-    fn pinned(&mut self) -> &mut Vec<u64> {
+    fn pinned(&mut self) -> &mut Vec<Pfn> {
         &mut self.pinned
     }
 }

@@ -8,8 +8,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
+use crate::mm::addr::{PhysAddr as Pa, VirtAddr};
 use crate::mm::frame::get_order;
-use crate::mm::layout::{phys_to_virt, PAGE_END, PAGE_OFFSET, PAGE_SHIFT};
+use crate::mm::layout::{PAGE_END, PAGE_OFFSET, PAGE_SHIFT};
 
 /// virtio-drivers counts DMA in 4 KiB pages whatever the granule.
 const VIRTIO_PAGE: usize = 4096;
@@ -19,15 +20,15 @@ static IMAGE: AtomicU64 = AtomicU64::new(0);
 static IMAGE_PA: AtomicU64 = AtomicU64::new(0);
 
 /// Records a device mapping `[pa, pa + size)` at `va` for `mmio_phys_to_virt`.
-pub fn register_mmio(pa: u64, size: u64, va: u64) {
-    MMIO.lock().push((pa, size, va));
+pub fn register_mmio(pa: Pa, size: u64, va: VirtAddr) {
+    MMIO.lock().push((pa.as_u64(), size, va.as_u64()));
 }
 
 /// Where the kernel image is, to share buffers that live in it (statics,
 /// the boot stack).
-pub fn set_image(va: u64, pa: u64) {
-    IMAGE.store(va, Ordering::Relaxed);
-    IMAGE_PA.store(pa, Ordering::Relaxed);
+pub fn set_image(va: VirtAddr, pa: Pa) {
+    IMAGE.store(va.as_u64(), Ordering::Relaxed);
+    IMAGE_PA.store(pa.as_u64(), Ordering::Relaxed);
 }
 
 fn virt_to_phys(va: u64) -> u64 {
@@ -49,15 +50,18 @@ unsafe impl Hal for KernelHal {
             .ok()
             .flatten()
             .expect("no memory for a virtqueue");
-        let va = phys_to_virt(pa) as *mut u8;
+        let va = pa.to_virt().as_mut_ptr::<u8>();
         // SAFETY: just allocated, mapped by the linear map.
         unsafe { core::ptr::write_bytes(va, 0, (1usize << order) << PAGE_SHIFT) };
-        (pa, NonNull::new(va).expect("linear map is not null"))
+        (
+            pa.as_u64(),
+            NonNull::new(va).expect("linear map is not null"),
+        )
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
         let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
-        let _ = crate::mm::global::with_mm(|mm| mm.free_pages(paddr, order));
+        let _ = crate::mm::global::with_mm(|mm| mm.free_pages(Pa::new(paddr), order));
         0
     }
 

@@ -8,7 +8,8 @@ use core::fmt::Write;
 use super::Files;
 use crate::err;
 use crate::error::Result;
-use crate::mm::layout::{phys_to_pfn, MARKERS};
+use crate::mm::addr::Pfn;
+use crate::mm::layout::MARKERS;
 use crate::mm::pgtable::Translation;
 use crate::platform::cmdline::parse_u64;
 
@@ -24,7 +25,7 @@ pub fn vmemmap<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> 
             "0x{va:016x}-0x{:016x} {:>6}K pfn {:#x} {backing}",
             va + size,
             size >> 10,
-            phys_to_pfn(pa)
+            Pfn::down(pa)
         );
     });
     Ok(())

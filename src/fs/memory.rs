@@ -5,6 +5,7 @@ use core::fmt::Write;
 
 use super::Files;
 use crate::error::Result;
+use crate::mm::addr::PhysAddr;
 use crate::mm::layout::MEMORY_BLOCK_SIZE;
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
@@ -134,7 +135,7 @@ pub fn block_size_bytes<T: Translation>(_: &Files<T>, out: &mut dyn Write) -> Re
 }
 
 /// Parses `0x<phys> [size]` as `probe` and `remove` take it.
-fn parse_range(data: &str) -> Result<(u64, u64)> {
+fn parse_range(data: &str) -> Result<(PhysAddr, u64)> {
     let mut words = data.split_ascii_whitespace();
     let parse = |w: Option<&str>, what: &str| -> Result<u64> {
         let w = w.ok_or_else(|| err!(EINVAL, "missing {what}"))?;
@@ -148,7 +149,7 @@ fn parse_range(data: &str) -> Result<(u64, u64)> {
     if let Some(w) = words.next() {
         bail!(EINVAL, "unexpected {w:?}");
     }
-    Ok((start, size))
+    Ok((PhysAddr::new(start), size))
 }
 
 pub fn probe<T: Translation>(f: &mut Files<T>, data: &str) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::drivers::gic;
 use crate::drivers::virtio_hal::{register_mmio, KernelHal};
 use crate::drivers::virtio_mem::pci::VirtioMemDevice;
 use crate::drivers::virtio_mem::VirtioMem;
-use crate::mm::addr::PhysRange;
+use crate::mm::addr::{PhysAddr, PhysRange, VirtAddr};
 use crate::mm::global::with_mm;
 use crate::platform::pci::PciHost;
 use crate::{pr_info, pr_warn};
@@ -54,7 +54,7 @@ impl Devices {
     }
 }
 
-fn ioremap(pa: u64, size: u64) -> u64 {
+fn ioremap(pa: PhysAddr, size: u64) -> VirtAddr {
     with_mm(|mm| mm.ioremap(pa, size)).expect("memory is installed before devices")
 }
 
@@ -64,17 +64,14 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
     crate::drivers::virtio_hal::set_image(image.text, image.pa);
     let ecam = ioremap(host.ecam.base, host.ecam.size);
     // SAFETY: the whole ECAM window is mapped as device memory, for good.
-    let mut root = PciRoot::new(unsafe { MmioCam::new(ecam as *mut u8, Cam::Ecam) });
+    let mut root = PciRoot::new(unsafe { MmioCam::new(ecam.as_mut_ptr(), Cam::Ecam) });
     let mut devices = Devices::default();
     for dev in crate::drivers::pci::enumerate(&mut root, host) {
         match (dev.vendor, dev.device) {
             (0x1af4, 0x1110) => {
                 // ivshmem-plain: BAR 2 is the shared memory.
                 if let Some(bar) = dev.bars[2] {
-                    let range = PhysRange {
-                        base: bar.cpu,
-                        size: bar.size,
-                    };
+                    let range = PhysRange::new(PhysAddr::new(bar.cpu), bar.size);
                     if let Ok(id) =
                         with_mm(|mm| mm.register_device_memory(range, "ivshmem", "ivshmem"))
                     {
@@ -88,7 +85,8 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
             }
             (0x1af4, 0x1040..=0x107f) => {
                 for bar in dev.bars.iter().flatten() {
-                    register_mmio(bar.cpu, bar.size, ioremap(bar.cpu, bar.size));
+                    let pa = PhysAddr::new(bar.cpu);
+                    register_mmio(pa, bar.size, ioremap(pa, bar.size));
                 }
                 let Ok(transport) = PciTransport::new::<KernelHal, _>(&mut root, dev.df) else {
                     pr_warn!("pci {}: not a virtio device after all", dev.df);

@@ -4,7 +4,7 @@
 
 use super::paging::{boot_sections, Paging};
 use super::setup::Boot;
-use crate::mm::addr::PhysRange;
+use crate::mm::addr::{Pfn, PhysRange};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
 use crate::mm::heap::Heap;
@@ -23,24 +23,23 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     // left free goes to the buddy allocator.
     let memmap = unsafe { Memmap::kernel() };
     for section in boot_sections(&memblock.memory_regions()) {
-        let pfn = phys_to_pfn(section);
+        let pfn = Pfn::down(section);
         let flags = PageFlags::RESERVED | PageFlags::ONLINE;
         unsafe { memmap.init_range(pfn, pfn + PAGES_PER_SECTION, Zone::Normal, flags) };
     }
     let mut buddy = unsafe { BuddyAllocator::new(memmap) };
     memblock.for_each_free(|start, end| {
-        let (s, e) = (
-            phys_to_pfn(align_up(start, PAGE_SIZE)),
-            phys_to_pfn(align_down(end, PAGE_SIZE)),
-        );
-        buddy.online_pages(s, e, Zone::Normal);
+        let (s, e) = (Pfn::up(start), Pfn::down(end));
+        if s < e {
+            buddy.online_pages(s, e - s, Zone::Normal);
+        }
     });
     let heap_pa = buddy
         .alloc_pages(HEAP_ORDER)
         .expect("no memory for the heap");
     unsafe {
         heap.init(
-            phys_to_virt(heap_pa) as *mut u8,
+            heap_pa.to_virt().as_mut_ptr(),
             (PAGE_SIZE << HEAP_ORDER) as usize,
         )
     };
@@ -51,30 +50,20 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
         mm.register_boot_memory(*r);
     }
     let image = &boot.image;
-    let code = PhysRange {
-        base: image.pa,
-        size: image.etext - image.text,
-    };
+    let code = PhysRange::new(image.pa, image.etext - image.text);
     let data_pa = image.pa_of(image.data);
-    let data = PhysRange {
-        base: data_pa,
-        size: image.pa + image.size() - data_pa,
-    };
+    let data = PhysRange::new(data_pa, image.pa + image.size() - data_pa);
     mm.register_boot_resource(code, "Kernel code");
     mm.register_boot_resource(data, "Kernel data");
     for r in boot.held_back() {
         mm.add_hotpluggable_range(r);
     }
-    for p in boot.params.pmem() {
-        let range = PhysRange {
-            base: p.addr,
-            size: p.size,
-        };
+    for &range in boot.params.pmem() {
         mm.register_device_memory(range, "pmem", "Persistent Memory (legacy)");
         pr_info!(
             "memmap: device memory {:#x}-{:#x}",
-            p.addr,
-            p.addr + p.size - 1
+            range.base,
+            range.end() - 1
         );
     }
 

@@ -6,6 +6,7 @@ use super::setup::{Boot, KernelImage};
 use crate::arch::aarch64::{self as cpu, smp};
 use crate::drivers::gic::{self, Gic};
 use crate::drivers::pl011;
+use crate::mm::addr::{memmap_range, Pfn, PhysAddr};
 use crate::mm::granule::KernelGranule;
 use crate::mm::layout::*;
 use crate::mm::memblock::{Memblock, Regions};
@@ -26,13 +27,16 @@ pub struct Paging {
 
 /// The start of every section that boot RAM touches, once each, in order
 /// (memblock keeps its regions sorted and merged).
-pub fn boot_sections(ram: &Regions) -> impl Iterator<Item = u64> + '_ {
+pub fn boot_sections(ram: &Regions) -> impl Iterator<Item = PhysAddr> + '_ {
     let mut last = None;
     ram.as_slice()
         .iter()
         .flat_map(|r| {
-            (align_down(r.base, SECTION_SIZE)..align_up(r.end(), SECTION_SIZE))
+            let first = r.base.align_down(SECTION_SIZE).as_u64();
+            let end = r.end().align_up(SECTION_SIZE).as_u64();
+            (first..end)
                 .step_by(SECTION_SIZE as usize)
+                .map(PhysAddr::new)
         })
         .filter(move |&s| {
             let new = last.is_none_or(|l| s > l);
@@ -48,7 +52,7 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         .expect("no memory for the root table");
     map_kernel(&mut pt, &boot.image, memblock);
     for r in memblock.memory_regions().as_slice() {
-        let range = VaRange::new(phys_to_virt(r.base), phys_to_virt(r.end()));
+        let range = VaRange::new(r.base.to_virt(), r.end().to_virt());
         pt.map_range(
             range,
             r.base,
@@ -70,18 +74,19 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         };
         let dist = crate::mm::ioremap::ioremap(&mut pt, g.dist.base, g.dist.size, memblock);
         let cpu = crate::mm::ioremap::ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, memblock);
-        (g.version, dist as usize, cpu as usize)
+        (g.version, dist.as_u64() as usize, cpu.as_u64() as usize)
     });
     let ram = memblock.memory_regions();
     for section in boot_sections(&ram) {
-        let pfn = phys_to_pfn(section);
-        vmemmap_populate(&mut pt, pfn, pfn + PAGES_PER_SECTION, None, memblock).expect("vmemmap");
+        let pfn = Pfn::down(section);
+        let (start, end) = memmap_range(pfn, pfn + PAGES_PER_SECTION);
+        vmemmap_populate(&mut pt, start, end, None, memblock).expect("vmemmap");
     }
 
-    cpu::switch_kernel_table(pt.root_pa());
+    cpu::switch_kernel_table(pt.root_pa().as_u64());
     pt.set_translation(KernelTranslation::LINEAR);
     if let Some(va) = uart_va {
-        pl011::relocate(va as usize);
+        pl011::relocate(va.as_u64() as usize);
     }
     cpu::disable_user_table();
     pr_info!(

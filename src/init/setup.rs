@@ -3,8 +3,8 @@
 
 use crate::arch::aarch64 as cpu;
 use crate::drivers::{pl011, psci};
-use crate::mm::addr::PhysRange;
-use crate::mm::layout::{align_down, align_up, PAGE_SIZE, VA_BITS};
+use crate::mm::addr::{PhysAddr, PhysRange, VirtAddr};
+use crate::mm::layout::{PAGE_SIZE, VA_BITS};
 use crate::mm::memblock::Memblock;
 use crate::platform::cmdline::BootParams;
 use crate::platform::{is_fdt, Platform};
@@ -23,20 +23,20 @@ unsafe extern "C" {
 /// The kernel image: where it was loaded and its sections' linked
 /// addresses (from the linker script).
 pub struct KernelImage {
-    pub pa: u64,
-    pub text: u64,
-    pub etext: u64,
-    pub erodata: u64,
-    pub data: u64,
+    pub pa: PhysAddr,
+    pub text: VirtAddr,
+    pub etext: VirtAddr,
+    pub erodata: VirtAddr,
+    pub data: VirtAddr,
     /// The unmapped page(s) below the boot stack.
-    pub stack_guard: u64,
-    pub boot_stack: u64,
-    pub end: u64,
+    pub stack_guard: VirtAddr,
+    pub boot_stack: VirtAddr,
+    pub end: VirtAddr,
 }
 
 impl KernelImage {
-    fn new(pa: u64) -> Self {
-        let sym = |s: &u8| s as *const u8 as u64;
+    fn new(pa: PhysAddr) -> Self {
+        let sym = |s: &u8| VirtAddr::from_ptr(s);
         // SAFETY: linker symbols; only their addresses are taken.
         unsafe {
             KernelImage {
@@ -57,7 +57,7 @@ impl KernelImage {
     }
 
     /// The physical address of a linked address in the image.
-    pub fn pa_of(&self, va: u64) -> u64 {
+    pub fn pa_of(&self, va: VirtAddr) -> PhysAddr {
         self.pa + (va - self.text)
     }
 }
@@ -69,7 +69,7 @@ pub struct Boot {
     pub image: KernelImage,
     pub memblock: Memblock,
     /// Where `mem=` cut boot RAM off: RAM above it is hot-pluggable later.
-    pub ram_limit: u64,
+    pub ram_limit: PhysAddr,
 }
 
 impl Boot {
@@ -77,31 +77,29 @@ impl Boot {
     pub fn held_back(&self) -> impl Iterator<Item = PhysRange> + '_ {
         self.platform.memory().iter().filter_map(|r| {
             let base = r.base.max(self.ram_limit);
-            (base < r.end()).then(|| PhysRange {
-                base,
-                size: r.end() - base,
-            })
+            (base < r.end()).then(|| PhysRange::from_bounds(base, r.end()))
         })
     }
 }
 
 /// The DT: where x0 says, else at the start of the GiB the image is in
 /// (QEMU's place for it when booting an ELF).
-fn find_dtb(x0: u64, kernel_pa: u64) -> Option<u64> {
-    [x0, kernel_pa & !((1 << 30) - 1)]
+fn find_dtb(x0: u64, kernel_pa: PhysAddr) -> Option<PhysAddr> {
+    [PhysAddr::new(x0), kernel_pa.align_down(1 << 30)]
         .into_iter()
         .find(|&pa| unsafe { is_fdt(pa) })
 }
 
 pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
+    let kernel_pa = PhysAddr::new(kernel_pa);
     let Some(dtb) = find_dtb(x0, kernel_pa) else {
         cpu::halt()
     };
-    let Ok(platform) = (unsafe { Platform::from_fdt(dtb as *const u8) }) else {
+    let Ok(platform) = (unsafe { Platform::from_fdt(dtb.as_u64() as *const u8) }) else {
         cpu::halt()
     };
     if let Some(uart) = platform.uart {
-        pl011::init(uart.base as usize);
+        pl011::init(uart.base.as_u64() as usize);
     }
     crate::log::set_sink(pl011::write_bytes_str);
     if let Some(conduit) = platform.psci {
@@ -138,9 +136,13 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
 
 /// Boot RAM up to `mem=`, less the kernel image and the DT; and where
 /// `mem=` cut it off. (No heap yet: nothing here may allocate.)
-fn memblock_init(platform: &Platform, params: &BootParams, image: &KernelImage) -> (Memblock, u64) {
+fn memblock_init(
+    platform: &Platform,
+    params: &BootParams,
+    image: &KernelImage,
+) -> (Memblock, PhysAddr) {
     let mut memblock = Memblock::new();
-    let mut ram_limit = u64::MAX;
+    let mut ram_limit = PhysAddr::new(u64::MAX);
     let mut budget = params.mem.unwrap_or(u64::MAX);
     for r in platform.memory() {
         let size = r.size.min(budget);
@@ -151,10 +153,10 @@ fn memblock_init(platform: &Platform, params: &BootParams, image: &KernelImage) 
         memblock.add_memory(r.base, size);
     }
     memblock.reserve(image.pa, image.size());
-    let dtb_first = align_down(platform.dtb.base, PAGE_SIZE);
+    let dtb_first = platform.dtb.base.align_down(PAGE_SIZE);
     memblock.reserve(
         dtb_first,
-        align_up(platform.dtb.end(), PAGE_SIZE) - dtb_first,
+        platform.dtb.end().align_up(PAGE_SIZE) - dtb_first,
     );
     (memblock, ram_limit)
 }

@@ -4,6 +4,7 @@ use super::setup::Boot;
 use crate::arch::aarch64::exception::{self, OopsHooks};
 use crate::arch::aarch64::smp::{self, SecondaryBoot};
 use crate::drivers::{pl011, psci};
+use crate::mm::addr::VirtAddr;
 use crate::mm::global::with_mm;
 use crate::mm::layout::{align_up, KSTACKS_END, KSTACKS_START, PAGE_SIZE};
 use crate::{pr_info, pr_warn};
@@ -31,7 +32,7 @@ pub fn oops_init() {
 /// each, so that an overflow faults and is reported.
 pub fn smp_init(boot: &Boot) {
     let image = &boot.image;
-    let entry_pa = image.pa_of(secondary_entry as *const () as u64);
+    let entry_pa = image.pa_of(VirtAddr::from_ptr(secondary_entry as *const ()));
     let (stack, exception) = (
         align_up(SECONDARY_STACK, PAGE_SIZE),
         align_up(SECONDARY_EXCEPTION_STACK, PAGE_SIZE),
@@ -45,7 +46,7 @@ pub fn smp_init(boot: &Boot) {
         .take(platform.nr_cpus)
         .skip(1)
     {
-        let base = KSTACKS_START + cpu as u64 * slot;
+        let base = VirtAddr::new(KSTACKS_START + cpu as u64 * slot);
         let mapped = with_mm(|mm| {
             let top = mm.map_kernel_pages(base + PAGE_SIZE, stack)?;
             let exception_top = mm.map_kernel_pages(top + PAGE_SIZE, exception)?;
@@ -57,12 +58,12 @@ pub fn smp_init(boot: &Boot) {
         };
         // SAFETY: CPU 0 alone, once per CPU, before that CPU runs.
         let slot = unsafe { smp::boot_slot(cpu) };
-        slot.ttbr1 = ttbr1;
-        slot.stack_top = top;
-        slot.exception_stack_top = exception_top;
-        let boot_pa = image.pa_of(slot as *const SecondaryBoot as u64);
-        let cpu_on = |ctx| psci::cpu_on(mpidr, entry_pa, ctx).is_ok();
-        if smp::start_cpu(cpu, slot, boot_pa, cpu_on) {
+        slot.ttbr1 = ttbr1.as_u64();
+        slot.stack_top = top.as_u64();
+        slot.exception_stack_top = exception_top.as_u64();
+        let boot_pa = image.pa_of(VirtAddr::from_ptr(slot as *const SecondaryBoot));
+        let cpu_on = |ctx| psci::cpu_on(mpidr, entry_pa.as_u64(), ctx).is_ok();
+        if smp::start_cpu(cpu, slot, boot_pa.as_u64(), cpu_on) {
             pr_info!("CPU{cpu}: booted secondary processor {mpidr:#x}");
         } else {
             pr_warn!("CPU{cpu}: failed to come online");

@@ -18,12 +18,14 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::addr::Pfn;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AltmapError {
     /// A pfn outside the altmap's allocatable range.
-    OutOfRange { pfn: u64 },
+    OutOfRange { pfn: Pfn },
     /// A pfn that is not currently allocated (double or wild free).
-    NotAllocated { pfn: u64 },
+    NotAllocated { pfn: Pfn },
 }
 
 impl From<AltmapError> for crate::error::Error {
@@ -42,9 +44,9 @@ impl From<AltmapError> for crate::error::Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmemAltmap {
     /// First pfn of the device or hot-added range.
-    pub base_pfn: u64,
+    pub base_pfn: Pfn,
     /// One past the last pfn of the range.
-    pub end_pfn: u64,
+    pub end_pfn: Pfn,
     /// Pfns at the start kept for the device's own use (never allocated).
     pub reserve: u64,
     /// Pfns available for struct pages after `reserve`.
@@ -63,7 +65,7 @@ pub struct VmemAltmap {
 }
 
 impl VmemAltmap {
-    pub fn new(base_pfn: u64, end_pfn: u64, reserve: u64, free: u64) -> Self {
+    pub fn new(base_pfn: Pfn, end_pfn: Pfn, reserve: u64, free: u64) -> Self {
         assert!(
             base_pfn + reserve + free <= end_pfn,
             "altmap larger than its range"
@@ -81,12 +83,12 @@ impl VmemAltmap {
         }
     }
 
-    fn first_pfn(&self) -> u64 {
+    fn first_pfn(&self) -> Pfn {
         self.base_pfn + self.reserve
     }
 
     /// Linux's `vmem_altmap_next_pfn`.
-    pub fn next_pfn(&self) -> u64 {
+    pub fn next_pfn(&self) -> Pfn {
         self.first_pfn() + self.high
     }
 
@@ -95,13 +97,13 @@ impl VmemAltmap {
         self.free - self.high
     }
 
-    fn bit(&self, pfn: u64) -> bool {
+    fn bit(&self, pfn: Pfn) -> bool {
         let i = pfn - self.first_pfn();
         self.allocated[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
-    fn set_bits(&mut self, pfn: u64, nr: u64, on: bool) {
-        for p in pfn..pfn + nr {
+    fn set_bits(&mut self, pfn: Pfn, nr: u64, on: bool) {
+        for p in Pfn::range(pfn, pfn + nr) {
             let i = p - self.first_pfn();
             let word = &mut self.allocated[(i / 64) as usize];
             if on {
@@ -114,13 +116,13 @@ impl VmemAltmap {
 
     /// `nr_pfns` pfns aligned to the lowest set bit of `nr_pfns`, or `None`
     /// when the altmap cannot hold them (`altmap_alloc_block_buf`).
-    pub fn alloc_pfns(&mut self, nr_pfns: u64) -> Option<u64> {
+    pub fn alloc_pfns(&mut self, nr_pfns: u64) -> Option<Pfn> {
         if nr_pfns == 0 {
             return None;
         }
         let pfn = self.next_pfn();
         let align = 1u64 << nr_pfns.trailing_zeros();
-        let pad = pfn.next_multiple_of(align) - pfn;
+        let pad = pfn.align_up(align) - pfn;
         if nr_pfns + pad > self.nr_free() {
             return None;
         }
@@ -132,9 +134,9 @@ impl VmemAltmap {
     }
 
     /// Give back `nr_pfns` pfns from `pfn` (`vmem_altmap_free`, checked).
-    pub fn free_pfns(&mut self, pfn: u64, nr_pfns: u64) -> Result<(), AltmapError> {
+    pub fn free_pfns(&mut self, pfn: Pfn, nr_pfns: u64) -> Result<(), AltmapError> {
         let range = self.first_pfn()..self.first_pfn() + self.free;
-        for p in pfn..pfn + nr_pfns {
+        for p in Pfn::range(pfn, pfn + nr_pfns) {
             if !range.contains(&p) {
                 self.misuse += 1;
                 return Err(AltmapError::OutOfRange { pfn: p });
@@ -154,14 +156,14 @@ impl VmemAltmap {
     }
 
     /// Whether `pfn` lies in this altmap's whole range.
-    pub fn contains(&self, pfn: u64) -> bool {
+    pub fn contains(&self, pfn: Pfn) -> bool {
         (self.base_pfn..self.end_pfn).contains(&pfn)
     }
 
     /// Whether `pfn` is one this altmap handed out and has not had back:
     /// only those back a vmemmap page. The rest of the range may be
     /// ordinary memory (a `memmap_on_memory` block once online).
-    pub fn is_allocated(&self, pfn: u64) -> bool {
+    pub fn is_allocated(&self, pfn: Pfn) -> bool {
         (self.first_pfn()..self.first_pfn() + self.free).contains(&pfn) && self.bit(pfn)
     }
 }

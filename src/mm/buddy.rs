@@ -16,6 +16,7 @@
 //! Zones never merge: a block coalesces only with a free buddy of the same
 //! order, zone and online state.
 
+use super::addr::{Pfn, PhysAddr};
 use super::frame::FrameAllocator;
 use super::layout::{self, MAX_ORDER};
 use super::page::{Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES, PFN_NONE};
@@ -68,7 +69,8 @@ pub struct BuddyStats {
 
 pub struct BuddyAllocator {
     memmap: Memmap,
-    /// First block of each free list, `PFN_NONE` when empty.
+    /// First block of each free list as a raw pfn, like the links in the
+    /// struct pages; `PFN_NONE` when empty.
     heads: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
     /// Blocks on each free list (`/proc/buddyinfo`).
     nr_blocks: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
@@ -79,19 +81,18 @@ pub struct BuddyAllocator {
     managed: [u64; NR_BUDDY_ZONES],
     /// Ranges being isolated: `(start, end, pages held)`. Their free pages
     /// are off the free lists, and pages freed into them are held too.
-    isolating: alloc::vec::Vec<(u64, u64, u64)>,
+    isolating: alloc::vec::Vec<(Pfn, Pfn, u64)>,
     stats: BuddyStats,
 }
 
 /// Calls `f(pfn, order)` for the maximal naturally aligned blocks that tile
 /// `start..end`, in address order.
-pub fn for_each_max_block(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
+pub fn for_each_max_block(start: Pfn, end: Pfn, mut f: impl FnMut(Pfn, u32)) {
     let mut pfn = start;
     while pfn < end {
-        let mut order = if pfn == 0 {
-            MAX_ORDER
-        } else {
-            pfn.trailing_zeros().min(MAX_ORDER)
+        let mut order = match pfn.as_u64() {
+            0 => MAX_ORDER,
+            n => n.trailing_zeros().min(MAX_ORDER),
         };
         while pfn + (1 << order) > end {
             order -= 1;
@@ -99,6 +100,12 @@ pub fn for_each_max_block(start: u64, end: u64, mut f: impl FnMut(u64, u32)) {
         f(pfn, order);
         pfn += 1 << order;
     }
+}
+
+/// The buddy of the `2^order` block at `pfn`: the other half of the
+/// `2^(order + 1)` block that holds both (Linux's `__find_buddy_pfn`).
+fn buddy_pfn(pfn: Pfn, order: u32) -> Pfn {
+    Pfn::new(pfn.as_u64() ^ (1 << order))
 }
 
 impl BuddyAllocator {
@@ -129,14 +136,14 @@ impl BuddyAllocator {
         &self.memmap
     }
 
-    fn pg(&self, pfn: u64) -> &Page {
+    fn pg(&self, pfn: Pfn) -> &Page {
         debug_assert!(self.memmap.contains(pfn));
         // SAFETY: `new`'s contract covers every pfn the allocator touches,
         // and `&self` keeps it from handing out a conflicting `&mut`.
         unsafe { &*self.memmap.page(pfn) }
     }
 
-    fn pg_mut(&mut self, pfn: u64) -> &mut Page {
+    fn pg_mut(&mut self, pfn: Pfn) -> &mut Page {
         debug_assert!(self.memmap.contains(pfn));
         // SAFETY: as in `pg`; `&mut self` makes this the only reference.
         unsafe { &mut *self.memmap.page(pfn) }
@@ -147,7 +154,7 @@ impl BuddyAllocator {
         page.zone().and_then(Zone::buddy_index)
     }
 
-    fn list_add(&mut self, z: usize, order: u32, pfn: u64) {
+    fn list_add(&mut self, z: usize, order: u32, pfn: Pfn) {
         let head = self.heads[z][order as usize];
         let p = self.pg_mut(pfn);
         p.next = head;
@@ -155,15 +162,15 @@ impl BuddyAllocator {
         p.order = order as u8;
         p.flags.insert(PageFlags::BUDDY);
         if head != PFN_NONE {
-            self.pg_mut(head).prev = pfn;
+            self.pg_mut(Pfn::new(head)).prev = pfn.as_u64();
         }
-        self.heads[z][order as usize] = pfn;
+        self.heads[z][order as usize] = pfn.as_u64();
         self.nr_blocks[z][order as usize] += 1;
         self.nr_free[z] += 1 << order;
     }
 
     /// Unlink a free block from anywhere in its list: O(1).
-    fn list_del(&mut self, z: usize, order: u32, pfn: u64) {
+    fn list_del(&mut self, z: usize, order: u32, pfn: Pfn) {
         let p = self.pg_mut(pfn);
         debug_assert!(p.is_buddy() && p.order() == order);
         let (next, prev) = (p.next, p.prev);
@@ -171,13 +178,13 @@ impl BuddyAllocator {
         p.prev = PFN_NONE;
         p.flags.remove(PageFlags::BUDDY);
         if prev == PFN_NONE {
-            debug_assert_eq!(self.heads[z][order as usize], pfn);
+            debug_assert_eq!(self.heads[z][order as usize], pfn.as_u64());
             self.heads[z][order as usize] = next;
         } else {
-            self.pg_mut(prev).next = next;
+            self.pg_mut(Pfn::new(prev)).next = next;
         }
         if next != PFN_NONE {
-            self.pg_mut(next).prev = prev;
+            self.pg_mut(Pfn::new(next)).prev = prev;
         }
         self.nr_blocks[z][order as usize] -= 1;
         self.nr_free[z] -= 1 << order;
@@ -186,12 +193,12 @@ impl BuddyAllocator {
     /// The free block containing `pfn`, as `(head, order)`. Like Linux's
     /// `is_free_buddy_page`: the head is the first aligned pfn below with
     /// `BUDDY` and an order that reaches `pfn`.
-    pub fn free_block_of(&self, pfn: u64) -> Option<(u64, u32)> {
+    pub fn free_block_of(&self, pfn: Pfn) -> Option<(Pfn, u32)> {
         if !self.memmap.contains(pfn) {
             return None;
         }
         for order in 0..=MAX_ORDER {
-            let head = pfn & !((1u64 << order) - 1);
+            let head = pfn.align_down(1 << order);
             if !self.memmap.contains(head) {
                 break;
             }
@@ -203,16 +210,16 @@ impl BuddyAllocator {
         None
     }
 
-    pub fn is_free(&self, pfn: u64) -> bool {
+    pub fn is_free(&self, pfn: Pfn) -> bool {
         self.free_block_of(pfn).is_some()
     }
 
     /// Put a block on the free lists, merging it with free buddies of the
     /// same zone (Linux's `__free_one_page`).
-    fn free_one(&mut self, mut pfn: u64, mut order: u32, z: usize) {
+    fn free_one(&mut self, mut pfn: Pfn, mut order: u32, z: usize) {
         let zone = self.pg(pfn).zone;
         while order < MAX_ORDER {
-            let buddy = pfn ^ (1 << order);
+            let buddy = buddy_pfn(pfn, order);
             if !self.memmap.contains(buddy) {
                 break;
             }
@@ -226,13 +233,14 @@ impl BuddyAllocator {
                 break;
             }
             self.list_del(z, order, buddy);
-            pfn &= buddy;
+            // The lower of the two heads the merged block (`buddy & pfn`).
+            pfn = pfn.min(buddy);
             order += 1;
         }
         self.list_add(z, order, pfn);
     }
 
-    fn refuse(&mut self, what: &str, pfn: u64, order: u32, why: BadFree) {
+    fn refuse(&mut self, what: &str, pfn: Pfn, order: u32, why: BadFree) {
         crate::pr_warn!(
             "buddy: refused {} of pfn {:#x} order {}: {:?}",
             what,
@@ -254,8 +262,8 @@ impl BuddyAllocator {
     /// (logged, counted in `bad_frees`, nothing changed, 0 returned) if the
     /// zone is `Device`, the range leaves the memmap, or a page in it is
     /// already free or still referenced.
-    pub fn free_range(&mut self, start_pfn: u64, end_pfn: u64, zone: Zone) -> u64 {
-        let nr = end_pfn.saturating_sub(start_pfn);
+    pub fn free_range(&mut self, start_pfn: Pfn, end_pfn: Pfn, zone: Zone) -> u64 {
+        let nr = end_pfn.as_u64().saturating_sub(start_pfn.as_u64());
         let Some(z) = zone.buddy_index() else {
             self.refuse("free_range", start_pfn, 0, BadFree::BadZone);
             return 0;
@@ -273,7 +281,7 @@ impl BuddyAllocator {
             self.refuse("free_range", start_pfn, 0, BadFree::AlreadyFree);
             return 0;
         }
-        for pfn in start_pfn..end_pfn {
+        for pfn in Pfn::range(start_pfn, end_pfn) {
             let p = self.pg(pfn);
             let why = if p.is_buddy() {
                 BadFree::AlreadyFree
@@ -311,20 +319,21 @@ impl BuddyAllocator {
         given
     }
 
-    /// Initialises the struct pages of `start_pfn..end_pfn` for `zone` and
-    /// hands them all over: Linux's `online_pages` (`memmap_init_range`,
-    /// then `__free_pages_core`). One write per struct page and nothing read
+    /// Initialises the struct pages of the `nr_pages` pages from `pfn` for
+    /// `zone` and hands them all over: Linux's `online_pages`
+    /// (`memmap_init_range`, then `__free_pages_core`). One write per struct page and nothing read
     /// first, which is what makes onlining as cheap as writing the memmap;
     /// the price is that the caller guarantees no page of the range is held
     /// by the allocator (the range is an offline memory block). Refused like
     /// [`free_range`](Self::free_range) for the `Device` zone or a range
     /// outside the memmap.
-    pub fn online_pages(&mut self, start_pfn: u64, end_pfn: u64, zone: Zone) -> u64 {
+    pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone) -> u64 {
+        let (start_pfn, end_pfn) = (pfn, pfn + nr_pages);
         let Some(z) = zone.buddy_index() else {
             self.refuse("online_pages", start_pfn, 0, BadFree::BadZone);
             return 0;
         };
-        if start_pfn >= end_pfn {
+        if nr_pages == 0 {
             return 0;
         }
         if !self.memmap.contains_range(start_pfn, end_pfn) {
@@ -341,14 +350,13 @@ impl BuddyAllocator {
                 .init_range(start_pfn, end_pfn, zone, PageFlags::ONLINE)
         };
         for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
-        let n = end_pfn - start_pfn;
-        self.managed[z] += n;
-        n
+        self.managed[z] += nr_pages;
+        nr_pages
     }
 
-    fn alloc_from(&mut self, order: u32, z: usize) -> Option<u64> {
+    fn alloc_from(&mut self, order: u32, z: usize) -> Option<Pfn> {
         let found = (order..=MAX_ORDER).find(|&o| self.heads[z][o as usize] != PFN_NONE)?;
-        let pfn = self.heads[z][found as usize];
+        let pfn = Pfn::new(self.heads[z][found as usize]);
         self.list_del(z, found, pfn);
         // Split: the upper halves go back, smallest last (Linux's `expand`).
         let mut o = found;
@@ -364,7 +372,7 @@ impl BuddyAllocator {
     }
 
     /// `2^order` pages from `zone`, naturally aligned: the head pfn.
-    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<u64> {
+    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<Pfn> {
         let got = match zone.buddy_index() {
             Some(z) if order <= MAX_ORDER => self.alloc_from(order, z),
             _ => None,
@@ -376,7 +384,7 @@ impl BuddyAllocator {
     }
 
     /// For users whose pages may move: `Normal` first, then `Movable`.
-    pub fn alloc_any(&mut self, order: u32) -> Option<u64> {
+    pub fn alloc_any(&mut self, order: u32) -> Option<Pfn> {
         let got = if order <= MAX_ORDER {
             self.alloc_from(order, 0)
                 .or_else(|| self.alloc_from(order, 1))
@@ -390,11 +398,11 @@ impl BuddyAllocator {
     }
 
     /// Whether `free(pfn, order)` would be accepted, and why not.
-    pub fn check_free(&self, pfn: u64, order: u32) -> Result<(), BadFree> {
+    pub fn check_free(&self, pfn: Pfn, order: u32) -> Result<(), BadFree> {
         if order > MAX_ORDER {
             return Err(BadFree::OrderTooLarge);
         }
-        if pfn & ((1 << order) - 1) != 0 {
+        if !pfn.is_aligned(1 << order) {
             return Err(BadFree::Misaligned);
         }
         if !self.memmap.contains_range(pfn, pfn + (1 << order)) {
@@ -428,7 +436,7 @@ impl BuddyAllocator {
     /// Give back a block from `alloc(order, _)`. A refused free (see
     /// [`check_free`](Self::check_free)) is logged, counted in `bad_frees`,
     /// changes nothing else, and returns false.
-    pub fn free(&mut self, pfn: u64, order: u32) -> bool {
+    pub fn free(&mut self, pfn: Pfn, order: u32) -> bool {
         if let Err(why) = self.check_free(pfn, order) {
             self.refuse("free", pfn, order, why);
             return false;
@@ -456,10 +464,10 @@ impl BuddyAllocator {
     /// [`undo_isolate_page_range`](Self::undo_isolate_page_range), then
     /// [`isolate_range`](Self::isolate_range) once
     /// [`test_pages_isolated`](Self::test_pages_isolated).
-    pub fn start_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
+    pub fn start_isolate_page_range(&mut self, start_pfn: Pfn, end_pfn: Pfn) {
         let block = 1u64 << MAX_ORDER;
         assert!(
-            start_pfn.is_multiple_of(block) && end_pfn.is_multiple_of(block),
+            start_pfn.is_aligned(block) && end_pfn.is_aligned(block),
             "isolation of an unaligned range"
         );
         assert!(self.memmap.contains_range(start_pfn, end_pfn));
@@ -484,7 +492,7 @@ impl BuddyAllocator {
 
     /// Whether every page of an isolating range is held or never was the
     /// allocator's (`UNMANAGED`): Linux's `test_pages_isolated`.
-    pub fn test_pages_isolated(&self, start_pfn: u64, end_pfn: u64) -> bool {
+    pub fn test_pages_isolated(&self, start_pfn: Pfn, end_pfn: Pfn) -> bool {
         let Some(&(_, _, held)) = self
             .isolating
             .iter()
@@ -492,14 +500,14 @@ impl BuddyAllocator {
         else {
             return false;
         };
-        let own = (start_pfn..end_pfn)
+        let own = Pfn::range(start_pfn, end_pfn)
             .filter(|&p| self.pg(p).flags.intersects(PageFlags::UNMANAGED))
             .count();
         held + own as u64 == end_pfn - start_pfn
     }
 
     /// Ends an isolation: held blocks go back to the free lists.
-    pub fn undo_isolate_page_range(&mut self, start_pfn: u64, end_pfn: u64) {
+    pub fn undo_isolate_page_range(&mut self, start_pfn: Pfn, end_pfn: Pfn) {
         self.isolating
             .retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
         let mut pfn = start_pfn;
@@ -534,7 +542,7 @@ impl BuddyAllocator {
     /// Taken pages keep their zone and `ONLINE` (the caller owns online
     /// state); [`free_range`](Self::free_range) over the same range undoes
     /// the isolation.
-    pub fn isolate_range(&mut self, start_pfn: u64, end_pfn: u64) -> Result<u64, u64> {
+    pub fn isolate_range(&mut self, start_pfn: Pfn, end_pfn: Pfn) -> Result<u64, Pfn> {
         let mut pfn = start_pfn;
         while pfn < end_pfn {
             if !self.memmap.contains(pfn) {
@@ -602,13 +610,13 @@ impl BuddyAllocator {
 
     /// Calls `f(head_pfn, order)` for every free block of `zone`, by order
     /// then list position.
-    pub fn for_each_free_block(&self, zone: Zone, mut f: impl FnMut(u64, u32)) {
+    pub fn for_each_free_block(&self, zone: Zone, mut f: impl FnMut(Pfn, u32)) {
         let Some(z) = zone.buddy_index() else { return };
         for order in 0..=MAX_ORDER {
             let mut pfn = self.heads[z][order as usize];
             while pfn != PFN_NONE {
-                f(pfn, order);
-                pfn = self.pg(pfn).next;
+                f(Pfn::new(pfn), order);
+                pfn = self.pg(Pfn::new(pfn)).next;
             }
         }
     }
@@ -617,22 +625,22 @@ impl BuddyAllocator {
 /// Kernel page frames: `Normal` zone only (page-table pages and the like
 /// must never sit in memory that can be offlined).
 impl FrameAllocator for BuddyAllocator {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
-        self.alloc(order, Zone::Normal).map(layout::pfn_to_phys)
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
+        self.alloc(order, Zone::Normal).map(Pfn::phys)
     }
 
-    fn free_pages(&mut self, pa: u64, order: u32) {
-        if pa & (layout::PAGE_SIZE - 1) != 0 {
-            self.refuse("free", layout::phys_to_pfn(pa), order, BadFree::Misaligned);
+    fn free_pages(&mut self, pa: PhysAddr, order: u32) {
+        if !pa.is_aligned(layout::PAGE_SIZE) {
+            self.refuse("free", Pfn::down(pa), order, BadFree::Misaligned);
             return;
         }
-        self.free(layout::phys_to_pfn(pa), order);
+        self.free(Pfn::down(pa), order);
     }
 
     /// Outside the memmap counts as reserved: such a page can never be
     /// freed here.
-    fn is_reserved(&self, pa: u64) -> bool {
-        let pfn = layout::phys_to_pfn(pa);
+    fn is_reserved(&self, pa: PhysAddr) -> bool {
+        let pfn = Pfn::down(pa);
         !self.memmap.contains(pfn) || self.pg(pfn).is_reserved()
     }
 }
@@ -645,7 +653,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::{HashMap, HashSet};
 
-    const BASE: u64 = 0x40000;
+    const BASE: Pfn = Pfn::new(0x40000);
     const MAXB: u64 = 1 << MAX_ORDER;
 
     /// The pages must outlive the allocator: keep them together.
@@ -665,13 +673,13 @@ mod tests {
         }
     }
 
-    fn set_flags(b: &BuddyAllocator, pfn: u64, f: PageFlags) {
+    fn set_flags(b: &BuddyAllocator, pfn: Pfn, f: PageFlags) {
         unsafe { b.memmap().get(pfn).set_flags(f) }
     }
 
     /// Walk every list checking links, flags, counts and disjointness;
     /// returns the free blocks sorted by pfn.
-    fn audit(b: &BuddyAllocator) -> Vec<(u64, u32, Zone)> {
+    fn audit(b: &BuddyAllocator) -> Vec<(Pfn, u32, Zone)> {
         let mut all = Vec::new();
         for zone in Zone::BUDDY_ZONES {
             let z = zone.buddy_index().unwrap();
@@ -681,7 +689,7 @@ mod tests {
                 let mut pfn = b.heads[z][order as usize];
                 let mut n = 0;
                 while pfn != PFN_NONE {
-                    let p = b.pg(pfn);
+                    let p = b.pg(Pfn::new(pfn));
                     assert_eq!(p.prev, prev, "back link of {pfn:#x}");
                     assert!(
                         p.is_buddy() && p.is_online(),
@@ -690,7 +698,7 @@ mod tests {
                     );
                     assert_eq!((p.order(), p.zone(), p.refcount), (order, Some(zone), 0));
                     assert_eq!(pfn % (1 << order), 0, "misaligned free block");
-                    all.push((pfn, order, zone));
+                    all.push((Pfn::new(pfn), order, zone));
                     n += 1;
                     prev = pfn;
                     pfn = p.next;
@@ -710,7 +718,7 @@ mod tests {
         // Fully coalesced buddies never coexist (same zone, same order).
         for &(pfn, order, zone) in &all {
             if order < MAX_ORDER {
-                let buddy = (pfn ^ (1 << order), order, zone);
+                let buddy = (buddy_pfn(pfn, order), order, zone);
                 assert!(
                     all.binary_search(&buddy).is_err(),
                     "unmerged buddies at {pfn:#x}"
@@ -718,9 +726,9 @@ mod tests {
             }
         }
         // No page outside a listed block claims to be a free head.
-        let heads: HashSet<u64> = all.iter().map(|b| b.0).collect();
+        let heads: HashSet<Pfn> = all.iter().map(|b| b.0).collect();
         let mm = b.memmap();
-        for pfn in mm.start_pfn()..mm.end_pfn() {
+        for pfn in Pfn::range(mm.start_pfn(), mm.end_pfn()) {
             assert_eq!(
                 b.pg(pfn).is_buddy(),
                 heads.contains(&pfn),
@@ -730,7 +738,7 @@ mod tests {
         all
     }
 
-    fn expected_blocks(runs: &[(u64, u64, Zone)]) -> Vec<(u64, u32, Zone)> {
+    fn expected_blocks(runs: &[(Pfn, Pfn, Zone)]) -> Vec<(Pfn, u32, Zone)> {
         let mut v = Vec::new();
         for &(s, e, zone) in runs {
             for_each_max_block(s, e, |p, o| v.push((p, o, zone)));
@@ -742,14 +750,18 @@ mod tests {
     #[test]
     fn max_blocks_tile_a_range() {
         let mut v = Vec::new();
-        for_each_max_block(3, 3 + 2 * MAXB + 5, |p, o| v.push((p, o)));
+        let three = Pfn::new(3);
+        for_each_max_block(three, three + 2 * MAXB + 5, |p, o| v.push((p, o)));
         let covered: u64 = v.iter().map(|&(_, o)| 1u64 << o).sum();
         assert_eq!(covered, 2 * MAXB + 5);
-        assert_eq!(v[0], (3, 0));
-        assert!(v.iter().all(|&(p, o)| p % (1 << o) == 0 && o <= MAX_ORDER));
+        assert_eq!(v[0], (three, 0));
+        assert!(v
+            .iter()
+            .all(|&(p, o)| p.as_u64() % (1 << o) == 0 && o <= MAX_ORDER));
         let mut z = Vec::new();
-        for_each_max_block(0, 2 * MAXB, |p, o| z.push((p, o)));
-        assert_eq!(z, [(0, MAX_ORDER), (MAXB, MAX_ORDER)]);
+        let zero = Pfn::new(0);
+        for_each_max_block(zero, zero + 2 * MAXB, |p, o| z.push((p, o)));
+        assert_eq!(z, [(zero, MAX_ORDER), (zero + MAXB, MAX_ORDER)]);
     }
 
     #[test]
@@ -866,9 +878,9 @@ mod tests {
         ]);
         assert_eq!(audit(b), want);
         assert!(b.is_free(BASE) && !b.is_free(BASE + 5) && !b.is_free(BASE + 6));
-        assert!(b.is_reserved(layout::pfn_to_phys(BASE + 5)));
-        assert!(!b.is_reserved(layout::pfn_to_phys(BASE + 4)));
-        assert!(b.is_reserved(layout::pfn_to_phys(BASE - 1)));
+        assert!(b.is_reserved((BASE + 5).phys()));
+        assert!(!b.is_reserved((BASE + 4).phys()));
+        assert!(b.is_reserved((BASE - 1).phys()));
     }
 
     #[test]
@@ -913,7 +925,7 @@ mod tests {
         assert_eq!(b.nr_free_total(), 0);
         // Free in an interleaved order so that merges are attempted across
         // the zone boundary at every order.
-        held.sort_by_key(|&p| (p.reverse_bits(), p));
+        held.sort_by_key(|&p| (p.as_u64().reverse_bits(), p));
         for p in held {
             assert!(b.free(p, 0));
         }
@@ -932,7 +944,7 @@ mod tests {
         let before = audit(b);
         let nr = b.nr_free_total();
 
-        let cases: &[(u64, u32, BadFree)] = &[
+        let cases: &[(Pfn, u32, BadFree)] = &[
             (BASE + 8, 0, BadFree::NeverBuddy(PageFlags::RESERVED)),
             (BASE + 9, 0, BadFree::NeverBuddy(PageFlags::DEVICE)),
             (BASE + 10, 0, BadFree::NeverBuddy(PageFlags::ALTMAP_BACKED)),
@@ -954,8 +966,8 @@ mod tests {
             assert_eq!(b.nr_free_total(), nr);
         }
         // Through the FrameAllocator interface too.
-        b.free_pages(layout::pfn_to_phys(a) + 8, 2);
-        b.free_pages(layout::pfn_to_phys(BASE + 8), 0);
+        b.free_pages(a.phys() + 8, 2);
+        b.free_pages((BASE + 8).phys(), 0);
         assert_eq!(b.stats().bad_frees, cases.len() as u64 + 2);
         assert_eq!(audit(b), before);
 
@@ -966,7 +978,7 @@ mod tests {
         assert_eq!(b.stats().frees, 1);
     }
 
-    fn snapshot(b: &BuddyAllocator) -> (Vec<(u64, u32, Zone)>, u64, u64, u64) {
+    fn snapshot(b: &BuddyAllocator) -> (Vec<(Pfn, u32, Zone)>, u64, u64, u64) {
         (
             audit(b),
             b.nr_free(Zone::Normal),
@@ -1029,12 +1041,14 @@ mod tests {
             assert!(b.free(p, 0));
         }
         let before = snapshot(b);
-        let first = (BASE..block + MAXB).find(|&p| !b.is_free(p)).unwrap();
+        let first = Pfn::range(BASE, block + MAXB)
+            .find(|&p| !b.is_free(p))
+            .unwrap();
         assert_eq!(b.isolate_range(block, block + MAXB), Err(first));
         assert_eq!(snapshot(b), before);
 
         // Free everything in the block, then isolate it.
-        for p in block..block + MAXB {
+        for p in Pfn::range(block, block + MAXB) {
             if !b.is_free(p) {
                 assert!(b.free(p, 0));
             }
@@ -1043,7 +1057,7 @@ mod tests {
         assert_eq!(b.isolate_range(block, block + MAXB), Ok(MAXB));
         assert_eq!(b.nr_free(Zone::Normal), nr_normal - MAXB);
         assert_eq!(b.managed(Zone::Normal), MAXB);
-        assert!((block..block + MAXB).all(|p| !b.is_free(p)));
+        assert!(Pfn::range(block, block + MAXB).all(|p| !b.is_free(p)));
         assert!(audit(b)
             .iter()
             .all(|&(p, o, _)| p + (1 << o) <= block || p >= block + MAXB));
@@ -1083,7 +1097,7 @@ mod tests {
         let b = &mut f.buddy;
         let block = BASE + MAXB;
         let memmap_pages = 3;
-        for p in block..block + memmap_pages {
+        for p in Pfn::range(block, block + memmap_pages) {
             set_flags(b, p, PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ONLINE);
         }
         assert_eq!(
@@ -1126,8 +1140,8 @@ mod tests {
         assert_eq!(b.alloc_pages(0), None);
         b.free_range(BASE + MAXB, BASE + 2 * MAXB, Zone::Normal);
         let pa = b.alloc_pages(3).unwrap();
-        assert_eq!(pa % (8 << layout::PAGE_SHIFT), 0);
-        assert!(layout::phys_to_pfn(pa) >= BASE + MAXB);
+        assert_eq!(pa.as_u64() % (8 << layout::PAGE_SHIFT), 0);
+        assert!(Pfn::down(pa) >= BASE + MAXB);
         assert!(!b.is_reserved(pa));
         b.free_pages(pa, 3);
         assert_eq!(b.stats().frees, 1);
@@ -1173,23 +1187,24 @@ mod tests {
             let split = split.max(lead);
             let mut f = fixture(NPAGES);
             let b = &mut f.buddy;
-            let reserved: HashSet<u64> = reserved.into_iter().map(|r| BASE + r).collect();
+            let reserved: HashSet<Pfn> = reserved.into_iter().map(|r| BASE + r).collect();
             for &r in &reserved {
                 set_flags(b, r, PageFlags::RESERVED);
             }
-            let zone_of = |pfn: u64| if pfn < BASE + split { Zone::Normal } else { Zone::Movable };
+            let zone_of = |pfn: Pfn| if pfn < BASE + split { Zone::Normal } else { Zone::Movable };
             let nz = b.free_range(BASE + lead, BASE + split, Zone::Normal);
             let mz = b.free_range(BASE + split, BASE + NPAGES, Zone::Movable);
-            let managed = |s: u64, e: u64| (s..e).filter(|p| !reserved.contains(p)).count() as u64;
+            let managed =
+                |s: Pfn, e: Pfn| Pfn::range(s, e).filter(|p| !reserved.contains(p)).count() as u64;
             let total = [managed(BASE + lead, BASE + split), managed(BASE + split, BASE + NPAGES)];
             prop_assert_eq!([nz, mz], total);
 
-            let mut held: Vec<(u64, u32)> = Vec::new();
-            let mut heads: HashMap<u64, u32> = HashMap::new();
-            let mut allocated: HashSet<u64> = HashSet::new();
-            let mut isolated: Vec<u64> = Vec::new();
+            let mut held: Vec<(Pfn, u32)> = Vec::new();
+            let mut heads: HashMap<Pfn, u32> = HashMap::new();
+            let mut allocated: HashSet<Pfn> = HashSet::new();
+            let mut isolated: Vec<Pfn> = Vec::new();
             let mut bad = 0;
-            let taken = |pfn: u64, iso: &[u64]| iso.iter().any(|&s| (s..s + MAXB).contains(&pfn));
+            let taken = |pfn: Pfn, iso: &[Pfn]| iso.iter().any(|&s| (s..s + MAXB).contains(&pfn));
 
             for op in ops {
                 match op {
@@ -1200,10 +1215,10 @@ mod tests {
                             _ => unreachable!(),
                         };
                         if let Some((pfn, zone)) = got {
-                            prop_assert_eq!(pfn % (1 << order), 0);
+                            prop_assert_eq!(pfn.as_u64() % (1 << order), 0);
                             let z = zone.unwrap_or_else(|| zone_of(pfn));
                             prop_assert_eq!(zone_of(pfn), z);
-                            for p in pfn..pfn + (1 << order) {
+                            for p in Pfn::range(pfn, pfn + (1 << order)) {
                                 prop_assert!(p >= BASE + lead && p < BASE + NPAGES);
                                 prop_assert_eq!(zone_of(p), z, "block crosses zones");
                                 prop_assert!(!reserved.contains(&p) && !taken(p, &isolated));
@@ -1217,7 +1232,7 @@ mod tests {
                         let (pfn, order) = held.swap_remove(i % held.len());
                         heads.remove(&pfn);
                         prop_assert!(b.free(pfn, order));
-                        for p in pfn..pfn + (1 << order) {
+                        for p in Pfn::range(pfn, pfn + (1 << order)) {
                             allocated.remove(&p);
                         }
                     }
@@ -1232,7 +1247,7 @@ mod tests {
                     }
                     Op::Isolate(i) => {
                         let s = BASE + i * MAXB;
-                        let busy = (s..s + MAXB).find(|&p| {
+                        let busy = Pfn::range(s, s + MAXB).find(|&p| {
                             p < BASE + lead || reserved.contains(&p) || allocated.contains(&p)
                                 || taken(p, &isolated)
                         });
@@ -1261,7 +1276,7 @@ mod tests {
                 }
                 for (z, zone) in Zone::BUDDY_ZONES.into_iter().enumerate() {
                     let used = allocated.iter().filter(|&&p| zone_of(p) == zone).count() as u64;
-                    let iso = isolated.iter().flat_map(|&s| s..s + MAXB)
+                    let iso = isolated.iter().flat_map(|&s| Pfn::range(s, s + MAXB))
                         .filter(|&p| zone_of(p) == zone).count() as u64;
                     prop_assert_eq!(b.nr_free(zone), total[z] - used - iso);
                 }
@@ -1278,8 +1293,8 @@ mod tests {
                 b.free_range(cut, s + MAXB, Zone::Movable);
             }
             // Exactly the maximal blocks of the original runs.
-            let mut runs: Vec<(u64, u64, Zone)> = Vec::new();
-            for p in (BASE + lead..BASE + NPAGES).filter(|p| !reserved.contains(p)) {
+            let mut runs: Vec<(Pfn, Pfn, Zone)> = Vec::new();
+            for p in Pfn::range(BASE + lead, BASE + NPAGES).filter(|p| !reserved.contains(p)) {
                 match runs.last_mut() {
                     Some(r) if r.1 == p && r.2 == zone_of(p) => r.1 += 1,
                     _ => runs.push((p, p + 1, zone_of(p))),

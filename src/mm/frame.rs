@@ -1,14 +1,16 @@
 //! The one interface through which the mm core gets and returns page frames.
 
+use super::addr::PhysAddr;
+
 /// A source of physically contiguous, naturally aligned page frames.
 pub trait FrameAllocator {
     /// `2^order` pages, aligned to their size; `None` when none can be had.
-    fn alloc_pages(&mut self, order: u32) -> Option<u64>;
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr>;
     /// Give back what `alloc_pages(order)` returned.
-    fn free_pages(&mut self, pa: u64, order: u32);
+    fn free_pages(&mut self, pa: PhysAddr, order: u32);
     /// Whether the page at `pa` is reserved (never to be freed to this
     /// allocator): Linux's `PageReserved`, checked before hotplug frees.
-    fn is_reserved(&self, _pa: u64) -> bool {
+    fn is_reserved(&self, _pa: PhysAddr) -> bool {
         false
     }
 }

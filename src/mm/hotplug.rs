@@ -4,11 +4,14 @@
 //! `memremap_pages` / `memunmap_pages` make device memory ZONE_DEVICE.
 //! Every operation validates first and rolls back exactly on failure.
 
+use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
 use super::layout::*;
 use super::page::{PageFlags, Zone};
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
-use super::system::{block_pfns, BlockState, DevMapKind, MemoryBlock, MemorySystem};
+use super::system::{
+    block_id, block_pfns, block_range, BlockState, DevMapKind, MemoryBlock, MemorySystem,
+};
 use super::vmemmap::{vmemmap_free, vmemmap_populate};
 use crate::error::{Error, Result};
 use crate::{bail, err, pr_info, pr_warn};
@@ -19,7 +22,7 @@ use crate::{bail, err, pr_info, pr_warn};
 pub enum OfflineError {
     /// A page of memory block `id` is in use: nothing changed; it may be
     /// free later.
-    Busy { id: u64, pfn: u64 },
+    Busy { id: u64, pfn: Pfn },
     /// The request itself is wrong (no such block, not online, ...).
     Invalid(Error),
 }
@@ -34,7 +37,7 @@ impl From<OfflineError> for Error {
     fn from(e: OfflineError) -> Self {
         match e {
             OfflineError::Busy { id, pfn } => {
-                err!(EBUSY, "memory{id}: page {:#x} is in use", pfn_to_phys(pfn))
+                err!(EBUSY, "memory{id}: page {:#x} is in use", pfn.phys())
             }
             OfflineError::Invalid(e) => e,
         }
@@ -53,68 +56,67 @@ pub const fn vmemmap_pages_per_block() -> u64 {
 }
 
 impl<T: Translation> MemorySystem<T> {
-    /// Maps `[start, end)` in the linear map and populates its struct pages
-    /// (through `altmap` when given). On failure nothing is left behind.
+    /// Maps `[start, start + size)` in the linear map and populates its
+    /// struct pages (through `altmap` when given). On failure nothing is
+    /// left behind.
     pub fn arch_add_memory(
         &mut self,
-        start: u64,
-        end: u64,
+        start: PhysAddr,
+        size: u64,
         altmap: Option<&mut VmemAltmap>,
     ) -> Result<()> {
+        let end = start + size;
         let p = self.parts();
-        let va = VaRange::new(phys_to_virt(start), phys_to_virt(end));
+        let va = VaRange::new(start.to_virt(), end.to_virt());
         let hints = MapHints::blocks(HOTPLUG_LINEAR_LEAF).with_contiguous();
         let mut frames = p.frames;
         p.pt.map_range(va, start, Attributes::KERNEL_RW, hints, &mut frames)?;
-        if let Err(e) = vmemmap_populate(
-            p.pt,
-            phys_to_pfn(start),
-            phys_to_pfn(end),
-            altmap,
-            &mut frames,
-        ) {
-            self.remove_linear_map(start, end);
+        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(end));
+        if let Err(e) = vmemmap_populate(p.pt, vstart, vend, altmap, &mut frames) {
+            self.remove_linear_map(start, size);
             return Err(e.into());
         }
         Ok(())
     }
 
-    /// Unmaps the struct pages (returning their backing to `altmap` or the
-    /// buddy allocator), then the linear map, freeing emptied tables.
-    pub fn arch_remove_memory(&mut self, start: u64, end: u64, altmap: Option<&mut VmemAltmap>) {
+    /// Unmaps the struct pages of `[start, start + size)` (returning their
+    /// backing to `altmap` or the buddy allocator), then its linear map,
+    /// freeing emptied tables.
+    pub fn arch_remove_memory(
+        &mut self,
+        start: PhysAddr,
+        size: u64,
+        altmap: Option<&mut VmemAltmap>,
+    ) {
         let p = self.parts();
         let mut frames = p.frames;
-        vmemmap_free(
-            p.pt,
-            phys_to_pfn(start),
-            phys_to_pfn(end),
-            altmap,
-            &mut frames,
-            p.warnings,
-        );
-        self.remove_linear_map(start, end);
+        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(start + size));
+        vmemmap_free(p.pt, vstart, vend, altmap, &mut frames, p.warnings);
+        self.remove_linear_map(start, size);
     }
 
-    fn remove_linear_map(&mut self, start: u64, end: u64) {
+    /// Linux's `__remove_pgd_mapping` of the linear map of `[start, start +
+    /// size)`.
+    fn remove_linear_map(&mut self, start: PhysAddr, size: u64) {
         let p = self.parts();
         let mut frames = p.frames;
-        let (va, va_end) = (phys_to_virt(start), phys_to_virt(end));
-        p.pt.unmap_hotplug_range(va, va_end, false, None, &mut frames, p.warnings);
-        p.pt.free_empty_tables(va, va_end, PAGE_OFFSET, PAGE_END, &mut frames);
+        let (vstart, vend) = (start.to_virt(), (start + size).to_virt());
+        let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(PAGE_END));
+        p.pt.unmap_hotplug_range(vstart, vend, false, None, &mut frames, p.warnings);
+        p.pt.free_empty_tables(vstart, vend, floor, ceiling, &mut frames);
     }
 
-    /// Checks that `[start, start + size)` is whole memory blocks.
-    fn check_block_range(start: u64, size: u64) -> Result<(u64, u64)> {
+    /// Checks that `[start, start + size)` is whole memory blocks; their ids
+    /// `[first, last)`.
+    fn check_block_range(start: PhysAddr, size: u64) -> Result<(u64, u64)> {
         if size == 0
-            || !start.is_multiple_of(MEMORY_BLOCK_SIZE)
+            || !start.is_aligned(MEMORY_BLOCK_SIZE)
             || !size.is_multiple_of(MEMORY_BLOCK_SIZE)
         {
             bail!(EINVAL, "{start:#x}+{size:#x} is not aligned to the memory block size {MEMORY_BLOCK_SIZE:#x}");
         }
         match start.checked_add(size) {
-            Some(end) if end <= PHYS_LIMIT => {
-                Ok((start / MEMORY_BLOCK_SIZE, end / MEMORY_BLOCK_SIZE))
-            }
+            Some(end) if end.as_u64() <= PHYS_LIMIT => Ok((block_id(start), block_id(end))),
             _ => bail!(
                 ERANGE,
                 "{start:#x}+{size:#x} is beyond the physical address range"
@@ -124,21 +126,17 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Linux's `probe`: hot-adds the memory blocks of `[start, start +
     /// size)`, offline, from RAM held back at boot. All or nothing.
-    pub fn add_memory(&mut self, start: u64, size: u64) -> Result<()> {
+    pub fn add_memory(&mut self, start: PhysAddr, size: u64) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
-        let end = start + size;
-        if !self
-            .hotpluggable
-            .iter()
-            .any(|r| r.base <= start && end <= r.end())
-        {
+        let range = PhysRange::new(start, size);
+        if !self.hotpluggable.iter().any(|r| r.covers(&range)) {
             bail!(
                 EINVAL,
                 "{start:#x}-{:#x} is not RAM held back from boot (mem=)",
-                end - 1
+                range.end() - 1
             );
         }
-        self.add_memory_resource(first, last, "System RAM", None)
+        self.add_memory_blocks(first, last, "System RAM", None)
     }
 
     /// Linux's `add_memory_driver_managed`: memory a driver plugged (the
@@ -146,23 +144,19 @@ impl<T: Translation> MemorySystem<T> {
     /// as `resource`; only the driver may remove it.
     pub fn add_memory_driver_managed(
         &mut self,
-        start: u64,
+        start: PhysAddr,
         size: u64,
         resource: &'static str,
     ) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
-        self.add_memory_resource(first, last, resource, Some(resource))
+        self.add_memory_blocks(first, last, resource, Some(resource))
     }
 
     /// Whole blocks, not device memory, none present.
-    fn check_addable(&self, start: u64, size: u64) -> Result<(u64, u64)> {
+    fn check_addable(&self, start: PhysAddr, size: u64) -> Result<(u64, u64)> {
         let (first, last) = Self::check_block_range(start, size)?;
-        let end = start + size;
-        if let Some(d) = self
-            .devmem
-            .iter()
-            .find(|d| d.range.base < end && start < d.range.end())
-        {
+        let range = PhysRange::new(start, size);
+        if let Some(d) = self.devmem.iter().find(|d| d.range.overlaps(&range)) {
             bail!(
                 EBUSY,
                 "{:#x}-{:#x} is device memory ({})",
@@ -177,7 +171,9 @@ impl<T: Translation> MemorySystem<T> {
         Ok((first, last))
     }
 
-    fn add_memory_resource(
+    /// Adds blocks `[first, last)`, all or none, as `resource` in
+    /// `/proc/iomem`.
+    fn add_memory_blocks(
         &mut self,
         first: u64,
         last: u64,
@@ -195,8 +191,8 @@ impl<T: Translation> MemorySystem<T> {
         // Logged once the whole range is in: a rolled-back add says
         // nothing but its one error.
         for id in first..last {
-            let (start, end) = (id * MEMORY_BLOCK_SIZE, (id + 1) * MEMORY_BLOCK_SIZE);
-            pr_info!("memory{id}: added {start:#x}-{:#x}", end - 1);
+            let r = block_range(id);
+            pr_info!("memory{id}: added {:#x}-{:#x}", r.base, r.end() - 1);
         }
         self.events.hotplug_add += last - first;
         Ok(())
@@ -209,11 +205,11 @@ impl<T: Translation> MemorySystem<T> {
         owner: Option<&'static str>,
     ) -> Result<()> {
         let (spfn, epfn) = block_pfns(id);
-        let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
+        let range = block_range(id);
         let mut altmap = self
             .memmap_on_memory
             .then(|| VmemAltmap::new(spfn, epfn, 0, vmemmap_pages_per_block()));
-        self.arch_add_memory(start, end, altmap.as_mut())?;
+        self.arch_add_memory(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it
         // is onlined, once its zone is known; until then only the pages
         // that hold them are marked (and stay reserved for good).
@@ -222,7 +218,7 @@ impl<T: Translation> MemorySystem<T> {
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
             self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
-        self.iomem.insert(start, end, resource);
+        self.iomem.insert(range, resource);
         self.blocks.insert(
             id,
             MemoryBlock {
@@ -238,7 +234,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Hot-removes the (offline) blocks of `[start, start + size)`. All or
     /// nothing: every block is checked before any is removed. Memory a
     /// driver manages is the driver's to remove.
-    pub fn remove_memory(&mut self, start: u64, size: u64) -> Result<()> {
+    pub fn remove_memory(&mut self, start: PhysAddr, size: u64) -> Result<()> {
         self.remove_memory_checked(start, size, None)
     }
 
@@ -246,7 +242,7 @@ impl<T: Translation> MemorySystem<T> {
     /// offline blocks that the driver `resource` added.
     pub fn remove_memory_driver_managed(
         &mut self,
-        start: u64,
+        start: PhysAddr,
         size: u64,
         resource: &'static str,
     ) -> Result<()> {
@@ -255,7 +251,7 @@ impl<T: Translation> MemorySystem<T> {
 
     fn remove_memory_checked(
         &mut self,
-        start: u64,
+        start: PhysAddr,
         size: u64,
         driver: Option<&'static str>,
     ) -> Result<()> {
@@ -280,24 +276,23 @@ impl<T: Translation> MemorySystem<T> {
         for id in first..last {
             self.remove_memory_block(id)?;
             self.events.hotplug_remove += 1;
-            let (start, end) = (id * MEMORY_BLOCK_SIZE, (id + 1) * MEMORY_BLOCK_SIZE);
-            pr_info!("memory{id}: removed {start:#x}-{:#x}", end - 1);
+            let r = block_range(id);
+            pr_info!("memory{id}: removed {:#x}-{:#x}", r.base, r.end() - 1);
         }
         Ok(())
     }
 
     fn remove_memory_block(&mut self, id: u64) -> Result<()> {
-        let (spfn, epfn) = block_pfns(id);
-        let (start, end) = (pfn_to_phys(spfn), pfn_to_phys(epfn));
+        let range = block_range(id);
         let mut block = self
             .blocks
             .remove(&id)
             .ok_or_else(|| err!(EINVAL, "memory{id} is not present"))?;
-        self.arch_remove_memory(start, end, block.altmap.as_mut());
+        self.arch_remove_memory(range.base, range.size, block.altmap.as_mut());
         if let Some(a) = block.altmap.as_ref().filter(|a| a.alloc != 0) {
             pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
         }
-        self.iomem.remove(start);
+        self.iomem.remove(range.base);
         Ok(())
     }
 
@@ -309,7 +304,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Onlines block `id` with only its pages below `online_end` given to
     /// the buddy allocator; the rest are logically offline, as a driver's
     /// unplugged memory is (virtio-mem's sub-blocks).
-    pub fn online_block_partial(&mut self, id: u64, zone: Zone, online_end: u64) -> Result<()> {
+    pub fn online_block_partial(&mut self, id: u64, zone: Zone, online_end: Pfn) -> Result<()> {
         let block = self
             .blocks
             .get(&id)
@@ -326,21 +321,21 @@ impl<T: Translation> MemorySystem<T> {
             zone,
             PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE,
         );
-        self.buddy.online_pages(first, online_end, zone);
+        self.buddy.online_pages(first, online_end - first, zone);
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
         self.events.online += 1;
         Ok(())
     }
 
     /// The zone of online block `id`, if `[start_pfn, end_pfn)` lies in it.
-    fn online_zone_of(&self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<Zone> {
+    fn online_zone_of(&self, id: u64, start_pfn: Pfn, end_pfn: Pfn) -> Result<Zone> {
         let (spfn, epfn) = block_pfns(id);
         if start_pfn < spfn || end_pfn > epfn || start_pfn >= end_pfn {
             bail!(
                 EINVAL,
                 "{:#x}-{:#x} is not inside memory{id}",
-                pfn_to_phys(start_pfn),
-                pfn_to_phys(end_pfn) - 1
+                start_pfn.phys(),
+                end_pfn.phys() - 1
             );
         }
         match self.blocks.get(&id).map(|b| b.state) {
@@ -352,31 +347,32 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Gives logically offline pages of an online block to the buddy
     /// allocator (a driver plugged them).
-    pub fn online_pages_range(&mut self, id: u64, start_pfn: u64, end_pfn: u64) -> Result<()> {
+    pub fn online_block_pages(&mut self, id: u64, start_pfn: Pfn, end_pfn: Pfn) -> Result<()> {
         let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
         // SAFETY: present blocks have their vmemmap populated.
-        if (start_pfn..end_pfn)
+        if Pfn::range(start_pfn, end_pfn)
             .any(|p| !unsafe { self.memmap.get(p) }.has(PageFlags::LOGICALLY_OFFLINE))
         {
             bail!(
                 EINVAL,
                 "{:#x}-{:#x} is not logically offline",
-                pfn_to_phys(start_pfn),
-                pfn_to_phys(end_pfn) - 1
+                start_pfn.phys(),
+                end_pfn.phys() - 1
             );
         }
-        self.buddy.online_pages(start_pfn, end_pfn, zone);
+        self.buddy
+            .online_pages(start_pfn, end_pfn - start_pfn, zone);
         Ok(())
     }
 
     /// Takes pages of an online block back from the buddy allocator and
     /// makes them logically offline (a driver will unplug them); `EBUSY`,
     /// with nothing changed, while any is in use.
-    pub fn offline_pages_range(
+    pub fn offline_block_pages(
         &mut self,
         id: u64,
-        start_pfn: u64,
-        end_pfn: u64,
+        start_pfn: Pfn,
+        end_pfn: Pfn,
     ) -> core::result::Result<(), OfflineError> {
         let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
         if let Err(pfn) = self.buddy.isolate_range(start_pfn, end_pfn) {
@@ -405,7 +401,7 @@ impl<T: Translation> MemorySystem<T> {
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
             return Err(OfflineError::Busy { id, pfn });
         }
-        for pfn in spfn..epfn {
+        for pfn in Pfn::range(spfn, epfn) {
             // SAFETY: present blocks have their vmemmap populated.
             let page = unsafe { self.memmap.get(pfn) };
             page.set_flags(PageFlags::RESERVED);
@@ -472,23 +468,23 @@ impl<T: Translation> MemorySystem<T> {
                 "device memory {id} is not aligned to sections of {SECTION_SIZE:#x}"
             )
         })?;
-        if let Some(id) = (r.base / MEMORY_BLOCK_SIZE..r.end() / MEMORY_BLOCK_SIZE)
-            .find(|b| self.blocks.contains_key(b))
+        if let Some(id) =
+            (block_id(r.base)..block_id(r.end())).find(|b| self.blocks.contains_key(b))
         {
             bail!(EBUSY, "device memory overlaps memory{id}");
         }
-        let (spfn, epfn) = (phys_to_pfn(r.base), phys_to_pfn(r.end()));
+        let (spfn, epfn) = (Pfn::down(r.base), Pfn::down(r.end()));
         let struct_page_pages = ((epfn - spfn) << STRUCT_PAGE_SHIFT) >> PAGE_SHIFT;
         let mut altmap =
             (kind == DevMapKind::Dev).then(|| VmemAltmap::new(spfn, epfn, 0, struct_page_pages));
-        self.arch_add_memory(r.base, r.end(), altmap.as_mut())?;
+        self.arch_add_memory(r.base, r.size, altmap.as_mut())?;
         self.init_struct_pages(spfn, epfn, Zone::Device, PageFlags::DEVICE);
-        for pfn in spfn..epfn {
+        for pfn in Pfn::range(spfn, epfn) {
             // SAFETY: just populated.
             unsafe { self.memmap.get(pfn) }.set_private(id as u64);
         }
         if let Some(a) = &altmap {
-            for pfn in a.base_pfn + a.reserve..a.next_pfn() {
+            for pfn in Pfn::range(a.base_pfn + a.reserve, a.next_pfn()) {
                 self.page_flags_set(pfn, PageFlags::ALTMAP_BACKED);
             }
         }
@@ -508,7 +504,7 @@ impl<T: Translation> MemorySystem<T> {
             .take()
             .ok_or_else(|| err!(EINVAL, "device memory {id} is not mapped"))?;
         let r = dev.range;
-        self.arch_remove_memory(r.base, r.end(), altmap.as_mut());
+        self.arch_remove_memory(r.base, r.size, altmap.as_mut());
         if let Some(a) = altmap.filter(|a| a.alloc != 0) {
             pr_warn!("devmem {id}: {} altmap pages not given back", a.alloc);
         }

@@ -3,11 +3,11 @@
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
+use super::addr::{PhysAddr, PhysRange};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resource {
-    pub start: u64,
-    /// Exclusive.
-    pub end: u64,
+    pub range: PhysRange,
     pub name: &'static str,
     pub children: Vec<Resource>,
 }
@@ -19,16 +19,15 @@ pub struct IoMem {
 
 impl IoMem {
     /// Adds a top-level resource; `false` (and nothing added) if it overlaps.
-    pub fn insert(&mut self, start: u64, end: u64, name: &'static str) -> bool {
-        if self.top.iter().any(|r| r.start < end && start < r.end) {
+    pub fn insert(&mut self, range: PhysRange, name: &'static str) -> bool {
+        if self.top.iter().any(|r| r.range.overlaps(&range)) {
             return false;
         }
-        let at = self.top.partition_point(|r| r.start < start);
+        let at = self.top.partition_point(|r| r.range.base < range.base);
         self.top.insert(
             at,
             Resource {
-                start,
-                end,
+                range,
                 name,
                 children: Vec::new(),
             },
@@ -37,18 +36,15 @@ impl IoMem {
     }
 
     /// Adds a child to the top-level resource that contains it.
-    pub fn insert_child(&mut self, start: u64, end: u64, name: &'static str) {
-        if let Some(parent) = self
-            .top
-            .iter_mut()
-            .find(|r| r.start <= start && end <= r.end)
-        {
-            let at = parent.children.partition_point(|c| c.start < start);
+    pub fn insert_child(&mut self, range: PhysRange, name: &'static str) {
+        if let Some(parent) = self.top.iter_mut().find(|r| r.range.covers(&range)) {
+            let at = parent
+                .children
+                .partition_point(|c| c.range.base < range.base);
             parent.children.insert(
                 at,
                 Resource {
-                    start,
-                    end,
+                    range,
                     name,
                     children: Vec::new(),
                 },
@@ -57,13 +53,14 @@ impl IoMem {
     }
 
     /// Removes the top-level resource starting at `start`.
-    pub fn remove(&mut self, start: u64) -> Option<Resource> {
-        let i = self.top.iter().position(|r| r.start == start)?;
+    pub fn remove(&mut self, start: PhysAddr) -> Option<Resource> {
+        let i = self.top.iter().position(|r| r.range.base == start)?;
         Some(self.top.remove(i))
     }
 
-    pub fn find(&self, start: u64, end: u64) -> Option<&Resource> {
-        self.top.iter().find(|r| r.start <= start && end <= r.end)
+    /// The top-level resource that holds all of `range`.
+    pub fn find(&self, range: PhysRange) -> Option<&Resource> {
+        self.top.iter().find(|r| r.range.covers(&range))
     }
 
     /// Linux's format: `start-end : name`, children indented by two.
@@ -73,8 +70,8 @@ impl IoMem {
                 out,
                 "{:indent$}{:08x}-{:08x} : {}",
                 "",
-                r.start,
-                r.end - 1,
+                r.range.base,
+                r.range.end() - 1,
                 r.name,
                 indent = depth * 2
             )?;
@@ -88,20 +85,27 @@ impl IoMem {
 mod tests {
     use super::*;
 
+    fn range(start: u64, end: u64) -> PhysRange {
+        PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end))
+    }
+
     #[test]
     fn prints_like_linux_and_refuses_overlaps() {
         let mut io = IoMem::default();
-        assert!(io.insert(0x4000_0000, 0x8000_0000, "System RAM"));
-        assert!(io.insert(0x9000_0000, 0xa000_0000, "Persistent Memory (legacy)"));
-        assert!(!io.insert(0x7000_0000, 0x9000_0000, "System RAM"));
-        io.insert_child(0x4020_0000, 0x4030_0000, "Kernel code");
+        assert!(io.insert(range(0x4000_0000, 0x8000_0000), "System RAM"));
+        assert!(io.insert(
+            range(0x9000_0000, 0xa000_0000),
+            "Persistent Memory (legacy)"
+        ));
+        assert!(!io.insert(range(0x7000_0000, 0x9000_0000), "System RAM"));
+        io.insert_child(range(0x4020_0000, 0x4030_0000), "Kernel code");
         let mut s = String::new();
         io.show(&mut s).unwrap();
         assert_eq!(
             s,
             "40000000-7fffffff : System RAM\n  40200000-402fffff : Kernel code\n90000000-9fffffff : Persistent Memory (legacy)\n"
         );
-        assert!(io.remove(0x9000_0000).is_some());
-        assert!(io.find(0x9000_0000, 0x9000_1000).is_none());
+        assert!(io.remove(PhysAddr::new(0x9000_0000)).is_some());
+        assert!(io.find(range(0x9000_0000, 0x9000_1000)).is_none());
     }
 }

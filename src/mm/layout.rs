@@ -3,7 +3,6 @@
 //! 48-bit VA. Every fixed address of the kernel lives here.
 
 use super::granule::{Granule, KernelGranule};
-use super::pgtable::dump::Marker;
 
 pub const VA_BITS: u32 = 48;
 pub const PAGE_SHIFT: u32 = KernelGranule::PAGE_SHIFT;
@@ -42,37 +41,18 @@ pub const VMEMMAP_END: u64 = VMEMMAP_START + VMEMMAP_SIZE;
 /// Buddy orders go up to 4 MiB blocks whatever the granule.
 pub const MAX_ORDER: u32 = 22 - PAGE_SHIFT;
 
-pub const fn phys_to_virt(pa: u64) -> u64 {
-    PAGE_OFFSET + pa
-}
-
-pub const fn virt_to_phys(va: u64) -> u64 {
-    va - PAGE_OFFSET
-}
-
-pub const fn pfn_to_phys(pfn: u64) -> u64 {
-    pfn << PAGE_SHIFT
-}
-
-pub const fn phys_to_pfn(pa: u64) -> u64 {
-    pa >> PAGE_SHIFT
-}
-
-/// Virtual address of the struct page of `pfn` (Linux's `pfn_to_page`).
-pub const fn pfn_to_page_va(pfn: u64) -> u64 {
-    VMEMMAP_START + (pfn << STRUCT_PAGE_SHIFT)
-}
-
-pub const fn page_va_to_pfn(va: u64) -> u64 {
-    (va - VMEMMAP_START) >> STRUCT_PAGE_SHIFT
-}
-
 pub const fn align_down(x: u64, a: u64) -> u64 {
     x & !(a - 1)
 }
 
 pub const fn align_up(x: u64, a: u64) -> u64 {
     (x + a - 1) & !(a - 1)
+}
+
+/// A named address where a region starts or ends (ptdump's `---[ name ]---`).
+pub struct Marker {
+    pub addr: u64,
+    pub name: &'static str,
 }
 
 /// The regions, in address order, as printed at boot and marked in ptdump
@@ -137,7 +117,5 @@ mod tests {
         for w in MARKERS.windows(2) {
             assert!(w[0].addr <= w[1].addr);
         }
-        assert_eq!(pfn_to_page_va(1) - pfn_to_page_va(0), 64);
-        assert_eq!(page_va_to_pfn(pfn_to_page_va(12345)), 12345);
     }
 }

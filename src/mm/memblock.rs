@@ -3,7 +3,7 @@
 //! Everything it allocates stays reserved for good; what is left goes to the
 //! buddy allocator.
 
-use super::addr::PhysRange;
+use super::addr::{PhysAddr, PhysRange};
 use super::frame::FrameAllocator;
 use super::layout::PAGE_SHIFT;
 
@@ -18,7 +18,7 @@ pub struct Regions {
 
 impl Regions {
     const EMPTY: Self = Self {
-        r: [PhysRange { base: 0, size: 0 }; MAX_REGIONS],
+        r: [PhysRange::new(PhysAddr::new(0), 0); MAX_REGIONS],
         n: 0,
     };
 
@@ -27,7 +27,7 @@ impl Regions {
     }
 
     /// Adds `[base, end)`, keeping the list sorted and merged.
-    fn add(&mut self, base: u64, end: u64) {
+    fn add(&mut self, base: PhysAddr, end: PhysAddr) {
         if base >= end {
             return;
         }
@@ -39,10 +39,7 @@ impl Regions {
                 out.push(*r);
             } else if r.base > end {
                 if !placed {
-                    out.push(PhysRange {
-                        base,
-                        size: end - base,
-                    });
+                    out.push(PhysRange::from_bounds(base, end));
                     placed = true;
                 }
                 out.push(*r);
@@ -52,16 +49,13 @@ impl Regions {
             }
         }
         if !placed {
-            out.push(PhysRange {
-                base,
-                size: end - base,
-            });
+            out.push(PhysRange::from_bounds(base, end));
         }
         *self = out;
     }
 
     /// Removes `[base, end)`, splitting ranges as needed.
-    fn remove(&mut self, base: u64, end: u64) {
+    fn remove(&mut self, base: PhysAddr, end: PhysAddr) {
         let mut out = Self::EMPTY;
         for r in self.as_slice() {
             if r.end() <= base || r.base >= end {
@@ -69,16 +63,10 @@ impl Regions {
                 continue;
             }
             if r.base < base {
-                out.push(PhysRange {
-                    base: r.base,
-                    size: base - r.base,
-                });
+                out.push(PhysRange::from_bounds(r.base, base));
             }
             if r.end() > end {
-                out.push(PhysRange {
-                    base: end,
-                    size: r.end() - end,
-                });
+                out.push(PhysRange::from_bounds(end, r.end()));
             }
         }
         *self = out;
@@ -110,11 +98,13 @@ impl Memblock {
         }
     }
 
-    pub fn add_memory(&mut self, base: u64, size: u64) {
+    /// Linux's `memblock_add`.
+    pub fn add_memory(&mut self, base: PhysAddr, size: u64) {
         self.memory.add(base, base + size);
     }
 
-    pub fn reserve(&mut self, base: u64, size: u64) {
+    /// Linux's `memblock_reserve`.
+    pub fn reserve(&mut self, base: PhysAddr, size: u64) {
         self.reserved.add(base, base + size);
     }
 
@@ -131,14 +121,15 @@ impl Memblock {
         self.reserved.as_slice()
     }
 
-    /// `size` bytes aligned to `align`, lowest address first.
-    pub fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+    /// `size` bytes aligned to `align` (a power of two), lowest address
+    /// first (Linux's `memblock_phys_alloc`).
+    pub fn alloc(&mut self, size: u64, align: u64) -> Option<PhysAddr> {
         for m in self.memory.as_slice() {
-            let mut at = m.base.next_multiple_of(align);
+            let mut at = m.base.align_up(align);
             'scan: while at + size <= m.end() {
                 for r in self.reserved.as_slice() {
-                    if r.base < at + size && at < r.end() {
-                        at = r.end().next_multiple_of(align);
+                    if r.overlaps(&PhysRange::new(at, size)) {
+                        at = r.end().align_up(align);
                         continue 'scan;
                     }
                 }
@@ -149,8 +140,9 @@ impl Memblock {
         None
     }
 
-    /// Calls `f(start, end)` for every free (unreserved) part of memory.
-    pub fn for_each_free(&self, mut f: impl FnMut(u64, u64)) {
+    /// Calls `f(start, end)` for every free (unreserved) part of memory
+    /// (Linux's `for_each_free_mem_range`).
+    pub fn for_each_free(&self, mut f: impl FnMut(PhysAddr, PhysAddr)) {
         for m in self.memory.as_slice() {
             let mut at = m.base;
             for r in self.reserved.as_slice() {
@@ -170,12 +162,12 @@ impl Memblock {
 }
 
 impl FrameAllocator for Memblock {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
         let size = 1u64 << (PAGE_SHIFT + order);
         self.alloc(size, size)
     }
 
-    fn free_pages(&mut self, pa: u64, order: u32) {
+    fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         self.reserved
             .remove(pa, pa + (1u64 << (PAGE_SHIFT + order)));
     }
@@ -185,18 +177,22 @@ impl FrameAllocator for Memblock {
 mod tests {
     use super::*;
 
+    fn pa(v: u64) -> PhysAddr {
+        PhysAddr::new(v)
+    }
+
     #[test]
     fn allocates_around_reservations_and_reports_the_rest() {
         let mut m = Memblock::new();
-        m.add_memory(0x4000_0000, 0x100_0000);
-        m.reserve(0x4000_0000, 0x1000);
-        m.reserve(0x4020_0000, 0x30000);
-        assert_eq!(m.alloc(0x20_0000, 0x20_0000), Some(0x4040_0000));
-        assert_eq!(m.alloc(0x1000, 0x1000), Some(0x4000_1000));
+        m.add_memory(pa(0x4000_0000), 0x100_0000);
+        m.reserve(pa(0x4000_0000), 0x1000);
+        m.reserve(pa(0x4020_0000), 0x30000);
+        assert_eq!(m.alloc(0x20_0000, 0x20_0000), Some(pa(0x4040_0000)));
+        assert_eq!(m.alloc(0x1000, 0x1000), Some(pa(0x4000_1000)));
         let a = m.alloc_pages(0).unwrap();
         m.free_pages(a, 0);
         let mut free = Vec::new();
-        m.for_each_free(|s, e| free.push((s, e)));
+        m.for_each_free(|s, e| free.push((s.as_u64(), e.as_u64())));
         assert_eq!(
             free,
             [

@@ -7,6 +7,7 @@
 
 use bitflags::bitflags;
 
+use super::addr::{Pfn, PhysAddr};
 use super::layout;
 
 bitflags! {
@@ -217,8 +218,8 @@ impl Page {
 #[derive(Clone, Copy, Debug)]
 pub struct Memmap {
     base: *mut Page,
-    start_pfn: u64,
-    end_pfn: u64,
+    start_pfn: Pfn,
+    end_pfn: Pfn,
 }
 
 // SAFETY: a Memmap is an address, not ownership. Every access through it is
@@ -238,8 +239,8 @@ impl Memmap {
     pub unsafe fn new(base: *mut Page) -> Memmap {
         Memmap {
             base,
-            start_pfn: 0,
-            end_pfn: layout::PHYS_LIMIT >> layout::PAGE_SHIFT,
+            start_pfn: Pfn::new(0),
+            end_pfn: Pfn::down(PhysAddr::new(layout::PHYS_LIMIT)),
         }
     }
 
@@ -260,8 +261,9 @@ impl Memmap {
     /// The memmap does not borrow the slice: the caller keeps it alive, and
     /// unmoved, while the memmap is used, and then accesses it only through
     /// the memmap.
-    pub fn for_slice(pages: &mut [Page], first_pfn: u64) -> Memmap {
-        let base = pages.as_mut_ptr().wrapping_sub(first_pfn as usize);
+    #[cfg(test)]
+    pub fn for_slice(pages: &mut [Page], first_pfn: Pfn) -> Memmap {
+        let base = pages.as_mut_ptr().wrapping_sub(first_pfn.as_u64() as usize);
         Memmap {
             base,
             start_pfn: first_pfn,
@@ -269,39 +271,40 @@ impl Memmap {
         }
     }
 
-    pub fn start_pfn(&self) -> u64 {
+    pub fn start_pfn(&self) -> Pfn {
         self.start_pfn
     }
 
-    pub fn end_pfn(&self) -> u64 {
+    pub fn end_pfn(&self) -> Pfn {
         self.end_pfn
     }
 
     /// Whether `pfn` is within the bounds this memmap describes.
-    pub fn contains(&self, pfn: u64) -> bool {
+    pub fn contains(&self, pfn: Pfn) -> bool {
         self.start_pfn <= pfn && pfn < self.end_pfn
     }
 
     /// Whether all of `start..end` is within the bounds (empty ranges are).
-    pub fn contains_range(&self, start: u64, end: u64) -> bool {
+    pub fn contains_range(&self, start: Pfn, end: Pfn) -> bool {
         start >= end || (self.start_pfn <= start && end <= self.end_pfn)
     }
 
     /// Address of the struct page of `pfn` (Linux's `pfn_to_page`).
-    pub fn page(&self, pfn: u64) -> *mut Page {
-        self.base.wrapping_add(pfn as usize)
+    pub fn page(&self, pfn: Pfn) -> *mut Page {
+        self.base.wrapping_add(pfn.as_u64() as usize)
     }
 
     /// The pfn a struct page pointer describes (Linux's `page_to_pfn`).
-    pub fn pfn_of(&self, page: *const Page) -> u64 {
-        (page as usize).wrapping_sub(self.base as usize) as u64 >> layout::STRUCT_PAGE_SHIFT
+    pub fn pfn_of(&self, page: *const Page) -> Pfn {
+        let offset = (page as usize).wrapping_sub(self.base as usize) as u64;
+        Pfn::new(offset >> layout::STRUCT_PAGE_SHIFT)
     }
 
     /// # Safety
     /// The vmemmap must be populated at `pfn`, and no other reference to
     /// that struct page may be live while the result is.
     #[allow(clippy::mut_from_ref)] // a vmemmap is shared memory by design
-    pub unsafe fn get(&self, pfn: u64) -> &mut Page {
+    pub unsafe fn get(&self, pfn: Pfn) -> &mut Page {
         // SAFETY: the caller's promise.
         unsafe { &mut *self.page(pfn) }
     }
@@ -312,12 +315,12 @@ impl Memmap {
     /// # Safety
     /// The vmemmap must be populated over `start..end`, and no reference to
     /// those struct pages live.
-    pub unsafe fn init_range(&self, start: u64, end: u64, zone: Zone, flags: PageFlags) {
+    pub unsafe fn init_range(&self, start: Pfn, end: Pfn, zone: Zone, flags: PageFlags) {
         // Built field by field (or copied from a template) each page costs
         // a call to memset or memcpy, several times the stores themselves:
         // the words are stored directly instead.
         let w = Page::new(zone, flags).to_words();
-        for pfn in start..end {
+        for pfn in Pfn::range(start, end) {
             // SAFETY: the caller's promise; nothing of the old page is read.
             unsafe { crate::arch::store_64_bytes(self.page(pfn) as *mut u64, w) };
         }
@@ -356,7 +359,7 @@ mod tests {
 
     #[test]
     fn memmap_for_slice_indexes_by_pfn() {
-        let first = 0x40000;
+        let first = Pfn::new(0x40000);
         let mut pages = vec![Page::new(Zone::Normal, PageFlags::empty()); 16];
         let mm = Memmap::for_slice(&mut pages, first);
         assert!(mm.contains(first) && mm.contains(first + 15));

@@ -5,7 +5,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use super::addr::PhysRange;
+use super::addr::{Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
 use super::buddy::BuddyAllocator;
 use super::frame::FrameAllocator;
@@ -34,8 +34,19 @@ pub struct MemoryBlock {
     pub owner: Option<&'static str>,
 }
 
-pub fn block_pfns(id: u64) -> (u64, u64) {
-    let start = phys_to_pfn(id * MEMORY_BLOCK_SIZE);
+/// The physical range of memory block `id`.
+pub fn block_range(id: u64) -> PhysRange {
+    PhysRange::new(PhysAddr::new(id * MEMORY_BLOCK_SIZE), MEMORY_BLOCK_SIZE)
+}
+
+/// The memory block that holds `pa`.
+pub fn block_id(pa: PhysAddr) -> u64 {
+    pa.as_u64() / MEMORY_BLOCK_SIZE
+}
+
+/// The pfns of memory block `id`, `[start, end)`.
+pub fn block_pfns(id: u64) -> (Pfn, Pfn) {
+    let start = Pfn::down(block_range(id).base);
     (start, start + PAGES_PER_SECTION)
 }
 
@@ -95,7 +106,7 @@ pub struct Frames<'a> {
 }
 
 impl FrameAllocator for Frames<'_> {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
         match self.fail_nth {
             Some(0) => {
                 *self.fail_nth = None;
@@ -107,11 +118,11 @@ impl FrameAllocator for Frames<'_> {
         self.buddy.alloc_pages(order)
     }
 
-    fn free_pages(&mut self, pa: u64, order: u32) {
+    fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         self.buddy.free_pages(pa, order)
     }
 
-    fn is_reserved(&self, pa: u64) -> bool {
+    fn is_reserved(&self, pa: PhysAddr) -> bool {
         self.buddy.is_reserved(pa)
     }
 }
@@ -201,16 +212,20 @@ impl<T: Translation> MemorySystem<T> {
     /// handed it out, not merely one whose range holds it (an online
     /// `memmap_on_memory` block gives the rest of its pages to the buddy
     /// allocator, and so to other blocks' struct pages).
-    pub fn altmap_owner(&self, pa: u64) -> Option<&'static str> {
+    pub fn altmap_owner(&self, pa: PhysAddr) -> Option<&'static str> {
         self.altmaps()
-            .find(|(a, _)| a.is_allocated(phys_to_pfn(pa)))
+            .find(|(a, _)| a.is_allocated(Pfn::down(pa)))
             .map(|(_, owner)| owner)
     }
 
     /// Calls `f(va, size, pa, owner)` for each vmemmap leaf, `owner` naming
     /// the altmap that backs it (`None`: system RAM).
-    pub fn for_each_vmemmap_leaf(&self, mut f: impl FnMut(u64, u64, u64, Option<&'static str>)) {
-        let range = super::pgtable::VaRange::new(VMEMMAP_START, VMEMMAP_END);
+    pub fn for_each_vmemmap_leaf(
+        &self,
+        mut f: impl FnMut(VirtAddr, u64, PhysAddr, Option<&'static str>),
+    ) {
+        let range =
+            super::pgtable::VaRange::new(VirtAddr::new(VMEMMAP_START), VirtAddr::new(VMEMMAP_END));
         self.pt.for_each_leaf(range, |va, size, _, d| {
             let pa = d.output_address();
             f(va, size, pa, self.altmap_owner(pa));
@@ -245,8 +260,8 @@ impl<T: Translation> MemorySystem<T> {
     /// Marks `[start_pfn, end_pfn)` with fresh struct pages.
     pub fn init_struct_pages(
         &mut self,
-        start_pfn: u64,
-        end_pfn: u64,
+        start_pfn: Pfn,
+        end_pfn: Pfn,
         zone: Zone,
         flags: PageFlags,
     ) {
@@ -254,7 +269,7 @@ impl<T: Translation> MemorySystem<T> {
         unsafe { self.memmap.init_range(start_pfn, end_pfn, zone, flags) }
     }
 
-    pub fn page_flags_set(&mut self, pfn: u64, flags: PageFlags) {
+    pub fn page_flags_set(&mut self, pfn: Pfn, flags: PageFlags) {
         // SAFETY: only called for pfns whose vmemmap is populated.
         unsafe { self.memmap.get(pfn) }.set_flags(flags);
     }
@@ -267,8 +282,8 @@ impl<T: Translation> MemorySystem<T> {
     /// blocks (their struct pages are initialised by then) and System RAM
     /// in `/proc/iomem`.
     pub fn register_boot_memory(&mut self, range: PhysRange) {
-        let first = align_down(range.base, MEMORY_BLOCK_SIZE) / MEMORY_BLOCK_SIZE;
-        let last = align_up(range.end(), MEMORY_BLOCK_SIZE) / MEMORY_BLOCK_SIZE;
+        let first = block_id(range.base);
+        let last = block_id(range.end().align_up(MEMORY_BLOCK_SIZE));
         for id in first..last {
             self.blocks.insert(
                 id,
@@ -280,12 +295,12 @@ impl<T: Translation> MemorySystem<T> {
                 },
             );
         }
-        self.iomem.insert(range.base, range.end(), "System RAM");
+        self.iomem.insert(range, "System RAM");
     }
 
     /// A named part of boot RAM in `/proc/iomem` (`Kernel code`, ...).
     pub fn register_boot_resource(&mut self, range: PhysRange, name: &'static str) {
-        self.iomem.insert_child(range.base, range.end(), name);
+        self.iomem.insert_child(range, name);
     }
 
     /// RAM the platform has that boot left out (`mem=`): what `probe` may add.
@@ -301,7 +316,7 @@ impl<T: Translation> MemorySystem<T> {
         owner: &'static str,
         resource: &'static str,
     ) -> usize {
-        self.iomem.insert(range.base, range.end(), resource);
+        self.iomem.insert(range, resource);
         self.devmem.push(DevMem {
             range,
             owner,
@@ -312,14 +327,14 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Maps `[pa, pa + size)` as device memory in the ioremap window; the
     /// virtual address of `pa`.
-    pub fn ioremap(&mut self, pa: u64, size: u64) -> u64 {
+    pub fn ioremap(&mut self, pa: PhysAddr, size: u64) -> VirtAddr {
         let mut p = self.parts();
         super::ioremap::ioremap(p.pt, pa, size, &mut p.frames)
     }
 
     /// Maps `size` bytes of fresh pages at `va` (a kernel stack below its
     /// guard page); the top, or `None` with nothing changed.
-    pub fn map_kernel_pages(&mut self, va: u64, size: u64) -> Option<u64> {
+    pub fn map_kernel_pages(&mut self, va: VirtAddr, size: u64) -> Option<VirtAddr> {
         let size = align_up(size, PAGE_SIZE);
         let order = super::frame::get_order(size, PAGE_SHIFT);
         let mut p = self.parts();
@@ -391,26 +406,26 @@ impl<T: Translation> MemorySystem<T> {
 
     /// The struct page of `pfn` if its vmemmap is populated (a present
     /// memory block or mapped device memory), else `None`.
-    pub fn page(&self, pfn: u64) -> Option<&super::page::Page> {
-        let pa = pfn_to_phys(pfn);
-        let in_block = self.blocks.contains_key(&(pa / MEMORY_BLOCK_SIZE));
+    pub fn page(&self, pfn: Pfn) -> Option<&super::page::Page> {
+        let pa = pfn.phys();
+        let in_block = self.blocks.contains_key(&block_id(pa));
         let in_devmem = self
             .devmem
             .iter()
-            .any(|d| d.mapping.is_some() && d.range.base <= pa && pa < d.range.end());
+            .any(|d| d.mapping.is_some() && d.range.contains(pa));
         // SAFETY: the vmemmap of present blocks and mapped device memory is
         // populated.
         (in_block || in_devmem).then(|| unsafe { &*self.memmap.get(pfn) })
     }
 
     /// `2^order` pages from `zone`; their first pfn.
-    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<u64> {
+    pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<Pfn> {
         self.buddy.alloc(order, zone)
     }
 
     /// `2^order` pages from Movable if it has them, else Normal (where a
     /// process's pages go).
-    pub fn alloc_movable_first(&mut self, order: u32) -> Option<u64> {
+    pub fn alloc_movable_first(&mut self, order: u32) -> Option<Pfn> {
         self.buddy
             .alloc(order, Zone::Movable)
             .or_else(|| self.buddy.alloc(order, Zone::Normal))
@@ -418,16 +433,16 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Gives back what [`alloc`](Self::alloc) handed out; `false` (logged,
     /// counted, nothing changed) for a bad free.
-    pub fn free(&mut self, pfn: u64, order: u32) -> bool {
+    pub fn free(&mut self, pfn: Pfn, order: u32) -> bool {
         self.buddy.free(pfn, order)
     }
 
     /// The page allocator's Normal zone by physical address, for DMA.
-    pub fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+    pub fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
         self.buddy.alloc_pages(order)
     }
 
-    pub fn free_pages(&mut self, pa: u64, order: u32) {
+    pub fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         self.buddy.free_pages(pa, order)
     }
 }

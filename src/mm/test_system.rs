@@ -24,48 +24,48 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::addr::PhysRange;
+use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange};
 use super::buddy::BuddyAllocator;
 use super::layout::*;
 use super::page::{Memmap, Page, PageFlags, Zone};
 use super::pgtable::{Attributes, MapHints, PageTable, VaRange};
-use super::system::{block_pfns, MemorySystem};
+use super::system::{block_id, block_pfns, block_range, MemorySystem};
 use super::testing::{Arena, ArenaTranslation};
 use super::vmemmap::vmemmap_populate;
 
-pub const ARENA_BASE: u64 = 0x4000_0000;
+pub const ARENA_BASE: PhysAddr = PhysAddr::new(0x4000_0000);
 pub const ARENA_SIZE: u64 = 2 << 30;
 pub const BLOCK: u64 = MEMORY_BLOCK_SIZE;
 pub const BLOCK_PAGES: u64 = PAGES_PER_SECTION;
 /// The boot block's id (`memory8`).
-pub const BOOT: u64 = ARENA_BASE / BLOCK;
+pub const BOOT: u64 = ARENA_BASE.as_u64() / BLOCK;
 /// Pages at the start of boot memory left reserved (kernel image, DTB).
 pub const BOOT_RESERVED: u64 = 16;
 /// RAM held back from boot: blocks `HOT_FIRST..HOT_END`.
 pub const HOT_FIRST: u64 = 9;
 pub const HOT_END: u64 = 20;
 /// The second GiB of the arena: its linear map needs a PMD table of its own.
-pub const GIB2: u64 = 0x8000_0000;
-pub const DEV_BASE: u64 = 0xa000_0000;
+pub const GIB2: PhysAddr = PhysAddr::new(0x8000_0000);
+pub const DEV_BASE: PhysAddr = PhysAddr::new(0xa000_0000);
 pub const DEV_SIZE: u64 = 2 * BLOCK;
 /// Arena memory that is neither boot, held back nor device memory.
-pub const NOT_RAM: u64 = 0xb000_0000;
+pub const NOT_RAM: PhysAddr = PhysAddr::new(0xb000_0000);
 /// Table pages after boot: root, linear PUD + PMD, vmemmap PUD + PMD.
 pub const BOOT_TABLES: u64 = 5;
 /// Struct pages of one block, in bytes (one 2 MiB vmemmap block).
 pub const MEMMAP_PER_BLOCK: u64 = BLOCK / PAGE_SIZE * 64;
 pub const MIB: u64 = 1 << 20;
 
-pub fn start_of(id: u64) -> u64 {
-    id * BLOCK
+pub fn start_of(id: u64) -> PhysAddr {
+    block_range(id).base
 }
 
-pub fn block_of(pfn: u64) -> u64 {
-    pfn_to_phys(pfn) / BLOCK
+pub fn block_of(pfn: Pfn) -> u64 {
+    block_id(pfn.phys())
 }
 
-pub fn dev_pfns() -> (u64, u64) {
-    (phys_to_pfn(DEV_BASE), phys_to_pfn(DEV_BASE + DEV_SIZE))
+pub fn dev_pfns() -> (Pfn, Pfn) {
+    (Pfn::down(DEV_BASE), Pfn::down(DEV_BASE + DEV_SIZE))
 }
 
 /// The system and the host memory behind it (dropped after it).
@@ -90,7 +90,7 @@ impl TestSystem {
         // Every pfn of the arena has a struct page; only those of present
         // memory are ever initialised and looked at.
         let mut pages = vec![Page::new(Zone::Normal, PageFlags::RESERVED); nr_pages];
-        let memmap = Memmap::for_slice(&mut pages, phys_to_pfn(ARENA_BASE));
+        let memmap = Memmap::for_slice(&mut pages, Pfn::down(ARENA_BASE));
         let (bs, be) = block_pfns(BOOT);
         // SAFETY: `pages` covers the range and nothing references it yet.
         unsafe {
@@ -106,11 +106,11 @@ impl TestSystem {
         // block) is initialised.
         let mut buddy = unsafe { BuddyAllocator::new(memmap) };
         assert_eq!(
-            buddy.online_pages(bs + BOOT_RESERVED, be, Zone::Normal),
+            buddy.online_pages(bs + BOOT_RESERVED, be - (bs + BOOT_RESERVED), Zone::Normal),
             BLOCK_PAGES - BOOT_RESERVED
         );
         let mut pt = PageTable::new(arena.translation(), &mut buddy).expect("root table");
-        let linear = VaRange::new(phys_to_virt(ARENA_BASE), phys_to_virt(ARENA_BASE + BLOCK));
+        let linear = VaRange::new(ARENA_BASE.to_virt(), (ARENA_BASE + BLOCK).to_virt());
         pt.map_range(
             linear,
             ARENA_BASE,
@@ -119,22 +119,17 @@ impl TestSystem {
             &mut buddy,
         )
         .expect("boot linear map");
-        vmemmap_populate(&mut pt, bs, be, None, &mut buddy).expect("boot vmemmap");
+        let (vstart, vend) = memmap_range(bs, be);
+        vmemmap_populate(&mut pt, vstart, vend, None, &mut buddy).expect("boot vmemmap");
         assert_eq!(pt.stats.tables, BOOT_TABLES);
 
         let mut mm = MemorySystem::new(pt, buddy, memmap);
-        mm.register_boot_memory(PhysRange {
-            base: ARENA_BASE,
-            size: BLOCK,
-        });
-        mm.add_hotpluggable_range(PhysRange {
-            base: start_of(HOT_FIRST),
-            size: (HOT_END - HOT_FIRST) * BLOCK,
-        });
-        let pmem = PhysRange {
-            base: DEV_BASE,
-            size: DEV_SIZE,
-        };
+        mm.register_boot_memory(PhysRange::new(ARENA_BASE, BLOCK));
+        mm.add_hotpluggable_range(PhysRange::new(
+            start_of(HOT_FIRST),
+            (HOT_END - HOT_FIRST) * BLOCK,
+        ));
+        let pmem = PhysRange::new(DEV_BASE, DEV_SIZE);
         let dev = mm.register_device_memory(pmem, "pmem", "Persistent Memory (legacy)");
         TestSystem {
             mm,

@@ -16,6 +16,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{HashMap, HashSet};
 
+use crate::mm::addr::PhysAddr;
 use crate::mm::frame::FrameAllocator;
 use crate::mm::pgtable::{Descriptor, Translation};
 
@@ -26,7 +27,7 @@ pub struct Arena {
     /// What was allocated (`host` lies within it, page aligned).
     raw: *mut u8,
     layout: Layout,
-    base_pa: u64,
+    base_pa: PhysAddr,
     page_size: u64,
     pages: usize,
 }
@@ -40,14 +41,13 @@ impl Arena {
     /// `pages` pages of `page_size` bytes (a power of two) at `base_pa`,
     /// which must be `page_size` aligned. The host buffer is aligned to
     /// `page_size`, so offsets within the arena keep their alignment.
-    pub fn new(base_pa: u64, pages: usize, page_size: u64) -> Self {
+    pub fn new(base_pa: PhysAddr, pages: usize, page_size: u64) -> Self {
         assert!(
             page_size.is_power_of_two() && page_size >= 8,
             "bad page size {page_size:#x}"
         );
-        assert_eq!(
-            base_pa & (page_size - 1),
-            0,
+        assert!(
+            base_pa.is_aligned(page_size),
             "arena base {base_pa:#x} not page aligned"
         );
         assert!(pages > 0, "empty arena");
@@ -78,12 +78,12 @@ impl Arena {
         }
     }
 
-    pub fn base_pa(&self) -> u64 {
+    pub fn base_pa(&self) -> PhysAddr {
         self.base_pa
     }
 
     /// One past the last physical address of the arena.
-    pub fn end_pa(&self) -> u64 {
+    pub fn end_pa(&self) -> PhysAddr {
         self.base_pa + self.len()
     }
 
@@ -104,7 +104,7 @@ impl Arena {
     }
 
     /// Whether all of `[pa, pa + len)` lies in the arena.
-    pub fn contains(&self, pa: u64, len: u64) -> bool {
+    pub fn contains(&self, pa: PhysAddr, len: u64) -> bool {
         self.translation().contains(pa, len)
     }
 
@@ -124,7 +124,7 @@ impl Arena {
 
     /// A frame allocator owning `pages` pages from `pa` (which must lie in
     /// the arena): the rest stays free for other uses (an altmap, a device).
-    pub fn frames_in(&self, pa: u64, pages: usize) -> ArenaFrames {
+    pub fn frames_in(&self, pa: PhysAddr, pages: usize) -> ArenaFrames {
         assert!(
             self.contains(pa, pages as u64 * self.page_size),
             "frames outside the arena"
@@ -133,22 +133,22 @@ impl Arena {
     }
 
     /// Host pointer to the byte at `pa`; panics outside the arena.
-    pub fn host_ptr(&self, pa: u64) -> *mut u8 {
+    pub fn host_ptr(&self, pa: PhysAddr) -> *mut u8 {
         self.translation().host_ptr(pa)
     }
 
-    pub fn read_u64(&self, pa: u64) -> u64 {
+    pub fn read_u64(&self, pa: PhysAddr) -> u64 {
         assert!(
-            self.contains(pa, 8) && pa.is_multiple_of(8),
+            self.contains(pa, 8) && pa.is_aligned(8),
             "read_u64 at {pa:#x}"
         );
         // SAFETY: in bounds and aligned (the buffer is page aligned).
         unsafe { (self.host_ptr(pa) as *const u64).read_volatile() }
     }
 
-    pub fn write_u64(&self, pa: u64, value: u64) {
+    pub fn write_u64(&self, pa: PhysAddr, value: u64) {
         assert!(
-            self.contains(pa, 8) && pa.is_multiple_of(8),
+            self.contains(pa, 8) && pa.is_aligned(8),
             "write_u64 at {pa:#x}"
         );
         // SAFETY: as in `read_u64`.
@@ -156,7 +156,7 @@ impl Arena {
     }
 
     /// Copies `buf.len()` bytes out of the arena from `pa`.
-    pub fn read_bytes(&self, pa: u64, buf: &mut [u8]) {
+    pub fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {
         assert!(
             self.contains(pa, buf.len() as u64),
             "read_bytes at {pa:#x}+{:#x}",
@@ -167,7 +167,7 @@ impl Arena {
     }
 
     /// Copies `buf` into the arena at `pa`.
-    pub fn write_bytes(&self, pa: u64, buf: &[u8]) {
+    pub fn write_bytes(&self, pa: PhysAddr, buf: &[u8]) {
         assert!(
             self.contains(pa, buf.len() as u64),
             "write_bytes at {pa:#x}+{:#x}",
@@ -178,7 +178,7 @@ impl Arena {
     }
 
     /// Sets `len` bytes from `pa` to `byte`.
-    pub fn fill(&self, pa: u64, len: u64, byte: u8) {
+    pub fn fill(&self, pa: PhysAddr, len: u64, byte: u8) {
         assert!(self.contains(pa, len), "fill at {pa:#x}+{len:#x}");
         // SAFETY: in bounds.
         unsafe { core::ptr::write_bytes(self.host_ptr(pa), byte, len as usize) }
@@ -210,7 +210,7 @@ impl core::fmt::Debug for Arena {
 #[derive(Clone, Copy, Debug)]
 pub struct ArenaTranslation {
     pub host_base: *mut u8,
-    pub base_pa: u64,
+    pub base_pa: PhysAddr,
     pub len: u64,
 }
 
@@ -219,7 +219,7 @@ unsafe impl Send for ArenaTranslation {}
 unsafe impl Sync for ArenaTranslation {}
 
 impl ArenaTranslation {
-    pub fn contains(&self, pa: u64, len: u64) -> bool {
+    pub fn contains(&self, pa: PhysAddr, len: u64) -> bool {
         pa >= self.base_pa
             && pa
                 .checked_add(len)
@@ -227,7 +227,7 @@ impl ArenaTranslation {
     }
 
     /// Host pointer to the byte at `pa`; panics outside the arena.
-    pub fn host_ptr(&self, pa: u64) -> *mut u8 {
+    pub fn host_ptr(&self, pa: PhysAddr) -> *mut u8 {
         assert!(
             self.contains(pa, 1),
             "physical address {pa:#x} outside the arena {:#x}..{:#x}",
@@ -240,14 +240,17 @@ impl ArenaTranslation {
 }
 
 impl Translation for ArenaTranslation {
-    fn table_va(&self, pa: u64) -> *mut Descriptor {
-        assert_eq!(pa % 8, 0, "table address {pa:#x} not descriptor aligned");
+    fn table_va(&self, pa: PhysAddr) -> *mut Descriptor {
+        assert!(
+            pa.is_aligned(8),
+            "table address {pa:#x} not descriptor aligned"
+        );
         self.host_ptr(pa) as *mut Descriptor
     }
 }
 
 impl Translation for &Arena {
-    fn table_va(&self, pa: u64) -> *mut Descriptor {
+    fn table_va(&self, pa: PhysAddr) -> *mut Descriptor {
         self.translation().table_va(pa)
     }
 }
@@ -261,13 +264,13 @@ impl Translation for &Arena {
 /// `strict_order`) a block at another order than it was allocated at panics.
 #[derive(Clone, Debug)]
 pub struct ArenaFrames {
-    base_pa: u64,
+    base_pa: PhysAddr,
     page_shift: u32,
     pages: usize,
     /// One bit per page: set while allocated.
     used: Vec<u64>,
     /// Live allocations: first pa -> order.
-    heads: HashMap<u64, u32>,
+    heads: HashMap<PhysAddr, u32>,
     in_use: usize,
     /// Fault injection: `Some(n)` lets the next `n` allocations succeed and
     /// fails every one after that (counted in `failed`) until set back to
@@ -275,7 +278,7 @@ pub struct ArenaFrames {
     pub fail_after: Option<usize>,
     /// Pages (by their pa) that are `PageReserved`: never handed out, and
     /// reported by [`FrameAllocator::is_reserved`]; freeing one panics.
-    pub reserved: HashSet<u64>,
+    pub reserved: HashSet<PhysAddr>,
     /// Frees must name the exact pa and order of an allocation (default).
     /// When false any aligned block of allocated pages may be freed.
     pub strict_order: bool,
@@ -286,11 +289,10 @@ pub struct ArenaFrames {
 }
 
 impl ArenaFrames {
-    pub fn new(base_pa: u64, pages: usize, page_size: u64) -> Self {
+    pub fn new(base_pa: PhysAddr, pages: usize, page_size: u64) -> Self {
         assert!(page_size.is_power_of_two(), "bad page size {page_size:#x}");
-        assert_eq!(
-            base_pa & (page_size - 1),
-            0,
+        assert!(
+            base_pa.is_aligned(page_size),
             "frames base {base_pa:#x} not page aligned"
         );
         Self {
@@ -313,11 +315,11 @@ impl ArenaFrames {
         1 << self.page_shift
     }
 
-    pub fn base_pa(&self) -> u64 {
+    pub fn base_pa(&self) -> PhysAddr {
         self.base_pa
     }
 
-    pub fn end_pa(&self) -> u64 {
+    pub fn end_pa(&self) -> PhysAddr {
         self.base_pa + ((self.pages as u64) << self.page_shift)
     }
 
@@ -337,19 +339,19 @@ impl ArenaFrames {
     }
 
     /// Live allocations as `(pa, order)`, sorted by address.
-    pub fn allocations(&self) -> Vec<(u64, u32)> {
+    pub fn allocations(&self) -> Vec<(PhysAddr, u32)> {
         let mut v: Vec<_> = self.heads.iter().map(|(&pa, &o)| (pa, o)).collect();
         v.sort_unstable();
         v
     }
 
     /// Whether `pa` lies in the managed range.
-    pub fn contains(&self, pa: u64) -> bool {
+    pub fn contains(&self, pa: PhysAddr) -> bool {
         pa >= self.base_pa && pa < self.end_pa()
     }
 
     /// Whether the page holding `pa` is allocated.
-    pub fn is_allocated(&self, pa: u64) -> bool {
+    pub fn is_allocated(&self, pa: PhysAddr) -> bool {
         assert!(
             self.contains(pa),
             "{pa:#x} outside the frames {:#x}..{:#x}",
@@ -393,13 +395,13 @@ impl ArenaFrames {
         (first..first + n).all(|i| !self.reserved.contains(&self.pa_of(i)))
     }
 
-    fn pa_of(&self, i: usize) -> u64 {
+    fn pa_of(&self, i: usize) -> PhysAddr {
         self.base_pa + ((i as u64) << self.page_shift)
     }
 }
 
 impl FrameAllocator for ArenaFrames {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
         if self.fail_after == Some(0) {
             self.failed += 1;
             return None;
@@ -410,7 +412,7 @@ impl FrameAllocator for ArenaFrames {
             return None;
         };
         // First index whose pfn is aligned to the block size.
-        let base_pfn = self.base_pa >> self.page_shift;
+        let base_pfn = self.base_pa.as_u64() >> self.page_shift;
         let mut i = ((n as u64 - base_pfn % n as u64) % n as u64) as usize;
         while i + n <= self.pages {
             if self.block_free(i, n) {
@@ -432,11 +434,10 @@ impl FrameAllocator for ArenaFrames {
         None
     }
 
-    fn free_pages(&mut self, pa: u64, order: u32) {
+    fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         let size = 1u64 << (self.page_shift + order);
-        assert_eq!(
-            pa & (size - 1),
-            0,
+        assert!(
+            pa.is_aligned(size),
             "free_pages({pa:#x}, {order}): misaligned"
         );
         assert!(
@@ -478,8 +479,8 @@ impl FrameAllocator for ArenaFrames {
         self.frees += 1;
     }
 
-    fn is_reserved(&self, pa: u64) -> bool {
-        self.reserved.contains(&(pa & !(self.page_size() - 1)))
+    fn is_reserved(&self, pa: PhysAddr) -> bool {
+        self.reserved.contains(&pa.align_down(self.page_size()))
     }
 }
 
@@ -488,16 +489,20 @@ mod tests {
     use super::*;
     use crate::mm::granule::{Granule, Granule16K, Granule4K, Granule64K};
 
+    fn pa(v: u64) -> PhysAddr {
+        PhysAddr::new(v)
+    }
+
     fn frames_behave<G: Granule>() {
         // An odd base: only aligned blocks may be handed out.
-        let base = 0x8000_0000_0000 + 3 * G::PAGE_SIZE;
+        let base = pa(0x8000_0000_0000 + 3 * G::PAGE_SIZE);
         let arena = Arena::new(base, 64, G::PAGE_SIZE);
         let mut f = arena.frames();
         assert_eq!(f.in_use(), 0);
         let a = f.alloc_pages(0).unwrap();
         assert_eq!(a, base);
         let b = f.alloc_pages(2).unwrap();
-        assert_eq!(b % (4 * G::PAGE_SIZE), 0);
+        assert_eq!(b.as_u64() % (4 * G::PAGE_SIZE), 0);
         assert_eq!(b, base + G::PAGE_SIZE);
         let c = f.alloc_pages(0).unwrap();
         assert_eq!(c, base + 5 * G::PAGE_SIZE);
@@ -533,7 +538,7 @@ mod tests {
 
     #[test]
     fn fault_injection_and_reserved_pages() {
-        let arena = Arena::new(0x4000_0000, 16, 4096);
+        let arena = Arena::new(pa(0x4000_0000), 16, 4096);
         let mut f = arena.frames();
         f.fail_after = Some(2);
         assert!(f.alloc_pages(0).is_some());
@@ -542,18 +547,18 @@ mod tests {
         assert_eq!(f.alloc_pages(0), None);
         assert_eq!(f.failed, 2);
         f.fail_after = None;
-        assert_eq!(f.alloc_pages(0), Some(0x4000_2000));
-        f.reserved.insert(0x4000_3000);
-        assert!(f.is_reserved(0x4000_3123));
-        assert_eq!(f.alloc_pages(0), Some(0x4000_4000));
-        assert_eq!(f.alloc_pages(2), Some(0x4000_8000));
+        assert_eq!(f.alloc_pages(0), Some(pa(0x4000_2000)));
+        f.reserved.insert(pa(0x4000_3000));
+        assert!(f.is_reserved(pa(0x4000_3123)));
+        assert_eq!(f.alloc_pages(0), Some(pa(0x4000_4000)));
+        assert_eq!(f.alloc_pages(2), Some(pa(0x4000_8000)));
         assert_eq!(f.in_use(), 8);
     }
 
     #[test]
     #[should_panic(expected = "not allocated")]
     fn double_free_panics() {
-        let mut f = ArenaFrames::new(0x1000, 8, 0x1000);
+        let mut f = ArenaFrames::new(pa(0x1000), 8, 0x1000);
         let a = f.alloc_pages(0).unwrap();
         f.free_pages(a, 0);
         f.free_pages(a, 0);
@@ -562,34 +567,34 @@ mod tests {
     #[test]
     #[should_panic(expected = "misaligned")]
     fn misaligned_free_panics() {
-        let mut f = ArenaFrames::new(0, 8, 0x1000);
+        let mut f = ArenaFrames::new(pa(0), 8, 0x1000);
         f.alloc_pages(2).unwrap();
-        f.free_pages(0x1000, 1);
+        f.free_pages(pa(0x1000), 1);
     }
 
     #[test]
     #[should_panic(expected = "allocated as")]
     fn free_at_the_wrong_order_panics() {
-        let mut f = ArenaFrames::new(0, 8, 0x1000);
+        let mut f = ArenaFrames::new(pa(0), 8, 0x1000);
         f.alloc_pages(2).unwrap();
-        f.free_pages(0, 1);
+        f.free_pages(pa(0), 1);
     }
 
     #[test]
     fn loose_order_allows_piecewise_frees() {
-        let mut f = ArenaFrames::new(0, 8, 0x1000);
+        let mut f = ArenaFrames::new(pa(0), 8, 0x1000);
         f.strict_order = false;
         f.alloc_pages(2).unwrap();
-        f.free_pages(0x2000, 1);
-        f.free_pages(0, 0);
-        f.free_pages(0x1000, 0);
+        f.free_pages(pa(0x2000), 1);
+        f.free_pages(pa(0), 0);
+        f.free_pages(pa(0x1000), 0);
         assert_eq!(f.in_use(), 0);
     }
 
     #[test]
     #[should_panic(expected = "outside the arena")]
     fn translation_outside_the_arena_panics() {
-        let arena = Arena::new(0x4000_0000, 4, 4096);
-        arena.translation().table_va(0x4000_4000);
+        let arena = Arena::new(pa(0x4000_0000), 4, 4096);
+        arena.translation().table_va(pa(0x4000_4000));
     }
 }

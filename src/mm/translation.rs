@@ -1,6 +1,7 @@
 //! How the kernel reaches its own table pages: through the boot identity
 //! map until the linear map is live, through the linear map after.
 
+use super::addr::PhysAddr;
 use super::layout::PAGE_OFFSET;
 use super::pgtable::{Descriptor, Translation};
 
@@ -17,7 +18,7 @@ impl KernelTranslation {
 }
 
 impl Translation for KernelTranslation {
-    fn table_va(&self, pa: u64) -> *mut Descriptor {
-        (pa + self.offset) as *mut Descriptor
+    fn table_va(&self, pa: PhysAddr) -> *mut Descriptor {
+        (pa.as_u64() + self.offset) as *mut Descriptor
     }
 }

@@ -1,11 +1,14 @@
 //! The sparse vmemmap: struct pages at `VMEMMAP_START + pfn * 64`, mapped
-//! only where sections are present. Names follow Linux's
-//! `mm/sparse-vmemmap.c` and `arch/arm64/mm/mmu.c`.
+//! only where sections are present. Names and arguments follow Linux's
+//! `mm/sparse-vmemmap.c` and `arch/arm64/mm/mmu.c`: the populate and free
+//! functions take the vmemmap's own virtual range, which callers get from
+//! [`memmap_range`](super::addr::memmap_range).
 
+use super::addr::{Pfn, PhysAddr, VirtAddr};
 use super::altmap::VmemAltmap;
 use super::frame::FrameAllocator;
 use super::granule::KernelGranule;
-use super::layout::{pfn_to_page_va, PAGE_SHIFT, PAGE_SIZE, VMEMMAP_END, VMEMMAP_START};
+use super::layout::{PAGE_SHIFT, PAGE_SIZE, VMEMMAP_END, VMEMMAP_START};
 use super::pgtable::unmap::UnmapWarnings;
 use super::pgtable::{Attributes, MapError, MapHints, PageTable, Translation, VaRange};
 
@@ -19,56 +22,56 @@ fn alloc_backing(
     order: u32,
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
-) -> Option<u64> {
+) -> Option<PhysAddr> {
     match altmap {
-        Some(a) => a.alloc_pfns(1 << order).map(|pfn| pfn << PAGE_SHIFT),
+        Some(a) => a.alloc_pfns(1 << order).map(Pfn::phys),
         None => frames.alloc_pages(order),
     }
 }
 
 fn free_backing(
-    pa: u64,
+    pa: PhysAddr,
     order: u32,
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) {
     match altmap {
         Some(a) => a
-            .free_pfns(pa >> PAGE_SHIFT, 1 << order)
+            .free_pfns(Pfn::down(pa), 1 << order)
             .expect("just allocated"),
         None => frames.free_pages(pa, order),
     }
 }
 
-/// Maps the struct pages of `[start_pfn, end_pfn)`. With a 4K granule each
+/// Maps the vmemmap `[start, end)` (struct pages, see
+/// [`memmap_range`](super::addr::memmap_range)). With a 4K granule each
 /// whole 2 MiB of vmemmap is one block, falling back to base pages when no
 /// block can be had; 16K and 64K use base pages throughout. On failure
 /// everything mapped so far is freed again through the same altmap, and the
 /// tables and altmap are as they were.
 pub fn vmemmap_populate<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
-    start_pfn: u64,
-    end_pfn: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     mut altmap: Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
-    let (start, end) = (pfn_to_page_va(start_pfn), pfn_to_page_va(end_pfn));
     let mut populate = || -> Result<(), MapError> {
-        let mut va = start;
-        while va < end {
-            let block_end = (va + VMEMMAP_BLOCK) & !(VMEMMAP_BLOCK - 1);
-            if PAGE_SHIFT == 12 && va % VMEMMAP_BLOCK == 0 && block_end <= end {
-                match vmemmap_populate_block(pt, va, &mut altmap, frames) {
+        let mut addr = start;
+        while addr < end {
+            let next = (addr + VMEMMAP_BLOCK).align_down(VMEMMAP_BLOCK);
+            if PAGE_SHIFT == 12 && addr.is_aligned(VMEMMAP_BLOCK) && next <= end {
+                match vmemmap_populate_block(pt, addr, &mut altmap, frames) {
                     Err(MapError::NoMemory) => {
-                        vmemmap_populate_basepages(pt, va, block_end, &mut altmap, frames)?
+                        vmemmap_populate_basepages(pt, addr, next, &mut altmap, frames)?
                     }
                     r => r?,
                 }
-                va = block_end;
+                addr = next;
             } else {
-                let to = block_end.min(end);
-                vmemmap_populate_basepages(pt, va, to, &mut altmap, frames)?;
-                va = to;
+                let next = next.min(end);
+                vmemmap_populate_basepages(pt, addr, next, &mut altmap, frames)?;
+                addr = next;
             }
         }
         Ok(())
@@ -76,21 +79,22 @@ pub fn vmemmap_populate<T: Translation>(
     let result = populate();
     if result.is_err() {
         let mut warnings = UnmapWarnings::default();
-        vmemmap_free(pt, start_pfn, end_pfn, altmap, frames, &mut warnings);
+        vmemmap_free(pt, start, end, altmap, frames, &mut warnings);
     }
     result
 }
 
-/// One 2 MiB block of vmemmap; `NoMemory` when no block is to be had.
+/// One 2 MiB block of vmemmap at `addr`; `NoMemory` when no block is to
+/// be had.
 fn vmemmap_populate_block<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
-    va: u64,
+    addr: VirtAddr,
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
     let order = (VMEMMAP_BLOCK >> PAGE_SHIFT).trailing_zeros();
     let pa = alloc_backing(order, altmap, frames).ok_or(MapError::NoMemory)?;
-    let range = VaRange::new(va, va + VMEMMAP_BLOCK);
+    let range = VaRange::new(addr, addr + VMEMMAP_BLOCK);
     pt.map_range(
         range,
         pa,
@@ -101,47 +105,48 @@ fn vmemmap_populate_block<T: Translation>(
     .inspect_err(|_| free_backing(pa, order, altmap, frames))
 }
 
-/// Linux's `vmemmap_populate_basepages`: one page of backing per page.
+/// Linux's `vmemmap_populate_basepages`: one page of backing per page of
+/// the vmemmap `[start, end)`.
 pub fn vmemmap_populate_basepages<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
-    let mut va = start & !(PAGE_SIZE - 1);
-    while va < end {
+    let mut addr = start.align_down(PAGE_SIZE);
+    while addr < end {
         let pa = alloc_backing(0, altmap, frames).ok_or(MapError::NoMemory)?;
-        let range = VaRange::new(va, va + PAGE_SIZE);
+        let range = VaRange::new(addr, addr + PAGE_SIZE);
         pt.map_range(range, pa, Attributes::KERNEL_RW, MapHints::pages(), frames)
             .inspect_err(|_| free_backing(pa, 0, altmap, frames))?;
-        va += PAGE_SIZE;
+        addr += PAGE_SIZE;
     }
     Ok(())
 }
 
-/// Unmaps the struct pages of `[start_pfn, end_pfn)`, returns their backing
-/// to the altmap or the page allocator and frees emptied tables.
+/// Linux's `vmemmap_free`: unmaps the vmemmap `[start, end)`, returns its
+/// backing to the altmap or the page allocator and frees emptied tables.
 pub fn vmemmap_free<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
-    start_pfn: u64,
-    end_pfn: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     altmap: Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
     warnings: &mut UnmapWarnings,
 ) {
-    let (start, end) = (pfn_to_page_va(start_pfn), pfn_to_page_va(end_pfn));
     pt.unmap_hotplug_range(start, end, true, altmap, frames, warnings);
-    pt.free_empty_tables(start, end, VMEMMAP_START, VMEMMAP_END, frames);
+    let (floor, ceiling) = (VirtAddr::new(VMEMMAP_START), VirtAddr::new(VMEMMAP_END));
+    pt.free_empty_tables(start, end, floor, ceiling, frames);
 }
 
 /// Where the struct pages of `pfn` are backed, if mapped: `(pa, leaf size)`.
 pub fn vmemmap_backing<T: Translation>(
     pt: &PageTable<T, KernelGranule>,
-    pfn: u64,
-) -> Option<(u64, u64)> {
-    pt.translate(pfn_to_page_va(pfn)).map(|(pa, _, level)| {
+    pfn: Pfn,
+) -> Option<(PhysAddr, u64)> {
+    pt.translate(pfn.page_va()).map(|(pa, _, level)| {
         let size = 1u64 << <KernelGranule as super::granule::Granule>::level_shift(level);
-        (pa & !(size - 1), size)
+        (pa.align_down(size), size)
     })
 }

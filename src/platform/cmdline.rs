@@ -1,11 +1,6 @@
 //! Boot parameters from `/chosen/bootargs`, spelled as Linux spells them.
 
-/// A `memmap=<size>!<addr>` region: emulated persistent memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PmemRegion {
-    pub addr: u64,
-    pub size: u64,
-}
+use super::{PhysAddr, PhysRange};
 
 pub const MAX_PMEM: usize = 8;
 
@@ -13,7 +8,8 @@ pub const MAX_PMEM: usize = 8;
 pub struct BootParams {
     /// `mem=`: RAM above this much is left for `probe`.
     pub mem: Option<u64>,
-    pub pmem: [PmemRegion; MAX_PMEM],
+    /// `memmap=<size>!<addr>` regions: emulated persistent memory.
+    pub pmem: [PhysRange; MAX_PMEM],
     pub nr_pmem: usize,
     /// `memory_hotplug.memmap_on_memory=`
     pub memmap_on_memory: bool,
@@ -99,7 +95,7 @@ impl BootParams {
         };
         match (memparse(size), memparse(addr)) {
             (Some(size), Some(addr)) if size > 0 && self.nr_pmem < MAX_PMEM => {
-                self.pmem[self.nr_pmem] = PmemRegion { addr, size };
+                self.pmem[self.nr_pmem] = PhysRange::new(PhysAddr::new(addr), size);
                 self.nr_pmem += 1;
                 true
             }
@@ -107,7 +103,7 @@ impl BootParams {
         }
     }
 
-    pub fn pmem(&self) -> &[PmemRegion] {
+    pub fn pmem(&self) -> &[PhysRange] {
         &self.pmem[..self.nr_pmem]
     }
 }
@@ -126,10 +122,7 @@ mod tests {
         assert_eq!(p.mem, Some(1 << 30));
         assert_eq!(
             p.pmem(),
-            &[PmemRegion {
-                addr: 0x9000_0000,
-                size: 256 << 20
-            }]
+            &[PhysRange::new(PhysAddr::new(0x9000_0000), 256 << 20)]
         );
         assert!(p.memmap_on_memory);
         assert_eq!(p.loglevel, Some(4));

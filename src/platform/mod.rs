@@ -3,7 +3,7 @@
 pub mod cmdline;
 pub mod pci;
 
-pub use crate::mm::addr::PhysRange;
+pub use crate::mm::addr::{PhysAddr, PhysRange};
 
 /// How PSCI calls reach the firmware (`/psci` `method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,16 +48,25 @@ pub struct Platform {
     bootargs_len: usize,
 }
 
+/// A `reg` entry as a physical range (no size: empty).
+fn region(r: &fdt::standard_nodes::MemoryRegion) -> PhysRange {
+    PhysRange::new(
+        PhysAddr::new(r.starting_address as u64),
+        r.size.unwrap_or(0) as u64,
+    )
+}
+
 pub const FDT_MAGIC: u32 = 0xd00d_feed;
 
-/// Whether a flattened device tree starts at `pa` (reachable as a pointer).
+/// Whether a flattened device tree starts at `pa` (reachable as a pointer:
+/// the boot identity map).
 ///
 /// # Safety
 /// `pa` must be readable.
-pub unsafe fn is_fdt(pa: u64) -> bool {
-    pa != 0
-        && pa.is_multiple_of(8)
-        && u32::from_be(unsafe { (pa as *const u32).read_volatile() }) == FDT_MAGIC
+pub unsafe fn is_fdt(pa: PhysAddr) -> bool {
+    pa.as_u64() != 0
+        && pa.is_aligned(8)
+        && u32::from_be(unsafe { (pa.as_u64() as *const u32).read_volatile() }) == FDT_MAGIC
 }
 
 impl Platform {
@@ -68,10 +77,7 @@ impl Platform {
     pub unsafe fn from_fdt(ptr: *const u8) -> Result<Self, fdt::FdtError> {
         let fdt = unsafe { fdt::Fdt::from_ptr(ptr)? };
         let mut p = Platform {
-            dtb: PhysRange {
-                base: ptr as u64,
-                size: fdt.total_size() as u64,
-            },
+            dtb: PhysRange::new(PhysAddr::new(ptr as u64), fdt.total_size() as u64),
             memory: [PhysRange::default(); MAX_MEMORY],
             nr_memory: 0,
             uart: None,
@@ -91,10 +97,7 @@ impl Platform {
             }
             for r in node.reg().into_iter().flatten() {
                 if p.nr_memory < MAX_MEMORY && r.size.unwrap_or(0) > 0 {
-                    p.memory[p.nr_memory] = PhysRange {
-                        base: r.starting_address as u64,
-                        size: r.size.unwrap() as u64,
-                    };
+                    p.memory[p.nr_memory] = region(&r);
                     p.nr_memory += 1;
                 }
             }
@@ -108,12 +111,8 @@ impl Platform {
             p.bootargs[..n].copy_from_slice(&args.as_bytes()[..n]);
             p.bootargs_len = n;
         }
-        let first_reg = |node: fdt::node::FdtNode| {
-            node.reg().and_then(|mut r| r.next()).map(|r| PhysRange {
-                base: r.starting_address as u64,
-                size: r.size.unwrap_or(0) as u64,
-            })
-        };
+        let first_reg =
+            |node: fdt::node::FdtNode| node.reg().and_then(|mut r| r.next()).map(|r| region(&r));
         // The console is the one /chosen names, else the first PL011.
         let stdout = fdt.chosen().stdout().filter(|n| {
             n.compatible()
@@ -157,12 +156,7 @@ impl Platform {
                 GicVersion::V2
             };
             let mut regs = gic.reg().into_iter().flatten();
-            let mut next = || {
-                regs.next().map(|r| PhysRange {
-                    base: r.starting_address as u64,
-                    size: r.size.unwrap_or(0) as u64,
-                })
-            };
+            let mut next = || regs.next().map(|r| region(&r));
             if let (Some(dist), Some(cpu_or_redist)) = (next(), next()) {
                 p.gic = Some(GicInfo {
                     version,
@@ -209,24 +203,18 @@ mod tests {
         let p = load("virt-gicv2.dtb");
         assert_eq!(
             p.memory(),
-            &[PhysRange {
-                base: 0x4000_0000,
-                size: 1 << 30
-            }]
+            &[PhysRange::new(PhysAddr::new(0x4000_0000), 1 << 30)]
         );
         assert_eq!(
             p.uart,
-            Some(PhysRange {
-                base: 0x900_0000,
-                size: 0x1000
-            })
+            Some(PhysRange::new(PhysAddr::new(0x900_0000), 0x1000))
         );
         assert_eq!(p.uart_intid, Some(33));
         assert_eq!(p.psci, Some(Conduit::Hvc));
         let gic = p.gic.unwrap();
         assert_eq!(gic.version, GicVersion::V2);
-        assert_eq!(gic.dist.base, 0x800_0000);
-        assert_eq!(gic.cpu_or_redist.base, 0x801_0000);
+        assert_eq!(gic.dist.base, PhysAddr::new(0x800_0000));
+        assert_eq!(gic.cpu_or_redist.base, PhysAddr::new(0x801_0000));
         assert_eq!(p.nr_cpus, 1);
     }
 
@@ -235,24 +223,18 @@ mod tests {
         let p = load("virt-gicv3-el2.dtb");
         assert_eq!(
             p.memory(),
-            &[PhysRange {
-                base: 0x4000_0000,
-                size: 2 << 30
-            }]
+            &[PhysRange::new(PhysAddr::new(0x4000_0000), 2 << 30)]
         );
         assert_eq!(p.psci, Some(Conduit::Smc));
         let gic = p.gic.unwrap();
         assert_eq!(gic.version, GicVersion::V3);
-        assert_eq!(gic.cpu_or_redist.base, 0x80a_0000);
+        assert_eq!(gic.cpu_or_redist.base, PhysAddr::new(0x80a_0000));
         assert_eq!(p.nr_cpus, 2);
         assert_eq!(&p.cpu_mpidr[..2], &[0, 1]);
         let pci = p.pci.unwrap();
         assert_eq!(
             pci.ecam,
-            PhysRange {
-                base: 0x40_1000_0000,
-                size: 0x1000_0000
-            }
+            PhysRange::new(PhysAddr::new(0x40_1000_0000), 0x1000_0000)
         );
         assert_eq!(
             pci.mmio32,

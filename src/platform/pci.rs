@@ -1,7 +1,7 @@
 //! The PCIe host bridge as the device tree describes it
 //! (`pci-host-ecam-generic`): config space, address windows, INTx routing.
 
-use super::PhysRange;
+use super::{PhysAddr, PhysRange};
 
 /// A window of PCI memory space and where the CPU sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -52,10 +52,7 @@ impl PciHost {
     pub fn from_node(fdt: &fdt::Fdt, node: fdt::node::FdtNode) -> Option<Self> {
         let reg = node.reg()?.next()?;
         let mut host = PciHost {
-            ecam: PhysRange {
-                base: reg.starting_address as u64,
-                size: reg.size? as u64,
-            },
+            ecam: PhysRange::new(PhysAddr::new(reg.starting_address as u64), reg.size? as u64),
             bus_start: 0,
             bus_end: 0xff,
             ..Default::default()

@@ -21,11 +21,12 @@ use alloc::collections::{BTreeMap, BTreeSet};
 
 use crate::arch;
 use crate::error::Result;
+use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{MEMORY_BLOCK_SIZE, PAGE_SHIFT};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
-use crate::mm::system::MemorySystem;
+use crate::mm::system::{block_range, MemorySystem};
 use crate::{bail, pr_info};
 
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
@@ -166,10 +167,11 @@ impl<D: MemDevice> VirtioMem<D> {
     }
 
     /// Physical address and pfn range of sub-blocks `[from, to)` of `id`.
-    fn sub_blocks(&self, id: u64, from: u64, to: u64) -> (u64, u64, u64) {
-        let start = id * MEMORY_BLOCK_SIZE + from * self.config.block_size;
-        let end = id * MEMORY_BLOCK_SIZE + to * self.config.block_size;
-        (start, start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+    fn sub_blocks(&self, id: u64, from: u64, to: u64) -> (PhysAddr, Pfn, Pfn) {
+        let block = block_range(id).base;
+        let start = block + from * self.config.block_size;
+        let end = block + to * self.config.block_size;
+        (start, Pfn::down(start), Pfn::down(end))
     }
 
     /// Moves plugged memory towards `requested_size`. Returns whether it is
@@ -239,29 +241,23 @@ impl<D: MemDevice> VirtioMem<D> {
     ) -> Result<()> {
         let (start, spfn, epfn) = self.sub_blocks(id, n, n + k);
         let nb_blocks = k as u16;
-        if self.request(Request::Plug {
-            addr: start,
-            nb_blocks,
-        })? != Response::Ack
-        {
+        let addr = start.as_u64();
+        if self.request(Request::Plug { addr, nb_blocks })? != Response::Ack {
             bail!(EIO, "virtio_mem: device refused to plug {start:#x}");
         }
-        let block = id * MEMORY_BLOCK_SIZE;
+        let block = block_range(id);
         let added = timed(&mut self.ticks.1, || {
             if n > 0 {
-                return mm.online_pages_range(id, spfn, epfn);
+                return mm.online_block_pages(id, spfn, epfn);
             }
-            mm.add_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?;
+            mm.add_memory_driver_managed(block.base, block.size, RESOURCE)?;
             mm.online_block_partial(id, Zone::Movable, epfn)
                 .inspect_err(|_| {
-                    let _ = mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE);
+                    let _ = mm.remove_memory_driver_managed(block.base, block.size, RESOURCE);
                 })
         });
         if let Err(e) = added {
-            self.request(Request::Unplug {
-                addr: start,
-                nb_blocks,
-            })?;
+            self.request(Request::Unplug { addr, nb_blocks })?;
             return Err(e);
         }
         self.plugged.insert(id, n + k);
@@ -279,13 +275,13 @@ impl<D: MemDevice> VirtioMem<D> {
         k: u64,
     ) -> Result<bool> {
         let (start, spfn, epfn) = self.sub_blocks(id, n - k, n);
-        let block = id * MEMORY_BLOCK_SIZE;
+        let block = block_range(id);
         let removed = timed(&mut self.ticks.1, || {
             if k < n {
-                return mm.offline_pages_range(id, spfn, epfn);
+                return mm.offline_block_pages(id, spfn, epfn);
             }
             mm.offline_block(id)?;
-            Ok(mm.remove_memory_driver_managed(block, MEMORY_BLOCK_SIZE, RESOURCE)?)
+            Ok(mm.remove_memory_driver_managed(block.base, block.size, RESOURCE)?)
         });
         match removed {
             Ok(()) => {}
@@ -293,11 +289,8 @@ impl<D: MemDevice> VirtioMem<D> {
             Err(OfflineError::Invalid(e)) => return Err(e),
         }
         let nb_blocks = k as u16;
-        if self.request(Request::Unplug {
-            addr: start,
-            nb_blocks,
-        })? != Response::Ack
-        {
+        let addr = start.as_u64();
+        if self.request(Request::Unplug { addr, nb_blocks })? != Response::Ack {
             bail!(EIO, "virtio_mem: device refused to unplug {start:#x}");
         }
         if k < n {

@@ -6,8 +6,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::mm::layout::{pfn_to_phys, phys_to_pfn, PAGE_SIZE};
-use crate::mm::system::BlockState;
+use crate::mm::layout::PAGE_SIZE;
+use crate::mm::system::{block_id, BlockState};
 use crate::mm::test_system::{TestSystem, NOT_RAM};
 
 const MIB: u64 = 1 << 20;
@@ -30,7 +30,7 @@ impl FakeDevice {
         FakeDevice {
             config: Config {
                 block_size: DEVICE_BLOCK,
-                addr: NOT_RAM,
+                addr: NOT_RAM.as_u64(),
                 region_size: REGION,
                 usable_region_size: REGION,
                 plugged_size: 0,
@@ -96,7 +96,7 @@ fn request<T: Translation>(
 }
 
 fn first_block() -> u64 {
-    NOT_RAM / MEMORY_BLOCK_SIZE
+    block_id(NOT_RAM)
 }
 
 #[test]
@@ -138,9 +138,9 @@ fn unplugged_device_blocks_never_reach_the_allocator() {
     let mut sys = TestSystem::boot();
     let mut vm = driver();
     assert_eq!(request(&mut vm, &mut sys.mm, 6 * MIB), Ok(true));
-    let start = phys_to_pfn(NOT_RAM);
-    let plugged_end = phys_to_pfn(NOT_RAM + 6 * MIB);
-    let end = phys_to_pfn(NOT_RAM + MEMORY_BLOCK_SIZE);
+    let start = Pfn::down(NOT_RAM);
+    let plugged_end = Pfn::down(NOT_RAM + 6 * MIB);
+    let end = Pfn::down(NOT_RAM + MEMORY_BLOCK_SIZE);
     // Everything the allocator hands out from the block is plugged.
     let mut got = Vec::new();
     while let Some(pfn) = sys.mm.alloc(0, Zone::Movable) {
@@ -153,7 +153,7 @@ fn unplugged_device_blocks_never_reach_the_allocator() {
         assert!(
             page.has(crate::mm::page::PageFlags::LOGICALLY_OFFLINE),
             "{:#x}",
-            pfn_to_phys(pfn)
+            pfn.phys()
         );
     }
     for pfn in got {
@@ -172,7 +172,7 @@ fn busy_memory_stays_plugged_and_is_retried() {
     while let Some(pfn) = sys.mm.alloc(0, Zone::Movable) {
         held.push(pfn);
     }
-    let busy = phys_to_pfn(NOT_RAM + 3 * MIB);
+    let busy = Pfn::down(NOT_RAM + 3 * MIB);
     held.retain(|&p| {
         p == busy || {
             sys.mm.free(p, 0);

@@ -50,13 +50,13 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
             m.add_memory(start_of(HOT_END - 1), 2 * BLOCK)
         }),
         ("probe beyond PHYS_LIMIT", Errno::ERANGE, |m| {
-            m.add_memory(PHYS_LIMIT, BLOCK)
+            m.add_memory(PhysAddr::new(PHYS_LIMIT), BLOCK)
         }),
         ("probe across PHYS_LIMIT", Errno::ERANGE, |m| {
-            m.add_memory(PHYS_LIMIT - BLOCK, 2 * BLOCK)
+            m.add_memory(PhysAddr::new(PHYS_LIMIT - BLOCK), 2 * BLOCK)
         }),
         ("probe wrapping", Errno::ERANGE, |m| {
-            m.add_memory(align_down(u64::MAX, BLOCK), BLOCK)
+            m.add_memory(PhysAddr::new(align_down(u64::MAX, BLOCK)), BLOCK)
         }),
         ("probe present", Errno::EEXIST, |m| {
             m.add_memory(start_of(9), BLOCK)
@@ -109,7 +109,7 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
             m.remove_memory(start_of(9) + PAGE_SIZE, BLOCK)
         }),
         ("remove beyond PHYS_LIMIT", Errno::ERANGE, |m| {
-            m.remove_memory(PHYS_LIMIT, BLOCK)
+            m.remove_memory(PhysAddr::new(PHYS_LIMIT), BLOCK)
         }),
         ("remove device memory", Errno::EINVAL, |m| {
             m.remove_memory(DEV_BASE, BLOCK)

@@ -47,7 +47,7 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
         // The block's struct pages are its own first 2 MiB.
         assert_eq!(vmemmap_backing(&fx.mm.pt, spfn), Some((start, 2 * MIB)));
         assert_eq!(fx.mm.altmap_owner(start), Some("memmap_on_memory"));
-        for pfn in spfn..epfn {
+        for pfn in Pfn::range(spfn, epfn) {
             // SAFETY: present block.
             let hosted = unsafe { fx.mm.memmap.get(pfn) }
                 .has(PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED);
@@ -67,23 +67,16 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
         assert!(fx.mm.blocks[&id].altmap.is_none());
         let (pa, size) = vmemmap_backing(&fx.mm.pt, spfn).expect("vmemmap mapped");
         assert_eq!(size, 2 * MIB);
-        assert_eq!(
-            block_of(phys_to_pfn(pa)),
-            BOOT,
-            "struct pages from boot RAM"
-        );
+        assert_eq!(block_of(Pfn::down(pa)), BOOT, "struct pages from boot RAM");
     }
     assert_eq!(
-        fx.mm
-            .pt
-            .translate(phys_to_virt(start + 0x1234))
-            .map(|t| t.0),
+        fx.mm.pt.translate((start + 0x1234).to_virt()).map(|t| t.0),
         Some(start + 0x1234)
     );
     assert_eq!(
         fx.mm
             .pt
-            .translate(phys_to_virt(start + BLOCK - 8))
+            .translate((start + BLOCK - 8).to_virt())
             .map(|t| t.0),
         Some(start + BLOCK - 8)
     );
@@ -104,7 +97,7 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
         base.managed[z] + BLOCK_PAGES - hosted
     );
     // The self-hosted struct pages never enter the buddy allocator.
-    for pfn in spfn..spfn + hosted {
+    for pfn in Pfn::range(spfn, spfn + hosted) {
         assert!(
             !fx.mm.buddy.is_free(pfn),
             "self-hosted pfn {pfn:#x} is free"
@@ -123,9 +116,9 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
 
     fx.mm.remove_memory(start, BLOCK).expect("remove");
     assert_same("after remove", &snap(&fx.mm), &base);
-    assert_eq!(fx.mm.pt.translate(phys_to_virt(start)), None);
-    assert_eq!(fx.mm.pt.translate(pfn_to_page_va(spfn)), None);
-    assert_eq!(fx.mm.pt.translate(pfn_to_page_va(epfn - 1)), None);
+    assert_eq!(fx.mm.pt.translate(start.to_virt()), None);
+    assert_eq!(fx.mm.pt.translate(spfn.page_va()), None);
+    assert_eq!(fx.mm.pt.translate((epfn - 1).page_va()), None);
     let ev = fx.mm.events;
     assert_eq!(
         (ev.hotplug_add, ev.hotplug_remove, ev.online, ev.offline),
@@ -172,7 +165,7 @@ fn cycle_many_blocks_returns_to_the_start() {
         fx.mm.online_block(id, zone).unwrap();
     }
     // Some churn through the new memory.
-    let got: Vec<u64> = (0..64)
+    let got: Vec<Pfn> = (0..64)
         .map(|i| {
             let zone = if i % 2 == 0 {
                 Zone::Movable

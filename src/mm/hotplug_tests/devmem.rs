@@ -60,8 +60,8 @@ fn devmem_map_dev_keeps_struct_pages_on_the_device() {
     assert_eq!(after.bad_frees, base.bad_frees + 2);
     after.bad_frees = base.bad_frees;
     assert_same("after devmem unmap", &after, &base);
-    assert_eq!(fx.mm.pt.translate(phys_to_virt(DEV_BASE)), None);
-    assert_eq!(fx.mm.pt.translate(pfn_to_page_va(ds)), None);
+    assert_eq!(fx.mm.pt.translate(DEV_BASE.to_virt()), None);
+    assert_eq!(fx.mm.pt.translate(ds.page_va()), None);
     assert_eq!(errno(fx.mm.memunmap_pages(fx.dev)), Errno::EINVAL);
 }
 
@@ -81,7 +81,7 @@ fn device_pages_never_enter_the_buddy(fx: &mut Fx) {
     assert_eq!(after.bad_frees, before.bad_frees + 2);
     after.bad_frees = before.bad_frees;
     assert_same("refused device frees", &after, &before);
-    assert!((ds..de).all(|pfn| !fx.mm.buddy.is_free(pfn)));
+    assert!(Pfn::range(ds, de).all(|pfn| !fx.mm.buddy.is_free(pfn)));
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn shared_table_is_freed_only_when_empty() {
     fx.mm.remove_memory(start_of(17), BLOCK).unwrap();
     assert_eq!(fx.mm.pt.stats.tables, BOOT_TABLES + 1);
     assert_eq!(
-        fx.mm.pt.translate(phys_to_virt(DEV_BASE)).map(|t| t.0),
+        fx.mm.pt.translate(DEV_BASE.to_virt()).map(|t| t.0),
         Some(DEV_BASE)
     );
     fx.mm.memunmap_pages(fx.dev).unwrap();

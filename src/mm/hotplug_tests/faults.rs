@@ -155,8 +155,8 @@ fn devmem_map_fails_cleanly_at_every_allocation() {
 /// without an altmap.
 #[test]
 fn arch_add_memory_with_fresh_tables_fails_cleanly() {
-    const FAR: u64 = 64 << 30;
-    let (spfn, epfn) = (phys_to_pfn(FAR), phys_to_pfn(FAR + 2 * BLOCK));
+    const FAR: PhysAddr = PhysAddr::new(64 << 30);
+    let (spfn, epfn) = (Pfn::down(FAR), Pfn::down(FAR + 2 * BLOCK));
     for with_altmap in [false, true] {
         let fresh = VmemAltmap::new(spfn, epfn, 0, 2 * vmemmap_pages_per_block());
         let altmap = std::cell::RefCell::new(fresh.clone());
@@ -167,7 +167,7 @@ fn arch_add_memory_with_fresh_tables_fails_cleanly() {
                 let mut a = altmap.borrow_mut();
                 let r = fx
                     .mm
-                    .arch_add_memory(FAR, FAR + 2 * BLOCK, with_altmap.then_some(&mut *a));
+                    .arch_add_memory(FAR, 2 * BLOCK, with_altmap.then_some(&mut *a));
                 if r.is_err() {
                     assert_eq!(*a, fresh, "the altmap after a failure");
                 }
@@ -193,7 +193,7 @@ fn arch_add_memory_with_fresh_tables_fails_cleanly() {
             &|fx| {
                 let mut a = altmap.borrow_mut();
                 fx.mm
-                    .arch_remove_memory(FAR, FAR + 2 * BLOCK, with_altmap.then_some(&mut *a));
+                    .arch_remove_memory(FAR, 2 * BLOCK, with_altmap.then_some(&mut *a));
                 assert_eq!(a.alloc, 0);
                 assert_eq!(a.next_pfn(), spfn);
             },
@@ -221,7 +221,7 @@ fn probe_under_memory_pressure_rolls_back() {
         held.push(pfn);
     }
     held.sort_unstable();
-    let (odd, mut even): (Vec<u64>, Vec<u64>) = held.iter().partition(|&&p| p % 2 == 1);
+    let (odd, mut even): (Vec<Pfn>, Vec<Pfn>) = held.iter().partition(|&&p| p.as_u64() % 2 == 1);
     let needed = 1 + 1 + vmemmap_pages_per_block();
     assert!(even.len() as u64 > needed);
     let mut given = 0;
@@ -243,7 +243,7 @@ fn probe_under_memory_pressure_rolls_back() {
                 fx.mm.meminfo().vmemmap,
                 base.meminfo.vmemmap + MEMMAP_PER_BLOCK
             );
-            let (_, size) = vmemmap_backing(&fx.mm.pt, phys_to_pfn(start)).unwrap();
+            let (_, size) = vmemmap_backing(&fx.mm.pt, Pfn::down(start)).unwrap();
             assert_eq!(size, PAGE_SIZE, "base pages");
             fx.mm.remove_memory(start, BLOCK).unwrap();
             assert_same("done and undone", &snap(&fx.mm), &base);

@@ -18,12 +18,12 @@ use super::layout::*;
 use super::page::{PageFlags, Zone};
 use super::pgtable::unmap::UnmapWarnings;
 use super::pgtable::VaRange;
-use super::system::{block_pfns, BlockState, DevMapKind, MemInfo, MemorySystem};
+use super::system::{block_pfns, block_range, BlockState, DevMapKind, MemInfo, MemorySystem};
 use super::testing::ArenaTranslation;
 use crate::error::{Errno, Result};
 use crate::mm::layout::MARKERS;
 
-use super::addr::PhysRange;
+use super::addr::{Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::test_system::*;
 
 /// The fixture every test starts from.
@@ -51,7 +51,7 @@ fn iomem(mm: &MemorySystem<ArenaTranslation>) -> String {
 /// mapped device memory. Blind to what does not describe state: free-list
 /// links, the stale order of pages that are no free block's head.
 fn memmap_digest(mm: &MemorySystem<ArenaTranslation>) -> u64 {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut ranges: Vec<(Pfn, Pfn)> = Vec::new();
     for (&id, b) in &mm.blocks {
         match (b.state, &b.altmap) {
             (BlockState::Online(_), _) => ranges.push(block_pfns(id)),
@@ -60,13 +60,13 @@ fn memmap_digest(mm: &MemorySystem<ArenaTranslation>) -> u64 {
         }
     }
     for d in mm.devmem.iter().filter(|d| d.mapping.is_some()) {
-        ranges.push((phys_to_pfn(d.range.base), phys_to_pfn(d.range.end())));
+        ranges.push((Pfn::down(d.range.base), Pfn::down(d.range.end())));
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
     for (s, e) in ranges {
-        mix(s);
-        for pfn in s..e {
+        mix(s.as_u64());
+        for pfn in Pfn::range(s, e) {
             // SAFETY: present memory has initialised struct pages.
             let p = unsafe { &*mm.memmap.page(pfn) };
             let order = if p.is_buddy() { p.order() as u64 } else { 0 };
@@ -89,14 +89,14 @@ struct Snap {
     /// `tables_allocated - tables_freed`.
     table_balance: u64,
     /// Every table page, `(level, pa)`, root first.
-    table_pages: Vec<(usize, u64)>,
+    table_pages: Vec<(usize, PhysAddr)>,
     /// Every leaf of the kernel half: `(va, size, level, descriptor)`.
-    leaves: Vec<(u64, u64, usize, u64)>,
+    leaves: Vec<(VirtAddr, u64, usize, u64)>,
     ptdump: String,
     nr_free: [u64; 2],
     managed: [u64; 2],
     /// The free blocks `(pfn, order, zone)`, sorted.
-    free_blocks: Vec<(u64, u32, Zone)>,
+    free_blocks: Vec<(Pfn, u32, Zone)>,
     bad_frees: u64,
     blocks: Vec<(u64, BlockState, bool, Option<VmemAltmap>)>,
     devmem: Vec<(PhysRange, DevMapping)>,
@@ -110,10 +110,10 @@ fn snap(mm: &MemorySystem<ArenaTranslation>) -> Snap {
     mm.pt
         .for_each_table(|level, pa| table_pages.push((level, pa)));
     let mut leaves = Vec::new();
-    mm.pt
-        .for_each_leaf(VaRange::new(PAGE_OFFSET, u64::MAX), |va, size, level, d| {
-            leaves.push((va, size, level, d.0))
-        });
+    let kernel_half = VaRange::new(VirtAddr::new(PAGE_OFFSET), VirtAddr::new(u64::MAX));
+    mm.pt.for_each_leaf(kernel_half, |va, size, level, d| {
+        leaves.push((va, size, level, d.0))
+    });
     let mut free_blocks = Vec::new();
     for zone in Zone::BUDDY_ZONES {
         mm.buddy

@@ -105,7 +105,7 @@ struct Model {
     blocks: BTreeMap<u64, ModelBlock>,
     dev: Option<DevMapKind>,
     /// User pages: pfn -> zone.
-    user: BTreeMap<u64, Zone>,
+    user: BTreeMap<Pfn, Zone>,
     bad_frees: u64,
 }
 
@@ -138,7 +138,7 @@ impl Model {
     }
 
     /// The zone a pfn's block is online in, if it is.
-    fn online_zone(&self, pfn: u64) -> Option<Zone> {
+    fn online_zone(&self, pfn: Pfn) -> Option<Zone> {
         match block_of(pfn) {
             BOOT => Some(Zone::Normal),
             id => match self.blocks.get(&id)?.state {
@@ -151,14 +151,14 @@ impl Model {
 
 /// Pfns the kernel holds from the buddy allocator, read off the page table:
 /// table pages and struct pages in system RAM.
-fn kernel_pfns(mm: &MemorySystem<ArenaTranslation>) -> BTreeSet<u64> {
+fn kernel_pfns(mm: &MemorySystem<ArenaTranslation>) -> BTreeSet<Pfn> {
     let mut pfns = BTreeSet::new();
     mm.pt.for_each_table(|_, pa| {
-        pfns.insert(phys_to_pfn(pa));
+        pfns.insert(Pfn::down(pa));
     });
     mm.for_each_vmemmap_leaf(|_, size, pa, owner| {
         if owner.is_none() {
-            pfns.extend(phys_to_pfn(pa)..phys_to_pfn(pa + size));
+            pfns.extend(Pfn::range(Pfn::down(pa), Pfn::down(pa + size)));
         }
     });
     pfns
@@ -474,18 +474,15 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
         let (s, e) = block_pfns(id);
         let pa = start_of(id) + 0x1238;
         prop_assert_eq!(
-            mm.pt.translate(phys_to_virt(pa)).map(|t| t.0),
+            mm.pt.translate(pa.to_virt()).map(|t| t.0),
             present.then_some(pa),
             "linear map of memory{}",
             id
         );
-        prop_assert_eq!(mm.pt.translate(pfn_to_page_va(s)).is_some(), present);
-        prop_assert_eq!(mm.pt.translate(pfn_to_page_va(e - 1)).is_some(), present);
+        prop_assert_eq!(mm.pt.translate(s.page_va()).is_some(), present);
+        prop_assert_eq!(mm.pt.translate((e - 1).page_va()).is_some(), present);
         if start_of(id) < DEV_BASE {
-            let name = mm
-                .iomem
-                .find(start_of(id), start_of(id + 1))
-                .map(|r| r.name);
+            let name = mm.iomem.find(block_range(id)).map(|r| r.name);
             prop_assert_eq!(name, present.then_some("System RAM"));
         }
     }

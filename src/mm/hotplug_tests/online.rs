@@ -25,20 +25,20 @@ fn partly_online_blocks_grow_shrink_and_return_to_the_start() {
         assert_eq!(fx.mm.buddy.managed(Zone::Movable), 3 * SUB - own);
         // Grow by two sub-blocks, shrink by one.
         fx.mm
-            .online_pages_range(id, spfn + 3 * SUB, spfn + 5 * SUB)
+            .online_block_pages(id, spfn + 3 * SUB, spfn + 5 * SUB)
             .unwrap();
         assert_eq!(fx.mm.buddy.managed(Zone::Movable), 5 * SUB - own);
         // Online pages cannot be onlined again, nor anything outside.
         let before = snap(&fx.mm);
         assert_eq!(
-            errno(fx.mm.online_pages_range(id, spfn + 4 * SUB, spfn + 6 * SUB)),
+            errno(fx.mm.online_block_pages(id, spfn + 4 * SUB, spfn + 6 * SUB)),
             Errno::EINVAL
         );
         assert_eq!(
-            errno(fx.mm.online_pages_range(id, epfn, epfn + SUB)),
+            errno(fx.mm.online_block_pages(id, epfn, epfn + SUB)),
             Errno::EINVAL
         );
-        assert_same("refused online_pages_range", &snap(&fx.mm), &before);
+        assert_same("refused online_block_pages", &snap(&fx.mm), &before);
         // A page in use keeps its sub-block: EBUSY, nothing changed.
         let used = fx.mm.buddy.alloc(0, Zone::Movable).unwrap();
         let sub = (used - spfn) / SUB;
@@ -46,14 +46,14 @@ fn partly_online_blocks_grow_shrink_and_return_to_the_start() {
         assert_eq!(
             errno(
                 fx.mm
-                    .offline_pages_range(id, spfn + sub * SUB, spfn + (sub + 1) * SUB)
+                    .offline_block_pages(id, spfn + sub * SUB, spfn + (sub + 1) * SUB)
             ),
             Errno::EBUSY
         );
-        assert_same("busy offline_pages_range", &snap(&fx.mm), &before);
+        assert_same("busy offline_block_pages", &snap(&fx.mm), &before);
         assert!(fx.mm.buddy.free(used, 0));
         fx.mm
-            .offline_pages_range(id, spfn + 4 * SUB, spfn + 5 * SUB)
+            .offline_block_pages(id, spfn + 4 * SUB, spfn + 5 * SUB)
             .unwrap();
         assert_eq!(fx.mm.buddy.managed(Zone::Movable), 4 * SUB - own);
         // Offlining the block skips what is logically offline.

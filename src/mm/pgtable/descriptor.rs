@@ -2,6 +2,8 @@
 
 use bitflags::bitflags;
 
+use crate::mm::addr::PhysAddr;
+
 bitflags! {
     /// Descriptor bits other than the output address.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,13 +85,16 @@ pub struct Descriptor(pub u64);
 impl Descriptor {
     pub const EMPTY: Self = Self(0);
 
-    pub fn table(pa: u64) -> Self {
-        Self((pa & OUTPUT_ADDRESS_MASK) | (Attributes::VALID | Attributes::TABLE_OR_PAGE).bits())
+    pub fn table(pa: PhysAddr) -> Self {
+        Self(
+            (pa.as_u64() & OUTPUT_ADDRESS_MASK)
+                | (Attributes::VALID | Attributes::TABLE_OR_PAGE).bits(),
+        )
     }
 
     /// A block (levels 0-2) or page (level 3) descriptor.
-    pub fn leaf(pa: u64, attrs: Attributes, level: usize) -> Self {
-        let mut bits = (pa & OUTPUT_ADDRESS_MASK) | (attrs | Attributes::VALID).bits();
+    pub fn leaf(pa: PhysAddr, attrs: Attributes, level: usize) -> Self {
+        let mut bits = (pa.as_u64() & OUTPUT_ADDRESS_MASK) | (attrs | Attributes::VALID).bits();
         if level == 3 {
             bits |= Attributes::TABLE_OR_PAGE.bits();
         } else {
@@ -102,8 +107,8 @@ impl Descriptor {
         Attributes::from_bits_retain(self.0 & !OUTPUT_ADDRESS_MASK)
     }
 
-    pub fn output_address(self) -> u64 {
-        self.0 & OUTPUT_ADDRESS_MASK
+    pub fn output_address(self) -> PhysAddr {
+        PhysAddr::new(self.0 & OUTPUT_ADDRESS_MASK)
     }
 
     pub fn is_valid(self) -> bool {

@@ -6,13 +6,9 @@ use core::fmt::{self, Write};
 
 use super::descriptor::{Attributes, Descriptor};
 use super::walker::{chunks, PageTable, Translation};
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::granule::Granule;
-
-/// A named address where a region starts (`---[ name ]---`).
-pub struct Marker {
-    pub addr: u64,
-    pub name: &'static str,
-}
+use crate::mm::layout::Marker;
 
 /// Linux's `pte_bits`: (mask, value, text when set, text when clear).
 const BITS: &[(u64, u64, &str, &str)] = &[
@@ -117,20 +113,20 @@ impl<W: Write> State<'_, W> {
     }
 
     /// Linux's `note_page`: extend the current run or print it.
-    fn note<G: Granule>(&mut self, va: u64, level: usize, attrs: Option<u64>) -> fmt::Result {
+    fn note<G: Granule>(&mut self, addr: u64, level: usize, attrs: Option<u64>) -> fmt::Result {
         let crosses = self
             .markers
             .get(self.next_marker)
-            .is_some_and(|m| va >= m.addr);
+            .is_some_and(|m| addr >= m.addr);
         if !self.started || attrs != self.attrs || level != self.level || crosses {
             // The first entry only opens a run: there is nothing to print yet.
             if self.started {
-                self.flush::<G>(va)?;
+                self.flush::<G>(addr)?;
             }
             while self
                 .markers
                 .get(self.next_marker)
-                .is_some_and(|m| va >= m.addr)
+                .is_some_and(|m| addr >= m.addr)
             {
                 writeln!(
                     self.out,
@@ -139,7 +135,7 @@ impl<W: Write> State<'_, W> {
                 )?;
                 self.next_marker += 1;
             }
-            self.start = va;
+            self.start = addr;
             self.level = level;
             self.attrs = attrs;
             self.started = true;
@@ -162,7 +158,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             attrs: None,
         };
         writeln!(st.out, "---[ {} ]---", markers[0].name)?;
-        self.dump_level(&mut st, self.root_pa(), G::START_LEVEL, first, last)?;
+        let (start, end) = (VirtAddr::new(first), VirtAddr::new(last));
+        self.dump_level(&mut st, self.root_pa(), G::START_LEVEL, start, end)?;
         st.note::<G>(last, G::START_LEVEL, Some(u64::MAX))?;
         Ok(())
     }
@@ -170,18 +167,18 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     fn dump_level<W: Write>(
         &self,
         st: &mut State<W>,
-        table: u64,
+        table: PhysAddr,
         level: usize,
-        start: u64,
-        end: u64,
+        start: VirtAddr,
+        end: VirtAddr,
     ) -> fmt::Result {
-        for (a, b) in chunks(start, end, G::level_size(level)) {
-            let d: Descriptor = self.read(table, G::index(a, level));
+        for (addr, next) in chunks(start, end, G::level_size(level)) {
+            let d: Descriptor = self.read(table, G::index(addr.as_u64(), level));
             if d.is_table(level) {
-                self.dump_level(st, d.output_address(), level + 1, a, b)?;
+                self.dump_level(st, d.output_address(), level + 1, addr, next)?;
             } else {
                 let attrs = d.is_valid().then(|| d.attrs().bits());
-                st.note::<G>(a, level, attrs)?;
+                st.note::<G>(addr.as_u64(), level, attrs)?;
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 
 use super::descriptor::{Attributes, Descriptor};
 use super::walker::{chunks, PageTable, Translation};
+use crate::mm::addr::{Pfn, PhysAddr, VirtAddr};
 use crate::mm::altmap::VmemAltmap;
 use crate::mm::frame::{get_order, FrameAllocator};
 use crate::mm::granule::Granule;
@@ -24,14 +25,16 @@ pub struct UnmapWarnings {
 /// PAGE_SHIFT` pfns to the altmap when there is one, else the pages to the
 /// frame allocator at `get_order(size)`.
 pub fn free_hotplug_page_range<G: Granule>(
-    pa: u64,
+    pa: PhysAddr,
     size: u64,
     altmap: Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
     warnings: &mut UnmapWarnings,
 ) {
     if let Some(altmap) = altmap {
-        if let Err(e) = altmap.free_pfns(pa >> G::PAGE_SHIFT, size >> G::PAGE_SHIFT) {
+        // In pages of `G`, which an altmap shares with the table it backs.
+        let pfn = Pfn::new(pa.as_u64() >> G::PAGE_SHIFT);
+        if let Err(e) = altmap.free_pfns(pfn, size >> G::PAGE_SHIFT) {
             warnings.altmap_bad_free += 1;
             crate::pr_warn!(
                 "free_hotplug_page_range: altmap refused {:#x}+{:#x}: {:?}",
@@ -57,8 +60,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// without, one range invalidation covers the whole range at the end.
     pub fn unmap_hotplug_range(
         &mut self,
-        start: u64,
-        end: u64,
+        start: VirtAddr,
+        end: VirtAddr,
         free_mapped: bool,
         mut altmap: Option<&mut VmemAltmap>,
         frames: &mut (impl FrameAllocator + ?Sized),
@@ -89,18 +92,18 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     #[allow(clippy::too_many_arguments)]
     fn unmap_hotplug_level(
         &mut self,
-        table: u64,
+        table: PhysAddr,
         level: usize,
-        start: u64,
-        end: u64,
+        start: VirtAddr,
+        end: VirtAddr,
         free_mapped: bool,
         altmap: &mut Option<&mut VmemAltmap>,
         frames: &mut (impl FrameAllocator + ?Sized),
         warnings: &mut UnmapWarnings,
     ) {
         let size = G::level_size(level);
-        for (a, b) in chunks(start, end, size) {
-            let index = G::index(a, level);
+        for (addr, next) in chunks(start, end, size) {
+            let index = G::index(addr.as_u64(), level);
             let d = self.read(table, index);
             if !d.is_valid() {
                 continue;
@@ -110,8 +113,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 self.unmap_hotplug_level(
                     child,
                     level + 1,
-                    a,
-                    b,
+                    addr,
+                    next,
                     free_mapped,
                     altmap,
                     frames,
@@ -119,18 +122,18 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 );
                 continue;
             }
-            let leaf_va = a & !(size - 1);
+            let leaf = addr.align_down(size);
             debug_assert!(
-                b - a == size,
-                "hotplug unmap splits a {size:#x} leaf at {a:#x}"
+                next - addr == size,
+                "hotplug unmap splits a {size:#x} leaf at {addr:#x}"
             );
             if d.is_contiguous() {
-                self.split_contiguous(table, level, leaf_va, start, end, free_mapped);
+                self.split_contiguous(table, level, leaf, start, end, free_mapped);
             }
             self.write(table, index, Descriptor::EMPTY);
             if free_mapped {
                 // A single-page invalidation drops a block's TLB entry too.
-                self.flush_range(leaf_va, leaf_va + G::PAGE_SIZE);
+                self.flush_range(leaf, leaf + G::PAGE_SIZE);
                 free_hotplug_page_range::<G>(
                     d.output_address(),
                     size,
@@ -152,20 +155,20 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// page included (Arm ARM D8.6.1; Linux's contpte unfolds first too).
     fn split_contiguous(
         &mut self,
-        table: u64,
+        table: PhysAddr,
         level: usize,
-        va: u64,
-        start: u64,
-        end: u64,
+        addr: VirtAddr,
+        start: VirtAddr,
+        end: VirtAddr,
         free_mapped: bool,
     ) {
         let n = G::contiguous_entries(level);
         let span = G::level_size(level) * n as u64;
-        let group = va & !(span - 1);
+        let group = addr.align_down(span);
         if !free_mapped && group >= start && group + span <= end {
             return;
         }
-        let first = G::index(group, level);
+        let first = G::index(group.as_u64(), level);
         let saved: [Descriptor; 128] = core::array::from_fn(|i| {
             if i < n {
                 self.read(table, first + i)
@@ -194,10 +197,10 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// never come from an altmap.
     pub fn free_empty_tables(
         &mut self,
-        start: u64,
-        end: u64,
-        floor: u64,
-        ceiling: u64,
+        start: VirtAddr,
+        end: VirtAddr,
+        floor: VirtAddr,
+        ceiling: VirtAddr,
         frames: &mut (impl FrameAllocator + ?Sized),
     ) {
         let root = self.root_pa();
@@ -207,27 +210,28 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     #[allow(clippy::too_many_arguments)]
     fn free_empty_level(
         &mut self,
-        table: u64,
+        table: PhysAddr,
         level: usize,
-        start: u64,
-        end: u64,
-        floor: u64,
-        ceiling: u64,
+        start: VirtAddr,
+        end: VirtAddr,
+        floor: VirtAddr,
+        ceiling: VirtAddr,
         frames: &mut (impl FrameAllocator + ?Sized),
     ) {
         let size = G::level_size(level);
-        for (a, b) in chunks(start, end, size) {
-            let index = G::index(a, level);
+        for (addr, next) in chunks(start, end, size) {
+            let index = G::index(addr.as_u64(), level);
             let d = self.read(table, index);
             if !d.is_table(level) {
                 continue;
             }
             let child = d.output_address();
-            self.free_empty_level(child, level + 1, a, b, floor, ceiling, frames);
-            let span_start = a & !(size - 1);
+            self.free_empty_level(child, level + 1, addr, next, floor, ceiling, frames);
+            let span_start = addr.align_down(size);
             let span_last = span_start + (size - 1);
+            // A ceiling of 0 is the top of the address space, as in Linux.
             if span_start >= floor
-                && span_last <= ceiling.wrapping_sub(1)
+                && span_last.as_u64() <= ceiling.as_u64().wrapping_sub(1)
                 && self.table_is_empty(child)
             {
                 self.write(table, index, Descriptor::EMPTY);

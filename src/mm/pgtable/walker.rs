@@ -6,6 +6,7 @@ use core::marker::PhantomData;
 
 use super::descriptor::{Attributes, Descriptor, OUTPUT_ADDRESS_MASK};
 use crate::arch;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::granule::Granule;
 
@@ -13,18 +14,18 @@ use crate::mm::granule::Granule;
 /// kernel this is the linear map (or the identity map during early boot); in
 /// host tests it is an offset into a simulated arena.
 pub trait Translation {
-    fn table_va(&self, pa: u64) -> *mut Descriptor;
+    fn table_va(&self, pa: PhysAddr) -> *mut Descriptor;
 }
 
 /// A half-open virtual range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VaRange {
-    pub start: u64,
-    pub end: u64,
+    pub start: VirtAddr,
+    pub end: VirtAddr,
 }
 
 impl VaRange {
-    pub const fn new(start: u64, end: u64) -> Self {
+    pub const fn new(start: VirtAddr, end: VirtAddr) -> Self {
         Self { start, end }
     }
 
@@ -76,7 +77,7 @@ pub enum MapError {
     /// range beyond the 48-bit physical address space.
     Misaligned,
     /// Part of the range is mapped already (first such address).
-    AlreadyMapped(u64),
+    AlreadyMapped(VirtAddr),
     /// The frame allocator could not supply the table pages.
     NoMemory,
 }
@@ -106,7 +107,7 @@ pub struct TableStats {
 
 /// A translation table hierarchy rooted at one table page.
 pub struct PageTable<T: Translation, G: Granule> {
-    root: u64,
+    root: PhysAddr,
     trans: T,
     pub stats: TableStats,
     _granule: PhantomData<G>,
@@ -115,21 +116,30 @@ pub struct PageTable<T: Translation, G: Granule> {
 /// Table pages reserved up front so that a mapping, once validated, cannot
 /// fail halfway. Chained through their first descriptor.
 pub(super) struct TablePool {
-    head: Option<u64>,
+    head: Option<PhysAddr>,
     len: usize,
 }
 
-/// Yields `(start, end)` of each level-`size` chunk of `[start, end)`.
-pub(super) fn chunks(start: u64, end: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
-    let mut a = start;
+/// Yields `(addr, next)` for each level-`size` chunk of `[start, end)`:
+/// the loop of Linux's walkers, `next` being their `p?d_addr_end(addr, end)`.
+pub(super) fn chunks(
+    start: VirtAddr,
+    end: VirtAddr,
+    size: u64,
+) -> impl Iterator<Item = (VirtAddr, VirtAddr)> {
+    let (mut addr, end) = (start.as_u64(), end.as_u64());
     core::iter::from_fn(move || {
-        if a >= end {
+        if addr >= end {
             return None;
         }
-        let next = (a | (size - 1)).wrapping_add(1);
-        let b = if next == 0 || next > end { end } else { next };
-        let chunk = (a, b);
-        a = b;
+        let boundary = (addr | (size - 1)).wrapping_add(1);
+        let next = if boundary == 0 || boundary > end {
+            end
+        } else {
+            boundary
+        };
+        let chunk = (VirtAddr::new(addr), VirtAddr::new(next));
+        addr = next;
         Some(chunk)
     })
 }
@@ -146,7 +156,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     }
 
     /// Adopt an existing hierarchy (one table page counted: the root).
-    pub fn from_root(trans: T, root: u64) -> Self {
+    pub fn from_root(trans: T, root: PhysAddr) -> Self {
         Self {
             root,
             trans,
@@ -158,7 +168,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         }
     }
 
-    pub fn root_pa(&self) -> u64 {
+    pub fn root_pa(&self) -> PhysAddr {
         self.root
     }
 
@@ -171,39 +181,39 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         self.trans = trans;
     }
 
-    pub(super) fn read(&self, table: u64, index: usize) -> Descriptor {
+    pub(super) fn read(&self, table: PhysAddr, index: usize) -> Descriptor {
         debug_assert!(index < G::ENTRIES);
         // SAFETY: `table` is a table page of this hierarchy and the
         // translation makes all of it accessible.
         unsafe { self.trans.table_va(table).add(index).read_volatile() }
     }
 
-    pub(super) fn write(&mut self, table: u64, index: usize, d: Descriptor) {
+    pub(super) fn write(&mut self, table: PhysAddr, index: usize, d: Descriptor) {
         debug_assert!(index < G::ENTRIES);
         // SAFETY: as in `read`; single-copy atomic 64-bit store.
         unsafe { self.trans.table_va(table).add(index).write_volatile(d) }
     }
 
-    fn zero_table(&mut self, table: u64) {
+    fn zero_table(&mut self, table: PhysAddr) {
         for i in 0..G::ENTRIES {
             self.write(table, i, Descriptor::EMPTY);
         }
     }
 
-    pub(super) fn table_is_empty(&self, table: u64) -> bool {
+    pub(super) fn table_is_empty(&self, table: PhysAddr) -> bool {
         (0..G::ENTRIES).all(|i| !self.read(table, i).is_valid())
     }
 
     /// The descriptor that maps `va` and its level, if any leaf does.
-    pub fn translate(&self, va: u64) -> Option<(u64, Descriptor, usize)> {
+    pub fn translate(&self, va: VirtAddr) -> Option<(PhysAddr, Descriptor, usize)> {
         let mut table = self.root;
         for level in G::START_LEVEL..4 {
-            let d = self.read(table, G::index(va, level));
+            let d = self.read(table, G::index(va.as_u64(), level));
             if !d.is_valid() {
                 return None;
             }
             if d.is_leaf(level) {
-                let offset = va & (G::level_size(level) - 1);
+                let offset = va - va.align_down(G::level_size(level));
                 return Some((d.output_address() + offset, d, level));
             }
             table = d.output_address();
@@ -213,35 +223,39 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
 
     /// Calls `f(va, size, level, descriptor)` for every valid leaf that
     /// overlaps `range`, in address order.
-    pub fn for_each_leaf(&self, range: VaRange, mut f: impl FnMut(u64, u64, usize, Descriptor)) {
+    pub fn for_each_leaf(
+        &self,
+        range: VaRange,
+        mut f: impl FnMut(VirtAddr, u64, usize, Descriptor),
+    ) {
         self.leaves_in(self.root, G::START_LEVEL, range.start, range.end, &mut f);
     }
 
     fn leaves_in(
         &self,
-        table: u64,
+        table: PhysAddr,
         level: usize,
-        start: u64,
-        end: u64,
-        f: &mut impl FnMut(u64, u64, usize, Descriptor),
+        start: VirtAddr,
+        end: VirtAddr,
+        f: &mut impl FnMut(VirtAddr, u64, usize, Descriptor),
     ) {
         let size = G::level_size(level);
-        for (a, b) in chunks(start, end, size) {
-            let d = self.read(table, G::index(a, level));
+        for (addr, next) in chunks(start, end, size) {
+            let d = self.read(table, G::index(addr.as_u64(), level));
             if d.is_table(level) {
-                self.leaves_in(d.output_address(), level + 1, a, b, f);
+                self.leaves_in(d.output_address(), level + 1, addr, next, f);
             } else if d.is_valid() {
-                f(a & !(size - 1), size, level, d);
+                f(addr.align_down(size), size, level, d);
             }
         }
     }
 
     /// Calls `f(level, table_pa)` for every table page, root first.
-    pub fn for_each_table(&self, mut f: impl FnMut(usize, u64)) {
+    pub fn for_each_table(&self, mut f: impl FnMut(usize, PhysAddr)) {
         self.tables_in(self.root, G::START_LEVEL, &mut f);
     }
 
-    fn tables_in(&self, table: u64, level: usize, f: &mut impl FnMut(usize, u64)) {
+    fn tables_in(&self, table: PhysAddr, level: usize, f: &mut impl FnMut(usize, PhysAddr)) {
         f(level, table);
         if level == 3 {
             return;
@@ -254,15 +268,21 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         }
     }
 
-    fn leaf_fits(level: usize, va: u64, next: u64, pa: u64, hints: MapHints) -> bool {
+    fn leaf_fits(
+        level: usize,
+        addr: VirtAddr,
+        next: VirtAddr,
+        pa: PhysAddr,
+        hints: MapHints,
+    ) -> bool {
         if level == 3 {
             return true;
         }
         let size = G::level_size(level);
         G::block_allowed(level)
             && size <= hints.largest_leaf
-            && next - va == size
-            && pa & (size - 1) == 0
+            && next - addr == size
+            && pa.is_aligned(size)
     }
 
     /// Maps `range` to physical memory from `pa` with `attrs`. Validates the
@@ -271,20 +291,24 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     pub fn map_range(
         &mut self,
         range: VaRange,
-        pa: u64,
+        pa: PhysAddr,
         attrs: Attributes,
         hints: MapHints,
         frames: &mut (impl FrameAllocator + ?Sized),
     ) -> Result<(), MapError> {
-        let mask = G::PAGE_SIZE - 1;
-        if range.is_empty() || (range.start | range.end | pa) & mask != 0 {
+        let page = G::PAGE_SIZE;
+        if range.is_empty()
+            || !range.start.is_aligned(page)
+            || !range.end.is_aligned(page)
+            || !pa.is_aligned(page)
+        {
             return Err(MapError::Misaligned);
         }
         // A descriptor holds output bits 47..12 only: anything above would be
         // silently dropped and map the wrong physical memory.
         if pa
             .checked_add(range.len())
-            .is_none_or(|end| end > (OUTPUT_ADDRESS_MASK | mask) + 1)
+            .is_none_or(|end| end.as_u64() > (OUTPUT_ADDRESS_MASK | (page - 1)) + 1)
         {
             return Err(MapError::Misaligned);
         }
@@ -310,24 +334,25 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// an existing leaf.
     fn count_missing(
         &self,
-        table: Option<u64>,
+        table: Option<PhysAddr>,
         level: usize,
         range: VaRange,
-        pa: u64,
+        pa: PhysAddr,
         hints: MapHints,
     ) -> Result<usize, MapError> {
         let mut missing = 0;
-        for (a, b) in chunks(range.start, range.end, G::level_size(level)) {
-            let p = pa + (a - range.start);
-            let d = table.map_or(Descriptor::EMPTY, |t| self.read(t, G::index(a, level)));
-            let sub = VaRange::new(a, b);
+        for (addr, next) in chunks(range.start, range.end, G::level_size(level)) {
+            let phys = pa + (addr - range.start);
+            let index = G::index(addr.as_u64(), level);
+            let d = table.map_or(Descriptor::EMPTY, |t| self.read(t, index));
+            let sub = VaRange::new(addr, next);
             if d.is_leaf(level) {
-                return Err(MapError::AlreadyMapped(a));
+                return Err(MapError::AlreadyMapped(addr));
             } else if d.is_table(level) {
                 missing +=
-                    self.count_missing(Some(d.output_address()), level + 1, sub, p, hints)?;
-            } else if !Self::leaf_fits(level, a, b, p, hints) {
-                missing += 1 + self.count_missing(None, level + 1, sub, p, hints)?;
+                    self.count_missing(Some(d.output_address()), level + 1, sub, phys, hints)?;
+            } else if !Self::leaf_fits(level, addr, next, phys, hints) {
+                missing += 1 + self.count_missing(None, level + 1, sub, phys, hints)?;
             }
         }
         Ok(missing)
@@ -344,7 +369,11 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 self.release_tables(pool, frames);
                 return Err(MapError::NoMemory);
             };
-            self.write(pa, 0, Descriptor(pool.head.unwrap_or(u64::MAX)));
+            self.write(
+                pa,
+                0,
+                Descriptor(pool.head.map_or(u64::MAX, PhysAddr::as_u64)),
+            );
             pool.head = Some(pa);
             pool.len += 1;
         }
@@ -354,15 +383,15 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     fn release_tables(&mut self, mut pool: TablePool, frames: &mut (impl FrameAllocator + ?Sized)) {
         while let Some(pa) = pool.head {
             let next = self.read(pa, 0).0;
-            pool.head = (next != u64::MAX).then_some(next);
+            pool.head = (next != u64::MAX).then_some(PhysAddr::new(next));
             frames.free_pages(pa, 0);
         }
     }
 
-    fn take_table(&mut self, pool: &mut TablePool) -> u64 {
+    fn take_table(&mut self, pool: &mut TablePool) -> PhysAddr {
         let pa = pool.head.expect("table pool sized by count_missing");
         let next = self.read(pa, 0).0;
-        pool.head = (next != u64::MAX).then_some(next);
+        pool.head = (next != u64::MAX).then_some(PhysAddr::new(next));
         pool.len -= 1;
         self.zero_table(pa);
         // The zeroes (over the pool link and whatever the frame held) must
@@ -377,73 +406,81 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     #[allow(clippy::too_many_arguments)]
     fn map_level(
         &mut self,
-        table: u64,
+        table: PhysAddr,
         level: usize,
         range: VaRange,
-        pa: u64,
+        pa: PhysAddr,
         attrs: Attributes,
         hints: MapHints,
         whole: VaRange,
         pool: &mut TablePool,
     ) {
         let size = G::level_size(level);
-        let mut contiguous_end = 0;
-        for (a, b) in chunks(range.start, range.end, size) {
-            let p = pa + (a - range.start);
-            let index = G::index(a, level);
+        let mut contiguous_end = VirtAddr::new(0);
+        for (addr, next) in chunks(range.start, range.end, size) {
+            let phys = pa + (addr - range.start);
+            let index = G::index(addr.as_u64(), level);
             let d = self.read(table, index);
-            let sub = VaRange::new(a, b);
+            let sub = VaRange::new(addr, next);
             if d.is_table(level) {
                 self.map_level(
                     d.output_address(),
                     level + 1,
                     sub,
-                    p,
+                    phys,
                     attrs,
                     hints,
                     whole,
                     pool,
                 );
-            } else if Self::leaf_fits(level, a, b, p, hints) {
+            } else if Self::leaf_fits(level, addr, next, phys, hints) {
                 if hints.contiguous
-                    && a >= contiguous_end
-                    && self.contiguous_group(table, level, a, p, whole)
+                    && addr >= contiguous_end
+                    && self.contiguous_group(table, level, addr, phys, whole)
                 {
-                    contiguous_end = a + size * G::contiguous_entries(level) as u64;
+                    contiguous_end = addr + size * G::contiguous_entries(level) as u64;
                 }
-                let mut leaf = Descriptor::leaf(p, attrs, level);
-                if a < contiguous_end {
+                let mut leaf = Descriptor::leaf(phys, attrs, level);
+                if addr < contiguous_end {
                     leaf.0 |= Attributes::CONTIGUOUS.bits();
                 }
                 self.write(table, index, leaf);
             } else {
                 let child = self.take_table(pool);
                 self.write(table, index, Descriptor::table(child));
-                self.map_level(child, level + 1, sub, p, attrs, hints, whole, pool);
+                self.map_level(child, level + 1, sub, phys, attrs, hints, whole, pool);
             }
         }
     }
 
-    /// Whether `va` starts a contiguous group wholly inside `whole`, with a
-    /// congruent output address and every entry of the group still empty.
-    fn contiguous_group(&self, table: u64, level: usize, va: u64, pa: u64, whole: VaRange) -> bool {
+    /// Whether `addr` starts a contiguous group wholly inside `whole`, with
+    /// a congruent output address and every entry of the group still empty.
+    fn contiguous_group(
+        &self,
+        table: PhysAddr,
+        level: usize,
+        addr: VirtAddr,
+        pa: PhysAddr,
+        whole: VaRange,
+    ) -> bool {
         let n = G::contiguous_entries(level);
         let span = G::level_size(level) * n as u64;
-        let first = G::index(va, level);
-        va & (span - 1) == 0
-            && pa & (span - 1) == 0
-            && va >= whole.start
-            && va.checked_add(span).is_some_and(|e| e <= whole.end)
+        let first = G::index(addr.as_u64(), level);
+        addr.is_aligned(span)
+            && pa.is_aligned(span)
+            && addr >= whole.start
+            && addr.checked_add(span).is_some_and(|e| e <= whole.end)
             && (first..first + n).all(|i| !self.read(table, i).is_valid())
     }
 
     /// Invalidates the TLB for kernel addresses `[start, end)` and counts it.
-    pub(super) fn flush_range(&mut self, start: u64, end: u64) {
-        self.stats.tlbi_ops += arch::tlb::flush_kernel_range(start, end, G::PAGE_SHIFT);
+    pub(super) fn flush_range(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.stats.tlbi_ops +=
+            arch::tlb::flush_kernel_range(start.as_u64(), end.as_u64(), G::PAGE_SHIFT);
     }
 
     /// Invalidates cached walks through a table about to be freed.
-    pub(super) fn flush_table(&mut self, va: u64) {
-        self.stats.tlbi_ops += arch::tlb::flush_kernel_pgtable(va, G::PAGE_SHIFT);
+    pub(super) fn flush_table(&mut self, addr: VirtAddr) {
+        self.stats.tlbi_ops += arch::tlb::flush_kernel_pgtable(addr.as_u64(), G::PAGE_SHIFT);
     }
 }

@@ -155,7 +155,7 @@ pub(super) fn partial_unmap_splits_a_contiguous_group<G: Granule>() {
     // Pages from an altmap, free_mapped=true: the freed pfns go back.
     let mut env = Env::<G>::new();
     let mut altmap = device_altmap::<G>(0);
-    let grp = altmap.alloc_pfns(n3).unwrap() << G::PAGE_SHIFT;
+    let grp = pfn_phys::<G>(altmap.alloc_pfns(n3).unwrap());
     env.map(
         VA0,
         VA0 + span3,
@@ -234,16 +234,16 @@ pub(super) fn partial_unmap_splits_a_contiguous_group<G: Granule>() {
 struct CheckingFrames<'a, G: Granule> {
     inner: &'a mut ArenaFrames,
     view: PageTable<ArenaTranslation, G>,
-    window: (u64, u64),
+    window: (VirtAddr, VirtAddr),
     frees: u64,
 }
 
 impl<G: Granule> FrameAllocator for CheckingFrames<'_, G> {
-    fn alloc_pages(&mut self, order: u32) -> Option<u64> {
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
         self.inner.alloc_pages(order)
     }
 
-    fn free_pages(&mut self, pa: u64, order: u32) {
+    fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         if let Err(e) = contiguous_consistent(&self.view, self.window.0, self.window.1) {
             panic!("page {pa:#x} freed while a contiguous group is inconsistent: {e}");
         }
@@ -251,7 +251,7 @@ impl<G: Granule> FrameAllocator for CheckingFrames<'_, G> {
         self.inner.free_pages(pa, order);
     }
 
-    fn is_reserved(&self, pa: u64) -> bool {
+    fn is_reserved(&self, pa: PhysAddr) -> bool {
         self.inner.is_reserved(pa)
     }
 }

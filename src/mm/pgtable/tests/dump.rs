@@ -36,9 +36,9 @@ pub(super) fn dump_tiles_the_range<G: Granule>() {
 
     // The very first entry mapped (no empty run may be printed before it).
     env.map(
-        PAGE_OFFSET,
-        PAGE_OFFSET + p,
-        0,
+        va(PAGE_OFFSET),
+        va(PAGE_OFFSET + p),
+        pa(0),
         Attributes::KERNEL_RW,
         MapHints::pages(),
     )
@@ -104,34 +104,34 @@ fn dump_matches_linux_arm64_ptdump() {
     let mut env = Env::<Granule4K>::new();
     let rw = Attributes::KERNEL_RW;
     env.map(
-        0xffff_0000_4000_0000,
-        0xffff_0000_4020_0000,
-        0x4000_0000,
+        va(0xffff_0000_4000_0000),
+        va(0xffff_0000_4020_0000),
+        pa(0x4000_0000),
         rw,
         MapHints::blocks(2 << 20),
     )
     .unwrap();
     env.map(
-        0xffff_0000_4020_0000,
-        0xffff_0000_4020_4000,
-        0x4020_0000,
+        va(0xffff_0000_4020_0000),
+        va(0xffff_0000_4020_4000),
+        pa(0x4020_0000),
         rw,
         MapHints::blocks(2 << 20),
     )
     .unwrap();
     let ro_cont = MapHints::pages().with_contiguous();
     env.map(
-        0xffff_0000_4021_0000,
-        0xffff_0000_4022_0000,
-        0x4021_0000,
+        va(0xffff_0000_4021_0000),
+        va(0xffff_0000_4022_0000),
+        pa(0x4021_0000),
         Attributes::KERNEL_RO,
         ro_cont,
     )
     .unwrap();
     env.map(
-        0xffff_0000_4022_0000,
-        0xffff_0000_4022_2000,
-        0x4022_0000,
+        va(0xffff_0000_4022_0000),
+        va(0xffff_0000_4022_2000),
+        pa(0x4022_0000),
         Attributes::KERNEL_ROX,
         ro_cont,
     )
@@ -160,26 +160,26 @@ fn dump_prints_every_marker_it_crosses() {
     env.map(
         VA0,
         VA0 + 0x1000,
-        0,
+        pa(0),
         Attributes::KERNEL_RW,
         MapHints::pages(),
     )
     .unwrap();
     let markers = [
         Marker {
-            addr: VA0 - (1 << 30),
+            addr: (VA0 - (1 << 30)).as_u64(),
             name: "a",
         },
         Marker {
-            addr: VA0,
+            addr: (VA0).as_u64(),
             name: "b",
         },
         Marker {
-            addr: VA0 + 0x1000,
+            addr: (VA0 + 0x1000).as_u64(),
             name: "c",
         },
         Marker {
-            addr: VA0 + (1 << 30),
+            addr: (VA0 + (1 << 30)).as_u64(),
             name: "d",
         },
     ];

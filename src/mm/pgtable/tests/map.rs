@@ -156,9 +156,9 @@ pub(super) fn misaligned_is_refused<G: Granule>() {
         // Misaligned and overlapping: alignment is checked first.
         (VA0 + h, VA0 + 2 * p, PA0),
         // Output beyond the 48 bits a descriptor holds.
-        (VA0 + 8 * p, VA0 + 16 * p, 1 << 48),
-        (VA0 + 8 * p, VA0 + 16 * p, (1 << 48) - 4 * p),
-        (VA0 + 8 * p, VA0 + 16 * p, !(p - 1)),
+        (VA0 + 8 * p, VA0 + 16 * p, pa(1 << 48)),
+        (VA0 + 8 * p, VA0 + 16 * p, pa((1 << 48) - 4 * p)),
+        (VA0 + 8 * p, VA0 + 16 * p, pa(!(p - 1))),
     ] {
         for hints in [
             MapHints::pages(),
@@ -177,12 +177,18 @@ pub(super) fn misaligned_is_refused<G: Granule>() {
     env.map(
         VA0 + 8 * p,
         VA0 + 16 * p,
-        (1 << 48) - 8 * p,
+        pa((1 << 48) - 8 * p),
         Attributes::KERNEL_RW,
         MapHints::pages(),
     )
     .unwrap();
-    assert_maps(&env, VA0 + 15 * p, (1 << 48) - p, 3, Attributes::KERNEL_RW);
+    assert_maps(
+        &env,
+        VA0 + 15 * p,
+        pa((1 << 48) - p),
+        3,
+        Attributes::KERNEL_RW,
+    );
 }
 
 pub(super) fn overlap_is_refused_and_changes_nothing<G: Granule>() {

@@ -12,25 +12,39 @@ mod unmap;
 use std::collections::BTreeMap;
 
 use self::{contiguous::*, dump::*, faults::*, map::*, model::*, unmap::*};
-use super::dump::Marker;
 use super::unmap::UnmapWarnings;
 use super::{Attributes, Descriptor, MapError, MapHints, PageTable, TableStats, VaRange};
 use crate::arch::tlb::MAX_TLBI_OPS;
+use crate::mm::addr::{Pfn, PhysAddr, VirtAddr};
 use crate::mm::altmap::VmemAltmap;
 use crate::mm::granule::{Granule, Granule16K, Granule4K, Granule64K};
-use crate::mm::layout::PAGE_OFFSET;
+use crate::mm::layout::{Marker, PAGE_OFFSET};
 use crate::mm::testing::{Arena, ArenaFrames, ArenaTranslation};
 
 /// Where arenas live: an unusual physical base, aligned to every block size.
-const ARENA_BASE: u64 = 0x8_4000_0000;
+const ARENA_BASE: PhysAddr = PhysAddr::new(0x8_4000_0000);
 /// A linear-map address aligned to 1 TiB (every block and group size but
 /// the 64K granule's 4 TiB level-1 entry).
-const VA0: u64 = PAGE_OFFSET + (1 << 40);
+const VA0: VirtAddr = VirtAddr::new(PAGE_OFFSET + (1 << 40));
 /// Output addresses of leaves not backed by the arena (the walker never
 /// touches leaf memory): aligned to 64 GiB, so to every group span.
-const PA0: u64 = 0x3000_0000_0000;
+const PA0: PhysAddr = PhysAddr::new(0x3000_0000_0000);
 /// Table pages the small arenas hold below and above the block area.
 const SPARE_PAGES: usize = 64;
+
+fn va(v: u64) -> VirtAddr {
+    VirtAddr::new(v)
+}
+
+fn pa(v: u64) -> PhysAddr {
+    PhysAddr::new(v)
+}
+
+/// The first byte of `pfn` in pages of `G` (altmaps in these tests count
+/// in the walker's pages, whatever the kernel's granule).
+fn pfn_phys<G: Granule>(pfn: Pfn) -> PhysAddr {
+    pa(pfn.as_u64() << G::PAGE_SHIFT)
+}
 
 fn page<G: Granule>() -> u64 {
     G::PAGE_SIZE
@@ -43,8 +57,8 @@ fn block<G: Granule>() -> u64 {
 
 /// Start of the second entry of the first level: crossing it needs new
 /// tables at every level.
-fn top_boundary<G: Granule>() -> u64 {
-    PAGE_OFFSET + G::level_size(G::START_LEVEL)
+fn top_boundary<G: Granule>() -> VirtAddr {
+    VirtAddr::new(PAGE_OFFSET + G::level_size(G::START_LEVEL))
 }
 
 /// TLBI ops one `flush_kernel_range` of `len` bytes issues.
@@ -82,8 +96,8 @@ struct Env<G: Granule> {
 struct Snapshot {
     stats: TableStats,
     in_use: usize,
-    allocations: Vec<(u64, u32)>,
-    tables: Vec<(usize, u64, Vec<u64>)>,
+    allocations: Vec<(PhysAddr, u32)>,
+    tables: Vec<(usize, PhysAddr, Vec<u64>)>,
     dump: String,
 }
 
@@ -111,9 +125,9 @@ impl<G: Granule> Env<G> {
 
     fn map(
         &mut self,
-        start: u64,
-        end: u64,
-        pa: u64,
+        start: VirtAddr,
+        end: VirtAddr,
+        pa: PhysAddr,
         attrs: Attributes,
         hints: MapHints,
     ) -> Result<(), MapError> {
@@ -121,7 +135,13 @@ impl<G: Granule> Env<G> {
             .map_range(VaRange::new(start, end), pa, attrs, hints, &mut self.frames)
     }
 
-    fn unmap(&mut self, start: u64, end: u64, free_mapped: bool, altmap: Option<&mut VmemAltmap>) {
+    fn unmap(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        free_mapped: bool,
+        altmap: Option<&mut VmemAltmap>,
+    ) {
         self.pt.unmap_hotplug_range(
             start,
             end,
@@ -133,9 +153,10 @@ impl<G: Granule> Env<G> {
     }
 
     /// `free_empty_tables` with the whole kernel half as floor and ceiling.
-    fn free_tables(&mut self, start: u64, end: u64) {
+    fn free_tables(&mut self, start: VirtAddr, end: VirtAddr) {
+        let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(0));
         self.pt
-            .free_empty_tables(start, end, PAGE_OFFSET, 0, &mut self.frames);
+            .free_empty_tables(start, end, floor, ceiling, &mut self.frames);
     }
 
     fn count_tables(&self) -> u64 {
@@ -144,7 +165,7 @@ impl<G: Granule> Env<G> {
         n
     }
 
-    fn leaves(&self, start: u64, end: u64) -> Vec<(u64, u64, usize, Descriptor)> {
+    fn leaves(&self, start: VirtAddr, end: VirtAddr) -> Vec<(VirtAddr, u64, usize, Descriptor)> {
         let mut v = Vec::new();
         self.pt
             .for_each_leaf(VaRange::new(start, end), |va, size, level, d| {
@@ -198,7 +219,7 @@ impl<G: Granule> Env<G> {
         }
     }
 
-    fn check_contiguous(&self, start: u64, end: u64) {
+    fn check_contiguous(&self, start: VirtAddr, end: VirtAddr) {
         if let Err(e) = contiguous_consistent(&self.pt, start, end) {
             panic!("{e}");
         }
@@ -210,14 +231,14 @@ impl<G: Granule> Env<G> {
 /// aligned block.
 fn contiguous_consistent<G: Granule>(
     pt: &PageTable<ArenaTranslation, G>,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
 ) -> Result<(), String> {
     let mut leaves = Vec::new();
     pt.for_each_leaf(VaRange::new(start, end), |va, size, level, d| {
         leaves.push((va, size, level, d))
     });
-    let by_va: BTreeMap<u64, (u64, usize, Descriptor)> = leaves
+    let by_va: BTreeMap<VirtAddr, (u64, usize, Descriptor)> = leaves
         .iter()
         .map(|&(va, size, level, d)| (va, (size, level, d)))
         .collect();
@@ -227,9 +248,9 @@ fn contiguous_consistent<G: Granule>(
         }
         let n = G::contiguous_entries(level) as u64;
         let span = size * n;
-        let group = va & !(span - 1);
-        let group_pa = d.output_address().wrapping_sub(va - group);
-        if group_pa & (span - 1) != 0 {
+        let group = va.align_down(span);
+        let group_pa = PhysAddr::new(d.output_address().as_u64().wrapping_sub(va - group));
+        if !group_pa.is_aligned(span) {
             return Err(std::format!("CONT leaf {va:#x}: output not group aligned"));
         }
         for i in 0..n {
@@ -256,7 +277,13 @@ fn contiguous_consistent<G: Granule>(
 }
 
 /// Asserts `va` translates to `pa` with a leaf at `level` carrying `attrs`.
-fn assert_maps<G: Granule>(env: &Env<G>, va: u64, pa: u64, level: usize, attrs: Attributes) {
+fn assert_maps<G: Granule>(
+    env: &Env<G>,
+    va: VirtAddr,
+    pa: PhysAddr,
+    level: usize,
+    attrs: Attributes,
+) {
     let (out, d, l) = env
         .pt
         .translate(va)
@@ -279,7 +306,8 @@ fn assert_maps<G: Granule>(env: &Env<G>, va: u64, pa: u64, level: usize, attrs: 
 /// An altmap over a device range outside the frame allocator, with an odd
 /// reserve so that a block allocation needs padding.
 fn device_altmap<G: Granule>(blocks: u64) -> VmemAltmap {
-    let base_pfn = PA0 >> G::PAGE_SHIFT;
+    // In pages of `G`, like the table the altmap backs.
+    let base_pfn = Pfn::new(PA0.as_u64() >> G::PAGE_SHIFT);
     let per_block = block::<G>() / page::<G>();
     let reserve = 3;
     // Room for the padding before a block and a few contiguous groups.

@@ -9,12 +9,12 @@ use super::*;
 /// What is mapped: extents `start -> (end, pa, attrs)`, disjoint.
 #[derive(Clone, Debug, Default)]
 struct Model {
-    ext: BTreeMap<u64, (u64, u64, Attributes)>,
+    ext: BTreeMap<VirtAddr, (VirtAddr, PhysAddr, Attributes)>,
 }
 
 impl Model {
     /// The lowest mapped address in `[s, e)`.
-    fn first_overlap(&self, s: u64, e: u64) -> Option<u64> {
+    fn first_overlap(&self, s: VirtAddr, e: VirtAddr) -> Option<VirtAddr> {
         if let Some((_, &(end, _, _))) = self.ext.range(..=s).next_back() {
             if end > s {
                 return Some(s);
@@ -23,17 +23,17 @@ impl Model {
         self.ext.range(s..e).next().map(|(&st, _)| st)
     }
 
-    fn lookup(&self, va: u64) -> Option<(u64, u64, u64, Attributes)> {
+    fn lookup(&self, va: VirtAddr) -> Option<(VirtAddr, VirtAddr, PhysAddr, Attributes)> {
         let (&st, &(end, pa, attrs)) = self.ext.range(..=va).next_back()?;
         (va < end).then_some((st, end, pa + (va - st), attrs))
     }
 
-    fn insert(&mut self, s: u64, e: u64, pa: u64, attrs: Attributes) {
+    fn insert(&mut self, s: VirtAddr, e: VirtAddr, pa: PhysAddr, attrs: Attributes) {
         assert!(self.first_overlap(s, e).is_none());
         self.ext.insert(s, (e, pa, attrs));
     }
 
-    fn remove(&mut self, s: u64, e: u64) {
+    fn remove(&mut self, s: VirtAddr, e: VirtAddr) {
         let hit: Vec<_> = self
             .ext
             .iter()
@@ -104,7 +104,7 @@ enum Op {
 
 /// The window a property runs in and the units its operations use.
 struct Shape {
-    window: (u64, u64),
+    window: (VirtAddr, VirtAddr),
     /// Map ranges are multiples of this, at multiples of it.
     map_unit: u64,
     /// Unmap ranges likewise: a leaf is never split.
@@ -161,7 +161,7 @@ fn check_model<G: Granule>(
             size
         );
         prop_assert_eq!(
-            d.output_address() & (size - 1),
+            d.output_address().as_u64() & (size - 1),
             0,
             "leaf {:#x}: output not aligned to its size",
             va
@@ -170,7 +170,7 @@ fn check_model<G: Granule>(
         prop_assert_eq!(d.attrs().leaf_attrs(), attrs.leaf_attrs());
     }
     prop_assert_eq!(total, model.total(), "bytes mapped");
-    let probe = |va: u64| -> Result<(), TestCaseError> {
+    let probe = |va: VirtAddr| -> Result<(), TestCaseError> {
         let got = env.pt.translate(va).map(|(pa, _, _)| pa);
         prop_assert_eq!(got, model.lookup(va).map(|m| m.2), "translate {:#x}", va);
         Ok(())

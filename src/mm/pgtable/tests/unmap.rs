@@ -152,13 +152,12 @@ pub(super) fn altmap_backing_goes_back_to_the_altmap<G: Granule>() {
     let mut env = Env::<G>::new();
     let p = page::<G>();
     let b = block::<G>();
-    let shift = G::PAGE_SHIFT;
     let mut altmap = device_altmap::<G>(1);
     let fresh = altmap.clone();
     let baseline = env.snapshot();
 
     for i in 0..5 {
-        let pa = altmap.alloc_pfns(1).unwrap() << shift;
+        let pa = pfn_phys::<G>(altmap.alloc_pfns(1).unwrap());
         env.map(
             VA0 + i * p,
             VA0 + (i + 1) * p,
@@ -168,8 +167,8 @@ pub(super) fn altmap_backing_goes_back_to_the_altmap<G: Granule>() {
         )
         .unwrap();
     }
-    let blk = altmap.alloc_pfns(b / p).unwrap() << shift;
-    assert_eq!(blk & (b - 1), 0);
+    let blk = pfn_phys::<G>(altmap.alloc_pfns(b / p).unwrap());
+    assert_eq!(blk.as_u64() & (b - 1), 0);
     env.map(
         VA0 + b,
         VA0 + 2 * b,
@@ -180,7 +179,7 @@ pub(super) fn altmap_backing_goes_back_to_the_altmap<G: Granule>() {
     .unwrap();
     // A contiguous group of pages too.
     let n3 = G::contiguous_entries(3) as u64;
-    let grp = altmap.alloc_pfns(n3).unwrap() << shift;
+    let grp = pfn_phys::<G>(altmap.alloc_pfns(n3).unwrap());
     let (gs, ge) = (VA0 + 2 * b, VA0 + 2 * b + n3 * p);
     env.map(
         gs,
@@ -228,7 +227,7 @@ pub(super) fn altmap_without_free_mapped_is_counted<G: Granule>() {
     env.map(
         VA0,
         VA0 + 4 * p,
-        first << G::PAGE_SHIFT,
+        pfn_phys::<G>(first),
         Attributes::KERNEL_RW,
         MapHints::pages(),
     )
@@ -293,7 +292,7 @@ pub(super) fn reserved_page_is_counted_not_freed<G: Granule>() {
     let mut altmap = device_altmap::<G>(0);
     let before = altmap.clone();
     free_hotplug_page_range::<G>(
-        altmap.base_pfn << G::PAGE_SHIFT,
+        pfn_phys::<G>(altmap.base_pfn),
         p,
         Some(&mut altmap),
         &mut env.frames,
@@ -325,7 +324,7 @@ pub(super) fn free_empty_tables_respects_floor_and_ceiling<G: Granule>() {
     let tables = env.pt.stats.tables;
     assert_eq!(tables, 1 + (3 - G::START_LEVEL) as u64);
     env.unmap(va, va + p, false, None);
-    let free = |env: &mut Env<G>, floor: u64, ceiling: u64| {
+    let free = |env: &mut Env<G>, floor: VirtAddr, ceiling: VirtAddr| {
         env.pt
             .free_empty_tables(va, va + p, floor, ceiling, &mut env.frames);
         env.check_tables(true);
@@ -333,7 +332,7 @@ pub(super) fn free_empty_tables_respects_floor_and_ceiling<G: Granule>() {
     };
     // The last-level table spans [y + b, y + 2b).
     assert_eq!(
-        free(&mut env, y + b + p, 0),
+        free(&mut env, y + b + p, VirtAddr::new(0)),
         tables,
         "span crosses the floor"
     );
@@ -348,9 +347,12 @@ pub(super) fn free_empty_tables_respects_floor_and_ceiling<G: Granule>() {
         "exactly the span"
     );
     // Its parent spans [y, y + level_size(1)).
-    assert_eq!(free(&mut env, y + b, 0), tables - 1);
+    assert_eq!(free(&mut env, y + b, VirtAddr::new(0)), tables - 1);
     assert_eq!(free(&mut env, y, y + G::level_size(1) - p), tables - 1);
     assert_eq!(free(&mut env, y, y + G::level_size(1)), tables - 2);
-    assert_eq!(free(&mut env, PAGE_OFFSET, 0), 1);
+    assert_eq!(
+        free(&mut env, VirtAddr::new(PAGE_OFFSET), VirtAddr::new(0)),
+        1
+    );
     assert_eq!(env.frames.in_use(), 1);
 }
