@@ -1,5 +1,8 @@
-//! The kernel log: a ring buffer read by `dmesg`, echoed to the console once
-//! one is registered.
+//! The kernel log: a ring buffer read by `dmesg`, each line stamped with
+//! Linux's `[    0.123456]` time since boot, and echoed (unstamped) to the
+//! console once one is registered, for levels below `loglevel=` as Linux
+//! does. The `log` facade lands here too, so messages of every crate
+//! (virtio-drivers' included) reach `dmesg`.
 
 use core::fmt::{self, Write};
 use spin::Mutex;
@@ -17,7 +20,10 @@ static LOG: Mutex<Ring> = Mutex::new(Ring {
     written: 0,
 });
 static SINK: Mutex<Option<fn(&str)>> = Mutex::new(None);
+/// Linux's `console_loglevel`: lines of a lower level are echoed.
 static LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(7);
+/// Time since boot in microseconds, once init provides a clock.
+static CLOCK: Mutex<Option<fn() -> u64>> = Mutex::new(None);
 
 impl Write for Ring {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -34,9 +40,61 @@ pub fn set_sink(sink: fn(&str)) {
     *SINK.lock() = Some(sink);
 }
 
-/// Lines above `level` (Linux's `loglevel=`) are kept but not echoed.
+/// Lines of `level` and above (Linux's `loglevel=`) are kept but not
+/// echoed. `log`'s trace messages are recorded only from `loglevel=9` on.
 pub fn set_console_level(level: u8) {
     LEVEL.store(level, core::sync::atomic::Ordering::Relaxed);
+    log::set_max_level(if level > TRACE {
+        log::LevelFilter::Trace
+    } else {
+        log::LevelFilter::Debug
+    });
+}
+
+/// The clock that stamps lines: microseconds since boot.
+pub fn set_clock(us_since_boot: fn() -> u64) {
+    *CLOCK.lock() = Some(us_since_boot);
+}
+
+/// Linux's levels for `log`'s (trace has none there: one past debug).
+const TRACE: u8 = 8;
+
+fn level_of(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug => 7,
+        log::Level::Trace => TRACE,
+    }
+}
+
+struct KernelLogger;
+
+impl log::Log for KernelLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let target = record.target();
+        let module = target.split("::").next().unwrap_or(target);
+        log(
+            level_of(record.level()),
+            format_args!("{module}: {}", record.args()),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: KernelLogger = KernelLogger;
+
+/// Makes the ring the `log` facade's logger (once; later calls do nothing).
+pub fn init() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
 }
 
 pub fn log(level: u8, args: fmt::Arguments) {
@@ -49,9 +107,11 @@ pub fn log(level: u8, args: fmt::Arguments) {
             self.0.write_str(s)
         }
     }
-    let echo = level <= LEVEL.load(core::sync::atomic::Ordering::Relaxed);
+    let echo = level < LEVEL.load(core::sync::atomic::Ordering::Relaxed);
     let sink = if echo { *SINK.lock() } else { None };
+    let us = CLOCK.lock().map_or(0, |clock| clock());
     let mut ring = LOG.lock();
+    let _ = write!(ring, "[{:5}.{:06}] ", us / 1_000_000, us % 1_000_000);
     let mut line = Line(&mut ring, sink);
     let _ = line.write_fmt(args);
     let _ = line.write_str("\n");
@@ -82,4 +142,61 @@ macro_rules! pr_warn {
 #[macro_export]
 macro_rules! pr_err {
     ($($arg:tt)*) => { $crate::log::log(3, format_args!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    fn ring_text() -> String {
+        let mut text = String::new();
+        for_each_chunk(|b| text.push_str(&String::from_utf8_lossy(b)));
+        text
+    }
+
+    /// The line of the ring that ends with `msg`.
+    fn line_with(msg: &str) -> Option<String> {
+        ring_text()
+            .lines()
+            .find(|l| l.ends_with(msg))
+            .map(String::from)
+    }
+
+    #[test]
+    fn every_log_level_reaches_the_ring_with_a_timestamp() {
+        init();
+        set_clock(|| 12_345_678);
+        log::set_max_level(log::LevelFilter::Trace);
+        let stamped = |msg: &str| {
+            let line = line_with(msg).unwrap_or_else(|| panic!("{msg:?} not in the ring"));
+            assert!(line.starts_with("[   12.345678] "), "{line:?}");
+            // `log` records carry their crate's name, as Linux's pr_fmt does.
+            if msg.contains(" pr_") {
+                assert!(line.ends_with(&alloc::format!("] {msg}")), "{line:?}");
+            } else {
+                assert!(line.ends_with(&alloc::format!("] hpk: {msg}")), "{line:?}");
+            }
+        };
+        log::error!("ring test error 4c1");
+        stamped("ring test error 4c1");
+        log::warn!("ring test warn 4c1");
+        stamped("ring test warn 4c1");
+        log::info!("ring test info 4c1");
+        stamped("ring test info 4c1");
+        log::debug!("ring test debug 4c1");
+        stamped("ring test debug 4c1");
+        log::trace!("ring test trace 4c1");
+        stamped("ring test trace 4c1");
+        crate::pr_info!("ring test pr_info 4c1");
+        stamped("ring test pr_info 4c1");
+    }
+
+    #[test]
+    fn levels_map_to_linux() {
+        assert_eq!(level_of(log::Level::Error), 3);
+        assert_eq!(level_of(log::Level::Warn), 4);
+        assert_eq!(level_of(log::Level::Info), 6);
+        assert_eq!(level_of(log::Level::Debug), 7);
+    }
 }

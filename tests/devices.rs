@@ -647,7 +647,7 @@ fn virtio_mem_follows_requests(name: &str, machine: &str) {
         ));
     }
     let dmesg = ok(&mut r.q, "dmesg");
-    let reported = dmesg.lines().any(|l| {
+    let reported = r.q.parse_dmesg(&dmesg).iter().any(|l| {
         l.strip_prefix("virtio_mem: ")
             .and_then(parse_busy)
             .is_some_and(|b| b == (busy_mib, busy_ids.clone()))

@@ -62,6 +62,11 @@ impl KernelImage {
     }
 }
 
+/// The generic timer counts from reset: close enough to Linux's "since boot".
+fn us_since_boot() -> u64 {
+    (cpu::counter() as u128 * 1_000_000 / cpu::counter_freq() as u128) as u64
+}
+
 /// What the later phases start from.
 pub struct Boot {
     pub platform: Platform,
@@ -102,6 +107,8 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
         pl011::init(uart.base.as_u64() as usize);
     }
     crate::log::set_sink(pl011::write_bytes_str);
+    crate::log::set_clock(us_since_boot);
+    crate::log::init();
     if let Some(conduit) = platform.psci {
         psci::init(conduit);
     }

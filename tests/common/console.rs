@@ -76,6 +76,39 @@ impl Qemu {
         out
     }
 
+    /// `dmesg`, each line without its `[    0.123456] ` stamp. Fails unless
+    /// every line has one, in Linux's format, and time never goes back.
+    #[track_caller]
+    pub fn dmesg(&mut self) -> Vec<String> {
+        let text = self.run_ok("dmesg");
+        self.parse_dmesg(&text)
+    }
+
+    /// The lines of `dmesg` output `text` without their stamps; see [`dmesg`].
+    ///
+    /// [`dmesg`]: Self::dmesg
+    #[track_caller]
+    pub fn parse_dmesg(&mut self, text: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut last = 0.0;
+        for d in text.lines() {
+            let stamp = d
+                .strip_prefix('[')
+                .and_then(|r| r.split_once("] "))
+                .filter(|(t, _)| t.len() == 12 && t.as_bytes()[5] == b'.')
+                .and_then(|(t, rest)| Some((t.trim_start().parse::<f64>().ok()?, rest)));
+            let Some((t, rest)) = stamp else {
+                self.fail(&format!("dmesg line {d:?} has no [%5u.%06u] timestamp"));
+            };
+            if t < last {
+                self.fail(&format!("dmesg time goes back at {d:?}"));
+            }
+            last = t;
+            lines.push(rest.to_string());
+        }
+        lines
+    }
+
     /// Checks that `out` (a command's answer) is exactly one line
     /// `error: <errno>: <message>`; returns the message.
     #[track_caller]

@@ -89,11 +89,8 @@ fn probed(r: ProbeResult) -> Result<u64, FaultInfo> {
 }
 
 fn read_esr_far() -> (u64, u64) {
-    let (esr, far): (u64, u64);
-    unsafe {
-        core::arch::asm!("mrs {}, esr_el1", "mrs {}, far_el1", out(reg) esr, out(reg) far, options(nostack));
-    }
-    (esr, far)
+    use aarch64_cpu::registers::{Readable, ESR_EL1, FAR_EL1};
+    (ESR_EL1.get(), FAR_EL1.get())
 }
 
 const KINDS: [&str; 4] = ["Synchronous", "IRQ", "FIQ", "SError"];

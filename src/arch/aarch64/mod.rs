@@ -1,26 +1,33 @@
-//! What only runs on the CPU: instructions and system registers.
+//! What only runs on the CPU: instructions and system registers, through
+//! `aarch64-cpu` wherever it has them; `asm!` only for what it lacks (TLBI,
+//! DC, the paired struct-page store).
 
 pub mod exception;
 pub mod smp;
 
-use core::arch::asm;
+use aarch64_cpu::asm::barrier::{self, dsb, isb};
+use aarch64_cpu::registers::*;
 
 pub mod insn {
+    use aarch64_cpu::asm::barrier::{self, dsb, isb};
     use core::arch::asm;
 
     #[inline(always)]
     pub fn dsb_ishst() {
-        unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) }
+        dsb(barrier::ISHST);
     }
 
     #[inline(always)]
     pub fn dsb_ish_isb() {
-        unsafe { asm!("dsb ish", "isb", options(nostack, preserves_flags)) }
+        dsb(barrier::ISH);
+        isb(barrier::SY);
     }
 
     /// The TLBI address operand is VA[55:12] whatever the granule.
     #[inline(always)]
     pub fn tlbi_vaale1is(va: u64) {
+        // SAFETY: invalidating TLB entries only makes later walks read the
+        // tables again; it cannot break memory safety.
         unsafe {
             asm!("tlbi vaale1is, {}", in(reg) (va >> 12) & ((1 << 44) - 1), options(nostack, preserves_flags))
         }
@@ -28,6 +35,7 @@ pub mod insn {
 
     #[inline(always)]
     pub fn tlbi_vaae1is(va: u64) {
+        // SAFETY: as above; this one also drops walk-cache entries.
         unsafe {
             asm!("tlbi vaae1is, {}", in(reg) (va >> 12) & ((1 << 44) - 1), options(nostack, preserves_flags))
         }
@@ -35,7 +43,22 @@ pub mod insn {
 
     #[inline(always)]
     pub fn tlbi_vmalle1is() {
+        // SAFETY: as above, for every entry of EL1 on every CPU.
         unsafe { asm!("tlbi vmalle1is", options(nostack, preserves_flags)) }
+    }
+
+    /// Invalidates this CPU's own EL1 TLB entries.
+    #[inline(always)]
+    pub fn tlbi_vmalle1() {
+        // SAFETY: as above, for this CPU only.
+        unsafe { asm!("tlbi vmalle1", options(nostack, preserves_flags)) }
+    }
+
+    /// Cleans the data cache line holding `va` to the point of coherency.
+    #[inline(always)]
+    pub fn dc_cvac(va: u64) {
+        // SAFETY: cleaning writes dirty lines back; contents are unchanged.
+        unsafe { asm!("dc cvac, {}", in(reg) va, options(nostack, preserves_flags)) }
     }
 }
 
@@ -43,49 +66,33 @@ pub mod insn {
 /// running image at the same addresses, so no break-before-make is needed
 /// beyond invalidating everything cached from the old one.
 pub fn switch_kernel_table(root: u64) {
-    unsafe {
-        asm!(
-            "dsb ishst",
-            "msr ttbr1_el1, {}",
-            "isb",
-            "tlbi vmalle1",
-            "dsb nsh",
-            "isb",
-            in(reg) root,
-            options(nostack)
-        )
-    }
+    dsb(barrier::ISHST);
+    TTBR1_EL1.set(root);
+    isb(barrier::SY);
+    insn::tlbi_vmalle1();
+    dsb(barrier::NSH);
+    isb(barrier::SY);
 }
 
 /// Drops the boot identity map: walks through TTBR0 fault from now on.
 pub fn disable_user_table() {
-    unsafe {
-        asm!(
-            "mrs {t}, tcr_el1",
-            "orr {t}, {t}, #(1 << 7)",   // EPD0
-            "msr tcr_el1, {t}",
-            "msr ttbr0_el1, xzr",
-            "isb",
-            "tlbi vmalle1",
-            "dsb nsh",
-            "isb",
-            t = out(reg) _,
-            options(nostack)
-        )
-    }
+    TCR_EL1.modify(TCR_EL1::EPD0::DisableTTBR0Walks);
+    TTBR0_EL1.set(0);
+    isb(barrier::SY);
+    insn::tlbi_vmalle1();
+    dsb(barrier::NSH);
+    isb(barrier::SY);
 }
 
-/// The generic timer's count and frequency.
+/// The generic timer's count (ordered after earlier instructions).
 pub fn counter() -> u64 {
-    let v: u64;
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack)) };
-    v
+    isb(barrier::SY);
+    CNTVCT_EL0.get()
 }
 
+/// The generic timer's frequency, in ticks per second.
 pub fn counter_freq() -> u64 {
-    let v: u64;
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nostack)) };
-    v
+    CNTFRQ_EL0.get()
 }
 
 /// The virtual timer's interrupt (a PPI) on QEMU virt and every GIC system.
@@ -93,19 +100,17 @@ pub const TIMER_INTID: u32 = 27;
 
 /// Makes the virtual timer fire (level, to wake `wfi`) in `ms` milliseconds.
 pub fn arm_timer(ms: u64) {
-    let ticks = ms * counter_freq() / 1000;
-    unsafe {
-        asm!("msr cntv_tval_el0, {}", "mov {t}, #1", "msr cntv_ctl_el0, {t}", "isb", in(reg) ticks, t = out(reg) _)
-    }
+    CNTV_TVAL_EL0.set(ms * counter_freq() / 1000);
+    CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::SET);
+    isb(barrier::SY);
 }
 
 /// Whether the armed timer has fired; firing disarms it (drops the line).
 pub fn timer_fired() -> bool {
-    let ctl: u64;
-    unsafe { asm!("mrs {}, cntv_ctl_el0", out(reg) ctl) };
-    let fired = ctl & 0b101 == 0b101;
+    let fired = CNTV_CTL_EL0.matches_all(CNTV_CTL_EL0::ENABLE::SET + CNTV_CTL_EL0::ISTATUS::SET);
     if fired {
-        unsafe { asm!("msr cntv_ctl_el0, xzr", "isb") };
+        CNTV_CTL_EL0.set(0);
+        isb(barrier::SY);
     }
     fired
 }
@@ -113,11 +118,13 @@ pub fn timer_fired() -> bool {
 /// Sleeps until an interrupt is pending. IRQs stay masked: the kernel
 /// polls, and a pending interrupt ends `wfi` all the same.
 pub fn wait_for_interrupt() {
-    unsafe { asm!("wfi", options(nostack)) }
+    aarch64_cpu::asm::wfi();
 }
 
+/// Masks every exception and sleeps for good.
 pub fn halt() -> ! {
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
     loop {
-        unsafe { asm!("msr daifset, #0xf", "wfi", options(nostack)) }
+        aarch64_cpu::asm::wfi();
     }
 }

@@ -70,10 +70,10 @@ pub fn set_wakeup(w: &'static dyn Wakeup) {
 fn clean_to_poc(va: u64, len: u64) {
     let mut line = va & !63;
     while line < va + len {
-        unsafe { core::arch::asm!("dc cvac, {}", in(reg) line) };
+        super::insn::dc_cvac(line);
         line += 64;
     }
-    unsafe { core::arch::asm!("dsb sy") };
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
 }
 
 /// Starts CPU `cpu` with `boot` (at `boot_pa`) through `cpu_on` (the
