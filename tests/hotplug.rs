@@ -1181,6 +1181,17 @@ fn every_bad_request_is_refused_and_changes_nothing() {
 
     // state and parameters
     refused(q, &echo("offline", &state_path(first)), "EBUSY");
+    // The last boot block is all free pages, yet boot memory is never
+    // offlined (arm64 Linux's prevent_bootmem_remove_notifier).
+    let msg = refused(q, &echo("offline", &state_path(id(boot_last))), "EBUSY");
+    if !msg.contains("boot memory") {
+        q.fail(&format!("offlining boot memory: {msg:?}"));
+    }
+    refused(
+        q,
+        &echo("0", &format!("{MEM}/memory{}/online", id(boot_last))),
+        "EBUSY",
+    );
     refused(q, &echo("online", &state_path(first)), "EINVAL");
     refused(q, &echo("online_movable", &state_path(first)), "EINVAL");
     refused(q, &echo("bogus", &state_path(first)), "EINVAL");

@@ -20,8 +20,6 @@
 pub mod line;
 pub mod shell;
 
-// Kept while the mm tests move (issue 8); the error lives in crate::error.
-pub use crate::error::{Errno, Error, Result};
 pub use line::{Event, LineEditor, MAX_LINE};
 pub use shell::{execute, normalize_path, parse, run, Command, System};
 

@@ -387,8 +387,23 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
+    /// arm64 Linux refuses to offline boot memory
+    /// (`prevent_bootmem_remove_notifier`): it can never be removed, so an
+    /// offline would only strand it. `EBUSY` as there; the one error line
+    /// says what Linux logs.
+    fn refuse_boot_offline(id: u64) -> Error {
+        let r = block_range(id);
+        err!(
+            EBUSY,
+            "memory{id}: boot memory [{:#x}-{:#x}] cannot be offlined",
+            r.base,
+            r.end() - 1
+        )
+    }
+
     /// Takes an online block's pages back from the buddy allocator; `EBUSY`,
-    /// with nothing changed, while any of them is in use.
+    /// with nothing changed, while any of them is in use or the block is
+    /// boot memory.
     pub fn offline_block(&mut self, id: u64) -> core::result::Result<(), OfflineError> {
         let block = self
             .blocks
@@ -396,6 +411,9 @@ impl<T: Translation> MemorySystem<T> {
             .ok_or_else(|| err!(ENOENT, "memory{id} is not present"))?;
         if block.state == BlockState::Offline {
             return Err(err!(EINVAL, "memory{id} is offline already").into());
+        }
+        if block.boot {
+            return Err(Self::refuse_boot_offline(id).into());
         }
         let (spfn, epfn) = block_pfns(id);
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
@@ -425,6 +443,7 @@ impl<T: Translation> MemorySystem<T> {
             Some(b) if b.state == BlockState::Offline => {
                 bail!(EINVAL, "memory{id} is offline already")
             }
+            Some(b) if b.boot => return Err(Self::refuse_boot_offline(id)),
             Some(_) => {}
         }
         let (spfn, epfn) = block_pfns(id);

@@ -157,3 +157,18 @@ fn misaligned_device_memory_is_refused() {
     );
     assert_same("misaligned devmem", &snap(&fx.mm), &before);
 }
+
+/// arm64 Linux refuses to offline boot memory, busy or not, and so does
+/// this kernel; nothing changes.
+#[test]
+fn boot_memory_is_never_offlined() {
+    let mut fx = boot();
+    let before = snap(&fx.mm);
+    let e: crate::error::Error = fx.mm.offline_block(BOOT).unwrap_err().into();
+    assert_eq!(e.errno, Errno::EBUSY);
+    assert!(e.msg.contains("boot memory"), "{e}");
+    let e = fx.mm.offline_begin(BOOT).unwrap_err();
+    assert_eq!(e.errno, Errno::EBUSY);
+    assert!(e.msg.contains("boot memory"), "{e}");
+    assert_same("boot offline", &snap(&fx.mm), &before);
+}
