@@ -1,6 +1,7 @@
 //! The seam between the portable mm core and the CPU. Off target (host
 //! tests) every instruction is a no-op, but the decisions, and so the
-//! counts of TLB invalidations, are the same.
+//! counts of TLB invalidations, are the same; and [`trace`] checks their
+//! order: no page is freed while a TLB may still reach it.
 
 #[cfg(target_os = "none")]
 pub mod aarch64;
@@ -11,11 +12,123 @@ use aarch64::insn;
 
 #[cfg(not(target_os = "none"))]
 mod insn {
+    use super::trace::{record, Flush};
+
     pub fn dsb_ishst() {}
     pub fn dsb_ish_isb() {}
-    pub fn tlbi_vaale1is(_va: u64) {}
-    pub fn tlbi_vaae1is(_va: u64) {}
-    pub fn tlbi_vmalle1is() {}
+    pub fn tlbi_vaale1is(va: u64) {
+        record(Flush::LastLevel(va));
+    }
+    pub fn tlbi_vaae1is(va: u64) {
+        record(Flush::AllLevels(va));
+    }
+    pub fn tlbi_vmalle1is() {
+        record(Flush::All);
+    }
+}
+
+/// Break-before-make bookkeeping: the walker reports each descriptor it
+/// clears, the TLB seam each invalidation, and every free of a page asks
+/// whether a cleared descriptor that reached it is still unflushed. On the
+/// target all of it compiles away; on the host an unflushed free panics, so
+/// "invalidate before free" is asserted by every test that frees a page.
+pub mod trace {
+    /// What a cleared descriptor pointed at.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Cleared {
+        /// A leaf: a TLB entry for any VA in its span may map the output.
+        Leaf,
+        /// A table: walk caches for its span may still point into it, and
+        /// only an all-levels invalidation drops them.
+        Table,
+    }
+
+    /// One TLBI, by what it drops.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Flush {
+        /// `TLBI VAALE1IS`: last-level entries for one VA.
+        LastLevel(u64),
+        /// `TLBI VAAE1IS`: every level's entries for one VA.
+        AllLevels(u64),
+        /// `TLBI VMALLE1IS`: everything.
+        All,
+    }
+
+    #[cfg(test)]
+    pub use host::{check_free, cleared, record};
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn cleared(_va: u64, _span: u64, _out: u64, _out_len: u64, _kind: Cleared) {}
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn record(_f: Flush) {}
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn check_free(_pa: u64, _len: u64) {}
+
+    #[cfg(test)]
+    mod host {
+        use super::{Cleared, Flush};
+        use std::cell::RefCell;
+
+        /// A descriptor cleared and not yet flushed.
+        struct Pending {
+            va: u64,
+            span: u64,
+            out: u64,
+            out_len: u64,
+            kind: Cleared,
+        }
+
+        std::thread_local! {
+            static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+        }
+
+        pub fn cleared(va: u64, span: u64, out: u64, out_len: u64, kind: Cleared) {
+            PENDING.with(|p| {
+                p.borrow_mut().push(Pending {
+                    va,
+                    span,
+                    out,
+                    out_len,
+                    kind,
+                })
+            });
+        }
+
+        pub fn record(f: Flush) {
+            PENDING.with(|p| {
+                p.borrow_mut().retain(|c| {
+                    let inside = |va: u64| c.va <= va && va - c.va < c.span;
+                    let dropped = match f {
+                        Flush::All => true,
+                        Flush::AllLevels(va) => inside(va),
+                        Flush::LastLevel(va) => c.kind == Cleared::Leaf && inside(va),
+                    };
+                    !dropped
+                })
+            });
+        }
+
+        pub fn check_free(pa: u64, len: u64) {
+            PENDING.with(|p| {
+                if let Some(c) = p
+                    .borrow()
+                    .iter()
+                    .find(|c| c.out < pa + len && pa < c.out + c.out_len)
+                {
+                    panic!(
+                        "page {pa:#x}+{len:#x} freed while a cleared {:?} descriptor for \
+                         {:#x}+{:#x} (output {:#x}) has not been invalidated",
+                        c.kind, c.va, c.span, c.out
+                    );
+                }
+            });
+        }
+    }
 }
 
 /// Stores 64 bytes as four register pairs: how the memmap is written. LLVM

@@ -49,7 +49,7 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
         mm.warnings(),
         mm.buddy().stats(),
     );
-    let rows: [(&str, u64); 15] = [
+    let rows: [(&str, u64); 16] = [
         ("nr_free_pages", mm.buddy().nr_free_total()),
         ("nr_page_table_pages", s.tables),
         ("memory_hotplug_add", e.hotplug_add),
@@ -64,6 +64,7 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
         ("altmap_without_free_mapped", w.altmap_without_free_mapped),
         ("hotplug_reserved_page_free", w.reserved_page_freed),
         ("altmap_bad_free", w.altmap_bad_free),
+        ("hotplug_partial_leaf_unmap", w.partial_leaf),
         ("buddy_bad_free", b.bad_frees),
     ];
     for (name, v) in rows {

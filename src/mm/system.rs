@@ -119,6 +119,7 @@ impl FrameAllocator for Frames<'_> {
     }
 
     fn free_pages(&mut self, pa: PhysAddr, order: u32) {
+        crate::arch::trace::check_free(pa.as_u64(), PAGE_SIZE << order);
         self.buddy.free_pages(pa, order)
     }
 

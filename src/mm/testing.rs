@@ -436,6 +436,8 @@ impl FrameAllocator for ArenaFrames {
 
     fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         let size = 1u64 << (self.page_shift + order);
+        // Break-before-make: nothing cleared that reached it is unflushed.
+        crate::arch::trace::check_free(pa.as_u64(), size);
         assert!(
             pa.is_aligned(size),
             "free_pages({pa:#x}, {order}): misaligned"

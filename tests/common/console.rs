@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 pub const PROMPT: &str = "# ";
 
 /// The `/proc/vmstat` counters that report misuse; they must stay 0.
-pub const MISUSE_COUNTERS: [&str; 4] = [
+pub const MISUSE_COUNTERS: [&str; 5] = [
     "altmap_without_free_mapped",
     "hotplug_reserved_page_free",
     "altmap_bad_free",
+    "hotplug_partial_leaf_unmap",
     "buddy_bad_free",
 ];
 

@@ -194,6 +194,24 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         unsafe { self.trans.table_va(table).add(index).write_volatile(d) }
     }
 
+    /// Clears entry `index` of `table` (at `level`, covering `addr`) and
+    /// reports what it pointed at, so that a free before the invalidation
+    /// is caught (`arch::trace`).
+    pub(super) fn clear(&mut self, table: PhysAddr, index: usize, level: usize, addr: VirtAddr) {
+        let old = self.read(table, index);
+        self.write(table, index, Descriptor::EMPTY);
+        if old.is_valid() {
+            let span = G::level_size(level);
+            let (kind, out_len) = if old.is_table(level) {
+                (arch::trace::Cleared::Table, G::PAGE_SIZE)
+            } else {
+                (arch::trace::Cleared::Leaf, span)
+            };
+            let out = old.output_address().as_u64();
+            arch::trace::cleared(addr.align_down(span).as_u64(), span, out, out_len, kind);
+        }
+    }
+
     fn zero_table(&mut self, table: PhysAddr) {
         for i in 0..G::ENTRIES {
             self.write(table, i, Descriptor::EMPTY);

@@ -346,6 +346,7 @@ for_each_granule!(
     reserved_page_is_counted_not_freed,
     free_empty_tables_respects_floor_and_ceiling,
     partial_unmap_splits_a_contiguous_group,
+    partial_leaf_is_refused_and_counted,
     free_mapped_unfolds_contiguous_groups_before_freeing,
     dump_tiles_the_range,
     property_pages,

@@ -356,3 +356,37 @@ pub(super) fn free_empty_tables_respects_floor_and_ceiling<G: Granule>() {
     );
     assert_eq!(env.frames.in_use(), 1);
 }
+
+/// A range that covers part of a block leaf must not clear (and free) the
+/// whole block: refused in release builds too, counted, nothing changed.
+pub(super) fn partial_leaf_is_refused_and_counted<G: Granule>() {
+    let mut env = Env::<G>::new();
+    let (p, b) = (page::<G>(), block::<G>());
+    let start = VA0 + 4 * b;
+    env.map(
+        start,
+        start + b,
+        PA0,
+        Attributes::KERNEL_RW,
+        MapHints::blocks(b),
+    )
+    .unwrap();
+    assert_eq!(env.leaves(start, start + b).len(), 1);
+    let before = env.snapshot();
+    for (s, e) in [
+        (start, start + p),
+        (start + p, start + b),
+        (start + b / 2, start + b),
+    ] {
+        env.unmap(s, e, true, None);
+        env.unmap(s, e, false, None);
+    }
+    assert_eq!(env.w.partial_leaf, 6);
+    assert_eq!(env.pt.translate(start + p).map(|t| t.0), Some(PA0 + p));
+    let after = env.snapshot();
+    assert_eq!(after.in_use, before.in_use);
+    assert_eq!(after.allocations, before.allocations);
+    env.unmap(start, start + b, false, None);
+    assert_eq!(env.w.partial_leaf, 6);
+    assert!(env.leaves(start, start + b).is_empty());
+}
