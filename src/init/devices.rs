@@ -10,7 +10,7 @@ use crate::console::{Console, Io};
 use crate::drivers::gic;
 use crate::drivers::virtio_hal::{register_mmio, KernelHal};
 use crate::drivers::virtio_mem::pci::VirtioMemDevice;
-use crate::drivers::virtio_mem::VirtioMem;
+use crate::drivers::virtio_mem::{self, MemDevice, VirtioMem};
 use crate::mm::addr::{PhysAddr, PhysRange, VirtAddr};
 use crate::mm::global::with_mm;
 use crate::platform::pci::PciHost;
@@ -19,38 +19,62 @@ use virtio_drivers::transport::pci::bus::{Cam, MmioCam, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceType, Transport};
 
-/// How soon the virtio-mem driver retries blocks it could not unplug.
-const VIRTIO_MEM_RETRY_MS: u64 = 1000;
-
 type VirtioMemPci = VirtioMem<VirtioMemDevice<PciTransport>>;
+
+/// A virtio-mem device and when its driver wants to run again.
+struct VirtioMemSlot {
+    vm: VirtioMemPci,
+    /// Generic-timer count at which to retry; `None`: only on its
+    /// config-change interrupt.
+    retry_at: Option<u64>,
+}
+
+impl VirtioMemSlot {
+    /// Runs the driver's step and schedules its retry.
+    fn step(&mut self) {
+        let retry = with_mm(|mm| self.vm.step(mm)).unwrap_or_else(|e| {
+            pr_warn!("{e}");
+            Some(virtio_mem::RETRY_MAX_MS)
+        });
+        self.retry_at = retry.map(|ms| cpu::counter() + ms * cpu::counter_freq() / 1000);
+    }
+}
 
 /// The drivers that have work to do after boot.
 #[derive(Default)]
 pub struct Devices {
-    virtio_mem: Vec<VirtioMemPci>,
+    virtio_mem: Vec<VirtioMemSlot>,
 }
 
 impl Devices {
-    /// Lets each driver follow its device (a config change, or the retry
-    /// timer); whether any did work. Their log lines interrupt the console.
+    /// Lets each driver follow its device (its config change, or its retry
+    /// time); whether any did work. Their log lines interrupt the console.
     pub fn poll<I: Io>(&mut self, console: &mut Console<I>) -> bool {
-        let tick = cpu::timer_fired();
+        let fired = cpu::timer_fired();
+        let now = cpu::counter();
         let mut worked = false;
-        for vm in &mut self.virtio_mem {
-            if !vm.device().interrupt() && !tick {
+        for slot in &mut self.virtio_mem {
+            let due = slot.retry_at.is_some_and(|t| now >= t);
+            // Read (and acknowledged) every time: lines may be shared.
+            if !slot.vm.device().interrupt() && !due {
                 continue;
             }
             worked = true;
-            let done = console.interrupted(|| {
-                with_mm(|mm| vm.step(mm))
-                    .and_then(|r| r)
-                    .inspect_err(|e| pr_warn!("{e}"))
-            });
-            if done == Ok(false) {
-                cpu::arm_timer(VIRTIO_MEM_RETRY_MS);
-            }
+            console.interrupted(|| slot.step());
+        }
+        if worked || fired {
+            self.arm_retry_timer();
         }
         worked
+    }
+
+    /// One timer for every device: armed for the earliest retry.
+    fn arm_retry_timer(&self) {
+        let now = cpu::counter();
+        if let Some(t) = self.virtio_mem.iter().filter_map(|s| s.retry_at).min() {
+            let ms = (t.saturating_sub(now) * 1000).div_ceil(cpu::counter_freq());
+            cpu::arm_timer(ms.max(1));
+        }
     }
 }
 
@@ -92,7 +116,7 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
                     pr_warn!("pci {}: not a virtio device after all", dev.df);
                     continue;
                 };
-                if transport.device_type() != DeviceType::Memory || !devices.virtio_mem.is_empty() {
+                if transport.device_type() != DeviceType::Memory {
                     pr_info!(
                         "pci {}: virtio {:?}: no driver",
                         dev.df,
@@ -100,14 +124,25 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
                     );
                     continue;
                 }
+                // Each device has its own region, state and interrupt.
                 match VirtioMemDevice::new(transport).and_then(VirtioMem::new) {
                     Ok(vm) => {
                         if let (Some(gic), Some(intid)) = (gic::get(), dev.intx) {
                             gic.enable_spi(intid);
                             gic.enable_private(0, cpu::TIMER_INTID);
-                            pr_info!("virtio_mem: config changes interrupt on INTx {intid}");
+                            pr_info!(
+                                "virtio_mem {}: config changes interrupt on INTx {intid}",
+                                dev.df
+                            );
                         }
-                        devices.virtio_mem.push(vm);
+                        let slot = VirtioMemSlot { vm, retry_at: None };
+                        if devices.virtio_mem.try_reserve(1).is_ok() {
+                            devices.virtio_mem.push(slot);
+                        } else {
+                            pr_warn!("pci {}: no memory for another virtio-mem device", dev.df);
+                            let mut slot = slot;
+                            slot.vm.device().fail();
+                        }
                     }
                     Err(e) => pr_warn!("{e}"),
                 }
@@ -115,12 +150,9 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
             _ => {}
         }
     }
-    for vm in &mut devices.virtio_mem {
-        if vm.unsatisfied() {
-            if let Err(e) = with_mm(|mm| vm.step(mm)).and_then(|r| r) {
-                pr_warn!("{e}");
-            }
-        }
+    for slot in devices.virtio_mem.iter_mut().filter(|s| s.vm.unsatisfied()) {
+        slot.step();
     }
+    devices.arm_retry_timer();
     devices
 }

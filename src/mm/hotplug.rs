@@ -10,7 +10,7 @@ use super::layout::*;
 use super::page::{PageFlags, Zone};
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
 use super::system::{
-    block_id, block_pfns, block_range, BlockState, DevMapKind, MemoryBlock, MemorySystem,
+    block_id, block_pfns, block_range, BlockState, DevMapKind, MemoryBlock, MemorySystem, PlugMask,
 };
 use super::vmemmap::{vmemmap_free, vmemmap_populate};
 use crate::error::{Error, Result};
@@ -141,15 +141,17 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Linux's `add_memory_driver_managed`: memory a driver plugged (the
     /// region is the driver's, not held back RAM), shown in `/proc/iomem`
-    /// as `resource`; only the driver may remove it.
+    /// as `resource`; only the driver may remove it. Every block of the
+    /// range starts with `plugged` as the parts its device has plugged.
     pub fn add_memory_driver_managed(
         &mut self,
         start: PhysAddr,
         size: u64,
         resource: &'static str,
+        plugged: PlugMask,
     ) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
-        self.add_memory_blocks(first, last, resource, Some(resource))
+        self.add_memory_blocks(first, last, resource, Some((resource, plugged)))
     }
 
     /// Whole blocks, not device memory, none present.
@@ -178,7 +180,7 @@ impl<T: Translation> MemorySystem<T> {
         first: u64,
         last: u64,
         resource: &'static str,
-        owner: Option<&'static str>,
+        owner: Option<(&'static str, PlugMask)>,
     ) -> Result<()> {
         for id in first..last {
             if let Err(e) = self.add_memory_block(id, resource, owner) {
@@ -202,12 +204,13 @@ impl<T: Translation> MemorySystem<T> {
         &mut self,
         id: u64,
         resource: &'static str,
-        owner: Option<&'static str>,
+        owner: Option<(&'static str, PlugMask)>,
     ) -> Result<()> {
         let (spfn, epfn) = block_pfns(id);
         let range = block_range(id);
-        let mut altmap = self
-            .memmap_on_memory
+        let plugged = owner.map(|(_, m)| m);
+        let hosts_memmap = plugged.is_none_or(Self::hosts_memmap);
+        let mut altmap = (self.memmap_on_memory && hosts_memmap)
             .then(|| VmemAltmap::new(spfn, epfn, 0, vmemmap_pages_per_block()));
         self.arch_add_memory(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it
@@ -225,10 +228,26 @@ impl<T: Translation> MemorySystem<T> {
                 state: BlockState::Offline,
                 boot: false,
                 altmap,
-                owner,
+                owner: owner.map(|(o, _)| o),
+                plugged,
             },
         );
         Ok(())
+    }
+
+    /// Whether a driver-owned block may keep its struct pages on itself
+    /// (`memmap_on_memory`): only in plugged memory that stays plugged while
+    /// any of the block is, i.e. its first sub-block, plugged, and holding
+    /// all of them. The driver unplugs that sub-block last (after removing
+    /// the block), as it is the lowest and unplugging goes downwards.
+    ///
+    /// Where struct pages need more than one sub-block (1 MiB device
+    /// blocks, 4K pages: 2 MiB of struct pages), they go to system RAM for
+    /// that block, as Linux's sub-block mode always does: several
+    /// sub-blocks pinned for the struct pages would keep memory plugged
+    /// that the device asked back whenever fewer are wanted in the block.
+    fn hosts_memmap(plugged: PlugMask) -> bool {
+        plugged.get(0) && plugged.sub_size() >= vmemmap_pages_per_block() << PAGE_SHIFT
     }
 
     /// Hot-removes the (offline) blocks of `[start, start + size)`. All or
@@ -296,15 +315,11 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
-    /// Gives an offline block's pages to the buddy allocator in `zone`.
+    /// Gives an offline block's pages to the buddy allocator in `zone`:
+    /// for a driver-owned block only the plugged parts, the rest logically
+    /// offline (Linux's `virtio_mem_online_page_cb`); never the block's own
+    /// struct pages.
     pub fn online_block(&mut self, id: u64, zone: Zone) -> Result<()> {
-        self.online_block_partial(id, zone, block_pfns(id).1)
-    }
-
-    /// Onlines block `id` with only its pages below `online_end` given to
-    /// the buddy allocator; the rest are logically offline, as a driver's
-    /// unplugged memory is (virtio-mem's sub-blocks).
-    pub fn online_block_partial(&mut self, id: u64, zone: Zone, online_end: Pfn) -> Result<()> {
         let block = self
             .blocks
             .get(&id)
@@ -312,78 +327,109 @@ impl<T: Translation> MemorySystem<T> {
         if block.state != BlockState::Offline {
             bail!(EINVAL, "memory{id} is online already");
         }
-        let (spfn, epfn) = block_pfns(id);
+        if zone.buddy_index().is_none() {
+            bail!(EINVAL, "memory{id} cannot be onlined in {}", zone.name());
+        }
+        let (spfn, _) = block_pfns(id);
         let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
-        let online_end = online_end.clamp(first, epfn);
-        self.init_struct_pages(
-            online_end,
-            epfn,
-            zone,
-            PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE,
-        );
-        self.buddy.online_pages(first, online_end - first, zone);
+        let mask = block.plugged.unwrap_or_else(PlugMask::full);
+        for i in 0..mask.len() {
+            let (s, e) = mask.pfns(id, i);
+            let s = s.max(first);
+            if s >= e {
+                continue;
+            }
+            if mask.get(i) {
+                self.buddy.online_pages(s, e - s, zone);
+            } else {
+                let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
+                self.init_struct_pages(s, e, zone, flags);
+            }
+        }
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
         self.events.online += 1;
         Ok(())
     }
 
-    /// The zone of online block `id`, if `[start_pfn, end_pfn)` lies in it.
-    fn online_zone_of(&self, id: u64, start_pfn: Pfn, end_pfn: Pfn) -> Result<Zone> {
-        let (spfn, epfn) = block_pfns(id);
-        if start_pfn < spfn || end_pfn > epfn || start_pfn >= end_pfn {
-            bail!(
-                EINVAL,
-                "{:#x}-{:#x} is not inside memory{id}",
-                start_pfn.phys(),
-                end_pfn.phys() - 1
-            );
+    /// The plug mask of driver-owned block `id` and its state, after
+    /// checking that sub-blocks `[first, first + n)` exist and are all
+    /// `plugged` (`want`).
+    fn sub_blocks_in_state(
+        &self,
+        id: u64,
+        first: u64,
+        n: u64,
+        want: bool,
+    ) -> Result<(PlugMask, BlockState)> {
+        let block = self
+            .blocks
+            .get(&id)
+            .ok_or_else(|| err!(ENOENT, "memory{id} is not present"))?;
+        let Some(mask) = block.plugged else {
+            bail!(EINVAL, "memory{id} is not driver-managed");
+        };
+        let end = first.checked_add(n).filter(|&e| n > 0 && e <= mask.len());
+        let Some(end) = end else {
+            bail!(EINVAL, "memory{id} has no sub-blocks {first}+{n}");
+        };
+        if let Some(i) = (first..end).find(|&i| mask.get(i) != want) {
+            let what = if want { "unplugged" } else { "plugged" };
+            bail!(EINVAL, "memory{id}: sub-block {i} is {what} already");
         }
-        match self.blocks.get(&id).map(|b| b.state) {
-            Some(BlockState::Online(zone)) => Ok(zone),
-            Some(BlockState::Offline) => bail!(EINVAL, "memory{id} is offline"),
-            None => bail!(ENOENT, "memory{id} is not present"),
-        }
+        Ok((mask, block.state))
     }
 
-    /// Gives logically offline pages of an online block to the buddy
-    /// allocator (a driver plugged them).
-    pub fn online_block_pages(&mut self, id: u64, start_pfn: Pfn, end_pfn: Pfn) -> Result<()> {
-        let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
-        // SAFETY: present blocks have their vmemmap populated.
-        if Pfn::range(start_pfn, end_pfn)
-            .any(|p| !unsafe { self.memmap.get(p) }.has(PageFlags::LOGICALLY_OFFLINE))
-        {
-            bail!(
-                EINVAL,
-                "{:#x}-{:#x} is not logically offline",
-                start_pfn.phys(),
-                end_pfn.phys() - 1
-            );
+    /// The device plugged sub-blocks `[first, first + n)` of driver-owned
+    /// block `id`: marked plugged, and given to the buddy allocator if the
+    /// block is online (an offline block gets them when onlined).
+    pub fn plug_sub_blocks(&mut self, id: u64, first: u64, n: u64) -> Result<()> {
+        let (mut mask, state) = self.sub_blocks_in_state(id, first, n, false)?;
+        if let BlockState::Online(zone) = state {
+            let (s, _) = mask.pfns(id, first);
+            let (_, e) = mask.pfns(id, first + n - 1);
+            self.buddy.online_pages(s, e - s, zone);
         }
-        self.buddy
-            .online_pages(start_pfn, end_pfn - start_pfn, zone);
+        for i in first..first + n {
+            mask.set(i, true);
+        }
+        self.blocks.get_mut(&id).expect("checked").plugged = Some(mask);
         Ok(())
     }
 
-    /// Takes pages of an online block back from the buddy allocator and
-    /// makes them logically offline (a driver will unplug them); `EBUSY`,
-    /// with nothing changed, while any is in use.
-    pub fn offline_block_pages(
+    /// Takes sub-blocks `[first, first + n)` of driver-owned block `id`
+    /// back so that the device may unplug them: from the buddy allocator if
+    /// the block is online (`Busy`, nothing changed, while a page is in
+    /// use), logically offline. Never the sub-block holding the block's
+    /// struct pages.
+    pub fn unplug_sub_blocks(
         &mut self,
         id: u64,
-        start_pfn: Pfn,
-        end_pfn: Pfn,
+        first: u64,
+        n: u64,
     ) -> core::result::Result<(), OfflineError> {
-        let zone = self.online_zone_of(id, start_pfn, end_pfn)?;
-        if let Err(pfn) = self.buddy.isolate_range(start_pfn, end_pfn) {
-            return Err(OfflineError::Busy { id, pfn });
+        let (mut mask, state) = self.sub_blocks_in_state(id, first, n, true)?;
+        let (s, _) = mask.pfns(id, first);
+        let (_, e) = mask.pfns(id, first + n - 1);
+        let altmap = self.blocks[&id].altmap.as_ref();
+        if let Some(a) = altmap.filter(|a| s < a.next_pfn() && a.base_pfn < e) {
+            return Err(err!(
+                EINVAL,
+                "memory{id}: {:#x} holds its struct pages",
+                a.base_pfn.phys()
+            )
+            .into());
         }
-        self.init_struct_pages(
-            start_pfn,
-            end_pfn,
-            zone,
-            PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE,
-        );
+        if let BlockState::Online(zone) = state {
+            if let Err(pfn) = self.buddy.isolate_range(s, e) {
+                return Err(OfflineError::Busy { id, pfn });
+            }
+            let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
+            self.init_struct_pages(s, e, zone, flags);
+        }
+        for i in first..first + n {
+            mask.set(i, false);
+        }
+        self.blocks.get_mut(&id).expect("checked").plugged = Some(mask);
         Ok(())
     }
 

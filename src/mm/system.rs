@@ -32,6 +32,85 @@ pub struct MemoryBlock {
     pub altmap: Option<VmemAltmap>,
     /// The driver that added it (its `/proc/iomem` name), if not `probe`.
     pub owner: Option<&'static str>,
+    /// For driver-owned memory, which parts its device has plugged: every
+    /// online (the driver's or a user's `echo online > state`) gives only
+    /// those to the buddy allocator. `None`: all of it is memory.
+    pub plugged: Option<PlugMask>,
+}
+
+/// The parts of a driver-owned memory block that its device has plugged,
+/// in sub-blocks of `1 << sub_shift` bytes. Linux's virtio-mem keeps this
+/// in the driver and answers the mm through an online-page callback; kept
+/// here, every online path asks the same question without the mm calling
+/// into a driver. Fixed size: at most [`PlugMask::MAX_SUB_BLOCKS`]
+/// sub-blocks (a driver with smaller device blocks groups them, as Linux's
+/// sub-block size is at least a pageblock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlugMask {
+    sub_shift: u32,
+    bits: [u64; PlugMask::WORDS],
+}
+
+impl PlugMask {
+    pub const MAX_SUB_BLOCKS: u64 = 512;
+    const WORDS: usize = (Self::MAX_SUB_BLOCKS / 64) as usize;
+
+    /// An empty mask of sub-blocks of `sub_size` bytes: a power of two
+    /// from [`MEMORY_BLOCK_SIZE`] / 512 (and a page) to the memory block.
+    pub fn new(sub_size: u64) -> Option<Self> {
+        let fits = sub_size.is_power_of_two()
+            && (PAGE_SIZE..=MEMORY_BLOCK_SIZE).contains(&sub_size)
+            && MEMORY_BLOCK_SIZE / sub_size <= Self::MAX_SUB_BLOCKS;
+        fits.then(|| PlugMask {
+            sub_shift: sub_size.trailing_zeros(),
+            bits: [0; Self::WORDS],
+        })
+    }
+
+    /// The whole block plugged, as one sub-block.
+    pub fn full() -> Self {
+        let mut m = Self::new(MEMORY_BLOCK_SIZE).expect("the block is one sub-block");
+        m.set(0, true);
+        m
+    }
+
+    pub fn sub_size(&self) -> u64 {
+        1 << self.sub_shift
+    }
+
+    /// Sub-blocks per memory block.
+    pub fn len(&self) -> u64 {
+        MEMORY_BLOCK_SIZE >> self.sub_shift
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&w| w == 0)
+    }
+
+    pub fn get(&self, i: u64) -> bool {
+        i < self.len() && self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    pub fn set(&mut self, i: u64, on: bool) {
+        debug_assert!(i < self.len());
+        let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
+        if on {
+            self.bits[w] |= b;
+        } else {
+            self.bits[w] &= !b;
+        }
+    }
+
+    /// Plugged sub-blocks.
+    pub fn count(&self) -> u64 {
+        self.bits.iter().map(|w| w.count_ones() as u64).sum()
+    }
+
+    /// The pfns of sub-block `i` of block `id`.
+    pub fn pfns(&self, id: u64, i: u64) -> (Pfn, Pfn) {
+        let start = Pfn::down(block_range(id).base + (i << self.sub_shift));
+        (start, start + (self.sub_size() >> PAGE_SHIFT))
+    }
 }
 
 /// The physical range of memory block `id`.
@@ -293,6 +372,7 @@ impl<T: Translation> MemorySystem<T> {
                     boot: true,
                     altmap: None,
                     owner: None,
+                    plugged: None,
                 },
             );
         }

@@ -1,12 +1,26 @@
 //! virtio-mem (virtio 1.2, 5.15): memory the device plugs and unplugs in
 //! device blocks at the host's request. The driver follows
-//! `requested_size` like Linux's sub-block mode: a memory block is hot-added
-//! and onlined (movable, so it can go again) when its first device block is
-//! plugged, and only its plugged device blocks (always a prefix) reach the
-//! buddy allocator; the rest stay logically offline. Shrinking takes the
-//! last device blocks back (or offlines and removes the whole block) and
-//! unplugs them. Memory that cannot be taken back stays plugged and is
-//! reported; the next change or timer tick retries.
+//! `requested_size` like Linux's `drivers/virtio/virtio_mem.c`:
+//!
+//! - **Sub-block mode** (device blocks smaller than a memory block): the
+//!   driver plugs *units* (a device block, grouped so that a memory block
+//!   has at most [`PlugMask::MAX_SUB_BLOCKS`], like Linux's sub-block size)
+//!   and keeps one plugged bit per unit over the whole region. A memory
+//!   block is hot-added and onlined (movable) when its first unit is
+//!   plugged; the mm is told which parts are plugged ([`PlugMask`]), so any
+//!   online of the block, the driver's or a user's, gives the buddy
+//!   allocator only plugged memory. Plugging into a block fills partly
+//!   plugged blocks first; unplugging goes from the highest unit down and
+//!   takes whole blocks (offline, remove, unplug) when it can.
+//! - **Big-block mode** (device blocks of one or more memory blocks): a
+//!   unit is one device block, added and removed as whole memory blocks.
+//!
+//! Every refusal, the device's (NACK, BUSY, ERROR) or the kernel's (busy
+//! pages, allocation failure), leaves the kernel matching the device
+//! (re-added, re-onlined, pages given back) and is retried with a backoff;
+//! one failing block never stops the others. Users may offline and online
+//! driver-owned blocks; the driver plugs into and unplugs from an offline
+//! block without onlining it.
 //!
 //! The driver talks to the device through [`MemDevice`] and to memory
 //! through a [`MemorySystem`] it is handed, so every decision it makes runs
@@ -17,19 +31,28 @@ pub mod pci;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod tests;
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
 
 use crate::arch;
 use crate::error::Result;
-use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::hotplug::OfflineError;
-use crate::mm::layout::{MEMORY_BLOCK_SIZE, PAGE_SHIFT};
+use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PHYS_LIMIT};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
-use crate::mm::system::{block_range, MemorySystem};
-use crate::{bail, pr_info};
+use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
+use crate::{bail, err, pr_info, pr_warn};
 
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
+
+/// The retry delay after a step that could not finish, doubled after each
+/// such step up to the maximum. Linux goes from 50 ms to 5 minutes; every
+/// step here logs its report on the console, so the cap is a second.
+pub const RETRY_MIN_MS: u64 = 100;
+pub const RETRY_MAX_MS: u64 = 1000;
+
+/// The most units a region may have (a 2 MiB bitmap).
+const MAX_UNITS: u64 = 1 << 24;
 
 /// The device's configuration (5.15.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,23 +71,42 @@ pub enum Request {
     Plug { addr: u64, nb_blocks: u16 },
     Unplug { addr: u64, nb_blocks: u16 },
     UnplugAll,
+    State { addr: u64, nb_blocks: u16 },
 }
 
-/// The device's answer (`VIRTIO_MEM_RESP_*`).
+/// What a `STATE` request reports of a range (`VIRTIO_MEM_STATE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlugState {
+    Plugged,
+    Unplugged,
+    Mixed,
+}
+
+/// The device's answer (`VIRTIO_MEM_RESP_*`; an acknowledged `STATE`
+/// request carries the state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Response {
     Ack,
     Nack,
     Busy,
     Error,
+    State(PlugState),
 }
 
 impl Response {
-    pub fn from_raw(v: u16) -> Self {
-        match v {
-            0 => Response::Ack,
-            1 => Response::Nack,
-            2 => Response::Busy,
+    /// The answer to `req` from the response's `type` and `state` fields;
+    /// anything unknown is an error.
+    pub fn from_raw(req: Request, kind: u16, state: u16) -> Self {
+        match (kind, req) {
+            (0, Request::State { .. }) => match state {
+                0 => Response::State(PlugState::Plugged),
+                1 => Response::State(PlugState::Unplugged),
+                2 => Response::State(PlugState::Mixed),
+                _ => Response::Error,
+            },
+            (0, _) => Response::Ack,
+            (1, _) => Response::Nack,
+            (2, _) => Response::Busy,
             _ => Response::Error,
         }
     }
@@ -76,56 +118,195 @@ pub trait MemDevice {
     fn config(&mut self) -> Result<Config>;
     /// Sends one request and waits for its answer.
     fn request(&mut self, req: Request) -> Result<Response>;
+    /// Tells the device the driver gave up on it (`FAILED`, 2.1.1).
+    fn fail(&mut self);
+}
+
+/// How the driver cuts the region, fixed at probe.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    /// Bytes plugged at a time: a device block, or several in sub-block
+    /// mode when device blocks are tiny.
+    unit: u64,
+    /// Device blocks per unit.
+    per_unit: u64,
+    /// The first and the end of the whole memory blocks (big-block mode:
+    /// whole device blocks) in the region: the first rounded up, the end
+    /// down.
+    start: u64,
+    end: u64,
+}
+
+impl Geometry {
+    fn new(c: &Config) -> Result<Self> {
+        let bs = c.block_size;
+        if !bs.is_power_of_two() || !c.addr.is_multiple_of(bs) {
+            bail!(
+                ENODEV,
+                "virtio_mem: device block size {bs:#x} or region {:#x} not usable",
+                c.addr
+            );
+        }
+        let unit = if bs >= MEMORY_BLOCK_SIZE {
+            bs
+        } else {
+            bs.max(MEMORY_BLOCK_SIZE / PlugMask::MAX_SUB_BLOCKS)
+        };
+        let align = unit.max(MEMORY_BLOCK_SIZE);
+        let region_end = c
+            .addr
+            .checked_add(c.region_size)
+            .filter(|&e| e <= PHYS_LIMIT)
+            .ok_or_else(|| {
+                err!(
+                    ENODEV,
+                    "virtio_mem: region {:#x}+{:#x} is beyond the physical address range",
+                    c.addr,
+                    c.region_size
+                )
+            })?;
+        let start = align_up(c.addr, align);
+        let end = align_down(region_end, align).max(start);
+        if (end - start) / unit > MAX_UNITS {
+            bail!(
+                ENODEV,
+                "virtio_mem: region {:#x}+{:#x} has too many device blocks",
+                c.addr,
+                c.region_size
+            );
+        }
+        Ok(Geometry {
+            unit,
+            per_unit: unit / bs,
+            start,
+            end,
+        })
+    }
+
+    fn units(&self) -> u64 {
+        (self.end - self.start) / self.unit
+    }
+
+    /// Big-block mode: a unit is one or more whole memory blocks.
+    fn big(&self) -> bool {
+        self.unit >= MEMORY_BLOCK_SIZE
+    }
+
+    fn addr(&self, u: u64) -> u64 {
+        self.start + u * self.unit
+    }
+
+    /// The memory blocks of unit `u`, `[first, end)`.
+    fn blocks_of(&self, u: u64) -> (u64, u64) {
+        let first = self.addr(u) / MEMORY_BLOCK_SIZE;
+        (first, first + self.unit.div_ceil(MEMORY_BLOCK_SIZE))
+    }
+
+    /// Sub-block mode: the index of unit `u` in its memory block.
+    fn sub(&self, u: u64) -> u64 {
+        (self.addr(u) % MEMORY_BLOCK_SIZE) / self.unit
+    }
+
+    /// The units of memory block `id`, `[first, end)`.
+    fn units_of(&self, id: u64) -> (u64, u64) {
+        let base = block_range(id).base.as_u64();
+        let first = (align_down(base, self.unit) - self.start) / self.unit;
+        (first, first + (MEMORY_BLOCK_SIZE / self.unit).max(1))
+    }
+}
+
+/// How a step is going.
+#[derive(Default)]
+struct Pass {
+    /// Something could not be done: retry later.
+    trouble: bool,
+    /// The device refused (NACK, BUSY, transport error): no more requests
+    /// this step.
+    refused: bool,
+}
+
+/// The memory blocks taken down for an unplug, with their state before.
+type TakenDown = Vec<(u64, BlockState)>;
+
+enum TakeDown {
+    Done(TakenDown),
+    /// A page is in use; everything is as it was.
+    Busy,
+    /// Something else went wrong (logged); everything is as it was.
+    Failed,
 }
 
 pub struct VirtioMem<D: MemDevice> {
     dev: D,
     config: Config,
-    /// Memory blocks added, with how many of their device blocks
-    /// (sub-blocks) are plugged: always the first ones.
-    plugged: BTreeMap<u64, u64>,
-    /// Blocks that could not be offlined on the last attempt.
+    geo: Geometry,
+    /// One bit per unit of `[geo.start, geo.end)`: plugged, as the device
+    /// last acknowledged.
+    bits: Vec<u64>,
+    nr_plugged: u64,
+    /// The device had memory plugged at probe and has not acknowledged
+    /// `UNPLUG_ALL` yet: nothing is plugged until it has.
+    unplug_all: bool,
+    /// The delay the next failed step asks for.
+    retry_ms: u64,
+    /// Memory blocks whose pages were in use on the last step.
     busy: BTreeSet<u64>,
     /// Timer ticks of the current step spent waiting for the device and
     /// spent hot-plugging, reported with its result.
     ticks: (u64, u64),
 }
 
-/// Runs `f`, adding the generic-timer ticks it took to `total`.
-fn timed<R>(total: &mut u64, f: impl FnOnce() -> R) -> R {
-    let t0 = arch::counter();
-    let r = f();
-    *total += arch::counter() - t0;
-    r
-}
-
 impl<D: MemDevice> VirtioMem<D> {
-    /// Checks the device's geometry and unplugs everything (5.15.6.1).
+    /// Checks the device's geometry and brings it to a known state
+    /// (5.15.6.1): a device with memory plugged (after a reboot) is asked
+    /// to unplug it all, and again on each step until it has. On failure
+    /// the device is told (`FAILED`).
     pub fn new(dev: D) -> Result<Self> {
+        let mut dev = dev;
+        let probed = dev.config().and_then(|config| {
+            let geo = Geometry::new(&config)?;
+            let words = geo.units().div_ceil(64) as usize;
+            let mut bits = Vec::new();
+            bits.try_reserve_exact(words)
+                .map_err(|_| err!(ENOMEM, "virtio_mem: no memory for the plugged bitmap"))?;
+            bits.resize(words, 0);
+            Ok((config, geo, bits))
+        });
+        let (config, geo, bits) = match probed {
+            Ok(p) => p,
+            Err(e) => {
+                dev.fail();
+                return Err(e);
+            }
+        };
         let mut vm = Self {
             dev,
-            config: Config::default(),
-            plugged: BTreeMap::new(),
+            config,
+            geo,
+            bits,
+            nr_plugged: 0,
+            unplug_all: config.plugged_size != 0,
+            retry_ms: RETRY_MIN_MS,
             busy: BTreeSet::new(),
             ticks: (0, 0),
         };
-        vm.read_config()?;
-        let bs = vm.config.block_size;
-        if bs == 0 || !MEMORY_BLOCK_SIZE.is_multiple_of(bs) || bs < 1 << PAGE_SHIFT {
-            // Linux's big-block mode (device blocks spanning memory
-            // blocks) is not implemented.
-            bail!(ENODEV, "virtio_mem: device block size {bs:#x} does not divide the memory block size {MEMORY_BLOCK_SIZE:#x}");
-        }
-        if vm.request(Request::UnplugAll)? != Response::Ack {
-            bail!(EIO, "virtio_mem: UNPLUG_ALL refused");
-        }
-        vm.read_config()?;
         pr_info!(
-            "virtio_mem: region {:#x}-{:#x}, device block size {:#x}",
-            vm.config.addr,
-            vm.config.addr + vm.config.region_size - 1,
-            vm.config.block_size
+            "virtio_mem {:#x}: region {:#x}-{:#x}, device block size {:#x}",
+            config.addr,
+            config.addr,
+            config.addr + config.region_size - 1,
+            config.block_size
         );
+        if geo.units() == 0 {
+            // Said once, here, not on every request (Linux warns at probe).
+            pr_warn!(
+                "virtio_mem {:#x}: the region holds no whole memory block of {MEMORY_BLOCK_SIZE:#x}: nothing can be plugged",
+                config.addr
+            );
+        }
+        if vm.unplug_all {
+            vm.try_unplug_all();
+        }
         Ok(vm)
     }
 
@@ -133,171 +314,543 @@ impl<D: MemDevice> VirtioMem<D> {
         &mut self.dev
     }
 
-    fn read_config(&mut self) -> Result<()> {
-        self.config = self.dev.config()?;
-        Ok(())
+    /// What the driver believes the device has plugged.
+    pub fn plugged_bytes(&self) -> u64 {
+        self.nr_plugged * self.geo.unit
     }
 
-    fn request(&mut self, req: Request) -> Result<Response> {
-        let dev = &mut self.dev;
-        timed(&mut self.ticks.0, || dev.request(req))
-    }
-
-    /// Device blocks the device asks for, capped by the usable region.
-    fn wanted(&self) -> u64 {
-        self.config
-            .requested_size
-            .min(self.config.usable_region_size)
-            / self.config.block_size
-    }
-
-    /// Device blocks plugged.
-    fn have(&self) -> u64 {
-        self.plugged.values().sum()
-    }
-
-    /// Whether plugged memory differs from what the device asks for.
+    /// Whether the driver has work to do before the next config change.
     pub fn unsatisfied(&self) -> bool {
-        self.have() != self.wanted()
+        self.unplug_all || self.nr_plugged != self.wanted()
     }
 
-    /// Device blocks (sub-blocks) per memory block.
-    fn per_block(&self) -> u64 {
-        MEMORY_BLOCK_SIZE / self.config.block_size
+    fn name(&self) -> u64 {
+        self.config.addr
     }
 
-    /// Physical address and pfn range of sub-blocks `[from, to)` of `id`.
-    fn sub_blocks(&self, id: u64, from: u64, to: u64) -> (PhysAddr, Pfn, Pfn) {
-        let block = block_range(id).base;
-        let start = block + from * self.config.block_size;
-        let end = block + to * self.config.block_size;
-        (start, Pfn::down(start), Pfn::down(end))
+    fn plugged(&self, u: u64) -> bool {
+        self.bits[(u / 64) as usize] & (1 << (u % 64)) != 0
     }
 
-    /// Moves plugged memory towards `requested_size`. Returns whether it is
-    /// reached (false: some memory is busy; try again later).
-    pub fn step<T: Translation>(&mut self, mm: &mut MemorySystem<T>) -> Result<bool> {
+    fn set_plugged(&mut self, u: u64, on: bool) {
+        if self.plugged(u) != on {
+            self.bits[(u / 64) as usize] ^= 1 << (u % 64);
+            if on {
+                self.nr_plugged += 1;
+            } else {
+                self.nr_plugged -= 1;
+            }
+        }
+    }
+
+    /// Units that the usable region holds (it grows and shrinks with the
+    /// request).
+    fn usable_units(&self) -> u64 {
+        let end = self
+            .config
+            .addr
+            .saturating_add(self.config.usable_region_size);
+        let end = align_down(end.min(self.geo.end), self.geo.unit.max(MEMORY_BLOCK_SIZE));
+        end.saturating_sub(self.geo.start) / self.geo.unit
+    }
+
+    /// Units the device asks for, capped by what the usable region holds.
+    fn wanted(&self) -> u64 {
+        (self.config.requested_size / self.geo.unit).min(self.usable_units())
+    }
+
+    /// Memory blocks with plugged units, ascending.
+    fn plugged_blocks(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let u = w as u64 * 64 + word.trailing_zeros() as u64;
+                word &= word - 1;
+                let (first, end) = self.geo.blocks_of(u);
+                for id in first..end {
+                    if ids.last().is_none_or(|&l| l < id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// The mm's view of block `id`'s plugged parts, from the bitmap.
+    fn mask_of(&self, id: u64) -> PlugMask {
+        if self.geo.big() {
+            return PlugMask::full();
+        }
+        let mut mask = PlugMask::new(self.geo.unit).expect("the unit fits a memory block");
+        let (first, end) = self.geo.units_of(id);
+        for u in first..end {
+            mask.set(u - first, self.plugged(u));
+        }
+        mask
+    }
+
+    /// Plugged bytes in memory block `id`.
+    fn plugged_in_block(&self, id: u64) -> u64 {
+        let (first, end) = self.geo.units_of(id);
+        let units = (first..end).filter(|&u| self.plugged(u)).count() as u64;
+        (units * self.geo.unit).min(MEMORY_BLOCK_SIZE)
+    }
+
+    fn send(&mut self, req: Request) -> Result<Response> {
+        let t0 = arch::counter();
+        let r = self.dev.request(req);
+        self.ticks.0 += arch::counter() - t0;
+        r
+    }
+
+    /// Runs kernel-side hotplug work, timed.
+    fn hotplug<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let t0 = arch::counter();
+        let r = f(self);
+        self.ticks.1 += arch::counter() - t0;
+        r
+    }
+
+    fn try_unplug_all(&mut self) -> bool {
+        match self.send(Request::UnplugAll) {
+            Ok(Response::Ack) => {
+                self.unplug_all = false;
+                true
+            }
+            r => {
+                pr_warn!(
+                    "virtio_mem {:#x}: UNPLUG_ALL answered {r:?}; will retry",
+                    self.name()
+                );
+                false
+            }
+        }
+    }
+
+    /// Asks the device to plug (or unplug) units `[u, u + n)`; whether it
+    /// has. An ERROR (the driver's view of the range is not the device's)
+    /// is checked with a STATE request and the device's word taken.
+    fn change(&mut self, u: u64, n: u64, plug: bool, pass: &mut Pass) -> bool {
+        let addr = self.geo.addr(u);
+        let nb_blocks = (n * self.geo.per_unit) as u16;
+        let req = if plug {
+            Request::Plug { addr, nb_blocks }
+        } else {
+            Request::Unplug { addr, nb_blocks }
+        };
+        let resp = self.send(req);
+        let done = match resp {
+            Ok(Response::Ack) => true,
+            Ok(Response::Error) => {
+                let want = if plug {
+                    PlugState::Plugged
+                } else {
+                    PlugState::Unplugged
+                };
+                self.send(Request::State { addr, nb_blocks }) == Ok(Response::State(want))
+            }
+            _ => false,
+        };
+        if done {
+            for i in u..u + n {
+                self.set_plugged(i, plug);
+            }
+            return true;
+        }
+        pr_warn!("virtio_mem {:#x}: {req:?} answered {resp:?}", self.name());
+        pass.trouble = true;
+        // NACK and BUSY are about the device as a whole; an ERROR only
+        // about this range.
+        pass.refused |= resp != Ok(Response::Error);
+        false
+    }
+
+    /// Moves plugged memory towards `requested_size`. Returns when to call
+    /// again (milliseconds) if it could not get there, `None` when it did
+    /// (or cannot do better until the configuration changes).
+    pub fn step<T: Translation>(&mut self, mm: &mut MemorySystem<T>) -> Option<u64> {
         self.ticks = (0, 0);
-        self.read_config()?;
-        let per_block = self.per_block();
-        let first = self.config.addr / MEMORY_BLOCK_SIZE;
-        let last = first + self.config.usable_region_size / MEMORY_BLOCK_SIZE;
-        while self.have() < self.wanted() {
-            // Fill a partly plugged block first, else start a new one.
-            let partial = self
-                .plugged
-                .iter()
-                .rev()
-                .find(|(_, &n)| n < per_block)
-                .map(|(&id, &n)| (id, n));
-            let Some((id, n)) = partial.or_else(|| {
-                (first..last)
-                    .find(|id| !self.plugged.contains_key(id))
-                    .map(|id| (id, 0))
-            }) else {
-                break;
-            };
-            let k = (self.wanted() - self.have()).min(per_block - n);
-            self.plug(mm, id, n, k)?;
-        }
         self.busy.clear();
-        let candidates: alloc::vec::Vec<(u64, u64)> =
-            self.plugged.iter().rev().map(|(&id, &n)| (id, n)).collect();
-        for (id, n) in candidates {
-            if self.have() <= self.wanted() {
-                break;
-            }
-            let k = (self.have() - self.wanted()).min(n);
-            if !self.unplug(mm, id, n, k)? {
-                self.busy.insert(id);
+        let mut pass = Pass::default();
+        match self.dev.config() {
+            Ok(c) => self.config = c,
+            Err(e) => {
+                pr_warn!("{e}");
+                pass.trouble = true;
             }
         }
-        self.read_config()?;
+        if !pass.trouble && (!self.unplug_all || self.try_unplug_all()) {
+            self.sync(mm, &mut pass);
+            let wanted = self.wanted();
+            if self.nr_plugged < wanted {
+                if self.geo.big() {
+                    self.plug_big(mm, wanted, &mut pass);
+                } else {
+                    self.plug_sub(mm, wanted, &mut pass);
+                }
+            }
+            if self.nr_plugged > wanted {
+                self.unplug(mm, wanted, &mut pass);
+            }
+            pass.trouble |= self.nr_plugged != wanted;
+        } else {
+            pass.trouble = true;
+        }
+        if let Ok(c) = self.dev.config() {
+            self.config = c;
+        }
+        self.report();
+        if pass.trouble {
+            let ms = self.retry_ms;
+            self.retry_ms = (ms * 2).min(RETRY_MAX_MS);
+            Some(ms)
+        } else {
+            self.retry_ms = RETRY_MIN_MS;
+            None
+        }
+    }
+
+    fn report(&self) {
+        let freq = arch::counter_freq();
+        let busy = if self.busy.is_empty() {
+            alloc::string::String::new()
+        } else {
+            let bytes: u64 = self.busy.iter().map(|&id| self.plugged_in_block(id)).sum();
+            alloc::format!("; {} MiB busy, stays plugged: {:?}", bytes >> 20, self.busy)
+        };
         pr_info!(
-            "virtio_mem: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){}",
+            "virtio_mem {:#x}: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){busy}",
+            self.name(),
             self.config.plugged_size >> 20,
             self.config.requested_size >> 20,
-            self.ticks.0 * 1_000_000 / arch::counter_freq(),
-            self.ticks.1 * 1_000_000 / arch::counter_freq(),
-            if self.busy.is_empty() {
-                alloc::string::String::new()
-            } else {
-                let busy_mib: u64 = self.busy.iter().map(|id| self.plugged[id] * self.config.block_size).sum::<u64>() >> 20;
-                alloc::format!("; {busy_mib} MiB busy, stays plugged: {:?}", self.busy)
-            }
+            self.ticks.0 * 1_000_000 / freq,
+            self.ticks.1 * 1_000_000 / freq,
         );
-        Ok(!self.unsatisfied())
     }
 
-    /// Plugs sub-blocks `[n, n + k)` of block `id` (whose first `n` are
-    /// plugged) and gives them to the buddy allocator, adding and onlining
-    /// the block when it is new. Undone on failure.
-    fn plug<T: Translation>(
-        &mut self,
-        mm: &mut MemorySystem<T>,
-        id: u64,
-        n: u64,
-        k: u64,
-    ) -> Result<()> {
-        let (start, spfn, epfn) = self.sub_blocks(id, n, n + k);
-        let nb_blocks = k as u16;
-        let addr = start.as_u64();
-        if self.request(Request::Plug { addr, nb_blocks })? != Response::Ack {
-            bail!(EIO, "virtio_mem: device refused to plug {start:#x}");
+    /// Adds memory block `id` (big-block mode: the unit's blocks) with
+    /// what is plugged of it, and onlines it movable, so that it can go
+    /// again.
+    fn add_block<T: Translation>(&mut self, mm: &mut MemorySystem<T>, id: u64) -> Result<()> {
+        let base = block_range(id).base;
+        mm.add_memory_driver_managed(base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))?;
+        if let Err(e) = mm.online_block(id, Zone::Movable) {
+            // Present and offline matches the device too.
+            pr_warn!("virtio_mem {:#x}: {e}", self.name());
         }
-        let block = block_range(id);
-        let added = timed(&mut self.ticks.1, || {
-            if n > 0 {
-                return mm.online_block_pages(id, spfn, epfn);
-            }
-            mm.add_memory_driver_managed(block.base, block.size, RESOURCE)?;
-            mm.online_block_partial(id, Zone::Movable, epfn)
-                .inspect_err(|_| {
-                    let _ = mm.remove_memory_driver_managed(block.base, block.size, RESOURCE);
-                })
-        });
-        if let Err(e) = added {
-            self.request(Request::Unplug { addr, nb_blocks })?;
-            return Err(e);
-        }
-        self.plugged.insert(id, n + k);
         Ok(())
     }
 
-    /// Unplugs the last `k` of the `n` plugged sub-blocks of block `id`:
-    /// all of them means offlining and removing the block; fewer, taking
-    /// their pages back from the buddy allocator. `false` if they are busy.
-    fn unplug<T: Translation>(
+    /// Makes the kernel match the device where an earlier rollback could
+    /// not: blocks with plugged units that are not present are added,
+    /// plugged units the kernel still has as unplugged are given to it.
+    fn sync<T: Translation>(&mut self, mm: &mut MemorySystem<T>, pass: &mut Pass) {
+        for id in self.plugged_blocks() {
+            let mask = self.mask_of(id);
+            let r = match mm.blocks().get(&id).map(|b| b.plugged) {
+                None => self.hotplug(|vm| vm.add_block(mm, id)),
+                Some(Some(have)) if have != mask => (0..mask.len())
+                    .filter(|&i| mask.get(i) && !have.get(i))
+                    .try_for_each(|i| mm.plug_sub_blocks(id, i, 1)),
+                Some(_) => Ok(()),
+            };
+            if let Err(e) = r {
+                pr_warn!(
+                    "virtio_mem {:#x}: memory{id} plugged but not usable: {e}",
+                    self.name()
+                );
+                pass.trouble = true;
+            }
+        }
+    }
+
+    /// Sub-block mode: plugs units until `wanted`, into partly plugged
+    /// blocks first (as Linux does), then into new ones, lowest first.
+    fn plug_sub<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
+        let usable = self.usable_units();
+        let per_block = MEMORY_BLOCK_SIZE / self.geo.unit;
+        let first_id = self.geo.start / MEMORY_BLOCK_SIZE;
+        let ids = first_id..first_id + usable.div_ceil(per_block);
+        let partly: Vec<u64> = self.plugged_blocks();
+        let fresh = ids.filter(|id| !partly.contains(id));
+        let max_run = (u16::MAX as u64 / self.geo.per_unit).max(1);
+        for id in partly.iter().copied().chain(fresh) {
+            let (first, end) = self.geo.units_of(id);
+            let mut u = first;
+            while u < end.min(usable) && self.nr_plugged < wanted && !pass.refused {
+                if self.plugged(u) {
+                    u += 1;
+                    continue;
+                }
+                let need = (wanted - self.nr_plugged).min(max_run);
+                let n = (u..end.min(usable))
+                    .take(need as usize)
+                    .take_while(|&i| !self.plugged(i))
+                    .count() as u64;
+                self.plug_run(mm, id, u, n, pass);
+                u += n;
+            }
+        }
+    }
+
+    /// Plugs units `[u, u + n)` of block `id` and hands them to the
+    /// kernel (adding the block if it is new); gives them back to the
+    /// device if the kernel cannot take them.
+    fn plug_run<T: Translation>(
         &mut self,
         mm: &mut MemorySystem<T>,
         id: u64,
+        u: u64,
         n: u64,
-        k: u64,
-    ) -> Result<bool> {
-        let (start, spfn, epfn) = self.sub_blocks(id, n - k, n);
-        let block = block_range(id);
-        let removed = timed(&mut self.ticks.1, || {
-            if k < n {
-                return mm.offline_block_pages(id, spfn, epfn);
-            }
-            mm.offline_block(id)?;
-            Ok(mm.remove_memory_driver_managed(block.base, block.size, RESOURCE)?)
+        pass: &mut Pass,
+    ) {
+        if !self.change(u, n, true, pass) {
+            return;
+        }
+        let sub = self.geo.sub(u);
+        let r = self.hotplug(|vm| match mm.blocks().contains_key(&id) {
+            true => mm.plug_sub_blocks(id, sub, n),
+            false => vm.add_block(mm, id),
         });
-        match removed {
-            Ok(()) => {}
-            Err(OfflineError::Busy { .. }) => return Ok(false),
-            Err(OfflineError::Invalid(e)) => return Err(e),
+        if let Err(e) = r {
+            pr_warn!("virtio_mem {:#x}: {e}: giving memory{id} back", self.name());
+            pass.trouble = true;
+            // If the device keeps it, the next step's sync adds it.
+            self.change(u, n, false, pass);
         }
-        let nb_blocks = k as u16;
-        let addr = start.as_u64();
-        if self.request(Request::Unplug { addr, nb_blocks })? != Response::Ack {
-            bail!(EIO, "virtio_mem: device refused to unplug {start:#x}");
+    }
+
+    /// Big-block mode: plugs whole device blocks until `wanted`, lowest
+    /// first, each added and onlined as its memory blocks.
+    fn plug_big<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
+        for u in 0..self.usable_units() {
+            if self.nr_plugged >= wanted || pass.refused {
+                break;
+            }
+            if self.plugged(u) || !self.change(u, 1, true, pass) {
+                continue;
+            }
+            let (first, end) = self.geo.blocks_of(u);
+            let base = block_range(first).base;
+            let size = self.geo.unit;
+            let added = self
+                .hotplug(|_| mm.add_memory_driver_managed(base, size, RESOURCE, PlugMask::full()));
+            match added {
+                Ok(()) => {
+                    for id in first..end {
+                        if let Err(e) = mm.online_block(id, Zone::Movable) {
+                            pr_warn!("virtio_mem {:#x}: {e}", self.name());
+                        }
+                    }
+                }
+                Err(e) => {
+                    pr_warn!("virtio_mem {:#x}: {e}: giving {base:#x} back", self.name());
+                    pass.trouble = true;
+                    self.change(u, 1, false, pass);
+                }
+            }
         }
-        if k < n {
-            self.plugged.insert(id, n - k);
-        } else {
-            self.plugged.remove(&id);
+    }
+
+    /// Unplugs units until `wanted`, from the highest block down.
+    fn unplug<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
+        let mut done_units: BTreeSet<u64> = BTreeSet::new();
+        for id in self.plugged_blocks().into_iter().rev() {
+            if self.nr_plugged <= wanted || pass.refused {
+                break;
+            }
+            let (first, end) = self.geo.units_of(id);
+            if self.geo.big() && !done_units.insert(first) {
+                continue;
+            }
+            let units: Vec<u64> = (first..end).rev().filter(|&u| self.plugged(u)).collect();
+            let excess = self.nr_plugged - wanted;
+            let (lo, hi) = if self.geo.big() {
+                self.geo.blocks_of(first)
+            } else {
+                (id, id + 1)
+            };
+            if !(lo..hi).any(|b| mm.blocks().contains_key(&b)) {
+                // Plugged but not in the kernel (a failed rollback):
+                // only the device has anything to do.
+                for u in units.into_iter().take(excess as usize) {
+                    if !self.change(u, 1, false, pass) && pass.refused {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if excess >= units.len() as u64 {
+                match self.take_down(mm, lo, hi) {
+                    TakeDown::Done(taken) => {
+                        self.unplug_taken(mm, &units, taken, pass);
+                        continue;
+                    }
+                    TakeDown::Failed => {
+                        pass.trouble = true;
+                        continue;
+                    }
+                    TakeDown::Busy => pass.trouble = true,
+                }
+            }
+            if !self.geo.big() {
+                self.unplug_units(mm, id, &units, wanted, pass);
+            }
         }
-        Ok(true)
+    }
+
+    /// Offlines and removes memory blocks `[lo, hi)`, or none of them.
+    fn take_down<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        lo: u64,
+        hi: u64,
+    ) -> TakeDown {
+        let mut taken: TakenDown = Vec::new();
+        let mut failed = None;
+        for id in lo..hi {
+            let Some(state) = mm.blocks().get(&id).map(|b| b.state) else {
+                continue;
+            };
+            if state != BlockState::Offline {
+                match self.hotplug(|_| mm.offline_block(id)) {
+                    Ok(()) => {}
+                    Err(OfflineError::Busy { .. }) => {
+                        self.busy.insert(id);
+                        failed = Some(TakeDown::Busy);
+                        break;
+                    }
+                    Err(OfflineError::Invalid(e)) => {
+                        pr_warn!("virtio_mem {:#x}: {e}", self.name());
+                        failed = Some(TakeDown::Failed);
+                        break;
+                    }
+                }
+            }
+            taken.push((id, state));
+        }
+        if failed.is_none() {
+            for &(id, _) in &taken {
+                let base = block_range(id).base;
+                if let Err(e) = mm.remove_memory_driver_managed(base, MEMORY_BLOCK_SIZE, RESOURCE) {
+                    // Only offline driver blocks are here: not expected.
+                    pr_warn!("virtio_mem {:#x}: {e}", self.name());
+                    failed = Some(TakeDown::Failed);
+                    break;
+                }
+            }
+        }
+        let Some(failed) = failed else {
+            return TakeDown::Done(taken);
+        };
+        self.bring_back(mm, taken);
+        failed
+    }
+
+    /// Unplugs `units` (the plugged units of a block, highest first, or
+    /// the one unit of a big block) of blocks `taken` down for them; what
+    /// the device refuses comes back into the kernel as it was.
+    fn unplug_taken<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        units: &[u64],
+        taken: TakenDown,
+        pass: &mut Pass,
+    ) {
+        // Runs of consecutive units, highest first: the lowest, holding
+        // the block's struct pages, goes last.
+        let max_run = (u16::MAX as u64 / self.geo.per_unit).max(1) as usize;
+        let mut i = 0;
+        while i < units.len() {
+            let mut n = 1;
+            while i + n < units.len() && units[i + n] + 1 == units[i + n - 1] && n < max_run {
+                n += 1;
+            }
+            if !self.change(units[i + n - 1], n as u64, false, pass) && pass.refused {
+                break;
+            }
+            i += n;
+        }
+        if units.iter().all(|&u| !self.plugged(u)) {
+            return;
+        }
+        // The device keeps some: so does the kernel.
+        pass.trouble = true;
+        self.bring_back(mm, taken);
+    }
+
+    /// Blocks taken down come back as they were: removed ones re-added
+    /// with what is plugged of them, offlined ones re-onlined in their
+    /// zone. What cannot be re-added now, the next step's sync adds.
+    fn bring_back<T: Translation>(&mut self, mm: &mut MemorySystem<T>, taken: TakenDown) {
+        for (id, state) in taken {
+            let r = self.hotplug(|vm| {
+                if !mm.blocks().contains_key(&id) {
+                    let base = block_range(id).base;
+                    mm.add_memory_driver_managed(
+                        base,
+                        MEMORY_BLOCK_SIZE,
+                        RESOURCE,
+                        vm.mask_of(id),
+                    )?;
+                }
+                match state {
+                    BlockState::Online(zone) => mm.online_block(id, zone),
+                    BlockState::Offline => Ok(()),
+                }
+            });
+            if let Err(e) = r {
+                pr_warn!(
+                    "virtio_mem {:#x}: memory{id} not restored: {e}",
+                    self.name()
+                );
+            }
+        }
+    }
+
+    /// Sub-block mode: unplugs `units` of block `id` one by one, highest
+    /// first, skipping busy ones, until `wanted`; never the sub-block with
+    /// the block's struct pages (it goes with the block).
+    fn unplug_units<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        id: u64,
+        units: &[u64],
+        wanted: u64,
+        pass: &mut Pass,
+    ) {
+        let hosts_memmap = mm.blocks().get(&id).is_some_and(|b| b.altmap.is_some());
+        for &u in units {
+            if self.nr_plugged <= wanted || pass.refused {
+                break;
+            }
+            let sub = self.geo.sub(u);
+            if hosts_memmap && sub == 0 {
+                continue;
+            }
+            match self.hotplug(|_| mm.unplug_sub_blocks(id, sub, 1)) {
+                Ok(()) => {}
+                Err(OfflineError::Busy { .. }) => {
+                    self.busy.insert(id);
+                    pass.trouble = true;
+                    continue;
+                }
+                Err(OfflineError::Invalid(e)) => {
+                    pr_warn!("virtio_mem {:#x}: {e}", self.name());
+                    pass.trouble = true;
+                    continue;
+                }
+            }
+            if !self.change(u, 1, false, pass) {
+                if let Err(e) = mm.plug_sub_blocks(id, sub, 1) {
+                    pr_warn!(
+                        "virtio_mem {:#x}: memory{id} not restored: {e}",
+                        self.name()
+                    );
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! virtqueue, buffers through [`KernelHal`].
 
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{InterruptStatus, Transport};
+use virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
 
 use super::{Config, MemDevice, Request, Response};
 use crate::drivers::virtio_hal::KernelHal;
@@ -35,8 +35,13 @@ impl<T: Transport> VirtioMemDevice<T> {
         if !features.contains(Features::UNPLUGGED_INACCESSIBLE) {
             pr_info!("virtio_mem: device allows access to unplugged memory");
         }
-        let queue = VirtQueue::new(&mut transport, 0, false, false)
-            .map_err(|e| err!(EIO, "virtio_mem: no request queue: {e:?}"))?;
+        let queue = match VirtQueue::new(&mut transport, 0, false, false) {
+            Ok(q) => q,
+            Err(e) => {
+                fail(&mut transport);
+                return Err(err!(EIO, "virtio_mem: no request queue: {e:?}"));
+            }
+        };
         transport.finish_init();
         Ok(Self { transport, queue })
     }
@@ -49,7 +54,17 @@ impl<T: Transport> VirtioMemDevice<T> {
     }
 }
 
+/// `FAILED` (2.1.1): the driver gave up; the device may be reset.
+fn fail<T: Transport>(t: &mut T) {
+    let status = t.get_status();
+    t.set_status(status | DeviceStatus::FAILED);
+}
+
 impl<T: Transport> MemDevice for VirtioMemDevice<T> {
+    fn fail(&mut self) {
+        fail(&mut self.transport);
+    }
+
     fn config(&mut self) -> Result<Config> {
         let t = &self.transport;
         let read = || -> virtio_drivers::Result<Config> {
@@ -71,6 +86,7 @@ impl<T: Transport> MemDevice for VirtioMemDevice<T> {
             Request::Plug { addr, nb_blocks } => (0, addr, nb_blocks),
             Request::Unplug { addr, nb_blocks } => (1, addr, nb_blocks),
             Request::UnplugAll => (2, 0, 0),
+            Request::State { addr, nb_blocks } => (3, addr, nb_blocks),
         };
         let mut buf = [0u8; 24];
         buf[0..2].copy_from_slice(&kind.to_le_bytes());
@@ -80,6 +96,8 @@ impl<T: Transport> MemDevice for VirtioMemDevice<T> {
         self.queue
             .add_notify_wait_pop(&[&buf], &mut [&mut resp], &mut self.transport)
             .map_err(|e| err!(EIO, "virtio_mem: request failed: {e:?}"))?;
-        Ok(Response::from_raw(u16::from_le_bytes([resp[0], resp[1]])))
+        let kind = u16::from_le_bytes([resp[0], resp[1]]);
+        let state = u16::from_le_bytes([resp[8], resp[9]]);
+        Ok(Response::from_raw(req, kind, state))
     }
 }

@@ -1,0 +1,167 @@
+//! Random sequences of requested sizes, user writes to `state`, pins,
+//! allocation failures and device refusals, for device blocks of 1 MiB,
+//! 2 MiB and 128 MiB with memmap_on_memory on and off. After every step the
+//! kernel matches the device ([`check`]); with nothing in the way the
+//! driver reaches the request exactly; back at 0 with nothing pinned, the
+//! system is exactly at its start.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+
+use super::*;
+
+#[derive(Clone, Copy, Debug)]
+enum User {
+    Offline,
+    Online,
+    OnlineMovable,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// `requested-size` in eighths of the region.
+    Request(u64),
+    /// A write to `memoryN/state` of the region's block `block`.
+    User {
+        block: u64,
+        action: User,
+    },
+    /// Hold `n` pages (movable first, as `pin` does).
+    Pin(usize),
+    Unpin,
+    /// The allocation this many from now fails, during the next step.
+    FailNth(u64),
+    /// The device answers the next request of a kind with this.
+    Refuse(Kind, Response),
+    /// A retry-timer tick.
+    Step,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let answer = prop_oneof![
+        Just(Response::Nack),
+        Just(Response::Busy),
+        Just(Response::Error)
+    ];
+    let kind = prop_oneof![Just(Kind::Plug), Just(Kind::Unplug)];
+    let action = prop_oneof![
+        Just(User::Offline),
+        Just(User::Online),
+        Just(User::OnlineMovable)
+    ];
+    prop_oneof![
+        6 => (0u64..=8).prop_map(Op::Request),
+        3 => (0u64..2, action).prop_map(|(block, action)| Op::User { block, action }),
+        2 => (1usize..3000).prop_map(Op::Pin),
+        1 => Just(Op::Unpin),
+        1 => (0u64..8).prop_map(Op::FailNth),
+        2 => (kind, answer).prop_map(|(k, a)| Op::Refuse(k, a)),
+        2 => Just(Op::Step),
+    ]
+}
+
+fn run(bs: u64, memmap_on_memory: bool, ops: &[Op]) {
+    let mut sys = TestSystem::boot();
+    sys.mm.set_memmap_on_memory(memmap_on_memory);
+    let base = sys.mm.meminfo();
+    let bad_frees = sys.mm.buddy().stats().bad_frees;
+    let warnings = sys.mm.warnings();
+    let mut vm = driver(bs);
+    let mut pins: Vec<Pfn> = Vec::new();
+    let region = NOT_RAM.as_u64()..NOT_RAM.as_u64() + REGION;
+    for op in ops {
+        match *op {
+            Op::Request(eighths) => {
+                let size = REGION / 8 * eighths / bs * bs;
+                vm.device().config.requested_size = size;
+            }
+            Op::User { block, action } => {
+                let id = first_block() + block;
+                if sys.mm.blocks().contains_key(&id) {
+                    // As `echo ... > state` does; refusals (EBUSY, EINVAL)
+                    // change nothing.
+                    let _ = match action {
+                        User::Offline => sys.mm.offline_block(id).map_err(Error::from),
+                        User::Online => sys.mm.online_block(id, Zone::Normal),
+                        User::OnlineMovable => sys.mm.online_block(id, Zone::Movable),
+                    };
+                }
+                check(&mut vm, &sys.mm, &base);
+                continue;
+            }
+            Op::Pin(n) => {
+                for _ in 0..n {
+                    match sys.mm.alloc_movable_first(0) {
+                        Some(p) => pins.push(p),
+                        None => break,
+                    }
+                }
+                check(&mut vm, &sys.mm, &base);
+                for p in &pins {
+                    let pa = p.phys().as_u64();
+                    assert!(
+                        !region.contains(&pa) || vm.dev.is_plugged(pa),
+                        "pinned {pa:#x}"
+                    );
+                }
+                continue;
+            }
+            Op::Unpin => give_back(&mut sys.mm, core::mem::take(&mut pins)),
+            Op::FailNth(n) => sys.mm.set_fail_nth_alloc(Some(n)),
+            Op::Refuse(kind, answer) => vm.device().answer(kind, answer),
+            Op::Step => {}
+        }
+        let clean = vm.dev.inject.is_empty()
+            && sys.mm.fail_nth_alloc().is_none()
+            && !pins.iter().any(|p| region.contains(&p.phys().as_u64()));
+        let r = vm.step(&mut sys.mm);
+        sys.mm.set_fail_nth_alloc(None);
+        check(&mut vm, &sys.mm, &base);
+        if clean {
+            // Nothing in the way: exactly the request, at once.
+            let want = vm.device().config.requested_size;
+            assert_eq!(r, None, "clean step asks for a retry");
+            assert_eq!(vm.device().plugged_bytes(), want);
+        }
+    }
+    // Back to 0, nothing pinned, the device cooperating.
+    give_back(&mut sys.mm, pins);
+    vm.device().inject.clear();
+    vm.device().config.requested_size = 0;
+    assert!(
+        settle(&mut vm, &mut sys.mm, &base, 3),
+        "does not settle at 0"
+    );
+    assert_eq!(vm.device().plugged_bytes(), 0);
+    assert_eq!(driver_blocks(&sys.mm).count(), 0);
+    assert_eq!(
+        sys.mm.meminfo(),
+        base,
+        "meminfo, table pages, altmap not at baseline"
+    );
+    assert_eq!(sys.mm.altmaps().count(), 0);
+    assert_eq!(sys.mm.buddy().stats().bad_frees, bad_frees);
+    assert_eq!(sys.mm.warnings(), warnings);
+}
+
+#[test]
+fn random_requests_user_actions_pins_and_refusals_match_the_device() {
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 96,
+        failure_persistence: None,
+        max_shrink_iters: 300,
+        ..RunnerConfig::default()
+    });
+    let bs = prop_oneof![Just(MIB), Just(2 * MIB), Just(MB)];
+    let strategy = (
+        bs,
+        any::<bool>(),
+        prop::collection::vec(op_strategy(), 1..40),
+    );
+    runner
+        .run(&strategy, |(bs, memmap_on_memory, ops)| {
+            run(bs, memmap_on_memory, &ops);
+            Ok(())
+        })
+        .unwrap();
+}
