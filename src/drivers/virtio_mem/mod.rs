@@ -482,6 +482,7 @@ impl<D: MemDevice> VirtioMem<D> {
             }
         }
         if !pass.trouble && (!self.unplug_all || self.try_unplug_all()) {
+            self.resync(&mut pass);
             self.sync(mm, &mut pass);
             let wanted = self.wanted();
             if self.nr_plugged < wanted {
@@ -541,6 +542,54 @@ impl<D: MemDevice> VirtioMem<D> {
             pr_warn!("virtio_mem {:#x}: {e}", self.name());
         }
         Ok(())
+    }
+
+    /// A device whose answer got lost (it plugged, but said BUSY) has more
+    /// plugged than the driver counted, and would NACK every plug after:
+    /// when `plugged_size` says so, ask the device (STATE, a memory block
+    /// at a time) and adopt what it has plugged; [`sync`](Self::sync)
+    /// hands it to the kernel. (Memory counted but unplugged is settled by
+    /// the next unplug of it: ERROR, then STATE.)
+    fn resync(&mut self, pass: &mut Pass) {
+        if self.config.plugged_size <= self.plugged_bytes() {
+            return;
+        }
+        let max_run = (u16::MAX as u64 / self.geo.per_unit).max(1);
+        let per_block = (MEMORY_BLOCK_SIZE / self.geo.unit).clamp(1, max_run);
+        let before = self.nr_plugged;
+        let mut u = 0;
+        while u < self.geo.units() {
+            let n = per_block.min(self.geo.units() - u);
+            let one = |vm: &mut Self, u: u64, n: u64| {
+                let addr = vm.geo.addr(u);
+                let nb_blocks = (n * vm.geo.per_unit) as u16;
+                vm.send(Request::State { addr, nb_blocks })
+            };
+            match one(self, u, n) {
+                Ok(Response::State(PlugState::Plugged)) => {
+                    (u..u + n).for_each(|i| self.set_plugged(i, true))
+                }
+                Ok(Response::State(PlugState::Unplugged)) => {}
+                Ok(Response::State(PlugState::Mixed)) => {
+                    for i in u..u + n {
+                        if one(self, i, 1) == Ok(Response::State(PlugState::Plugged)) {
+                            self.set_plugged(i, true);
+                        }
+                    }
+                }
+                r => {
+                    pr_warn!("virtio_mem {:#x}: STATE answered {r:?}", self.name());
+                    pass.trouble = true;
+                    return;
+                }
+            }
+            u += n;
+        }
+        pr_warn!(
+            "virtio_mem {:#x}: the device had {} MiB plugged that the driver did not count",
+            self.name(),
+            ((self.nr_plugged - before) * self.geo.unit) >> 20
+        );
     }
 
     /// Makes the kernel match the device where an earlier rollback could

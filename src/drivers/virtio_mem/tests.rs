@@ -43,6 +43,10 @@ struct FakeDevice {
     /// Answers given instead of acting, each to the next request of its
     /// kind.
     inject: VecDeque<(Kind, Response)>,
+    /// Answers given after acting (a device whose answer got lost): the
+    /// driver's view and the device's part until an ERROR and a STATE
+    /// request bring them together.
+    lie: VecDeque<(Kind, Response)>,
     requests: Vec<Request>,
     failed: bool,
 }
@@ -60,6 +64,7 @@ impl FakeDevice {
             },
             plugged: vec![false; (size / block_size) as usize],
             inject: VecDeque::new(),
+            lie: VecDeque::new(),
             requests: Vec::new(),
             failed: false,
         }
@@ -126,7 +131,9 @@ impl MemDevice for FakeDevice {
         if let Some(i) = self.inject.iter().position(|&(k, _)| Some(k) == kind) {
             return Ok(self.inject.remove(i).expect("found").1);
         }
-        Ok(match req {
+        let lie = self.lie.iter().position(|&(k, _)| Some(k) == kind);
+        let lie = lie.and_then(|i| self.lie.remove(i)).map(|(_, r)| r);
+        let answer = match req {
             Request::Plug { addr, nb_blocks } => self.set(addr, nb_blocks, true),
             Request::Unplug { addr, nb_blocks } => self.set(addr, nb_blocks, false),
             Request::UnplugAll => {
@@ -143,7 +150,8 @@ impl MemDevice for FakeDevice {
                 }
                 Some(_) => Response::State(PlugState::Mixed),
             },
-        })
+        };
+        Ok(lie.unwrap_or(answer))
     }
 
     fn fail(&mut self) {
@@ -667,6 +675,39 @@ fn struct_pages_stay_in_plugged_memory() {
                 assert_eq!(memmap_on(&sys.mm, id).is_some(), bs == 2 * MIB);
             }
         }
+        assert_eq!(sys.mm.meminfo(), base);
+    }
+}
+
+/// The device acted but its answer said otherwise: the driver's next
+/// request for that range gets ERROR, and a STATE request settles it.
+#[test]
+fn an_error_answer_is_settled_with_a_state_request() {
+    for kind in [Kind::Plug, Kind::Unplug] {
+        let mut sys = TestSystem::boot();
+        let base = sys.mm.meminfo();
+        let mut vm = driver(2 * MIB);
+        let (from, to) = match kind {
+            Kind::Plug => (0, 64 * MIB),
+            _ => (64 * MIB, 0),
+        };
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, from), None);
+        vm.device().lie.push_back((kind, Response::Busy));
+        vm.device().config.requested_size = to;
+        assert!(vm.step(&mut sys.mm).is_some());
+        for _ in 0..3 {
+            if vm.step(&mut sys.mm).is_none() {
+                break;
+            }
+        }
+        check(&mut vm, &sys.mm, &base);
+        assert!(vm
+            .dev
+            .requests
+            .iter()
+            .any(|r| matches!(r, Request::State { .. })));
+        assert_eq!(vm.device().plugged_bytes(), to, "{kind:?}");
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
         assert_eq!(sys.mm.meminfo(), base);
     }
 }
