@@ -1,8 +1,8 @@
 //! Boot tests: the kernel boots on every supported CPU, memory size, GIC
-//! version and entry level, maps itself W^X, has dropped the identity map,
-//! reports faults, and shows Linux's memory-block view of boot RAM. With
-//! `HPK_GRANULE=16k` or `64k` (tests/common) all of it on that granule's
-//! kernel, every CPU being `max`.
+//! version (2, 3 and 4) and entry level, maps itself W^X, has dropped the
+//! identity map, reports faults, and shows Linux's memory-block view of
+//! boot RAM. With `HPK_GRANULE=16k` or `64k` (tests/common) all of it on
+//! that granule's kernel, every CPU being `max`.
 
 mod common;
 
@@ -21,7 +21,8 @@ fn size_kb(mem: &str) -> u64 {
 }
 
 /// Boots one configuration to the prompt; MemTotal must be at most `-m` and
-/// at least 97% of it; the single CPU is online; `poweroff` exits with 0.
+/// at least 97% of it; every CPU is online; the GIC is driven (the UART's
+/// interrupt wakes the idle CPU); `poweroff` exits with 0.
 /// With `HPK_GRANULE` 16k or 64k the harness boots `cpu` as `max`.
 fn check_config(cpu: &str, mem: &str, machine: &str, smp: u32) {
     let mut q = Qemu::boot(Opts::new().cpu(cpu).mem(mem).machine(machine).smp(smp));
@@ -36,15 +37,20 @@ fn check_config(cpu: &str, mem: &str, machine: &str, smp: u32) {
     if free > total {
         q.fail(&format!("MemFree {free} kB > MemTotal {total} kB"));
     }
-    if smp == 1 {
-        let online = q.read("/sys/devices/system/cpu/online");
-        if online != "0\n" {
-            q.fail(&format!("cpu/online is {online:?} with one CPU"));
-        }
+    let online = q.read("/sys/devices/system/cpu/online");
+    let all = match smp {
+        1 => "0\n".to_string(),
+        n => format!("0-{}\n", n - 1),
+    };
+    if online != all {
+        q.fail(&format!("cpu/online is {online:?} with {smp} CPUs"));
     }
     let dmesg = q.run_ok("dmesg");
     if !dmesg.contains("Booting") {
         q.fail("dmesg lacks the boot banner");
+    }
+    if !dmesg.contains("wakes the idle CPU") {
+        q.fail("the GIC was not set up");
     }
     q.poweroff();
 }
@@ -61,6 +67,15 @@ fn matrix_gic_v3() {
     check_config("cortex-a57", "1G", ",gic-version=3", 1);
     check_config("cortex-a53", "4G", ",gic-version=3", 1);
     check_config("cortex-a72", "2G", ",gic-version=3", 1);
+}
+
+/// GICv4 (QEMU offers it only with `virtualization=on`): redistributors
+/// twice GICv3's size, one and several CPUs.
+#[test]
+fn matrix_gic_v4() {
+    check_config("max", "1G", ",gic-version=4,virtualization=on", 1);
+    check_config("cortex-a72", "2G", ",gic-version=4,virtualization=on", 2);
+    check_config("cortex-a57", "512M", ",gic-version=4,virtualization=on", 4);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Device drivers. Only the register access is target-specific; the rest
 //! builds on the host.
 
+#[cfg(target_os = "none")]
 pub mod gic;
 pub mod pci;
 pub mod pl011;

@@ -4,7 +4,7 @@
 
 use super::setup::{Boot, KernelImage};
 use crate::arch::aarch64::{self as cpu, smp};
-use crate::drivers::gic::{self, Gic};
+use crate::drivers::gic::{self, Gic, GicMmio};
 use crate::drivers::pl011;
 use crate::mm::addr::{memmap_range, Pfn, PhysAddr};
 use crate::mm::granule::KernelGranule;
@@ -14,15 +14,15 @@ use crate::mm::pgtable::{Attributes, MapHints, PageTable, VaRange};
 use crate::mm::translation::KernelTranslation;
 use crate::mm::vmemmap::vmemmap_populate;
 use crate::platform::GicVersion;
-use crate::pr_info;
+use crate::{pr_info, pr_warn};
 
 pub type KernelPageTable = PageTable<KernelTranslation, KernelGranule>;
 
 /// The kernel's tables, live, and where the boot devices were mapped.
 pub struct Paging {
     pub pt: KernelPageTable,
-    /// GIC version, distributor and CPU interface / redistributor VAs.
-    gic: Option<(GicVersion, usize, usize)>,
+    /// Where the GIC's registers were mapped.
+    gic: Option<GicMmio>,
 }
 
 /// The start of every section that boot RAM touches, once each, in order
@@ -66,15 +66,26 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         .uart
         .map(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, memblock));
     let gic = platform.gic.map(|g| {
-        // One redistributor (RD and SGI frames) per CPU is used.
-        let cpu_size = if g.version == GicVersion::V3 {
-            g.cpu_or_redist.size.min(0x20000 * platform.nr_cpus as u64)
-        } else {
-            g.cpu_or_redist.size
+        // What the driver may touch, within what the DT gives: the
+        // redistributors of every CPU at GICv4's stride (the driver checks
+        // the real one, GICR_TYPER.VLPIS, against this); never more, so that
+        // an oversized `reg` cannot exhaust the ioremap window.
+        let cpu_window = match g.version {
+            GicVersion::V2 => gic::CPU_IF_WINDOW,
+            GicVersion::V3 => gic::REDIST_WINDOW_PER_CPU * platform.nr_cpus.max(1) as u64,
         };
-        let dist = crate::mm::ioremap::ioremap(&mut pt, g.dist.base, g.dist.size, memblock);
-        let cpu = crate::mm::ioremap::ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, memblock);
-        (g.version, dist.as_u64() as usize, cpu.as_u64() as usize)
+        let dist_size = g.dist.size.min(gic::DIST_WINDOW);
+        let cpu_size = g.cpu_or_redist.size.min(cpu_window);
+        let ioremap = |pt: &mut KernelPageTable, pa, size, memblock: &mut Memblock| {
+            crate::mm::ioremap::ioremap(pt, pa, size, memblock).as_u64() as usize
+        };
+        GicMmio {
+            version: g.version,
+            dist: ioremap(&mut pt, g.dist.base, dist_size, memblock),
+            dist_size: dist_size as usize,
+            cpu: ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, memblock),
+            cpu_size: cpu_size as usize,
+        }
     });
     let ram = memblock.memory_regions();
     for section in boot_sections(&ram) {
@@ -97,19 +108,28 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
 }
 
 /// Starts the GIC and lets the UART's interrupt wake the idle CPU; whether
-/// the idle loop may sleep (not without an interrupt to wake it).
+/// the idle loop may sleep (not without an interrupt to wake it). A GIC the
+/// driver refuses is logged, and the kernel runs without interrupts.
 pub fn irq_init(boot: &Boot, paging: &Paging) -> bool {
-    let (Some((version, dist, cpu_if)), Some(intid)) = (paging.gic, boot.platform.uart_intid)
-    else {
+    let (Some(mmio), Some(intid)) = (paging.gic, boot.platform.uart_intid) else {
         return false;
     };
-    let gic = gic::install(Gic::init(version, dist, cpu_if));
+    let cpus = &boot.platform.cpu_mpidr[..boot.platform.nr_cpus];
+    // SAFETY: paging_init mapped these windows as device memory for good,
+    // from the DT's GIC node, and nothing but the driver uses them.
+    let gic = match unsafe { Gic::init(mmio, cpus) } {
+        Ok(gic) => gic::install(gic),
+        Err(e) => {
+            pr_warn!("GIC: {e}; running without interrupts");
+            return false;
+        }
+    };
     gic.enable_spi(intid);
     smp::set_wakeup(gic);
     pl011::enable_rx_interrupt();
     pr_info!(
-        "GIC {:?}: UART interrupt {} wakes the idle CPU",
-        version,
+        "GICv{}: UART interrupt {} wakes the idle CPU",
+        gic.revision(),
         intid
     );
     true

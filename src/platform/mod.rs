@@ -15,6 +15,9 @@ pub enum Conduit {
 pub const MAX_MEMORY: usize = 16;
 pub const MAX_CPUS: usize = 16;
 
+/// What the DT's compatible says. `arm,gic-v3` also stands for GICv4
+/// (QEMU's `gic-version=4`): the driver tells them apart by the
+/// redistributors' own registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GicVersion {
     V2,
@@ -25,7 +28,8 @@ pub enum GicVersion {
 pub struct GicInfo {
     pub version: GicVersion,
     pub dist: PhysRange,
-    /// GICv2: the CPU interface; GICv3: the redistributors.
+    /// GICv2: the CPU interface; GICv3/v4: the (first) redistributor
+    /// region, as large as the DT says.
     pub cpu_or_redist: PhysRange,
 }
 
@@ -130,8 +134,8 @@ impl Platform {
                         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 };
                 match (cell(0)?, cell(1)?) {
-                    (0, n) => Some(32 + n),
-                    (1, n) => Some(16 + n),
+                    (0, n) => n.checked_add(32),
+                    (1, n) => n.checked_add(16),
                     _ => None,
                 }
             });
@@ -216,6 +220,25 @@ mod tests {
         assert_eq!(gic.dist.base, PhysAddr::new(0x800_0000));
         assert_eq!(gic.cpu_or_redist.base, PhysAddr::new(0x801_0000));
         assert_eq!(p.nr_cpus, 1);
+    }
+
+    /// QEMU's `gic-version=4` says `arm,gic-v3`, with the whole
+    /// redistributor region (the driver finds the v4 stride itself).
+    #[test]
+    fn reads_qemu_virt_gicv4_as_v3_compatible() {
+        let p = load("virt-gicv4-smp2.dtb");
+        let gic = p.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V3);
+        assert_eq!(
+            gic.dist,
+            PhysRange::new(PhysAddr::new(0x800_0000), 0x1_0000)
+        );
+        assert_eq!(
+            gic.cpu_or_redist,
+            PhysRange::new(PhysAddr::new(0x80a_0000), 0xf6_0000)
+        );
+        assert_eq!(p.nr_cpus, 2);
+        assert_eq!(&p.cpu_mpidr[..2], &[0, 1]);
     }
 
     #[test]
