@@ -6,6 +6,7 @@ use core::fmt::Write;
 
 use super::{Command, Kernel};
 use crate::error::Result;
+use crate::mm::addr::Pfn;
 use crate::mm::layout::PAGE_SIZE;
 use crate::mm::system::DevMapKind;
 use crate::platform::cmdline::memparse;
@@ -86,6 +87,40 @@ fn devmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()
     })
 }
 
+/// Pages held by `pin`, in chunks: the list grows by small allocations,
+/// each of which may fail (`ENOMEM`) without losing what is pinned.
+#[derive(Default)]
+pub struct Pinned {
+    chunks: Vec<Vec<Pfn>>,
+}
+
+/// Pfns per chunk (64 KiB of heap).
+const CHUNK: usize = 8192;
+
+impl Pinned {
+    fn push(&mut self, pfn: Pfn) -> Result<()> {
+        let no_memory = |_| err!(ENOMEM, "no kernel memory to track more pinned pages");
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.try_reserve(1).map_err(no_memory)?;
+            let mut chunk = Vec::new();
+            chunk.try_reserve_exact(CHUNK).map_err(no_memory)?;
+            self.chunks.push(chunk);
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(pfn);
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn pinned_kib(pages: usize) -> u64 {
     (pages as u64 * PAGE_SIZE) >> 10
 }
@@ -107,7 +142,10 @@ fn pin<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
                     pinned_kib(pinned.len())
                 );
             };
-            pinned.push(pfn);
+            if let Err(e) = pinned.push(pfn) {
+                mm.free(pfn, 0);
+                return Err(e);
+            }
         }
         Ok(())
     });
@@ -120,7 +158,7 @@ fn pin<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
 fn unpin<K: Kernel>(k: &mut K, _: &[&str], _: &mut dyn Write) -> Result<()> {
     let pinned = core::mem::take(k.pinned());
     k.with_mm(|mm| {
-        for &pfn in &pinned {
+        for &pfn in pinned.chunks.iter().flatten() {
             mm.free(pfn, 0);
         }
         Ok(())

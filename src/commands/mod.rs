@@ -25,7 +25,6 @@ use crate::console::System;
 use crate::err;
 use crate::error::{Error, Result};
 use crate::fs::Files;
-use crate::mm::addr::Pfn;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::MemorySystem;
 use crate::platform::cmdline::parse_u64;
@@ -38,7 +37,7 @@ pub trait Kernel {
     /// CPUs running, bit n for CPU n.
     fn cpus_online(&self) -> u64;
     /// Pages held by `pin`, as a process would hold them.
-    fn pinned(&mut self) -> &mut Vec<Pfn>;
+    fn pinned(&mut self) -> &mut mem::Pinned;
 }
 
 pub type Handler<K> = fn(&mut K, &[&str], &mut dyn Write) -> Result<()>;
@@ -140,7 +139,7 @@ impl<K: Kernel> System for Shell<K> {
 #[cfg(target_os = "none")]
 #[derive(Default)]
 pub struct Machine {
-    pinned: Vec<Pfn>,
+    pinned: mem::Pinned,
 }
 
 #[cfg(target_os = "none")]
@@ -155,7 +154,7 @@ impl Kernel for Machine {
         crate::arch::aarch64::smp::online_mask()
     }
 
-    fn pinned(&mut self) -> &mut Vec<Pfn> {
+    fn pinned(&mut self) -> &mut mem::Pinned {
         &mut self.pinned
     }
 }

@@ -15,7 +15,7 @@ use crate::mm::testing::ArenaTranslation;
 
 struct HostKernel {
     sys: TestSystem,
-    pinned: Vec<Pfn>,
+    pinned: super::mem::Pinned,
 }
 
 impl Kernel for HostKernel {
@@ -32,7 +32,7 @@ impl Kernel for HostKernel {
         0b11
     }
 
-    fn pinned(&mut self) -> &mut Vec<Pfn> {
+    fn pinned(&mut self) -> &mut super::mem::Pinned {
         &mut self.pinned
     }
 }
@@ -40,7 +40,7 @@ impl Kernel for HostKernel {
 fn shell() -> Shell<HostKernel> {
     Shell::new(HostKernel {
         sys: TestSystem::boot(),
-        pinned: Vec::new(),
+        pinned: Default::default(),
     })
 }
 

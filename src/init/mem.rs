@@ -7,15 +7,11 @@ use super::setup::Boot;
 use crate::mm::addr::{Pfn, PhysRange};
 use crate::mm::buddy::BuddyAllocator;
 use crate::mm::frame::FrameAllocator;
-use crate::mm::heap::Heap;
+use crate::mm::heap::{self, Heap};
 use crate::mm::layout::*;
 use crate::mm::page::{Memmap, PageFlags, Zone};
 use crate::mm::system::MemorySystem;
 use crate::pr_info;
-
-/// Pages of kernel heap (as an order), taken from the buddy allocator once
-/// it is up: `PAGE_SIZE << HEAP_ORDER` bytes.
-const HEAP_ORDER: u32 = MAX_ORDER;
 
 pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     let memblock = &boot.memblock;
@@ -34,15 +30,15 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
             buddy.online_pages(s, e - s, Zone::Normal);
         }
     });
-    let heap_pa = buddy
-        .alloc_pages(HEAP_ORDER)
+    // The heap starts with one block and a spare; it grows from the page
+    // allocator as the kernel needs (mm::heap).
+    let first = buddy
+        .alloc_pages(heap::BLOCK_ORDER)
         .expect("no memory for the heap");
-    unsafe {
-        heap.init(
-            heap_pa.to_virt().as_mut_ptr(),
-            (PAGE_SIZE << HEAP_ORDER) as usize,
-        )
-    };
+    let spare = buddy.alloc_pages(heap::BLOCK_ORDER);
+    // SAFETY: both blocks were just taken from the page allocator for good.
+    unsafe { heap.init(first.to_virt(), spare.map(|pa| pa.to_virt())) };
+    heap::register(heap);
 
     let mut mm = MemorySystem::new(paging.pt, buddy, memmap);
     mm.set_memmap_on_memory(boot.params.memmap_on_memory);
@@ -58,7 +54,7 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     for r in boot.held_back() {
         mm.add_hotpluggable_range(r);
     }
-    for &range in boot.params.pmem() {
+    for range in boot.pmem.iter().flatten().copied() {
         mm.register_device_memory(range, "pmem", "Persistent Memory (legacy)");
         pr_info!(
             "memmap: device memory {:#x}-{:#x}",

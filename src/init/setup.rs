@@ -4,9 +4,9 @@
 use crate::arch::aarch64 as cpu;
 use crate::drivers::{pl011, psci};
 use crate::mm::addr::{PhysAddr, PhysRange, VirtAddr};
-use crate::mm::layout::{PAGE_SIZE, VA_BITS};
+use crate::mm::layout::{PAGE_SIZE, PHYS_LIMIT, VA_BITS};
 use crate::mm::memblock::Memblock;
-use crate::platform::cmdline::BootParams;
+use crate::platform::cmdline::{check_pmem, BootParams, MAX_PMEM};
 use crate::platform::{is_fdt, Platform};
 use crate::{pr_info, pr_warn};
 
@@ -75,6 +75,8 @@ pub struct Boot {
     pub memblock: Memblock,
     /// Where `mem=` cut boot RAM off: RAM above it is hot-pluggable later.
     pub ram_limit: PhysAddr,
+    /// The `memmap=` regions that passed [`check_pmem`], carved out of RAM.
+    pub pmem: [Option<PhysRange>; MAX_PMEM],
 }
 
 impl Boot {
@@ -131,14 +133,44 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
     pr_info!("Kernel command line: {}", platform.bootargs());
 
     let image = KernelImage::new(kernel_pa);
-    let (memblock, ram_limit) = memblock_init(&platform, &params, &image);
+    let (mut memblock, ram_limit) = memblock_init(&platform, &params, &image);
+    let pmem = carve_out_pmem(&platform, &params, &image, &mut memblock);
     Boot {
         platform,
         params,
         image,
         memblock,
         ram_limit,
+        pmem,
     }
+}
+
+/// `memmap=` regions: checked against the DT and the CPU (a bad one is
+/// logged and ignored, never mapped), then taken out of boot RAM so that
+/// the page allocator never has them.
+fn carve_out_pmem(
+    platform: &Platform,
+    params: &BootParams,
+    image: &KernelImage,
+    memblock: &mut Memblock,
+) -> [Option<PhysRange>; MAX_PMEM] {
+    let pa_limit = PHYS_LIMIT.min(1 << cpu::pa_bits());
+    let busy = [PhysRange::new(image.pa, image.size()), platform.dtb];
+    let mut ok = [None; MAX_PMEM];
+    for (slot, &r) in ok.iter_mut().zip(params.pmem()) {
+        match check_pmem(r, platform.memory(), pa_limit, &busy) {
+            Ok(()) => {
+                memblock.remove(r.base, r.size);
+                *slot = Some(r);
+            }
+            Err(why) => pr_warn!(
+                "memmap={:#x}!{:#x}: {why}; ignored",
+                r.size,
+                r.base.as_u64()
+            ),
+        }
+    }
+    ok
 }
 
 /// Boot RAM up to `mem=`, less the kernel image and the DT; and where

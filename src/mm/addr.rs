@@ -8,7 +8,7 @@
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub, SubAssign};
 
-use super::layout::{PAGE_OFFSET, PAGE_SHIFT, STRUCT_PAGE_SHIFT, VMEMMAP_START};
+use super::layout::{PAGE_END, PAGE_OFFSET, PAGE_SHIFT, STRUCT_PAGE_SHIFT, VMEMMAP_START};
 
 /// The arithmetic, alignment and formatting every address type shares.
 macro_rules! address_type {
@@ -118,6 +118,18 @@ pub struct Pfn(u64);
 address_type!(PhysAddr, "bytes");
 address_type!(VirtAddr, "bytes");
 address_type!(Pfn, "pages");
+
+impl VirtAddr {
+    /// The physical address of a linear-map address (Linux's `__pa`);
+    /// `None` outside the linear map.
+    pub const fn linear_to_phys(self) -> Option<PhysAddr> {
+        if self.0 >= PAGE_OFFSET && self.0 < PAGE_END {
+            Some(PhysAddr(self.0 - PAGE_OFFSET))
+        } else {
+            None
+        }
+    }
+}
 
 impl PhysAddr {
     /// Its address in the linear map (Linux's `__va`; `PHYS_OFFSET` is 0).

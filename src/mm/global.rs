@@ -23,5 +23,30 @@ pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
     let mm = guard
         .as_mut()
         .ok_or_else(|| crate::err!(EAGAIN, "memory is not initialised yet"))?;
-    Ok(f(mm))
+    // Before: what was freed since (outside the lock) is given back, so
+    // `f` sees it; after: what `f` used is replaced.
+    top_up_heap(mm);
+    let r = f(mm);
+    top_up_heap(mm);
+    Ok(r)
+}
+
+/// The heap's spare block replaced, its empty blocks given back: done here,
+/// with the lock held, because the heap itself cannot take it.
+fn top_up_heap(mm: &mut KernelMm) {
+    let Some(heap) = super::heap::kernel() else {
+        return;
+    };
+    let mm = core::cell::RefCell::new(mm);
+    heap.top_up(
+        || {
+            let pa = mm.borrow_mut().alloc_pages(super::heap::BLOCK_ORDER)?;
+            Some(pa.to_virt())
+        },
+        |va| {
+            if let Some(pa) = va.linear_to_phys() {
+                mm.borrow_mut().free_pages(pa, super::heap::BLOCK_ORDER);
+            }
+        },
+    );
 }

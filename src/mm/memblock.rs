@@ -103,6 +103,11 @@ impl Memblock {
         self.memory.add(base, base + size);
     }
 
+    /// Linux's `memblock_remove`: no longer RAM (carved out as device memory).
+    pub fn remove(&mut self, base: PhysAddr, size: u64) {
+        self.memory.remove(base, base + size);
+    }
+
     /// Linux's `memblock_reserve`.
     pub fn reserve(&mut self, base: PhysAddr, size: u64) {
         self.reserved.add(base, base + size);

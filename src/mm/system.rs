@@ -219,6 +219,8 @@ pub(in crate::mm) struct Parts<'a, T: Translation> {
 pub struct MemInfo {
     pub total: u64,
     pub free: u64,
+    /// The kernel heap's blocks (Linux's `Slab:`, the kernel's own objects).
+    pub slab: u64,
     pub page_tables: u64,
     pub vmemmap: u64,
     pub vmemmap_altmap: u64,
@@ -226,19 +228,21 @@ pub struct MemInfo {
 }
 
 impl MemInfo {
-    pub const FIELDS: [&'static str; 6] = [
+    pub const FIELDS: [&'static str; 7] = [
         "MemTotal",
         "MemFree",
+        "Slab",
         "PageTables",
         "Vmemmap",
         "VmemmapAltmap",
         "DeviceMem",
     ];
 
-    pub fn values(&self) -> [u64; 6] {
+    pub fn values(&self) -> [u64; 7] {
         [
             self.total,
             self.free,
+            self.slab,
             self.page_tables,
             self.vmemmap,
             self.vmemmap_altmap,
@@ -325,6 +329,7 @@ impl<T: Translation> MemorySystem<T> {
         MemInfo {
             total: managed * PAGE_SIZE,
             free: self.buddy.nr_free_total() * PAGE_SIZE,
+            slab: super::heap::kernel().map_or(0, |h| h.stats().bytes),
             page_tables: self.pt.stats.tables * PAGE_SIZE,
             vmemmap,
             vmemmap_altmap,

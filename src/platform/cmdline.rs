@@ -108,6 +108,31 @@ impl BootParams {
     }
 }
 
+/// Why a `memmap=SIZE!ADDR` region cannot be device memory: it must be RAM
+/// the device tree describes (one region of it), below `pa_limit` (the CPU's
+/// and the linear map's), and clear of what boot already uses (`busy`: the
+/// kernel image and the DT).
+pub fn check_pmem(
+    r: PhysRange,
+    ram: &[PhysRange],
+    pa_limit: u64,
+    busy: &[PhysRange],
+) -> Result<(), &'static str> {
+    let Some(end) = r.base.checked_add(r.size) else {
+        return Err("wraps around the address space");
+    };
+    if end.as_u64() > pa_limit {
+        return Err("beyond the physical address range");
+    }
+    if !ram.iter().any(|m| m.base <= r.base && end <= m.end()) {
+        return Err("not RAM the device tree describes");
+    }
+    if busy.iter().any(|b| b.overlaps(&r)) {
+        return Err("overlaps the kernel image or the device tree");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +166,66 @@ mod tests {
         assert_eq!(memparse("0x1eG"), Some(30 << 30));
         assert_eq!(memparse("2e"), Some(2 << 60));
         assert_eq!(memparse("0x"), None);
+    }
+
+    #[test]
+    fn pmem_must_be_described_ram_below_the_limit_and_clear_of_boot() {
+        let r = |base: u64, size: u64| PhysRange::new(PhysAddr::new(base), size);
+        let ram = [r(0x4000_0000, 2 << 30)];
+        let busy = [r(0x4020_0000, 0x10_0000), r(0x4000_0000, 0x10_0000)];
+        let limit = 1 << 48;
+        let check = |x| check_pmem(x, &ram, limit, &busy);
+        assert_eq!(check(r(0x9000_0000, 256 << 20)), Ok(()));
+        assert_eq!(check(r(0x4800_0000, 128 << 20)), Ok(()));
+        assert_eq!(
+            check(r(0x2_0000_0000, 256 << 20)),
+            Err("not RAM the device tree describes")
+        );
+        // Straddling the end of RAM.
+        assert_eq!(
+            check(r(0xb000_0000, 512 << 20)),
+            Err("not RAM the device tree describes")
+        );
+        assert_eq!(
+            check(r(0xffff_ffff_f000_0000, 512 << 20)),
+            Err("wraps around the address space")
+        );
+        assert_eq!(
+            check(r(1 << 48, 1 << 20)),
+            Err("beyond the physical address range")
+        );
+        assert_eq!(
+            check_pmem(r(0x9000_0000, 256 << 20), &ram, 0x8000_0000, &busy),
+            Err("beyond the physical address range")
+        );
+        assert_eq!(
+            check(r(0x4000_0000, 128 << 20)),
+            Err("overlaps the kernel image or the device tree")
+        );
+    }
+
+    proptest::proptest! {
+        /// Any command line (the DT's bootargs are arbitrary bytes that
+        /// happen to be UTF-8) parses without a panic, and every region it
+        /// accepts is non-empty.
+        #[test]
+        fn any_bootargs_parse(args in ".{0,300}", words in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just("mem=".to_string()),
+                proptest::strategy::Just("memmap=".to_string()),
+                proptest::strategy::Just("loglevel=".to_string()),
+                proptest::strategy::Just("memory_hotplug.memmap_on_memory=".to_string()),
+                "[0-9a-fxA-FX!@$kKmMgGtTpPeE =\\-]{0,24}",
+            ],
+            0..40,
+        )) {
+            let line = alloc::format!("{args} {}", words.concat());
+            let p = BootParams::parse(&line, |_| {});
+            for r in p.pmem() {
+                proptest::prop_assert!(r.size > 0);
+            }
+            let _ = memparse(&line);
+            let _ = parse_u64(&line);
+        }
     }
 }

@@ -84,6 +84,19 @@ pub fn disable_user_table() {
     isb(barrier::SY);
 }
 
+/// Physical address bits the CPU implements (`ID_AA64MMFR0_EL1.PARange`).
+pub fn pa_bits() -> u32 {
+    match ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
 /// The generic timer's count (ordered after earlier instructions).
 pub fn counter() -> u64 {
     isb(barrier::SY);

@@ -410,6 +410,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
                 0
             },
         device_mem: if model.dev.is_some() { DEV_SIZE } else { 0 },
+        slab: 0,
     };
     prop_assert_eq!(mi, want);
 
