@@ -2,12 +2,10 @@
 //! types them.
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use super::{Kernel, Shell};
 use crate::console::run;
 use crate::error::{Errno, Result};
-use crate::mm::addr::Pfn;
 use crate::mm::layout::PAGE_SIZE;
 use crate::mm::system::MemorySystem;
 use crate::mm::test_system::TestSystem;
