@@ -30,6 +30,7 @@ pub struct PciDevice {
 }
 
 /// Hands out naturally aligned addresses from one window.
+#[derive(Clone, Copy)]
 struct WindowAllocator {
     window: PciWindow,
     next: u64,
@@ -44,18 +45,27 @@ impl WindowAllocator {
     }
 
     /// A PCI address for `size` bytes, and the CPU address it appears at.
+    /// Sizes come from the device: anything that does not fit (or
+    /// overflows) is `None`, never a panic.
     fn alloc(&mut self, size: u64) -> Option<(u64, u64)> {
-        let at = self.next.next_multiple_of(size);
-        (at + size <= self.window.pci + self.window.size).then(|| {
-            self.next = at + size;
+        if size == 0 || !size.is_power_of_two() {
+            return None;
+        }
+        let at = self.next.checked_next_multiple_of(size)?;
+        let end = at.checked_add(size)?;
+        (end <= self.window.pci.checked_add(self.window.size)?).then(|| {
+            self.next = end;
             (at, at - self.window.pci + self.window.cpu)
         })
     }
 }
 
 /// Enumerates the host's root bus, places every memory BAR and enables
-/// memory decoding and bus mastering. Devices whose BARs do not fit are
-/// left disabled and reported. Buses behind bridges are not reachable
+/// memory decoding and bus mastering. A 64-bit BAR goes to the 64-bit
+/// window, or the 32-bit one when that is missing or full. A device is
+/// placed whole or not at all: if one BAR does not fit, the windows get back
+/// what its others took, it stays disabled, is reported, and no driver sees
+/// it. Buses behind bridges are not reachable
 /// until someone numbers the bridges, which no one here does: only the
 /// root bus (where QEMU puts its devices) is scanned.
 pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) -> Vec<PciDevice> {
@@ -73,6 +83,7 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                 intx: host.intx(df.device, 1),
             };
             let mut ok = true;
+            let saved = (low, high);
             let mut index = 0;
             while index < 6 {
                 let Ok(Some(bar)) = root.bar_info(df, index) else {
@@ -89,11 +100,11 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                 {
                     let wide = address_type == MemoryBarType::Width64;
                     let placed = match (&mut high, wide) {
-                        (Some(h), true) => h.alloc(size),
+                        (Some(h), true) => h.alloc(size).or_else(|| low.alloc(size)),
                         _ => low.alloc(size),
                     };
                     match placed {
-                        Some((pci, cpu)) if size > 0 => {
+                        Some((pci, cpu)) if ok => {
                             if wide {
                                 root.set_bar_64(df, index, pci);
                             } else {
@@ -110,11 +121,12 @@ pub fn enumerate<C: ConfigurationAccess>(root: &mut PciRoot<C>, host: &PciHost) 
                 }
                 index += if two { 2 } else { 1 };
             }
-            if ok {
-                root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
-            } else {
+            if !ok {
+                (low, high) = saved;
                 crate::pr_warn!("pci {df}: BARs do not fit the bridge's windows; left disabled");
+                continue;
             }
+            root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
             crate::pr_info!(
                 "pci {df}: [{:04x}:{:04x}] {}",
                 dev.vendor,
@@ -254,6 +266,94 @@ mod tests {
         for dev in &devs {
             let (_, command) = root.get_status_command(dev.df);
             assert!(command.contains(Command::MEMORY_SPACE | Command::BUS_MASTER));
+        }
+    }
+
+    fn cam(devices: &[((u8, u8), u32, [u64; 6], [u32; 6])]) -> FakeCam {
+        let mut regs = HashMap::new();
+        let mut sizes = HashMap::new();
+        for &(df, id, bar_sizes, bar_flags) in devices {
+            let mut r = [0u32; 64];
+            r[0] = id;
+            r[4..10].copy_from_slice(&bar_flags);
+            regs.insert(df, r);
+            sizes.insert(df, bar_sizes);
+        }
+        FakeCam {
+            regs: std::rc::Rc::new(std::cell::RefCell::new(regs)),
+            sizes: std::rc::Rc::new(sizes),
+        }
+    }
+
+    fn host(low_size: u64, high: Option<u64>) -> PciHost {
+        PciHost {
+            mmio32: PciWindow {
+                pci: 0x1000_0000,
+                cpu: 0x1000_0000,
+                size: low_size,
+            },
+            mmio64: high.map(|size| PciWindow {
+                pci: 0x80_0000_0000,
+                cpu: 0x80_0000_0000,
+                size,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A device with a BAR that does not fit is not handed out, its other
+    /// BARs' space goes back to the window, and decoding stays off.
+    #[test]
+    fn a_device_is_placed_whole_or_not_at_all() {
+        let cam = cam(&[
+            // 00:01.0: a 64 KiB BAR 0 that fits, a 1 GiB BAR 1 that does not.
+            (
+                (1, 0),
+                0x1000_1af4,
+                [0x1_0000, 0x4000_0000, 0, 0, 0, 0],
+                [0; 6],
+            ),
+            // 00:02.0: a 64 KiB BAR 0.
+            ((2, 0), 0x1001_1af4, [0x1_0000, 0, 0, 0, 0, 0], [0; 6]),
+        ]);
+        let mut root = PciRoot::new(cam);
+        let devs = enumerate(&mut root, &host(0x100_0000, None));
+        assert_eq!(devs.len(), 1, "{devs:?}");
+        assert_eq!(devs[0].device, 0x1001);
+        // It got the space the refused device's BAR 0 had taken.
+        assert_eq!(devs[0].bars[0].map(|b| b.cpu), Some(0x1000_0000));
+        let refused = DeviceFunction {
+            bus: 0,
+            device: 1,
+            function: 0,
+        };
+        let (_, command) = root.get_status_command(refused);
+        assert!(!command.contains(Command::MEMORY_SPACE));
+    }
+
+    /// Without a 64-bit window (or with a full one) a 64-bit BAR goes
+    /// below 4 GiB.
+    #[test]
+    fn a_64_bit_bar_falls_back_to_the_32_bit_window() {
+        for high in [None, Some(0x1000)] {
+            let cam = cam(&[(
+                (3, 0),
+                0x1110_1af4,
+                [0, 0, 0x100_0000, 0, 0, 0],
+                [0, 0, 0xc, 0, 0, 0],
+            )]);
+            let mut root = PciRoot::new(cam);
+            let devs = enumerate(&mut root, &host(0x2000_0000, high));
+            assert_eq!(devs.len(), 1);
+            assert_eq!(
+                devs[0].bars[2],
+                Some(Bar {
+                    cpu: 0x1000_0000,
+                    size: 0x100_0000,
+                    prefetchable: true
+                }),
+                "64-bit window {high:?}"
+            );
         }
     }
 }
