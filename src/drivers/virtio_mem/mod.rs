@@ -37,7 +37,7 @@ use alloc::vec::Vec;
 use crate::arch;
 use crate::error::Result;
 use crate::mm::hotplug::OfflineError;
-use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PHYS_LIMIT};
+use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PAGE_SIZE, PHYS_LIMIT};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
@@ -140,7 +140,7 @@ struct Geometry {
 impl Geometry {
     fn new(c: &Config) -> Result<Self> {
         let bs = c.block_size;
-        if !bs.is_power_of_two() || !c.addr.is_multiple_of(bs) {
+        if !bs.is_power_of_two() || bs < PAGE_SIZE || !c.addr.is_multiple_of(bs) {
             bail!(
                 ENODEV,
                 "virtio_mem: device block size {bs:#x} or region {:#x} not usable",
@@ -294,7 +294,7 @@ impl<D: MemDevice> VirtioMem<D> {
             "virtio_mem {:#x}: region {:#x}-{:#x}, device block size {:#x}",
             config.addr,
             config.addr,
-            config.addr + config.region_size - 1,
+            (config.addr + config.region_size).saturating_sub(1),
             config.block_size
         );
         if geo.units() == 0 {

@@ -116,7 +116,7 @@ fn run(bs: u64, memmap_on_memory: bool, ops: &[Op]) {
             && !pins.iter().any(|p| region.contains(&p.phys().as_u64()));
         let r = vm.step(&mut sys.mm);
         sys.mm.set_fail_nth_alloc(None);
-        check(&mut vm, &sys.mm, &base);
+        check_step(&mut vm, &sys.mm, &base, r);
         if clean {
             // Nothing in the way: exactly the request, at once.
             let want = vm.device().config.requested_size;
