@@ -534,8 +534,9 @@ fn an_unplug_refused_after_remove_brings_the_block_back() {
     }
 }
 
-/// Allocation failures while plugging: the device gets the memory back;
-/// if it refuses, the next step adds the block after all.
+/// Allocation failures while plugging (any one allocation, or memory
+/// exhausted): the device gets the memory back; if it refuses, the memory
+/// stays plugged and a later step adds it to the kernel after all.
 #[test]
 fn allocation_failures_give_memory_back_to_the_device() {
     for bs in [2 * MIB, MB] {
@@ -550,18 +551,30 @@ fn allocation_failures_give_memory_back_to_the_device() {
                 assert!(settle(&mut vm, &mut sys.mm, &base, 3));
             }
             assert_eq!(vm.device().plugged_bytes(), MB);
-            // The device refuses the give-back: the block is added later.
-            sys.mm.set_fail_nth_alloc(Some(nth));
-            vm.device().answer(Kind::Unplug, Response::Busy);
-            let r = request(&mut vm, &mut sys.mm, &base, 2 * MB);
-            sys.mm.set_fail_nth_alloc(None);
-            if r.is_some() {
-                assert!(settle(&mut vm, &mut sys.mm, &base, 4));
-            }
-            assert_eq!(vm.device().plugged_bytes(), 2 * MB);
-            vm.device().inject.clear();
             assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
             assert_eq!(sys.mm.meminfo(), base, "nth {nth}");
+        }
+        for refuse in [false, true] {
+            let mut sys = TestSystem::boot();
+            let base = sys.mm.meminfo();
+            let mut vm = driver(bs);
+            let mut held = Vec::new();
+            while let Some(p) = sys.mm.alloc(0, Zone::Normal) {
+                held.push(p);
+            }
+            if refuse {
+                vm.device().answer(Kind::Unplug, Response::Busy);
+            }
+            assert!(request(&mut vm, &mut sys.mm, &base, MB).is_some());
+            let kept = if refuse { MB } else { 0 };
+            assert_eq!(vm.device().plugged_bytes(), kept, "{bs:#x} refuse {refuse}");
+            assert_eq!(driver_blocks(&sys.mm).count(), 0);
+            give_back(&mut sys.mm, held);
+            assert!(settle(&mut vm, &mut sys.mm, &base, 3));
+            assert_eq!(vm.device().plugged_bytes(), MB);
+            assert_eq!(sys.mm.meminfo().total - base.total, MB);
+            assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
+            assert_eq!(sys.mm.meminfo(), base);
         }
     }
 }
