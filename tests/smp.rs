@@ -36,6 +36,23 @@ fn stress(granule: &str, machine: &str, cycles: u32, workers: u32) {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no operation count in {out}"));
     assert!(ops > 0, "the workers did nothing: {out}");
+    // The run means something only if the workers used hot-added memory
+    // and CPU 0 had to isolate and wait for their pages at least once.
+    let counts: Vec<u64> = out
+        .lines()
+        .find(|l| l.starts_with("allocations from hot-added memory: "))
+        .unwrap_or_else(|| panic!("no hot-added counts in {out}"))
+        .split(": ")
+        .skip(1)
+        .map(|s| s.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counts[0] > 0, "no worker allocated hot-added memory: {out}");
+    if cycles >= 100 {
+        assert!(
+            counts[1] > 0,
+            "no offline waited for a worker's page: {out}"
+        );
+    }
     assert_eq!(q.read("/proc/meminfo"), baseline);
     q.assert_no_misuse("at the end");
     q.poweroff();

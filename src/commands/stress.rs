@@ -20,6 +20,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicU64 = AtomicU64::new(0);
 static OPS: AtomicU64 = AtomicU64::new(0);
 static ERRORS: AtomicU64 = AtomicU64::new(0);
+/// Worker allocations that came from hot-added blocks.
+static HOT_ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Offlines that found a worker's page in the block and waited for it.
+static WAITED: AtomicU64 = AtomicU64::new(0);
 
 /// Pages a worker holds at most at once.
 const HELD: usize = 8;
@@ -58,6 +62,13 @@ fn worker(cpu: usize) {
                     let page_ok = m
                         .page(pfn)
                         .is_some_and(|p| p.refcount() == 1 && p.has(PageFlags::ONLINE));
+                    let hot = m
+                        .blocks()
+                        .get(&block_id(pfn.phys()))
+                        .is_some_and(|b| !b.boot);
+                    if hot {
+                        HOT_ALLOCS.fetch_add(1, Ordering::Relaxed);
+                    }
                     (pfn, page_ok)
                 })
             });
@@ -104,15 +115,24 @@ fn with<R>(f: impl FnOnce(&mut KernelMm) -> R) -> R {
 fn offline_draining(id: u64) -> Result<()> {
     with(|m| m.offline_begin(id))?;
     let t0 = cpu::counter();
+    let mut waited = false;
     loop {
         if with(|m| m.offline_try_finish(id)) {
+            WAITED.fetch_add(u64::from(waited), Ordering::Relaxed);
             return Ok(());
         }
+        waited = true;
         if cpu::counter() - t0 > 10 * cpu::counter_freq() {
             with(|m| m.offline_abort(id));
             bail!(EBUSY, "memory{id}: pages still in use after 10 s");
         }
-        core::hint::spin_loop();
+        // Back off without the lock (100 us): retaking it at once starves
+        // the very workers whose frees the offline waits for (the lock is
+        // not fair, and the CPU that just dropped it wins it again).
+        let t = cpu::counter();
+        while cpu::counter() - t < cpu::counter_freq() / 10_000 {
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -142,6 +162,8 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     STOP.store(false, Ordering::Release);
     OPS.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
+    HOT_ALLOCS.store(0, Ordering::Relaxed);
+    WAITED.store(0, Ordering::Relaxed);
     RUNNING.store(mask, Ordering::Release);
     smp::run_on(mask, worker);
     let t0 = cpu::counter();
@@ -160,6 +182,16 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
                 result = Err(e);
                 break 'cycles;
             }
+        }
+        // Give the workers a moment (unlocked) to take pages of the new
+        // memory: offline must then isolate and wait for them. Bounded, so
+        // a run without workers does not stall.
+        let (hot, t) = (HOT_ALLOCS.load(Ordering::Relaxed), cpu::counter());
+        while mask != 0
+            && HOT_ALLOCS.load(Ordering::Relaxed) == hot
+            && cpu::counter() - t < cpu::counter_freq() / 20
+        {
+            core::hint::spin_loop();
         }
         for range in &ranges {
             let r = (block_id(range.base)..block_id(range.end()))
@@ -194,6 +226,12 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         "worker operations: {}, errors: {}",
         OPS.load(Ordering::Relaxed),
         ERRORS.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        out,
+        "allocations from hot-added memory: {}, offlines that waited for pages: {}",
+        HOT_ALLOCS.load(Ordering::Relaxed),
+        WAITED.load(Ordering::Relaxed)
     )?;
     if ERRORS.load(Ordering::Relaxed) != 0 {
         bail!(EIO, "workers saw {} errors", ERRORS.load(Ordering::Relaxed));

@@ -9,6 +9,10 @@ use crate::error::Result;
 
 pub type KernelMm = MemorySystem<KernelTranslation>;
 
+// A ticket lock (fair by construction) was tried: under TCG, with more
+// vCPUs than host cores, the CPU holding the next ticket is often not
+// running and `stress` slowed past its bound. Fairness is left for a lock
+// that tolerates preempted waiters.
 static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
 
 /// Hands the booted memory system over; from now on it lives behind the lock.
