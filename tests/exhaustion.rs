@@ -43,3 +43,27 @@ fn pin_to_exhaustion_is_enomem_and_unpin_restores_everything() {
     }
     q.poweroff();
 }
+
+/// A benchmark that runs out of memory midway gives back what it took.
+#[test]
+fn bench_out_of_memory_midway_gives_everything_back() {
+    let mut q = Qemu::boot(Opts::new().mem("2G").append("mem=1G"));
+    let before = q.meminfo();
+    // Leave 10 MiB: the baseline write needs 16 MiB, in 4 MiB blocks.
+    let keep_kb = 10 << 10;
+    q.run_ok(&format!("pin {}K", before["MemFree"] - keep_kb));
+    let pinned = q.meminfo();
+    let msg = q.run_err("bench hotplug 0x80000000 1G", "ENOMEM");
+    let after = q.meminfo();
+    if after != pinned {
+        q.fail(&format!(
+            "bench failing with {msg:?} kept memory: {pinned:?} -> {after:?}"
+        ));
+    }
+    q.run_ok("unpin");
+    let end = q.meminfo();
+    if end != before {
+        q.fail(&format!("meminfo after unpin {end:?}, before {before:?}"));
+    }
+    q.poweroff();
+}

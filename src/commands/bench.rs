@@ -41,10 +41,14 @@ fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64)
     if n > held.len() {
         bail!(EINVAL, "{bytes:#x} is too much struct page memory to time");
     }
-    for slot in held.iter_mut().take(n) {
-        *slot = mm
-            .alloc(order, Zone::Normal)
-            .ok_or_else(|| err!(ENOMEM, "no memory for the baseline"))?;
+    for i in 0..n {
+        let Some(pfn) = mm.alloc(order, Zone::Normal) else {
+            for &pfn in &held[..i] {
+                mm.free(pfn, order);
+            }
+            bail!(ENOMEM, "no memory for the baseline");
+        };
+        held[i] = pfn;
     }
     let t0 = cpu::counter();
     for &pfn in &held[..n] {
@@ -63,6 +67,18 @@ fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64)
         mm.free(pfn, order);
     }
     Ok(t.max(1))
+}
+
+/// Takes back what a failed run added: online blocks go offline, then the
+/// range is removed. Best effort: a block something else now uses stays,
+/// and says so.
+fn undo_add<T: Translation>(mm: &mut MemorySystem<T>, start: PhysAddr, size: u64) {
+    for id in block_id(start)..block_id(start + size) {
+        let _ = mm.offline_block(id);
+    }
+    if let Err(e) = mm.remove_memory(start, size) {
+        crate::pr_warn!("bench: {start:#x}+{size:#x} stays added: {e}");
+    }
 }
 
 /// Adds, onlines, offlines and removes `[start, start + size)` with struct
@@ -94,17 +110,26 @@ fn hotplug<T: Translation>(
         result?;
         let t_add = cpu::counter() - t0;
         let added = mm.meminfo();
+        let ids = block_id(start)..block_id(start + size);
         let t1 = cpu::counter();
-        for id in block_id(start)..block_id(start + size) {
-            mm.online_block(id, Zone::Movable)?;
+        if let Err(e) = ids
+            .clone()
+            .try_for_each(|id| mm.online_block(id, Zone::Movable))
+        {
+            undo_add(mm, start, size);
+            return Err(e);
         }
         let t_online = cpu::counter() - t1;
         let tlbi = mm.page_table().stats.tlbi_ops;
         let t2 = cpu::counter();
-        for id in block_id(start)..block_id(start + size) {
-            mm.offline_block(id)?;
+        let removed = ids
+            .clone()
+            .try_for_each(|id| Ok(mm.offline_block(id)?))
+            .and_then(|()| mm.remove_memory(start, size));
+        if let Err(e) = removed {
+            undo_add(mm, start, size);
+            return Err(e);
         }
-        mm.remove_memory(start, size)?;
         let t_remove = cpu::counter() - t2;
         let tlbi = mm.page_table().stats.tlbi_ops - tlbi;
         let after = mm.meminfo();
