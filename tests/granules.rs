@@ -120,3 +120,41 @@ fn granule_16k_hotplug_smoke() {
 fn granule_64k_hotplug_smoke() {
     smoke("64k", 64 << 10, 512 << 20);
 }
+
+/// `cargo run` (scripts/qemu) picks a CPU that has the kernel's granule:
+/// the 16K kernel on the default cortex-a72 used to hang silently.
+#[test]
+fn the_runner_picks_a_cpu_with_the_granule() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let runner = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/qemu");
+    let mut child = Command::new(runner)
+        .arg(granule_kernel("16k"))
+        .env_remove("QEMU_CPU")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scripts/qemu runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"poweroff\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut out = String::new();
+            let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+            panic!("the 16K kernel did not power off within 30 s:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("(16K granule, 48-bit VA)"), "{out}");
+}
