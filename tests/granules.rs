@@ -155,6 +155,11 @@ fn the_runner_picks_a_cpu_with_the_granule() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(out.contains("(16K granule, 48-bit VA)"), "{out}");
 }
