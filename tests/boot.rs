@@ -357,7 +357,7 @@ fn memory_blocks_of_boot_ram() {
         let state = q.read(&format!("{dir}/memory{n}/state"));
         let removable = q.read(&format!("{dir}/memory{n}/removable"));
         let phys_index = q.read(&format!("{dir}/memory{n}/phys_index"));
-        if state != "online\n" || removable != "0\n" || phys_index != format!("{n:08x}\n") {
+        if state != "online\n" || removable != "1\n" || phys_index != format!("{n:08x}\n") {
             q.fail(&format!(
                 "memory{n}: state {state:?}, removable {removable:?}, phys_index {phys_index:?}"
             ));

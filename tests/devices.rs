@@ -127,7 +127,16 @@ impl Rig {
             .machine(machine)
             .timeout(Duration::from_secs(20))
             .args(&args);
-        let opts = more(opts);
+        let mut opts = more(opts);
+        // Hot-added memory is onlined movable, as these tests (and Linux
+        // distributions) expect, unless a test says otherwise; the
+        // kernel's default, as Linux's, leaves it offline.
+        let append = opts.append.take().unwrap_or_default();
+        if !append.contains("memhp_default_state=") {
+            opts.append = Some(format!("memhp_default_state=online_movable {append}"));
+        } else {
+            opts.append = Some(append);
+        }
         let mut q = Qemu::boot(opts);
         let qmp = match Qmp::connect(&sock, Duration::from_secs(10)) {
             Ok(c) => c,
@@ -1405,6 +1414,72 @@ fn virtio_mem_blocks_offlined_and_onlined_by_the_user() {
         r.q.fail(&format!("meminfo at 0:\n{text}want\n{base_text}"));
     }
     vmstat_warnings(&mut r.q, "after user actions");
+    r.poweroff();
+}
+
+/// `memhp_default_state=` and `auto_online_blocks` decide where plugged
+/// memory goes: Normal at boot's word, then offline, then Movable, as the
+/// file is written; a bad word changes nothing.
+#[test]
+fn virtio_mem_follows_auto_online_blocks() {
+    let mut r = Rig::boot_with("auto-online", "", &[("vm0", "2G", "")], |o| {
+        o.append("memhp_default_state=online_kernel")
+    });
+    let auto = "/sys/devices/system/memory/auto_online_blocks";
+    let mem = |id: u64, f: &str| format!("/sys/devices/system/memory/memory{id}/{f}");
+    if read(&mut r.q, auto) != "online_kernel\n" {
+        r.q.fail("memhp_default_state=online_kernel not in auto_online_blocks");
+    }
+    let (_, base) = meminfo(&mut r.q);
+    let resize = |r: &mut Rig, mib: u64| {
+        r.request(mib * MIB);
+        r.wait_plugged(mib * MIB, FOLLOW);
+        r.wait_report(mib, mib);
+    };
+    // (auto_online_blocks, plugged MiB after, the new block, its
+    // state and valid_zones, MemTotal growth in MiB)
+    let steps = [
+        (None, 128, 16, "online\n", "Normal\n", 128),
+        (
+            Some("offline"),
+            256,
+            17,
+            "offline\n",
+            "Normal Movable\n",
+            128,
+        ),
+        (
+            Some("online_movable"),
+            384,
+            18,
+            "online\n",
+            "Movable\n",
+            256,
+        ),
+    ];
+    for (word, mib, id, state, zones, total) in steps {
+        if let Some(w) = word {
+            ok(&mut r.q, &format!("echo {w} > {auto}"));
+            if read(&mut r.q, auto) != format!("{w}\n") {
+                r.q.fail(&format!("auto_online_blocks is not {w}"));
+            }
+        }
+        resize(&mut r, mib);
+        let got = (
+            read(&mut r.q, &mem(id, "state")),
+            read(&mut r.q, &mem(id, "valid_zones")),
+        );
+        if got != (state.to_string(), zones.to_string()) {
+            r.q.fail(&format!(
+                "memory{id} after {word:?}: {got:?}, want {state:?} {zones:?}"
+            ));
+        }
+        expect_memtotal(&mut r, &base, total * MIB, &format!("{mib} MiB plugged"));
+    }
+    refused(&mut r.q, &format!("echo movable > {auto}"), "EINVAL");
+    if read(&mut r.q, auto) != "online_movable\n" {
+        r.q.fail("a refused write changed auto_online_blocks");
+    }
     r.poweroff();
 }
 

@@ -7,6 +7,7 @@ use super::Files;
 use crate::error::Result;
 use crate::mm::addr::PhysAddr;
 use crate::mm::layout::MEMORY_BLOCK_SIZE;
+use crate::mm::online::{OnlineConfig, OnlineType};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{BlockState, MemorySystem};
@@ -47,7 +48,9 @@ pub fn block_attrs<T: Translation>() -> [BlockAttr<T>; 5] {
         },
         BlockAttr {
             name: "removable",
-            show: |mm, id, out| Ok(writeln!(out, "{}", u8::from(!mm.blocks()[&id].boot))?),
+            // Always 1 since Linux 5.9: whether offlining works is only
+            // known by trying.
+            show: |_, _, out| Ok(writeln!(out, "1")?),
             store: None,
         },
         BlockAttr {
@@ -106,15 +109,19 @@ fn show_state<T: Translation>(mm: &MemorySystem<T>, id: u64, out: &mut dyn Write
     Ok(writeln!(out, "{s}")?)
 }
 
-fn store_state<T: Translation>(mm: &mut MemorySystem<T>, id: u64, data: &str) -> Result<()> {
-    match data {
-        "online" | "online_kernel" => mm.online_block(id, Zone::Normal),
-        "online_movable" => mm.online_block(id, Zone::Movable),
-        "offline" => Ok(mm.offline_block(id)?),
-        _ => bail!(
+fn parse_online_type(file: &str, data: &str) -> Result<OnlineType> {
+    OnlineType::parse(data).ok_or_else(|| {
+        err!(
             EINVAL,
-            "state takes online, online_kernel, online_movable or offline, not {data:?}"
-        ),
+            "{file} takes online, online_kernel, online_movable or offline, not {data:?}"
+        )
+    })
+}
+
+fn store_state<T: Translation>(mm: &mut MemorySystem<T>, id: u64, data: &str) -> Result<()> {
+    match mm.zone_for(id, parse_online_type("state", data)?) {
+        Some(zone) => mm.online_block(id, zone),
+        None => Ok(mm.offline_block(id)?),
     }
 }
 
@@ -125,7 +132,11 @@ fn show_valid_zones<T: Translation>(
 ) -> Result<()> {
     match state(mm, id) {
         BlockState::Online(z) => writeln!(out, "{}", z.name())?,
-        BlockState::Offline => writeln!(out, "Normal Movable")?,
+        // The zone `online` would pick first, as Linux prints it.
+        BlockState::Offline => match mm.zone_for(id, OnlineType::Online) {
+            Some(Zone::Movable) => writeln!(out, "Movable Normal")?,
+            _ => writeln!(out, "Normal Movable")?,
+        },
     }
     Ok(())
 }
@@ -177,5 +188,22 @@ pub fn store_memmap_on_memory<T: Translation>(f: &mut Files<T>, data: &str) -> R
         _ => bail!(EINVAL, "memmap_on_memory takes Y or N, not {data:?}"),
     };
     f.mm.set_memmap_on_memory(on);
+    Ok(())
+}
+
+pub fn show_auto_online_blocks<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
+    Ok(writeln!(
+        out,
+        "{}",
+        f.mm.online_config().default_type.name()
+    )?)
+}
+
+pub fn store_auto_online_blocks<T: Translation>(f: &mut Files<T>, data: &str) -> Result<()> {
+    let default_type = parse_online_type("auto_online_blocks", data)?;
+    f.mm.set_online_config(OnlineConfig {
+        default_type,
+        ..f.mm.online_config()
+    });
     Ok(())
 }

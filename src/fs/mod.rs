@@ -40,7 +40,7 @@ pub struct Attribute<T: Translation> {
 }
 
 /// Every file at a fixed path.
-pub fn attributes<T: Translation>() -> [Attribute<T>; 12] {
+pub fn attributes<T: Translation>() -> [Attribute<T>; 13] {
     let a = |path, show, store| Attribute { path, show, store };
     [
         a("/proc/meminfo", Some(proc::meminfo), None),
@@ -48,6 +48,11 @@ pub fn attributes<T: Translation>() -> [Attribute<T>; 12] {
         a("/proc/buddyinfo", Some(proc::buddyinfo), None),
         a("/proc/vmstat", Some(proc::vmstat), None),
         a("/sys/devices/system/cpu/online", Some(cpu_online), None),
+        a(
+            "/sys/devices/system/memory/auto_online_blocks",
+            Some(memory::show_auto_online_blocks),
+            Some(memory::store_auto_online_blocks),
+        ),
         a(
             "/sys/devices/system/memory/block_size_bytes",
             Some(memory::block_size_bytes),

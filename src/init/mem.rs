@@ -42,6 +42,7 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
 
     let mut mm = MemorySystem::new(paging.pt, buddy, memmap);
     mm.set_memmap_on_memory(boot.params.memmap_on_memory);
+    mm.set_online_config(boot.params.online);
     for r in memblock.memory() {
         mm.register_boot_memory(*r);
     }

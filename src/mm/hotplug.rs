@@ -125,7 +125,8 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// Linux's `probe`: hot-adds the memory blocks of `[start, start +
-    /// size)`, offline, from RAM held back at boot. All or nothing.
+    /// size)` from RAM held back at boot, all or nothing, then onlines them
+    /// as `auto_online_blocks` says.
     pub fn add_memory(&mut self, start: PhysAddr, size: u64) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
         let range = PhysRange::new(start, size);
@@ -136,14 +137,33 @@ impl<T: Translation> MemorySystem<T> {
                 range.end() - 1
             );
         }
-        self.add_memory_blocks(first, last, "System RAM", None)
+        self.add_memory_blocks(first, last, "System RAM", None)?;
+        self.auto_online(first, last);
+        Ok(())
     }
 
     /// Linux's `add_memory_driver_managed`: memory a driver plugged (the
     /// region is the driver's, not held back RAM), shown in `/proc/iomem`
     /// as `resource`; only the driver may remove it. Every block of the
-    /// range starts with `plugged` as the parts its device has plugged.
+    /// range starts with `plugged` as the parts its device has plugged, and
+    /// is onlined as `auto_online_blocks` says.
     pub fn add_memory_driver_managed(
+        &mut self,
+        start: PhysAddr,
+        size: u64,
+        resource: &'static str,
+        plugged: PlugMask,
+    ) -> Result<()> {
+        self.add_memory_driver_managed_offline(start, size, resource, plugged)?;
+        let (first, last) = (block_id(start), block_id(start + size));
+        self.auto_online(first, last);
+        Ok(())
+    }
+
+    /// [`add_memory_driver_managed`](Self::add_memory_driver_managed)
+    /// leaving the blocks offline, whatever the policy: for a driver
+    /// putting back blocks as they were.
+    pub fn add_memory_driver_managed_offline(
         &mut self,
         start: PhysAddr,
         size: u64,

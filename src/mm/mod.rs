@@ -15,6 +15,7 @@ pub mod iomem;
 pub mod ioremap;
 pub mod layout;
 pub mod memblock;
+pub mod online;
 pub mod page;
 pub mod pgtable;
 pub mod system;

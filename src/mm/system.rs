@@ -171,6 +171,8 @@ pub struct MemorySystem<T: Translation> {
     pub(in crate::mm) devmem: Vec<DevMem>,
     /// Default for hot-added blocks (boot parameter and sysfs file).
     pub(in crate::mm) memmap_on_memory: bool,
+    /// `auto_online_blocks` and the online policy.
+    pub(in crate::mm) online_config: super::online::OnlineConfig,
     pub(in crate::mm) warnings: UnmapWarnings,
     pub(in crate::mm) events: Events,
     /// Fault injection: the allocation this many allocations from now fails.
@@ -262,6 +264,7 @@ impl<T: Translation> MemorySystem<T> {
             hotpluggable: Vec::new(),
             devmem: Vec::new(),
             memmap_on_memory: false,
+            online_config: Default::default(),
             warnings: UnmapWarnings::default(),
             events: Events::default(),
             fail_nth_alloc: None,

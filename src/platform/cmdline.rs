@@ -1,6 +1,7 @@
 //! Boot parameters from `/chosen/bootargs`, spelled as Linux spells them.
 
 use super::{PhysAddr, PhysRange};
+use crate::mm::online::{OnlineConfig, OnlinePolicy, OnlineType};
 
 pub const MAX_PMEM: usize = 8;
 
@@ -13,6 +14,9 @@ pub struct BootParams {
     pub nr_pmem: usize,
     /// `memory_hotplug.memmap_on_memory=`
     pub memmap_on_memory: bool,
+    /// `memhp_default_state=`, `memory_hotplug.online_policy=`,
+    /// `memory_hotplug.auto_movable_ratio=`.
+    pub online: OnlineConfig,
     pub loglevel: Option<u8>,
 }
 
@@ -79,6 +83,17 @@ impl BootParams {
                     }
                     _ => false,
                 },
+                "memhp_default_state" => OnlineType::parse(value)
+                    .map(|t| p.online.default_type = t)
+                    .is_some(),
+                "memory_hotplug.online_policy" => OnlinePolicy::parse(value)
+                    .map(|o| p.online.policy = o)
+                    .is_some(),
+                // Linux's parameter is a uint.
+                "memory_hotplug.auto_movable_ratio" => value
+                    .parse::<u32>()
+                    .map(|r| p.online.auto_movable_ratio = r.into())
+                    .is_ok(),
                 "loglevel" => value.parse().map(|l| p.loglevel = Some(l)).is_ok(),
                 _ => false,
             };
@@ -152,6 +167,38 @@ mod tests {
         assert!(p.memmap_on_memory);
         assert_eq!(p.loglevel, Some(4));
         assert_eq!(unknown, ["console=ttyAMA0", "mem=junk"]);
+    }
+
+    #[test]
+    fn parses_online_parameters() {
+        let mut unknown = Vec::new();
+        let p = BootParams::parse("", |_| {});
+        assert_eq!(p.online, OnlineConfig::default());
+        assert_eq!(p.online.default_type, OnlineType::Offline);
+        let p = BootParams::parse(
+            "memhp_default_state=online_movable memory_hotplug.online_policy=auto-movable \
+             memory_hotplug.auto_movable_ratio=20 memhp_default_state=movable \
+             memory_hotplug.online_policy=contig memory_hotplug.auto_movable_ratio=-1",
+            |w| unknown.push(w.to_string()),
+        );
+        let want = OnlineConfig {
+            default_type: OnlineType::OnlineMovable,
+            policy: OnlinePolicy::AutoMovable,
+            auto_movable_ratio: 20,
+        };
+        assert_eq!(p.online, want);
+        assert_eq!(
+            unknown,
+            [
+                "memhp_default_state=movable",
+                "memory_hotplug.online_policy=contig",
+                "memory_hotplug.auto_movable_ratio=-1"
+            ]
+        );
+        for t in OnlineType::ALL {
+            let line = alloc::format!("memhp_default_state={}", t.name());
+            assert_eq!(BootParams::parse(&line, |_| {}).online.default_type, t);
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!   driver plugs *units* (a device block, grouped so that a memory block
 //!   has at most [`PlugMask::MAX_SUB_BLOCKS`], like Linux's sub-block size)
 //!   and keeps one plugged bit per unit over the whole region. A memory
-//!   block is hot-added and onlined (movable) when its first unit is
-//!   plugged; the mm is told which parts are plugged ([`PlugMask`]), so any
+//!   block is hot-added (and onlined as `auto_online_blocks` says) when
+//!   its first unit is plugged; the mm is told which parts are plugged ([`PlugMask`]), so any
 //!   online of the block, the driver's or a user's, gives the buddy
 //!   allocator only plugged memory. Plugging into a block fills partly
 //!   plugged blocks first; unplugging goes from the highest unit down and
@@ -38,7 +38,6 @@ use crate::arch;
 use crate::error::Result;
 use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PAGE_SIZE, PHYS_LIMIT};
-use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
 use crate::{bail, err, pr_info, pr_warn};
@@ -531,17 +530,12 @@ impl<D: MemDevice> VirtioMem<D> {
         );
     }
 
-    /// Adds memory block `id` (big-block mode: the unit's blocks) with
-    /// what is plugged of it, and onlines it movable, so that it can go
-    /// again.
+    /// Adds memory block `id` with what is plugged of it; the mm onlines
+    /// it as `auto_online_blocks` says (Linux's distributions pick
+    /// `online_movable`, so that it can go again).
     fn add_block<T: Translation>(&mut self, mm: &mut MemorySystem<T>, id: u64) -> Result<()> {
         let base = block_range(id).base;
-        mm.add_memory_driver_managed(base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))?;
-        if let Err(e) = mm.online_block(id, Zone::Movable) {
-            // Present and offline matches the device too.
-            pr_warn!("virtio_mem {:#x}: {e}", self.name());
-        }
-        Ok(())
+        mm.add_memory_driver_managed(base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))
     }
 
     /// A device whose answer got lost (it plugged, but said BUSY) has more
@@ -672,7 +666,7 @@ impl<D: MemDevice> VirtioMem<D> {
     }
 
     /// Big-block mode: plugs whole device blocks until `wanted`, lowest
-    /// first, each added and onlined as its memory blocks.
+    /// first, each added as its memory blocks (onlined by the policy).
     fn plug_big<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
         for u in 0..self.usable_units() {
             if self.nr_plugged >= wanted || pass.refused {
@@ -681,24 +675,15 @@ impl<D: MemDevice> VirtioMem<D> {
             if self.plugged(u) || !self.change(u, 1, true, pass) {
                 continue;
             }
-            let (first, end) = self.geo.blocks_of(u);
+            let (first, _) = self.geo.blocks_of(u);
             let base = block_range(first).base;
             let size = self.geo.unit;
             let added = self
                 .hotplug(|_| mm.add_memory_driver_managed(base, size, RESOURCE, PlugMask::full()));
-            match added {
-                Ok(()) => {
-                    for id in first..end {
-                        if let Err(e) = mm.online_block(id, Zone::Movable) {
-                            pr_warn!("virtio_mem {:#x}: {e}", self.name());
-                        }
-                    }
-                }
-                Err(e) => {
-                    pr_warn!("virtio_mem {:#x}: {e}: giving {base:#x} back", self.name());
-                    pass.trouble = true;
-                    self.change(u, 1, false, pass);
-                }
+            if let Err(e) = added {
+                pr_warn!("virtio_mem {:#x}: {e}: giving {base:#x} back", self.name());
+                pass.trouble = true;
+                self.change(u, 1, false, pass);
             }
         }
     }
@@ -838,7 +823,7 @@ impl<D: MemDevice> VirtioMem<D> {
             let r = self.hotplug(|vm| {
                 if !mm.blocks().contains_key(&id) {
                     let base = block_range(id).base;
-                    mm.add_memory_driver_managed(
+                    mm.add_memory_driver_managed_offline(
                         base,
                         MEMORY_BLOCK_SIZE,
                         RESOURCE,

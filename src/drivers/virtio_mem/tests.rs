@@ -12,7 +12,8 @@ use super::*;
 use crate::error::{Errno, Error};
 use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::layout::PAGE_SIZE;
-use crate::mm::page::PageFlags;
+use crate::mm::online::{OnlineConfig, OnlineType};
+use crate::mm::page::{PageFlags, Zone};
 use crate::mm::system::{block_id, MemInfo};
 use crate::mm::test_system::{TestSystem, MIB, NOT_RAM};
 use crate::mm::testing::ArenaTranslation;
@@ -157,6 +158,17 @@ impl MemDevice for FakeDevice {
     fn fail(&mut self) {
         self.failed = true;
     }
+}
+
+/// A system that onlines hot-added memory movable, as the driver's tests
+/// assume (Linux's distributions set `memhp_default_state=online_movable`).
+fn boot() -> TestSystem {
+    let mut sys = TestSystem::boot();
+    sys.mm.set_online_config(OnlineConfig {
+        default_type: OnlineType::OnlineMovable,
+        ..OnlineConfig::default()
+    });
+    sys
 }
 
 fn driver_at(block_size: u64, addr: PhysAddr, size: u64) -> VirtioMem<FakeDevice> {
@@ -343,7 +355,7 @@ fn hold(mm: &mut Mm, pa: PhysAddr) -> Pfn {
 fn follows_requests_up_and_down_exactly() {
     for bs in [MIB, 2 * MIB, MB, 2 * MB] {
         for memmap_on_memory in [false, true] {
-            let mut sys = TestSystem::boot();
+            let mut sys = boot();
             sys.mm.set_memmap_on_memory(memmap_on_memory);
             let base = sys.mm.meminfo();
             let mut vm = driver(bs);
@@ -371,7 +383,7 @@ fn follows_requests_up_and_down_exactly() {
 
 #[test]
 fn unplugged_device_blocks_never_reach_the_allocator() {
-    let mut sys = TestSystem::boot();
+    let mut sys = boot();
     let base = sys.mm.meminfo();
     let mut vm = driver(2 * MIB);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, 6 * MIB), None);
@@ -388,7 +400,7 @@ fn unplugged_device_blocks_never_reach_the_allocator() {
 #[test]
 fn user_offline_and_online_give_only_plugged_memory() {
     for online in [Zone::Movable, Zone::Normal] {
-        let mut sys = TestSystem::boot();
+        let mut sys = boot();
         let base = sys.mm.meminfo();
         let mut vm = driver(2 * MIB);
         let id = first_block();
@@ -436,7 +448,7 @@ fn user_offline_and_online_give_only_plugged_memory() {
 
 #[test]
 fn busy_memory_stays_plugged_and_is_retried_with_a_backoff() {
-    let mut sys = TestSystem::boot();
+    let mut sys = boot();
     let base = sys.mm.meminfo();
     let mut vm = driver(2 * MIB);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, MB + 4 * MIB), None);
@@ -476,7 +488,7 @@ fn refusals_roll_back_and_are_retried() {
             for kind in [Kind::Plug, Kind::Unplug] {
                 for answer in answers {
                     let what = alloc::format!("{bs:#x} {memmap_on_memory} {kind:?} {answer:?}");
-                    let mut sys = TestSystem::boot();
+                    let mut sys = boot();
                     sys.mm.set_memmap_on_memory(memmap_on_memory);
                     let base = sys.mm.meminfo();
                     let mut vm = driver(bs);
@@ -513,7 +525,7 @@ fn refusals_roll_back_and_are_retried() {
 #[test]
 fn an_unplug_refused_after_remove_brings_the_block_back() {
     for user_offline in [false, true] {
-        let mut sys = TestSystem::boot();
+        let mut sys = boot();
         let base = sys.mm.meminfo();
         let mut vm = driver(2 * MIB);
         let id = first_block();
@@ -541,7 +553,7 @@ fn an_unplug_refused_after_remove_brings_the_block_back() {
 fn allocation_failures_give_memory_back_to_the_device() {
     for bs in [2 * MIB, MB] {
         for nth in 0..6 {
-            let mut sys = TestSystem::boot();
+            let mut sys = boot();
             let base = sys.mm.meminfo();
             let mut vm = driver(bs);
             sys.mm.set_fail_nth_alloc(Some(nth));
@@ -555,7 +567,7 @@ fn allocation_failures_give_memory_back_to_the_device() {
             assert_eq!(sys.mm.meminfo(), base, "nth {nth}");
         }
         for refuse in [false, true] {
-            let mut sys = TestSystem::boot();
+            let mut sys = boot();
             let base = sys.mm.meminfo();
             let mut vm = driver(bs);
             let mut held = Vec::new();
@@ -586,7 +598,7 @@ fn probe_brings_the_device_to_a_known_state() {
     assert!(vm.dev.requests.is_empty());
     // Memory plugged (a reboot): UNPLUG_ALL, retried until acknowledged,
     // nothing plugged meanwhile.
-    let mut sys = TestSystem::boot();
+    let mut sys = boot();
     let base = sys.mm.meminfo();
     let mut dev = FakeDevice::new(2 * MIB, NOT_RAM, REGION);
     dev.plugged[3] = true;
@@ -633,7 +645,7 @@ fn probe_brings_the_device_to_a_known_state() {
 #[test]
 fn regions_not_aligned_to_memory_blocks() {
     // 0xb400_0000 + 192 MiB: only memory23 is whole.
-    let mut sys = TestSystem::boot();
+    let mut sys = boot();
     let base = sys.mm.meminfo();
     let mut vm = driver_at(2 * MIB, NOT_RAM + 64 * MIB, 192 * MIB);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, 32 * MIB), None);
@@ -669,7 +681,7 @@ fn regions_not_aligned_to_memory_blocks() {
 #[test]
 fn device_blocks_larger_than_memory_blocks() {
     for user_offline in [false, true] {
-        let mut sys = TestSystem::boot();
+        let mut sys = boot();
         let base = sys.mm.meminfo();
         let mut vm = driver(REGION);
         assert_eq!(request(&mut vm, &mut sys.mm, &base, REGION), None);
@@ -697,7 +709,7 @@ fn device_blocks_larger_than_memory_blocks() {
 #[test]
 fn struct_pages_stay_in_plugged_memory() {
     for bs in [MIB, 2 * MIB] {
-        let mut sys = TestSystem::boot();
+        let mut sys = boot();
         sys.mm.set_memmap_on_memory(true);
         let base = sys.mm.meminfo();
         let mut vm = driver(bs);
@@ -722,7 +734,7 @@ fn struct_pages_stay_in_plugged_memory() {
 #[test]
 fn an_error_answer_is_settled_with_a_state_request() {
     for kind in [Kind::Plug, Kind::Unplug] {
-        let mut sys = TestSystem::boot();
+        let mut sys = boot();
         let base = sys.mm.meminfo();
         let mut vm = driver(2 * MIB);
         let (from, to) = match kind {
