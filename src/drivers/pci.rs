@@ -269,7 +269,11 @@ mod tests {
         }
     }
 
-    fn cam(devices: &[((u8, u8), u32, [u64; 6], [u32; 6])]) -> FakeCam {
+    /// A function: (device, function), vendor/device id, BAR sizes, BAR
+    /// flag bits.
+    type FakeFunction = ((u8, u8), u32, [u64; 6], [u32; 6]);
+
+    fn cam(devices: &[FakeFunction]) -> FakeCam {
         let mut regs = HashMap::new();
         let mut sizes = HashMap::new();
         for &(df, id, bar_sizes, bar_flags) in devices {
