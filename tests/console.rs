@@ -283,6 +283,23 @@ fn missing_paths(q: &mut Qemu) {
 // ---------------------------------------------------------------------------
 // One QEMU per case.
 
+/// `reboot` resets the machine (PSCI SYSTEM_RESET): the kernel boots
+/// again, to a working console; an argument is refused.
+#[test]
+fn reboot_boots_again() {
+    let mut q = boot();
+    q.run_err("reboot now", "EINVAL");
+    q.send_bytes(b"reboot\n");
+    let banner = "Booting hotplug-kernel on QEMU virt";
+    let log = q.wait_for(banner, Duration::from_secs(20));
+    if !log.contains("reboot") {
+        q.fail("no reboot command before the second boot");
+    }
+    q.wait_prompt();
+    alive(&mut q);
+    q.poweroff();
+}
+
 #[test]
 fn unknown_command_is_enoent() {
     let mut q = boot();

@@ -37,6 +37,15 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
             run: |_, _, _| psci::system_off(),
         },
         Command {
+            name: "reboot",
+            usage: "reboot",
+            about: "PSCI SYSTEM_RESET",
+            run: |_, argv, _| match argv.get(1) {
+                Some(a) => bail!(EINVAL, "reboot takes no arguments, not {a:?}"),
+                None => psci::system_reset(),
+            },
+        },
+        Command {
             name: "touch",
             usage: "touch ADDR",
             about: "read 8 bytes at virtual ADDR; a fault is reported, not fatal",

@@ -34,6 +34,21 @@ pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), smccc::psci::E
     }
 }
 
+/// PSCI SYSTEM_RESET; halts if there is no PSCI or it returns.
+pub fn system_reset() -> ! {
+    #[cfg(target_os = "none")]
+    {
+        let _ = match conduit() {
+            Some(Conduit::Hvc) => smccc::psci::system_reset::<smccc::Hvc>(),
+            Some(Conduit::Smc) => smccc::psci::system_reset::<smccc::Smc>(),
+            None => Ok(()),
+        };
+        crate::arch::aarch64::halt()
+    }
+    #[cfg(not(target_os = "none"))]
+    panic!("system_reset off target")
+}
+
 /// PSCI SYSTEM_OFF; halts if there is no PSCI or it returns.
 pub fn system_off() -> ! {
     #[cfg(target_os = "none")]
