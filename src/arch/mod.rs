@@ -139,6 +139,7 @@ pub mod trace {
 #[inline(always)]
 pub unsafe fn store_64_bytes(dst: *mut u64, w: [u64; 8]) {
     #[cfg(target_os = "none")]
+    // SAFETY: the caller's promise: 64 writable, 16-byte aligned bytes.
     unsafe {
         core::arch::asm!(
             "stp {0}, {1}, [{d}]",

@@ -17,12 +17,17 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     let memblock = &boot.memblock;
     // Struct pages of present sections, all reserved; then what memblock
     // left free goes to the buddy allocator.
+    // SAFETY: the vmemmap of every boot section was populated by
+    // paging_init, and nothing else has a view of the struct pages yet.
     let memmap = unsafe { Memmap::kernel() };
     for section in boot_sections(&memblock.memory_regions()) {
         let pfn = Pfn::down(section);
         let flags = PageFlags::RESERVED | PageFlags::ONLINE;
+        // SAFETY: a boot section: its struct pages are mapped (above).
         unsafe { memmap.init_range(pfn, pfn + PAGES_PER_SECTION, Zone::Normal, flags) };
     }
+    // SAFETY: every struct page the allocator will touch (boot sections)
+    // was just initialised, and the memmap lives as long as the kernel.
     let mut buddy = unsafe { BuddyAllocator::new(memmap) };
     memblock.for_each_free(|start, end| {
         let (s, e) = (Pfn::up(start), Pfn::down(end));

@@ -94,6 +94,9 @@ impl Boot {
 fn find_dtb(x0: u64, kernel_pa: PhysAddr) -> Option<PhysAddr> {
     [PhysAddr::new(x0), kernel_pa.align_down(1 << 30)]
         .into_iter()
+        // SAFETY: the boot identity map covers the first GiB of RAM, where
+        // both candidates lie when the loader follows the arm64 boot
+        // protocol (x0: the DT, in RAM); the read has no side effect.
         .find(|&pa| unsafe { is_fdt(pa) })
 }
 
@@ -102,6 +105,8 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
     let Some(dtb) = find_dtb(x0, kernel_pa) else {
         cpu::halt()
     };
+    // SAFETY: `find_dtb` found the FDT magic there, in identity-mapped RAM;
+    // the parser checks the header's sizes before it reads further.
     let Ok(platform) = (unsafe { Platform::from_fdt(dtb.as_u64() as *const u8) }) else {
         cpu::halt()
     };

@@ -674,6 +674,7 @@ mod tests {
     }
 
     fn set_flags(b: &BuddyAllocator, pfn: Pfn, f: PageFlags) {
+        // SAFETY: the fixture's struct pages cover every pfn used here.
         unsafe { b.memmap().get(pfn).set_flags(f) }
     }
 
@@ -824,6 +825,7 @@ mod tests {
         }
         assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB - 1);
         assert!(!b.is_free(p) && b.is_free(p + 1) && b.is_free(p + MAXB - 1));
+        // SAFETY: the fixture's struct pages cover every pfn used here.
         unsafe {
             assert_eq!(b.memmap().get(p).refcount(), 1);
             assert!(!b.memmap().get(p).is_buddy());
@@ -867,6 +869,7 @@ mod tests {
         ]);
         assert_eq!(audit(b), want);
         // The hole is filled later: everything merges.
+        // SAFETY: the fixture's struct pages cover every pfn used here.
         unsafe {
             b.memmap()
                 .init_range(BASE, BASE + 3, Zone::Normal, PageFlags::empty())

@@ -227,6 +227,7 @@ pub struct Memmap {
 // allocator, which the kernel keeps behind one lock with the rest of mm, so
 // sharing the address between CPUs adds no unsynchronised access of its own.
 unsafe impl Send for Memmap {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for Memmap {}
 
 impl Memmap {
@@ -365,6 +366,7 @@ mod tests {
         assert!(mm.contains(first) && mm.contains(first + 15));
         assert!(!mm.contains(first - 1) && !mm.contains(first + 16));
         assert!(mm.contains_range(first, first + 16) && !mm.contains_range(first, first + 17));
+        // SAFETY: `pages` covers the range and nothing else references it.
         unsafe {
             mm.init_range(first + 4, first + 8, Zone::Movable, PageFlags::RESERVED);
             mm.get(first + 3).set_private(7);

@@ -35,6 +35,8 @@ pub struct Arena {
 // SAFETY: the arena is plain memory owned by this value; all access through
 // the raw pointers it hands out is already `unsafe` for the user.
 unsafe impl Send for Arena {}
+// SAFETY: tests touch an arena from one thread at a time; the pointer
+// is only to memory the arena owns.
 unsafe impl Sync for Arena {}
 
 impl Arena {
@@ -216,6 +218,7 @@ pub struct ArenaTranslation {
 
 // SAFETY: see `Arena`.
 unsafe impl Send for ArenaTranslation {}
+// SAFETY: as for `Arena`, whose memory this points into.
 unsafe impl Sync for ArenaTranslation {}
 
 impl ArenaTranslation {

@@ -70,6 +70,7 @@ pub const FDT_MAGIC: u32 = 0xd00d_feed;
 pub unsafe fn is_fdt(pa: PhysAddr) -> bool {
     pa.as_u64() != 0
         && pa.is_aligned(8)
+        // SAFETY: the caller's promise that `pa` is readable; aligned above.
         && u32::from_be(unsafe { (pa.as_u64() as *const u32).read_volatile() }) == FDT_MAGIC
 }
 
@@ -79,6 +80,7 @@ impl Platform {
     /// # Safety
     /// `ptr` must point at a valid, readable FDT.
     pub unsafe fn from_fdt(ptr: *const u8) -> Result<Self, fdt::FdtError> {
+        // SAFETY: the caller's promise: a valid, readable FDT at `ptr`.
         let fdt = unsafe { fdt::Fdt::from_ptr(ptr)? };
         let mut p = Platform {
             dtb: PhysRange::new(PhysAddr::new(ptr as u64), fdt.total_size() as u64),
@@ -197,6 +199,7 @@ mod tests {
                 u64::from_ne_bytes(w)
             })
             .collect();
+        // SAFETY: `words` holds the whole DTB (8-byte aligned) and outlives `p` (forgotten).
         let p = unsafe { Platform::from_fdt(words.as_ptr() as *const u8) }.unwrap();
         std::mem::forget(words);
         p

@@ -68,11 +68,15 @@ static LAST_FAULT: spin::Mutex<FaultInfo> = spin::Mutex::new(FaultInfo { esr: 0,
 
 /// Reads the 64-bit word at `va`; a fault is reported, not fatal.
 pub fn probe(va: u64) -> Result<u64, FaultInfo> {
+    // SAFETY: `probe_read` is the one load the fault handler fixes up: a
+    // fault at any address returns `faulted` instead of killing the kernel.
     probed(unsafe { probe_read(va) })
 }
 
 /// Writes the 64-bit word at `va`; a fault is reported, not fatal.
 pub fn poke(va: u64, value: u64) -> Result<(), FaultInfo> {
+    // SAFETY: as for `probe`; what the store does to mapped memory is the
+    // user's `poke`, a debugging tool meant to write anywhere.
     probed(unsafe { probe_write(va, value) }).map(|_| ())
 }
 

@@ -48,6 +48,8 @@ static BOOT: BootSlots = BootSlots(core::cell::UnsafeCell::new(
 /// # Safety
 /// Only CPU 0, once per CPU, before starting it.
 pub unsafe fn boot_slot(cpu: usize) -> &'static mut SecondaryBoot {
+    // SAFETY: the caller is CPU 0 before `cpu` runs, so nothing else holds
+    // a reference to this slot; an out-of-range `cpu` panics on the index.
     unsafe { &mut (*BOOT.0.get())[cpu] }
 }
 
@@ -116,7 +118,9 @@ pub fn run_on(mask: u64, job: fn(usize)) {
 
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(boot: *const SecondaryBoot) -> ! {
-    // The identity map still maps `boot`; it goes right after.
+    // SAFETY: `boot` is the slot CPU 0 filled (and cleaned to the point of
+    // coherency) before CPU_ON; the identity map still maps it, and goes
+    // right after.
     let cpu = unsafe { (*boot).cpu } as usize;
     super::disable_user_table();
     let gic = WAKEUP.get().copied();
