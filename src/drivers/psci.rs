@@ -34,32 +34,33 @@ pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), smccc::psci::E
     }
 }
 
-/// PSCI SYSTEM_RESET; halts if there is no PSCI or it returns.
-pub fn system_reset() -> ! {
+/// PSCI SYSTEM_OFF (`off`) or SYSTEM_RESET; halts if there is no PSCI or
+/// the call returns.
+fn end_machine(off: bool) -> ! {
     #[cfg(target_os = "none")]
     {
-        let _ = match conduit() {
-            Some(Conduit::Hvc) => smccc::psci::system_reset::<smccc::Hvc>(),
-            Some(Conduit::Smc) => smccc::psci::system_reset::<smccc::Smc>(),
-            None => Ok(()),
+        let _ = match (conduit(), off) {
+            (Some(Conduit::Hvc), true) => smccc::psci::system_off::<smccc::Hvc>(),
+            (Some(Conduit::Smc), true) => smccc::psci::system_off::<smccc::Smc>(),
+            (Some(Conduit::Hvc), false) => smccc::psci::system_reset::<smccc::Hvc>(),
+            (Some(Conduit::Smc), false) => smccc::psci::system_reset::<smccc::Smc>(),
+            (None, _) => Ok(()),
         };
         crate::arch::aarch64::halt()
     }
     #[cfg(not(target_os = "none"))]
-    panic!("system_reset off target")
+    panic!(
+        "PSCI {} off target",
+        if off { "SYSTEM_OFF" } else { "SYSTEM_RESET" }
+    )
 }
 
 /// PSCI SYSTEM_OFF; halts if there is no PSCI or it returns.
 pub fn system_off() -> ! {
-    #[cfg(target_os = "none")]
-    {
-        let _ = match conduit() {
-            Some(Conduit::Hvc) => smccc::psci::system_off::<smccc::Hvc>(),
-            Some(Conduit::Smc) => smccc::psci::system_off::<smccc::Smc>(),
-            None => Ok(()),
-        };
-        crate::arch::aarch64::halt()
-    }
-    #[cfg(not(target_os = "none"))]
-    panic!("system_off off target")
+    end_machine(true)
+}
+
+/// PSCI SYSTEM_RESET; halts if there is no PSCI or it returns.
+pub fn system_reset() -> ! {
+    end_machine(false)
 }
