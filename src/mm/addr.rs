@@ -24,19 +24,21 @@ macro_rules! address_type {
 
             #[doc = concat!("Rounds down to a multiple of `align` ", $unit, " (a power of two).")]
             pub const fn align_down(self, align: u64) -> Self {
-                debug_assert!(align.is_power_of_two());
+                // A wrong mask would silently misplace an address: checked
+                // in every build (a popcount).
+                assert!(align.is_power_of_two());
                 Self(self.0 & !(align - 1))
             }
 
             #[doc = concat!("Rounds up to a multiple of `align` ", $unit, " (a power of two).")]
             pub const fn align_up(self, align: u64) -> Self {
-                debug_assert!(align.is_power_of_two());
+                assert!(align.is_power_of_two());
                 Self((self.0 + align - 1) & !(align - 1))
             }
 
             #[doc = concat!("Whether a multiple of `align` ", $unit, " (a power of two).")]
             pub const fn is_aligned(self, align: u64) -> bool {
-                debug_assert!(align.is_power_of_two());
+                assert!(align.is_power_of_two());
                 self.0 & (align - 1) == 0
             }
 

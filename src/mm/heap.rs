@@ -32,6 +32,10 @@ struct Blocks {
     blocks: [Option<Block>; MAX_BLOCKS],
     /// A free block, not yet carved: what the next growth uses.
     spare: Option<usize>,
+    /// A free may have emptied a block since the last top-up: only then
+    /// does [`Heap::top_up`] look for blocks to give back (it runs around
+    /// every memory-lock section, so usually it returns at once).
+    maybe_empty: bool,
 }
 
 pub struct Heap(spin::Mutex<Blocks>);
@@ -62,6 +66,7 @@ impl Heap {
         Self(spin::Mutex::new(Blocks {
             blocks: [const { None }; MAX_BLOCKS],
             spare: None,
+            maybe_empty: false,
         }))
     }
 
@@ -85,6 +90,9 @@ impl Heap {
     ) {
         let mut b = self.0.lock();
         let b = &mut *b;
+        if b.spare.is_some() && !core::mem::take(&mut b.maybe_empty) {
+            return;
+        }
         let mut kept = 0;
         for slot in b.blocks.iter_mut() {
             let Some(block) = slot else { continue };
@@ -155,6 +163,9 @@ unsafe impl GlobalAlloc for Heap {
             // SAFETY: `ptr` came from this block's `allocate_first_fit`
             // with `layout` (the GlobalAlloc contract).
             unsafe { block.heap.deallocate(p, layout) };
+            if block.heap.used() == 0 {
+                b.maybe_empty = true;
+            }
         }
     }
 }

@@ -140,7 +140,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             if d.is_contiguous() {
                 self.split_contiguous(table, level, leaf, start, end, free_mapped);
             }
-            self.clear(table, index, level, leaf);
+            self.clear(table, index, level, leaf, d);
             if free_mapped {
                 // A single-page invalidation drops a block's TLB entry too.
                 self.flush_range(leaf, leaf + G::PAGE_SIZE);
@@ -187,8 +187,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             }
         });
         let entry = G::level_size(level);
-        for i in 0..n {
-            self.clear(table, first + i, level, group + i as u64 * entry);
+        for (i, &old) in saved.iter().take(n).enumerate() {
+            self.clear(table, first + i, level, group + i as u64 * entry, old);
         }
         self.flush_range(group, group + span);
         for (i, d) in saved.iter().take(n).enumerate() {
@@ -245,7 +245,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 && span_last.as_u64() <= ceiling.as_u64().wrapping_sub(1)
                 && self.table_is_empty(child)
             {
-                self.clear(table, index, level, span_start);
+                self.clear(table, index, level, span_start, d);
                 self.flush_table(span_start);
                 frames.free_pages(child, 0);
                 self.stats.tables -= 1;

@@ -194,11 +194,17 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         unsafe { self.trans.table_va(table).add(index).write_volatile(d) }
     }
 
-    /// Clears entry `index` of `table` (at `level`, covering `addr`) and
-    /// reports what it pointed at, so that a free before the invalidation
-    /// is caught (`arch::trace`).
-    pub(super) fn clear(&mut self, table: PhysAddr, index: usize, level: usize, addr: VirtAddr) {
-        let old = self.read(table, index);
+    /// Clears entry `index` of `table` (at `level`, covering `addr`), which
+    /// the caller read as `old`, and reports what it pointed at, so that a
+    /// free before the invalidation is caught (`arch::trace`).
+    pub(super) fn clear(
+        &mut self,
+        table: PhysAddr,
+        index: usize,
+        level: usize,
+        addr: VirtAddr,
+        old: Descriptor,
+    ) {
         self.write(table, index, Descriptor::EMPTY);
         if old.is_valid() {
             let span = G::level_size(level);
