@@ -1,29 +1,46 @@
 // Entry from QEMU: MMU off, at EL2 or EL1, x0 = DTB pointer (0 for ELF
-// images). Drop to EL1, zero BSS, build a minimal early map, turn the MMU on
-// and jump to Rust at the high address. Everything here is PC-relative until
-// the MMU is on, and nothing before the jump to the high address uses a
-// stack.
+// images). Drop to EL1, check that the CPU has the kernel's granule, zero
+// BSS, build a minimal early map, turn the MMU on and jump to Rust at the
+// high address. Everything here is PC-relative until the MMU is on, and
+// nothing before the jump to the high address uses a stack.
 //
 // The early map is one table of blocks (1 GiB for 4K pages, 32 MiB for 16K,
-// 512 MiB for 64K) for the identity map of low physical memory, and one for
-// the block holding the image at its linked address; 16K needs one more
-// level in between. The granule-dependent numbers come from Rust
-// (src/arch/aarch64/boot.rs) as assembler constants in braces.
+// 512 MiB for 64K) for the identity map, and one for the block holding the
+// image at its linked address; 16K needs one more level in between. Every
+// number (register values, descriptors, granule-dependent sizes) comes from
+// Rust (src/init/early_map.rs) as assembler constants in braces.
 
-.equ SCTLR_EL1_RES1,   0x30d00800
-.equ SCTLR_MMU_ON,     (1 << 0) | (1 << 2) | (1 << 12)   // M, C, I
-.equ BLOCK_NORMAL,     0x705           // valid block, AttrIdx 1, inner shareable, AF
-.equ BLOCK_DEVICE,     0x401           // valid block, AttrIdx 0, AF
-.equ TABLE,            0x3
 .equ PAGE_SIZE,        {PAGE_SIZE}
-.equ TCR_VALUE,        {TCR}
 .equ BLOCK_SHIFT,      {BLOCK_SHIFT}
 .equ BLOCK_ENTRIES,    {BLOCK_ENTRIES}
 .equ MID_LEVEL,        {MID_LEVEL}     // 1 when a table sits between root and blocks
+.equ IDMAP_LIMIT,      {IDMAP_LIMIT}   // the identity map reaches below this
 .equ K_ROOT_INDEX,     {K_ROOT_INDEX}  // indices of KIMAGE_VADDR at each level
 .equ K_MID_INDEX,      {K_MID_INDEX}
 .equ K_BLOCK_INDEX,    {K_BLOCK_INDEX}
 .equ IMAGE_FLAGS,      {IMAGE_FLAGS}   // Image header: bits 1-2 are the page size
+.equ TABLE,            {TABLE}
+.equ BLOCK_NORMAL,     {BLOCK_NORMAL}
+.equ BLOCK_DEVICE,     {BLOCK_DEVICE}
+.equ MAIR,             {MAIR}
+.equ TCR,              {TCR}
+.equ TCR_IPS_SHIFT,    {TCR_IPS_SHIFT}
+.equ TCR_IPS_MAX,      {TCR_IPS_MAX}
+.equ PARANGE_SHIFT,    {PARANGE_SHIFT}
+.equ TGRAN_SHIFT,      {TGRAN_SHIFT}
+.equ TGRAN_MIN,        {TGRAN_MIN}
+.equ TGRAN_MAX,        {TGRAN_MAX}
+.equ SCTLR_EL1_MMU_OFF, {SCTLR_EL1_MMU_OFF}
+.equ SCTLR_EL1_MMU_ON, {SCTLR_EL1_MMU_ON}
+.equ CPACR_EL1_FPEN,   {CPACR_EL1_FPEN}
+.equ HCR_EL2_EL1,      {HCR_EL2_EL1}
+.equ CNTHCTL_EL2_EL1_TIMERS, {CNTHCTL_EL2_EL1_TIMERS}
+.equ CPTR_EL2_NO_TRAPS, {CPTR_EL2_NO_TRAPS}
+.equ ICC_SRE_EL2_EL1,  {ICC_SRE_EL2_EL1}
+.equ ID_AA64PFR0_GIC_SHIFT, {ID_AA64PFR0_GIC_SHIFT}
+.equ SPSR_EL2_EL1H,    {SPSR_EL2_EL1H}
+.equ EARLY_UART,       {EARLY_UART}
+.equ PSCI_SYSTEM_OFF,  {PSCI_SYSTEM_OFF}
 
 .section .text.boot, "ax"
 .global _start
@@ -47,7 +64,9 @@ primary_entry:
     and     x1, x1, #0xff
     cbnz    x1, park                        // only CPU 0 boots here
 
+    mrs     x22, CurrentEL                  // the entry level picks early_fail's PSCI conduit
     bl      enter_el1
+    bl      check_cpu
 
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -58,8 +77,13 @@ primary_entry:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:
-    // Identity map: blocks for all of low memory; what lies below the GiB
-    // holding the image (MMIO on virt) is device memory.
+    // Identity map (TTBR0): what runs before the switch to the kernel's own
+    // tables touches at its physical address. Device-nGnRE, never
+    // executable, below the GiB holding the image (MMIO on virt: the UART
+    // the early console writes to); Normal memory only for the blocks that
+    // hold the image and the DTB, which the loader put in RAM; nothing
+    // else: where RAM ends and what MMIO lies above it are only known from
+    // the DTB.
     adrp    x1, idmap_root
     adrp    x2, idmap_blocks
 .if MID_LEVEL
@@ -70,20 +94,28 @@ primary_entry:
 .endif
     orr     x3, x2, #TABLE
     str     x3, [x1]
-    and     x6, x20, #~((1 << 30) - 1)
+    and     x23, x20, #~((1 << 30) - 1)     // the image's GiB: RAM from here on
+    lsr     x6, x23, #BLOCK_SHIFT           // the device blocks below it
+    ldr     x5, =BLOCK_DEVICE
     mov     x3, #0                          // block index
-4:  lsl     x4, x3, #BLOCK_SHIFT
-    cmp     x4, x6
+4:  cmp     x3, x6
     b.hs    5f
-    mov     x5, #BLOCK_DEVICE
-    b       6f
-5:  mov     x5, #BLOCK_NORMAL
-6:  orr     x4, x4, x5
+    lsl     x4, x3, #BLOCK_SHIFT
+    orr     x4, x4, x5
     str     x4, [x2, x3, lsl #3]
     add     x3, x3, #1
-    mov     x7, #BLOCK_ENTRIES
-    cmp     x3, x7
-    b.lo    4b
+    b       4b
+5:  mov     x0, x20
+    ldr     x1, =_kernel_size
+    bl      idmap_ram
+    adr     x0, unreachable_msg
+    cbz     x1, early_fail
+    // The DTB where setup_arch looks for it: at x0, else at the start of
+    // the image's GiB (where QEMU puts it for an ELF).
+    mov     x0, x19
+    bl      idmap_dtb
+    mov     x0, x23
+    bl      idmap_dtb
 
     // Kernel map: the block holding the image, at KIMAGE_VADDR.
     adrp    x1, kmap_root
@@ -99,7 +131,7 @@ primary_entry:
     orr     x4, x2, #TABLE
     str     x4, [x1, x5, lsl #3]
     and     x3, x20, #~((1 << BLOCK_SHIFT) - 1)
-    mov     x4, #BLOCK_NORMAL
+    ldr     x4, =BLOCK_NORMAL
     orr     x3, x3, x4
     mov     x5, #K_BLOCK_INDEX
     str     x3, [x2, x5, lsl #3]
@@ -144,7 +176,7 @@ secondary_high:
     b       park
 
 // At EL1 (dropping from EL2 if entered there), SCTLR_EL1 in a known state,
-// FP/SIMD not trapped. Uses x1, x2, x21.
+// early faults parked, FP/SIMD not trapped. Uses x1, x2, x21.
 enter_el1:
     mov     x21, x30
     mrs     x1, CurrentEL
@@ -152,12 +184,100 @@ enter_el1:
     cmp     x1, #2
     b.ne    1f
     bl      el2_to_el1
-1:  ldr     x1, =SCTLR_EL1_RES1
+1:  ldr     x1, =SCTLR_EL1_MMU_OFF
     msr     sctlr_el1, x1
+    adrp    x1, early_vectors
+    add     x1, x1, :lo12:early_vectors
+    msr     vbar_el1, x1
     isb
-    mov     x1, #(3 << 20)                  // CPACR_EL1.FPEN
+    ldr     x1, =CPACR_EL1_FPEN
     msr     cpacr_el1, x1
     ret     x21
+
+// A CPU without the kernel's translation granule stops here, before the
+// MMU (Linux's __no_granule_support, which can only spin), with one line
+// saying so. Uses x0, x1.
+check_cpu:
+    mrs     x1, id_aa64mmfr0_el1
+    ubfx    x1, x1, #TGRAN_SHIFT, #4
+    cmp     x1, #TGRAN_MIN
+    b.lo    1f
+    cmp     x1, #TGRAN_MAX
+    b.hi    1f
+    ret
+1:  adr     x0, no_granule_msg
+    b       early_fail
+
+// Writes the NUL-terminated line at x0 to QEMU virt's PL011 (the DT is not
+// read yet) at its physical address, waits until it is sent, then PSCI
+// SYSTEM_OFF: `smc` if the kernel was entered at EL2 (x22), else `hvc`, as
+// QEMU picks its conduit. Parks if the call returns or traps
+// (early_vectors).
+early_fail:
+    ldr     x1, =EARLY_UART
+1:  ldrb    w2, [x0], #1
+    cbz     w2, 3f
+2:  ldr     w3, [x1, #0x18]                 // UARTFR
+    tbnz    w3, #5, 2b                      // TXFF: the FIFO is full
+    str     w2, [x1]                        // UARTDR
+    b       1b
+3:  ldr     w3, [x1, #0x18]
+    tbnz    w3, #3, 3b                      // BUSY: still sending
+    ldr     x0, =PSCI_SYSTEM_OFF
+    cmp     x22, #(2 << 2)
+    b.eq    4f
+    hvc     #0
+    b       park
+4:  smc     #0
+    b       park
+
+// Maps the blocks holding [x0, x0 + x1) as Normal memory in the identity
+// map's block table (x2). x1 = 0 on return, and nothing mapped, when the
+// range is empty or lies beyond the identity map's reach. Uses x0, x1, x3-x5.
+idmap_ram:
+    adds    x1, x0, x1                      // end
+    b.cs    2f
+    ldr     x3, =IDMAP_LIMIT
+    cmp     x1, x3
+    b.hi    2f
+    cmp     x0, x1
+    b.hs    2f
+    lsr     x0, x0, #BLOCK_SHIFT
+    sub     x1, x1, #1
+    lsr     x1, x1, #BLOCK_SHIFT
+    ldr     x5, =BLOCK_NORMAL
+1:  lsl     x4, x0, #BLOCK_SHIFT
+    orr     x4, x4, x5
+    str     x4, [x2, x0, lsl #3]
+    add     x0, x0, #1
+    cmp     x0, x1
+    b.ls    1b
+    mov     x1, #1
+    ret
+2:  mov     x1, #0
+    ret
+
+// Maps the DTB at x0, if one is there (its header read with the MMU off),
+// as idmap_ram does; but only at or above x23, so that no device block
+// becomes Normal. Uses x0, x1, x3-x5, x7.
+idmap_dtb:
+    mov     x7, x30
+    tst     x0, #7
+    b.ne    1f
+    cmp     x0, x23
+    b.lo    1f
+    ldr     x3, =IDMAP_LIMIT
+    cmp     x0, x3
+    b.hs    1f
+    ldr     w3, [x0]
+    movz    w4, #0x0dd0
+    movk    w4, #0xedfe, lsl #16            // FDT magic 0xd00dfeed, big-endian
+    cmp     w3, w4
+    b.ne    1f
+    ldr     w1, [x0, #4]                    // totalsize, big-endian
+    rev     w1, w1
+    bl      idmap_ram
+1:  ret     x7
 
 // The kernel runs on SP_EL0 = x2 (EL1t); exceptions switch to SP_EL1 = x1,
 // so that even a kernel stack overflow can be reported.
@@ -173,16 +293,15 @@ enter_kernel_stacks:
 
 // MMU on with TTBR0 = x1 and TTBR1 = x2, MAIR and TCR for the kernel.
 enable_mmu:
-    ldr     x3, =0x0000000000ff04           // MAIR: see pgtable::descriptor::MAIR_VALUE
-    movk    x3, #0x44, lsl #16
+    ldr     x3, =MAIR
     msr     mair_el1, x3
-    ldr     x3, =TCR_VALUE
+    ldr     x3, =TCR
     mrs     x4, id_aa64mmfr0_el1
-    and     x4, x4, #0xf                    // PARange
-    cmp     x4, #5
-    mov     x5, #5
-    csel    x4, x4, x5, ls                  // at most 48 bits
-    bfi     x3, x4, #32, #3                 // IPS
+    ubfx    x4, x4, #PARANGE_SHIFT, #4
+    cmp     x4, #TCR_IPS_MAX
+    mov     x5, #TCR_IPS_MAX
+    csel    x4, x4, x5, ls
+    bfi     x3, x4, #TCR_IPS_SHIFT, #3
     msr     tcr_el1, x3
     msr     ttbr0_el1, x1
     msr     ttbr1_el1, x2
@@ -190,42 +309,80 @@ enable_mmu:
     tlbi    vmalle1
     dsb     nsh
     isb
-    mrs     x3, sctlr_el1
-    ldr     x4, =SCTLR_MMU_ON
-    orr     x3, x3, x4
+    ldr     x3, =SCTLR_EL1_MMU_ON
     msr     sctlr_el1, x3
     isb
     ret
 
-
+// Linux's idmap_cpu_replace_ttbr1: TTBR1 = x0, by way of an empty table.
+// Called at its physical address, through the identity map (TTBR0), with
+// every exception masked (arch::aarch64::cpu_replace_ttbr1). While TTBR1
+// holds the reserved table nothing can be walked or cached for the kernel
+// half, so no TLB entry from the old tables (the boot blocks) can meet one
+// from the new (pages and contiguous ranges over the same addresses):
+// break-before-make for the whole kernel half at once. No stack: SP is a
+// kernel address.
+.global idmap_cpu_replace_ttbr1
+idmap_cpu_replace_ttbr1:
+    adrp    x1, reserved_pg_dir             // PC-relative: its physical address
+    msr     ttbr1_el1, x1
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    msr     ttbr1_el1, x0
+    isb
+    ret
 
 // EL2 -> EL1 with EL1 in AArch64, timers and GICv3 registers reachable.
 el2_to_el1:
-    mov     x1, #(1 << 31)                  // HCR_EL2.RW
+    ldr     x1, =HCR_EL2_EL1
     msr     hcr_el2, x1
     mrs     x1, cnthctl_el2
-    orr     x1, x1, #3                      // EL1PCTEN | EL1PCEN
+    mov     x2, #CNTHCTL_EL2_EL1_TIMERS
+    orr     x1, x1, x2
     msr     cnthctl_el2, x1
     msr     cntvoff_el2, xzr
     mrs     x1, id_aa64pfr0_el1
-    ubfx    x1, x1, #24, #4                 // GIC system registers?
+    ubfx    x1, x1, #ID_AA64PFR0_GIC_SHIFT, #4  // GIC system registers?
     cbz     x1, 1f
     mrs     x1, s3_4_c12_c9_5               // ICC_SRE_EL2
-    mov     x2, #0x9                        // SRE | Enable (EL1 may use SRE)
+    mov     x2, #ICC_SRE_EL2_EL1
     orr     x1, x1, x2
     msr     s3_4_c12_c9_5, x1
     isb
-1:  mov     x1, #0x33ff
-    msr     cptr_el2, x1                    // no FP/SIMD traps
+1:  ldr     x1, =CPTR_EL2_NO_TRAPS
+    msr     cptr_el2, x1
     msr     hstr_el2, xzr
     mrs     x1, midr_el1
     msr     vpidr_el2, x1
     mrs     x1, mpidr_el1
     msr     vmpidr_el2, x1
-    mov     x1, #0x3c5                      // EL1h, DAIF masked
+    ldr     x1, =SPSR_EL2_EL1H
     msr     spsr_el2, x1
     msr     elr_el2, x30
     eret
+
+// Until the kernel's vectors are installed, any exception (a bad DTB
+// pointer, an `hvc` with nothing to answer it) parks the CPU.
+.balign 2048
+early_vectors:
+.rept 16
+    b       park
+    .balign 0x80
+.endr
+
+no_granule_msg:
+.if PAGE_SIZE == 0x1000
+    .asciz "hotplug-kernel: this CPU lacks the 4K translation granule the kernel was built for (ID_AA64MMFR0_EL1.TGran4); powering off\r\n"
+.elseif PAGE_SIZE == 0x4000
+    .asciz "hotplug-kernel: this CPU lacks the 16K translation granule the kernel was built for (ID_AA64MMFR0_EL1.TGran16); powering off\r\n"
+.else
+    .asciz "hotplug-kernel: this CPU lacks the 64K translation granule the kernel was built for (ID_AA64MMFR0_EL1.TGran64); powering off\r\n"
+.endif
+unreachable_msg:
+    .asciz "hotplug-kernel: the image lies beyond the boot identity map's reach; powering off\r\n"
+.balign 4
 
 .section .bss.boot_tables, "aw", @nobits
 .balign PAGE_SIZE
@@ -233,6 +390,7 @@ idmap_root:     .space PAGE_SIZE
 idmap_blocks:   .space PAGE_SIZE
 kmap_root:      .space PAGE_SIZE
 kmap_blocks:    .space PAGE_SIZE
+reserved_pg_dir: .space PAGE_SIZE              // TTBR1 while it is replaced: maps nothing
 .if MID_LEVEL
 idmap_mid:      .space PAGE_SIZE
 kmap_mid:       .space PAGE_SIZE

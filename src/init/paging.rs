@@ -6,7 +6,7 @@ use super::setup::{Boot, KernelImage};
 use crate::arch::aarch64::{self as cpu, smp};
 use crate::drivers::gic::{self, Gic, GicMmio};
 use crate::drivers::pl011;
-use crate::mm::addr::{memmap_range, Pfn, PhysAddr};
+use crate::mm::addr::{memmap_range, Pfn, PhysAddr, VirtAddr};
 use crate::mm::granule::KernelGranule;
 use crate::mm::layout::*;
 use crate::mm::memblock::{Memblock, Regions};
@@ -94,7 +94,15 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         vmemmap_populate(&mut pt, start, end, None, memblock).expect("vmemmap");
     }
 
-    cpu::switch_kernel_table(pt.root_pa().as_u64());
+    let image = &boot.image;
+    // SAFETY: `pt` maps the image and its stacks at their linked addresses
+    // (map_kernel), TTBR0 still holds the boot identity map (dropped just
+    // below), and `pa_of` is the image's own translation.
+    unsafe {
+        cpu::cpu_replace_ttbr1(pt.root_pa().as_u64(), |va| {
+            image.pa_of(VirtAddr::new(va)).as_u64()
+        })
+    };
     pt.set_translation(KernelTranslation::LINEAR);
     if let Some(va) = uart_va {
         pl011::relocate(va.as_u64() as usize);

@@ -62,16 +62,37 @@ pub mod insn {
     }
 }
 
-/// Installs `root` as the kernel's (TTBR1) table. The new table maps the
-/// running image at the same addresses, so no break-before-make is needed
-/// beyond invalidating everything cached from the old one.
-pub fn switch_kernel_table(root: u64) {
+unsafe extern "C" {
+    /// boot/entry.S: TTBR1 = its argument, by way of the reserved table.
+    fn idmap_cpu_replace_ttbr1(ttbr1: u64);
+}
+
+/// Installs `root` as the kernel's (TTBR1) table as Linux's
+/// `cpu_replace_ttbr1` does: from the identity map, with every exception
+/// masked, TTBR1 goes to an empty table, the TLB is invalidated, then the
+/// new table goes in. The boot map's blocks and the new tables' pages map
+/// the same addresses: switching directly would let TLB entries of both
+/// meet (a break-before-make violation, TLB conflict aborts on real CPUs).
+///
+/// # Safety
+/// `root` maps the running kernel (image, stacks) at the addresses it runs
+/// at; TTBR0 holds the boot identity map, which maps the image;
+/// `image_pa(va)` is the physical address of the kernel image's `va`.
+pub unsafe fn cpu_replace_ttbr1(root: u64, image_pa: impl FnOnce(u64) -> u64) {
+    let replace_pa = image_pa(idmap_cpu_replace_ttbr1 as *const () as u64);
+    // SAFETY: the identity map (TTBR0, the caller's promise) maps the image,
+    // so `replace_pa` is the same code at its physical address, a plain
+    // extern "C" function.
+    let replace: unsafe extern "C" fn(u64) = unsafe { core::mem::transmute(replace_pa as usize) };
+    // The new tables are complete before any walk may use them.
     dsb(barrier::ISHST);
-    TTBR1_EL1.set(root);
-    isb(barrier::SY);
-    insn::tlbi_vmalle1();
-    dsb(barrier::NSH);
-    isb(barrier::SY);
+    let daif = DAIF.get();
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
+    // SAFETY: the callee touches no memory but the reserved table, and
+    // returns to this kernel address once `root`, which maps it (the
+    // caller's promise), is installed; nothing can interrupt in between.
+    unsafe { replace(root) };
+    DAIF.set(daif);
 }
 
 /// Drops the boot identity map: walks through TTBR0 fault from now on.

@@ -23,16 +23,13 @@ bitflags! {
     }
 }
 
-/// MAIR_EL1 attribute indices; boot code programs MAIR with [`MAIR_VALUE`].
+/// MAIR_EL1 attribute indices (`init::early_map::MAIR` is built from them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemType {
     DeviceNgnre = 0,
     Normal = 1,
     NormalNc = 2,
 }
-
-/// Device-nGnRE, Normal WB RW-allocate, Normal non-cacheable.
-pub const MAIR_VALUE: u64 = 0x04 | (0xff << 8) | (0x44 << 16);
 
 impl Attributes {
     pub const fn mem_type(t: MemType) -> Self {
