@@ -13,6 +13,11 @@ extern crate alloc;
 #[cfg(all(feature = "granule-16k", feature = "granule-64k"))]
 compile_error!("features granule-16k and granule-64k exclude each other: enable one");
 
+// A dev-dependency for the QEMU tests' QMP client; the host unit tests
+// get it too (unused_crate_dependencies).
+#[cfg(test)]
+use serde_json as _;
+
 pub mod arch;
 pub mod commands;
 pub mod console;

@@ -2,6 +2,10 @@
 //! executable may define. Everything else is in the `hpk` library.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+// The library's dependencies are linked through it, not used here.
+#[path = "extern_deps.rs"]
+mod extern_deps;
+
 #[cfg(target_os = "none")]
 mod kernel {
     use hpk::init::early_map as b;
@@ -56,6 +60,9 @@ mod kernel {
         hpk::init::panic(info)
     }
 }
+
+#[cfg(not(target_os = "none"))]
+use hpk as _;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

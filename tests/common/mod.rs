@@ -21,6 +21,12 @@
 // Each test binary uses only part of the harness.
 #![allow(dead_code, unused_imports)]
 
+// Every test crate gets every dependency (unused_crate_dependencies).
+#[path = "../../src/extern_deps.rs"]
+mod extern_deps;
+use hpk as _;
+use proptest as _;
+
 mod console;
 mod granule;
 mod qemu;
