@@ -248,16 +248,31 @@ fn line_editing(q: &mut Qemu) {
         "three\n",
     );
     edit(q, b"echo four junk\x17\x17four\n", "echo four", "four\n");
-    edit(q, b"echo five-\x02\x02\x0b\x06\x06e\n", "echo five", "five\n");
+    edit(
+        q,
+        b"echo five-\x02\x02\x0b\x06\x06e\n",
+        "echo five",
+        "five\n",
+    );
     // History: Up (CSI, SS3, Ctrl-P) and Down (CSI, Ctrl-N).
     edit(q, b"\x1b[A\n", "echo five", "five\n");
     edit(q, b"\x1bOA\x1bOA\n", "echo four", "four\n");
     edit(q, b"\x10\x10\x10\x0e\n", "echo five", "five\n");
     // Down past the newest gives back the line being typed.
-    edit(q, b"echo si\x1b[A\x1b[A\x1b[B\x1b[Bx\n", "echo six", "six\n");
+    edit(
+        q,
+        b"echo si\x1b[A\x1b[A\x1b[B\x1b[Bx\n",
+        "echo six",
+        "six\n",
+    );
     // A recalled line edited: a longer one replaced by a shorter one
     // leaves no trace of it.
-    edit(q, b"echo a much longer line\n", "echo a much longer line", "a much longer line\n");
+    edit(
+        q,
+        b"echo a much longer line\n",
+        "echo a much longer line",
+        "a much longer line\n",
+    );
     edit(q, b"echo 7\n", "echo 7", "7\n");
     edit(q, b"\x1b[A\x1b[A\x1b[B\x7f8\n", "echo 8", "8\n");
 }
