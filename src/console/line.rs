@@ -66,6 +66,8 @@ pub const ECHO_MAX: usize = 10 * MAX_LINE;
 const MAX_ESC: u8 = 32;
 
 /// What the console should do after a byte.
+// The echo stays out of the heap: no allocation per keystroke.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Nothing to show.
@@ -459,7 +461,8 @@ impl LineEditor {
             }
             0x08 | 0x7f => self.kill(self.cursor.saturating_sub(1), self.cursor, &mut echo),
             b'\t' => self.insert(b' ', 1, &mut echo),
-            0x01..=0x1f => self.insert(b, 2, &mut echo),
+            // 0x03 (Ctrl-C) never gets here.
+            0x03..=0x1f => self.insert(b, 2, &mut echo),
             0x20..=0x7e => self.insert(b, 1, &mut echo),
             0x80..=0xff => self.insert_high(b, &mut echo),
         }

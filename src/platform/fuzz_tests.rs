@@ -174,7 +174,7 @@ fn cells(v: &[u32]) -> Vec<u8> {
 
 fn build(root: &Node) -> Vec<u8> {
     fn pad(v: &mut Vec<u8>) {
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
     }
