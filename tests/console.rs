@@ -147,8 +147,10 @@ fn invalid_utf8(q: &mut Qemu) {
 }
 
 fn control_characters(q: &mut Qemu) {
+    // The control characters that are no editing key (Ctrl-A, -B, -E, -F,
+    // -K, -N, -P, -U, -W are: see `line_editing`).
     for c in [
-        0x01u8, 0x02, 0x04, 0x05, 0x07, 0x0b, 0x0c, 0x0e, 0x10, 0x11, 0x13, 0x1a, 0x1c, 0x1f,
+        0x04u8, 0x07, 0x0c, 0x11, 0x12, 0x13, 0x14, 0x16, 0x18, 0x19, 0x1a, 0x1c, 0x1f,
     ] {
         let line = [b"echo a".as_slice(), &[c], b"b\n"].concat();
         bytes_err(q, &line, "EINVAL");
@@ -159,9 +161,9 @@ fn control_characters(q: &mut Qemu) {
     if !out.is_empty() {
         q.fail(&format!("Ctrl-C printed {out:?}"));
     }
-    // Escape sequences (arrow keys, Delete) are swallowed; NUL ignored;
-    // TAB is a space.
-    let out = q.run_bytes(b"echo\x1b[A\x1b[D hi\x1b[3~\x1bOA\n");
+    // Escape sequences of keys without a use (F1, F5, Insert, Alt-x) are
+    // swallowed; NUL ignored; TAB is a space.
+    let out = q.run_bytes(b"echo\x1bOP\x1b[15~ hi\x1b[2~\x1bx\n");
     let out2 = q.run_bytes(b"ec\x00ho\tthere\n");
     if out != "hi\n" || out2 != "there\n" {
         q.fail(&format!("escape/NUL/TAB input printed {out:?}, {out2:?}"));
@@ -196,6 +198,94 @@ fn backspace_editing(q: &mut Qemu) {
     if !out.is_empty() {
         q.fail(&format!("an erased line printed {out:?}"));
     }
+}
+
+/// What a serial terminal shows of an echoed line: BS moves left, other
+/// characters overwrite and advance.
+fn shown(echo: &str) -> String {
+    let mut row: Vec<char> = Vec::new();
+    let mut col = 0;
+    for c in echo.chars() {
+        match c {
+            '\x08' => col = usize::saturating_sub(col, 1),
+            c => {
+                match row.get_mut(col) {
+                    Some(slot) => *slot = c,
+                    None => row.push(c),
+                }
+                col += 1;
+            }
+        }
+    }
+    row.into_iter().collect::<String>().trim_end().to_string()
+}
+
+/// Sends `bytes` (ending a line); the terminal must show `want_line` as
+/// the line run, and the command print `want_out`.
+fn edit(q: &mut Qemu, bytes: &[u8], want_line: &str, want_out: &str) {
+    q.send_bytes(bytes);
+    let seg = q.wait_prompt();
+    let (echo, out) = seg.split_once('\n').unwrap_or((seg.as_str(), ""));
+    if shown(echo) != want_line || out != want_out {
+        q.fail(&format!(
+            "input {bytes:?}: the terminal shows {:?} (echo {echo:?}) and the output is {out:?}; \
+             want {want_line:?} and {want_out:?}",
+            shown(echo)
+        ));
+    }
+}
+
+/// Readline's keys (`console.md`): Ctrl-A, Ctrl-E, Ctrl-U, the arrows and
+/// the history, each redrawn right on a plain serial terminal.
+fn line_editing(q: &mut Qemu) {
+    edit(q, b"cho one\x01e\x05!\n", "echo one!", "one!\n");
+    edit(q, b"rm -rf /\x15echo two\n", "echo two", "two\n");
+    // Left twice, insert; Right; Home, Delete, End (CSI and SS3 forms).
+    edit(
+        q,
+        b"echo thee\x1b[D\x1bODr\x1b[C\x1b[Hx\x1b[D\x1b[3~\x1b[F\n",
+        "echo three",
+        "three\n",
+    );
+    edit(q, b"echo four junk\x17\x17four\n", "echo four", "four\n");
+    edit(
+        q,
+        b"echo five-\x02\x02\x0b\x06\x06e\n",
+        "echo five",
+        "five\n",
+    );
+    // History: Up (CSI, SS3, Ctrl-P) and Down (CSI, Ctrl-N).
+    edit(q, b"\x1b[A\n", "echo five", "five\n");
+    edit(q, b"\x1bOA\x1bOA\n", "echo four", "four\n");
+    edit(q, b"\x10\x10\x10\x0e\n", "echo five", "five\n");
+    // Down past the newest gives back the line being typed.
+    edit(
+        q,
+        b"echo si\x1b[A\x1b[A\x1b[B\x1b[Bx\n",
+        "echo six",
+        "six\n",
+    );
+    // A recalled line edited: a longer one replaced by a shorter one
+    // leaves no trace of it.
+    edit(
+        q,
+        b"echo a much longer line\n",
+        "echo a much longer line",
+        "a much longer line\n",
+    );
+    edit(q, b"echo 7\n", "echo 7", "7\n");
+    edit(q, b"\x1b[A\x1b[A\x1b[B\x7f8\n", "echo 8", "8\n");
+}
+
+/// The history is bounded: after many lines, Up as far as it goes reaches
+/// a line no older than the bound (64 lines) allows.
+fn history_is_bounded(q: &mut Qemu) {
+    for i in 0..100 {
+        q.run_ok(&format!("echo h{i}"));
+    }
+    let ups = b"\x1b[A".repeat(150);
+    edit(q, &[ups.as_slice(), b"\n"].concat(), "echo h36", "h36\n");
+    alive(q);
 }
 
 fn numbers_that_overflow(q: &mut Qemu) {
@@ -391,6 +481,14 @@ fn control_characters_are_errors() {
 fn backspace_edits_the_line() {
     let mut q = boot();
     backspace_editing(&mut q);
+    q.poweroff();
+}
+
+#[test]
+fn line_editing_keys_and_history() {
+    let mut q = boot();
+    line_editing(&mut q);
+    history_is_bounded(&mut q);
     q.poweroff();
 }
 

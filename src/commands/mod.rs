@@ -10,6 +10,8 @@
 mod bench;
 #[cfg(target_os = "none")]
 mod debug;
+#[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
+mod fuzz_tests;
 pub mod mem;
 #[cfg(target_os = "none")]
 mod stress;

@@ -11,8 +11,8 @@ use crate::mm::system::MemorySystem;
 use crate::mm::test_system::TestSystem;
 use crate::mm::testing::ArenaTranslation;
 
-struct HostKernel {
-    sys: TestSystem,
+pub(super) struct HostKernel {
+    pub(super) sys: TestSystem,
     pinned: super::mem::Pinned,
 }
 
@@ -35,7 +35,7 @@ impl Kernel for HostKernel {
     }
 }
 
-fn shell() -> Shell<HostKernel> {
+pub(super) fn shell() -> Shell<HostKernel> {
     Shell::new(HostKernel {
         sys: TestSystem::boot(),
         pinned: Default::default(),

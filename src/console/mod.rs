@@ -228,7 +228,7 @@ mod tests {
     fn driver_output_gets_its_own_lines_and_the_typed_line_comes_back() {
         let mut sys = FakeSystem::new();
         let mut con = Console::new(FakeIo::default());
-        con.io_mut().input.extend(b"cat /pr\x01");
+        con.io_mut().input.extend(b"cat /pr\x04");
         con.poll(&mut sys);
         con.interrupted(|| ());
         con.io_mut().output.clear();
@@ -236,7 +236,7 @@ mod tests {
         // Nothing was logged: the line break, the prompt, the typed text.
         assert_eq!(
             String::from_utf8(con.io().output.clone()).unwrap(),
-            "\n# cat /pr^A"
+            "\n# cat /pr^D"
         );
         con.io_mut().output.clear();
         let n = 7;
@@ -245,7 +245,7 @@ mod tests {
         con.io_mut().input.extend(b"\x08oc/meminfo\n");
         con.poll(&mut sys);
         let t = String::from_utf8(con.into_io().output).unwrap();
-        assert!(t.starts_with("\n# cat /pr^A"), "{t:?}");
+        assert!(t.starts_with("\n# cat /pr^D"), "{t:?}");
         assert!(t.ends_with("\n# "), "{t:?}");
         assert!(t.contains("oc/meminfo\nMemTotal:"), "{t:?}");
     }
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn escape_sequences_are_ignored() {
-        let t = transcript(b"echo\x1b[A\x1b[D hi\x1b[3~\n");
+        let t = transcript(b"echo\x1bOP\x1b[15~ hi\x1b[2~\n");
         assert_eq!(t, "# echo hi\nhi\n# ");
     }
 

@@ -209,4 +209,6 @@ impl<T: Translation> Files<'_, T> {
 }
 
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
+mod fuzz_tests;
+#[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod tests;

@@ -1,6 +1,9 @@
 //! What the device tree says about the machine, read once at boot.
 
 pub mod cmdline;
+mod fdt_check;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod pci;
 
 pub use crate::mm::addr::{PhysAddr, PhysRange};
@@ -78,10 +81,11 @@ impl Platform {
     /// Reads the DT at `ptr`.
     ///
     /// # Safety
-    /// `ptr` must point at a valid, readable FDT.
+    /// `ptr` must point at a readable FDT header and as many bytes as it
+    /// says (see [`fdt_check::parse`]); what they hold is checked.
     pub unsafe fn from_fdt(ptr: *const u8) -> Result<Self, fdt::FdtError> {
-        // SAFETY: the caller's promise: a valid, readable FDT at `ptr`.
-        let fdt = unsafe { fdt::Fdt::from_ptr(ptr)? };
+        // SAFETY: the caller's promise: a readable FDT at `ptr`.
+        let fdt = unsafe { fdt_check::parse(ptr)? };
         let mut p = Platform {
             dtb: PhysRange::new(PhysAddr::new(ptr as u64), fdt.total_size() as u64),
             memory: [PhysRange::default(); MAX_MEMORY],
