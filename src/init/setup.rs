@@ -229,7 +229,13 @@ fn reserve_dt_regions(platform: &Platform, image: &KernelImage, memblock: &mut M
             );
             no_map = false;
         }
-        if no_map && memblock.remove(range.base, range.size).is_err() {
+        // Unmapped by whole pages: the pages it touches.
+        let limit = |pa: PhysAddr| PhysAddr::new(pa.as_u64().min(PHYS_LIMIT));
+        let (first, last) = (
+            limit(range.base).align_down(PAGE_SIZE),
+            limit(range.end()).align_up(PAGE_SIZE),
+        );
+        if no_map && memblock.remove(first, last - first).is_err() {
             pr_err!(
                 "OF: reserved mem: no room to unmap {:#x}-{end:#x}; mapped, but reserved",
                 range.base
@@ -271,7 +277,20 @@ fn memblock_init(
         if size < r.size {
             ram_limit = ram_limit.min(r.base + size);
         }
-        if memblock.add_memory(r.base, size).is_err() {
+        // Whole pages only (the DT's numbers are the DT's): the linear map
+        // maps pages.
+        if size == 0 {
+            continue;
+        }
+        // Below PHYS_LIMIT (page aligned) here: no wrap.
+        let (base, end) = (
+            r.base.align_up(PAGE_SIZE),
+            (r.base + size).align_down(PAGE_SIZE),
+        );
+        if base >= end {
+            continue;
+        }
+        if memblock.add_memory(base, end - base).is_err() {
             pr_err!(
                 "memblock: no room for memory {:#x}-{:#x}; ignored",
                 r.base,

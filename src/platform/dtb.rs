@@ -79,7 +79,7 @@ pub fn check_and_pack(blob: &mut [u8]) -> Result<(), &'static str> {
     if !within(off_struct, size_struct) || !within(off_strings, size_strings) {
         return Err("a block lies outside the blob");
     }
-    if off_struct % 4 != 0 || off_rsvmap % 8 != 0 || off_rsvmap < HEADER_SIZE {
+    if !off_struct.is_multiple_of(4) || !off_rsvmap.is_multiple_of(8) || off_rsvmap < HEADER_SIZE {
         return Err("misaligned block");
     }
     // The reservation map: (address, size) pairs up to a (0, 0).
@@ -143,13 +143,9 @@ pub fn check_and_pack(blob: &mut [u8]) -> Result<(), &'static str> {
                 if (name == b"#address-cells" || name == b"#size-cells") && vlen != 4 {
                     return Err("#address-cells or #size-cells is not one cell");
                 }
-                let len = align4(vlen)
+                align4(vlen)
                     .and_then(|v| v.checked_add(12))
-                    .ok_or("property too long")?;
-                if !(at + len <= end) {
-                    return Err("property runs off the structure block");
-                }
-                len
+                    .ok_or("property too long")?
             }
             FDT_NOP => 4,
             FDT_END => {

@@ -161,7 +161,7 @@ impl Fdt {
             put(st, 1);
             st.extend_from_slice(n.name.as_bytes());
             st.push(0);
-            while st.len() % 4 != 0 {
+            while !st.len().is_multiple_of(4) {
                 st.push(0);
             }
             for (name, value) in &n.props {
@@ -178,7 +178,7 @@ impl Fdt {
                 put(st, value.len() as u32);
                 put(st, off as u32);
                 st.extend_from_slice(value);
-                while st.len() % 4 != 0 {
+                while !st.len().is_multiple_of(4) {
                     st.push(0);
                 }
             }
