@@ -54,8 +54,8 @@ fn align4(n: usize) -> Option<usize> {
 }
 
 /// Checks the whole blob (`blob.len()` is its total size) and removes every
-/// `FDT_NOP` from the structure block, shrinking `size_dt_struct`. On an
-/// error the blob may be partly packed but is never made invalid.
+/// `FDT_NOP` from the structure block, shrinking `size_dt_struct` (a tree
+/// without any is not written to). On an error nothing is written.
 pub fn check_and_pack(blob: &mut [u8]) -> Result<(), &'static str> {
     let total = total_size(blob)?;
     if blob.len() != total {
@@ -106,8 +106,27 @@ pub fn check_and_pack(blob: &mut [u8]) -> Result<(), &'static str> {
     {
         return Err("blocks overlap");
     }
-    // Walk the tokens, copying every one but FDT_NOP down to `out`.
     let (start, end) = (off_struct, off_struct + size_struct);
+    // Checked whole first, then packed: an error leaves the blob as it was.
+    walk(blob, start..end, strings.clone(), false)?;
+    let out = walk(blob, start..end, strings, true)?;
+    if out != end {
+        let packed = (out - start) as u32;
+        blob[36..40].copy_from_slice(&packed.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Walks the structure block `structs` (strings in `strings`), checking
+/// every token; with `pack`, copies every one but `FDT_NOP` down. Where
+/// the packed block ends.
+fn walk(
+    blob: &mut [u8],
+    structs: core::ops::Range<usize>,
+    strings: core::ops::Range<usize>,
+    pack: bool,
+) -> Result<usize, &'static str> {
+    let (start, end) = (structs.start, structs.end);
     let (mut at, mut out, mut depth, mut roots) = (start, start, 0usize, 0usize);
     let mut ended = false;
     while !ended {
@@ -161,14 +180,15 @@ pub fn check_and_pack(blob: &mut [u8]) -> Result<(), &'static str> {
             return Err("token runs off the structure block");
         }
         if token != FDT_NOP {
-            blob.copy_within(at..at + len, out);
+            // A tree without NOPs is left unwritten (it may be read-only).
+            if pack && out != at {
+                blob.copy_within(at..at + len, out);
+            }
             out += len;
         }
         at += len;
     }
-    let packed = (out - start) as u32;
-    blob[36..40].copy_from_slice(&packed.to_be_bytes());
-    Ok(())
+    Ok(out)
 }
 
 /// Host tests build device trees with this (and `tests/platform.rs`
@@ -255,6 +275,14 @@ mod tests {
             }
             assert_eq!(check_and_pack(&mut blob), Err(why));
         }
+        // An error after the NOPs leaves the blob unwritten.
+        let nops = sample().nops_after_first_child(2).to_bytes();
+        let last = (be32(&nops, 8).unwrap() + be32(&nops, 36).unwrap()) as usize - 4;
+        let mut bad = nops.clone();
+        bad[last..last + 4].copy_from_slice(&7u32.to_be_bytes());
+        let before = bad.clone();
+        assert_eq!(check_and_pack(&mut bad), Err("unknown token"));
+        assert_eq!(bad, before, "a refused tree is not written");
         let mut short = sample();
         short.root.props.push(("#size-cells".into(), vec![0, 0]));
         let mut blob = short.to_bytes();
