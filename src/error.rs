@@ -170,12 +170,21 @@ impl Error {
         }
     }
 
-    /// What [`err!`](crate::err) expands to.
+    /// What [`err!`](crate::err) expands to. The message is written as far
+    /// as the heap has room (errors are made when memory is short too, and
+    /// the errno is what matters then): never an abort.
     pub fn from_args(errno: Errno, args: fmt::Arguments<'_>) -> Self {
-        Error {
-            errno,
-            msg: alloc::fmt::format(args),
+        struct Fallible(String);
+        impl fmt::Write for Fallible {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0.try_reserve(s.len()).map_err(|_| fmt::Error)?;
+                self.0.push_str(s);
+                Ok(())
+            }
         }
+        let mut msg = Fallible(String::new());
+        let _ = fmt::write(&mut msg, args);
+        Error { errno, msg: msg.0 }
     }
 
     /// The error for a command nobody knows: `ENOENT: <name>: command not

@@ -46,10 +46,14 @@ pub struct KernelHal;
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let order = get_order((pages * VIRTIO_PAGE) as u64, PAGE_SHIFT);
-        let pa = crate::mm::global::with_mm(|mm| mm.alloc_pages(order))
+        // Out of memory: physical address 0, which `virtio-drivers` takes
+        // as `DmaError` (its `Dma::new`) before touching the pointer.
+        let Some(pa) = crate::mm::global::with_mm(|mm| mm.alloc_pages(order))
             .ok()
             .flatten()
-            .expect("no memory for a virtqueue");
+        else {
+            return (0, NonNull::dangling());
+        };
         let va = pa.to_virt().as_mut_ptr::<u8>();
         // SAFETY: just allocated, mapped by the linear map.
         unsafe { core::ptr::write_bytes(va, 0, (1usize << order) << PAGE_SHIFT) };

@@ -78,15 +78,25 @@ impl Devices {
     }
 }
 
-fn ioremap(pa: PhysAddr, size: u64) -> VirtAddr {
-    with_mm(|mm| mm.ioremap(pa, size)).expect("memory is installed before devices")
+/// A device window, or `None` (logged) when the ioremap window or memory
+/// is short: sizes come from the DT and the devices.
+fn ioremap(pa: PhysAddr, size: u64) -> Option<VirtAddr> {
+    match with_mm(|mm| mm.ioremap(pa, size)).and_then(|r| r) {
+        Ok(va) => Some(va),
+        Err(e) => {
+            pr_warn!("ioremap {pa:#x}+{size:#x}: {e}");
+            None
+        }
+    }
 }
 
 /// Enumerates PCI, registers ivshmem BARs as device memory and starts the
 /// virtio-mem driver.
 pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
     crate::drivers::virtio_hal::set_image(image.text, image.pa);
-    let ecam = ioremap(host.ecam.base, host.ecam.size);
+    let Some(ecam) = ioremap(host.ecam.base, host.ecam.size) else {
+        return Devices::default();
+    };
     // SAFETY: the whole ECAM window is mapped as device memory, for good.
     let mut root = PciRoot::new(unsafe { MmioCam::new(ecam.as_mut_ptr(), Cam::Ecam) });
     let mut devices = Devices::default();
@@ -108,9 +118,17 @@ pub fn probe_devices(host: &PciHost, image: &KernelImage) -> Devices {
                 }
             }
             (0x1af4, 0x1040..=0x107f) => {
+                let mut mapped = true;
                 for bar in dev.bars.iter().flatten() {
                     let pa = PhysAddr::new(bar.cpu);
-                    register_mmio(pa, bar.size, ioremap(pa, bar.size));
+                    match ioremap(pa, bar.size) {
+                        Some(va) => register_mmio(pa, bar.size, va),
+                        None => mapped = false,
+                    }
+                }
+                if !mapped {
+                    pr_warn!("pci {}: a BAR could not be mapped; no driver", dev.df);
+                    continue;
                 }
                 let Ok(transport) = PciTransport::new::<KernelHal, _>(&mut root, dev.df) else {
                     pr_warn!("pci {}: not a virtio device after all", dev.df);

@@ -57,6 +57,9 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     let data = PhysRange::new(data_pa, image.pa + image.size() - data_pa);
     mm.register_boot_resource(code, "Kernel code");
     mm.register_boot_resource(data, "Kernel data");
+    for r in boot.platform.reserved() {
+        mm.register_reserved(r.range, boot.platform.memory(), memblock.memory());
+    }
     for r in boot.held_back() {
         mm.add_hotpluggable_range(r);
     }

@@ -62,10 +62,12 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         )
         .expect("linear map");
     }
+    // Device windows from the DT: one that cannot be mapped (the window
+    // or memory is short) leaves the kernel without that device.
     let uart_va = platform
         .uart
-        .map(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, memblock));
-    let gic = platform.gic.map(|g| {
+        .and_then(|u| crate::mm::ioremap::ioremap(&mut pt, u.base, u.size, memblock).ok());
+    let gic = platform.gic.and_then(|g| {
         // What the driver may touch, within what the DT gives: the
         // redistributors of every CPU at GICv4's stride (the driver checks
         // the real one, GICR_TYPER.VLPIS, against this); never more, so that
@@ -77,15 +79,17 @@ pub fn paging_init(boot: &mut Boot) -> Paging {
         let dist_size = g.dist.size.min(gic::DIST_WINDOW);
         let cpu_size = g.cpu_or_redist.size.min(cpu_window);
         let ioremap = |pt: &mut KernelPageTable, pa, size, memblock: &mut Memblock| {
-            crate::mm::ioremap::ioremap(pt, pa, size, memblock).as_u64() as usize
+            crate::mm::ioremap::ioremap(pt, pa, size, memblock)
+                .ok()
+                .map(|va| va.as_u64() as usize)
         };
-        GicMmio {
+        Some(GicMmio {
             version: g.version,
-            dist: ioremap(&mut pt, g.dist.base, dist_size, memblock),
+            dist: ioremap(&mut pt, g.dist.base, dist_size, memblock)?,
             dist_size: dist_size as usize,
-            cpu: ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, memblock),
+            cpu: ioremap(&mut pt, g.cpu_or_redist.base, cpu_size, memblock)?,
             cpu_size: cpu_size as usize,
-        }
+        })
     });
     let ram = memblock.memory_regions();
     for section in boot_sections(&ram) {

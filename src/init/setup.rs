@@ -7,8 +7,8 @@ use crate::mm::addr::{PhysAddr, PhysRange, VirtAddr};
 use crate::mm::layout::{PAGE_SIZE, PHYS_LIMIT, VA_BITS};
 use crate::mm::memblock::Memblock;
 use crate::platform::cmdline::{check_pmem, BootParams, MAX_PMEM};
-use crate::platform::{is_fdt, Platform};
-use crate::{pr_info, pr_warn};
+use crate::platform::{is_fdt, Platform, MAX_CPUS, MAX_MEMORY, MAX_RESERVED};
+use crate::{pr_err, pr_info, pr_warn};
 
 unsafe extern "C" {
     static _text: u8;
@@ -107,7 +107,7 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
     };
     // SAFETY: `find_dtb` found the FDT magic there, in identity-mapped RAM;
     // the parser checks the header's sizes before it reads further.
-    let Ok(platform) = (unsafe { Platform::from_fdt(dtb.as_u64() as *const u8) }) else {
+    let Ok(platform) = (unsafe { Platform::from_fdt(dtb.as_u64() as *mut u8) }) else {
         cpu::halt()
     };
     if let Some(uart) = platform.uart {
@@ -138,7 +138,9 @@ pub fn setup_arch(x0: u64, kernel_pa: u64) -> Boot {
     pr_info!("Kernel command line: {}", platform.bootargs());
 
     let image = KernelImage::new(kernel_pa);
+    report_dropped(&platform);
     let (mut memblock, ram_limit) = memblock_init(&platform, &params, &image);
+    reserve_dt_regions(&platform, &image, &mut memblock);
     let pmem = carve_out_pmem(&platform, &params, &image, &mut memblock);
     Boot {
         platform,
@@ -162,12 +164,20 @@ fn carve_out_pmem(
     let pa_limit = PHYS_LIMIT.min(1 << cpu::pa_bits());
     let busy = [PhysRange::new(image.pa, image.size()), platform.dtb];
     let mut ok = [None; MAX_PMEM];
+    let reserved = |r: &PhysRange| platform.reserved().iter().any(|x| x.range.overlaps(r));
     for (slot, &r) in ok.iter_mut().zip(params.pmem()) {
-        match check_pmem(r, platform.memory(), pa_limit, &busy) {
-            Ok(()) => {
-                memblock.remove(r.base, r.size);
-                *slot = Some(r);
-            }
+        let checked = check_pmem(r, platform.memory(), pa_limit, &busy)
+            .and_then(|()| match reserved(&r) {
+                true => Err("overlaps memory the device tree reserves"),
+                false => Ok(()),
+            })
+            .and_then(|()| {
+                memblock
+                    .remove(r.base, r.size)
+                    .map_err(|_| "too many memory ranges to carve it out")
+            });
+        match checked {
+            Ok(()) => *slot = Some(r),
             Err(why) => pr_warn!(
                 "memmap={:#x}!{:#x}: {why}; ignored",
                 r.size,
@@ -176,6 +186,76 @@ fn carve_out_pmem(
         }
     }
     ok
+}
+
+/// What the DT said that the kernel could not take as it is.
+fn report_dropped(platform: &Platform) {
+    let d = platform.dropped;
+    if d.memory > 0 {
+        pr_err!(
+            "OF: {} memory regions beyond the first {MAX_MEMORY} ignored",
+            d.memory
+        );
+    }
+    if d.cpus > 0 {
+        pr_warn!("OF: {} CPUs beyond the first {MAX_CPUS} ignored", d.cpus);
+    }
+    if d.reservations_merged > 0 {
+        pr_warn!(
+            "OF: reserved mem: {} regions beyond the first {MAX_RESERVED} joined to their neighbours",
+            d.reservations_merged
+        );
+    }
+    if d.reservations_unreadable > 0 {
+        pr_warn!(
+            "OF: reserved mem: {} regions without a readable reg (dynamic allocation is not supported); ignored",
+            d.reservations_unreadable
+        );
+    }
+}
+
+/// The DT's reservations (Linux's `early_init_fdt_scan_reserved_mem`):
+/// kept out of the page allocator; `no-map` ones out of the linear map
+/// too, unless that would unmap the kernel or the DT (then only reserved).
+fn reserve_dt_regions(platform: &Platform, image: &KernelImage, memblock: &mut Memblock) {
+    let busy = [PhysRange::new(image.pa, image.size()), platform.dtb];
+    for r in platform.reserved() {
+        let (range, end) = (r.range, r.range.end() - 1);
+        let mut no_map = r.no_map;
+        if no_map && busy.iter().any(|b| b.overlaps(&range)) {
+            pr_err!(
+                "OF: reserved mem: no-map {:#x}-{end:#x} overlaps the kernel or the DT; mapped, but reserved",
+                range.base
+            );
+            no_map = false;
+        }
+        // Unmapped by whole pages: the pages it touches.
+        let limit = |pa: PhysAddr| PhysAddr::new(pa.as_u64().min(PHYS_LIMIT));
+        let (first, last) = (
+            limit(range.base).align_down(PAGE_SIZE),
+            limit(range.end()).align_up(PAGE_SIZE),
+        );
+        if no_map && memblock.remove(first, last - first).is_err() {
+            pr_err!(
+                "OF: reserved mem: no room to unmap {:#x}-{end:#x}; mapped, but reserved",
+                range.base
+            );
+            no_map = false;
+        }
+        if !no_map && !memblock.reserve(range.base, range.size) {
+            pr_warn!(
+                "OF: reserved mem: {:#x}-{end:#x} joined to its neighbour (no room)",
+                range.base
+            );
+        }
+        pr_info!(
+            "OF: reserved mem: {:#x}..{end:#x} ({} KiB) {} ({:?})",
+            range.base,
+            range.size >> 10,
+            if no_map { "nomap" } else { "map" },
+            r.kind
+        );
+    }
 }
 
 /// Boot RAM up to `mem=`, less the kernel image and the DT; and where
@@ -189,12 +269,34 @@ fn memblock_init(
     let mut ram_limit = PhysAddr::new(u64::MAX);
     let mut budget = params.mem.unwrap_or(u64::MAX);
     for r in platform.memory() {
-        let size = r.size.min(budget);
+        // Only what the linear map can hold (Linux's memblock_remove of
+        // what lies beyond PHYS_MASK).
+        let size = r.size.min(PHYS_LIMIT.saturating_sub(r.base.as_u64()));
+        let size = size.min(budget);
         budget -= size;
         if size < r.size {
             ram_limit = ram_limit.min(r.base + size);
         }
-        memblock.add_memory(r.base, size);
+        // Whole pages only (the DT's numbers are the DT's): the linear map
+        // maps pages.
+        if size == 0 {
+            continue;
+        }
+        // Below PHYS_LIMIT (page aligned) here: no wrap.
+        let (base, end) = (
+            r.base.align_up(PAGE_SIZE),
+            (r.base + size).align_down(PAGE_SIZE),
+        );
+        if base >= end {
+            continue;
+        }
+        if memblock.add_memory(base, end - base).is_err() {
+            pr_err!(
+                "memblock: no room for memory {:#x}-{:#x}; ignored",
+                r.base,
+                r.end() - 1
+            );
+        }
     }
     memblock.reserve(image.pa, image.size());
     let dtb_first = platform.dtb.base.align_down(PAGE_SIZE);

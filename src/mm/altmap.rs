@@ -15,7 +15,6 @@
 //! leaves it as it started. `align` always equals the pfns skipped below the
 //! bump pointer (padding and holes), so Linux's `next_pfn` formula holds.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::addr::Pfn;
@@ -65,12 +64,29 @@ pub struct VmemAltmap {
 }
 
 impl VmemAltmap {
+    /// An altmap whose bitmap is allocated here: for tests; paths a user
+    /// drives use [`try_new`](Self::try_new).
     pub fn new(base_pfn: Pfn, end_pfn: Pfn, reserve: u64, free: u64) -> Self {
+        Self::try_new(base_pfn, end_pfn, reserve, free).expect("no memory for an altmap bitmap")
+    }
+
+    /// [`new`](Self::new), or `Err` when the heap has no room for its
+    /// bitmap.
+    pub fn try_new(
+        base_pfn: Pfn,
+        end_pfn: Pfn,
+        reserve: u64,
+        free: u64,
+    ) -> Result<Self, alloc::collections::TryReserveError> {
         assert!(
             base_pfn + reserve + free <= end_pfn,
             "altmap larger than its range"
         );
-        Self {
+        let words = free.div_ceil(64) as usize;
+        let mut allocated = Vec::new();
+        allocated.try_reserve_exact(words)?;
+        allocated.resize(words, 0);
+        Ok(Self {
             base_pfn,
             end_pfn,
             reserve,
@@ -78,9 +94,9 @@ impl VmemAltmap {
             align: 0,
             alloc: 0,
             high: 0,
-            allocated: vec![0; free.div_ceil(64) as usize],
+            allocated,
             misuse: 0,
-        }
+        })
     }
 
     fn first_pfn(&self) -> Pfn {

@@ -490,6 +490,13 @@ impl BuddyAllocator {
         self.isolating.push((start_pfn, end_pfn, held));
     }
 
+    /// Room for one more isolating range, so that the next
+    /// [`start_isolate_page_range`](Self::start_isolate_page_range) does
+    /// not allocate (its caller fails with `ENOMEM` instead).
+    pub fn try_reserve_isolating(&mut self) -> Result<(), alloc::collections::TryReserveError> {
+        self.isolating.try_reserve(1)
+    }
+
     /// Whether every page of an isolating range is held or never was the
     /// allocator's (`UNMANAGED`): Linux's `test_pages_isolated`.
     pub fn test_pages_isolated(&self, start_pfn: Pfn, end_pfn: Pfn) -> bool {

@@ -50,6 +50,11 @@ impl From<OfflineError> for Error {
 /// with 64K one 512 MiB block per memory block.
 const HOTPLUG_LINEAR_LEAF: u64 = MEMORY_BLOCK_SIZE;
 
+/// The kernel heap could not hold an operation's records.
+fn no_heap() -> Error {
+    err!(ENOMEM, "no kernel memory for the records")
+}
+
 /// Pages of struct pages one memory block needs.
 pub const fn vmemmap_pages_per_block() -> u64 {
     (PAGES_PER_SECTION << STRUCT_PAGE_SHIFT) >> PAGE_SHIFT
@@ -190,6 +195,14 @@ impl<T: Translation> MemorySystem<T> {
         if let Some(id) = (first..last).find(|id| self.blocks.contains_key(id)) {
             bail!(EEXIST, "memory{id} is present already");
         }
+        if let Some(r) = self.reserved.iter().find(|r| r.overlaps(&range)) {
+            bail!(
+                EBUSY,
+                "{:#x}-{:#x} is reserved by the firmware",
+                r.base,
+                r.end() - 1
+            );
+        }
         Ok((first, last))
     }
 
@@ -231,7 +244,12 @@ impl<T: Translation> MemorySystem<T> {
         let plugged = owner.map(|(_, m)| m);
         let hosts_memmap = plugged.is_none_or(Self::hosts_memmap);
         let mut altmap = (self.memmap_on_memory && hosts_memmap)
-            .then(|| VmemAltmap::new(spfn, epfn, 0, vmemmap_pages_per_block()));
+            .then(|| VmemAltmap::try_new(spfn, epfn, 0, vmemmap_pages_per_block()))
+            .transpose()
+            .map_err(|_| no_heap())?;
+        // Room for the block's records first: past the mapping nothing fails.
+        self.blocks.try_reserve(1).map_err(|_| no_heap())?;
+        self.iomem.try_reserve(1).map_err(|_| no_heap())?;
         self.arch_add_memory(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it
         // is onlined, once its zone is known; until then only the pages
@@ -241,17 +259,16 @@ impl<T: Translation> MemorySystem<T> {
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
             self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
+        // Room was reserved above: neither allocates.
         self.iomem.insert(range, resource);
-        self.blocks.insert(
-            id,
-            MemoryBlock {
-                state: BlockState::Offline,
-                boot: false,
-                altmap,
-                owner: owner.map(|(o, _)| o),
-                plugged,
-            },
-        );
+        let block = MemoryBlock {
+            state: BlockState::Offline,
+            boot: false,
+            altmap,
+            owner: owner.map(|(o, _)| o),
+            plugged,
+        };
+        let _ = self.blocks.try_insert(id, block);
         Ok(())
     }
 
@@ -513,6 +530,7 @@ impl<T: Translation> MemorySystem<T> {
             Some(_) => {}
         }
         let (spfn, epfn) = block_pfns(id);
+        self.buddy.try_reserve_isolating().map_err(|_| no_heap())?;
         self.buddy.start_isolate_page_range(spfn, epfn);
         Ok(())
     }
@@ -560,8 +578,10 @@ impl<T: Translation> MemorySystem<T> {
         }
         let (spfn, epfn) = (Pfn::down(r.base), Pfn::down(r.end()));
         let struct_page_pages = ((epfn - spfn) << STRUCT_PAGE_SHIFT) >> PAGE_SHIFT;
-        let mut altmap =
-            (kind == DevMapKind::Dev).then(|| VmemAltmap::new(spfn, epfn, 0, struct_page_pages));
+        let mut altmap = (kind == DevMapKind::Dev)
+            .then(|| VmemAltmap::try_new(spfn, epfn, 0, struct_page_pages))
+            .transpose()
+            .map_err(|_| no_heap())?;
         self.arch_add_memory(r.base, r.size, altmap.as_mut())?;
         self.init_struct_pages(spfn, epfn, Zone::Device, PageFlags::DEVICE);
         for pfn in Pfn::range(spfn, epfn) {

@@ -35,6 +35,18 @@ impl IoMem {
         true
     }
 
+    /// Room for `n` more top-level resources, so that as many
+    /// [`insert`](Self::insert)s do not allocate.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
+        self.top.try_reserve(n)
+    }
+
+    /// No spare room: the next insert must allocate (fault-injection tests).
+    #[cfg(test)]
+    pub(in crate::mm) fn shrink_to_fit(&mut self) {
+        self.top.shrink_to_fit()
+    }
+
     /// Adds a child to the top-level resource that contains it.
     pub fn insert_child(&mut self, range: PhysRange, name: &'static str) {
         if let Some(parent) = self.top.iter_mut().find(|r| r.range.covers(&range)) {

@@ -2,7 +2,7 @@
 //! pages, the buddy allocator, memory blocks and device memory. Generic over
 //! how table pages are reached, so that all of it runs in host tests.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::TryReserveError;
 use alloc::vec::Vec;
 
 use super::addr::{Pfn, PhysAddr, PhysRange, VirtAddr};
@@ -117,6 +117,101 @@ impl PlugMask {
     }
 }
 
+/// The memory blocks by id: a sorted vector with a fallible insert (a
+/// `BTreeMap` cannot report a failed allocation: it aborts), read like a
+/// `BTreeMap`. A hot-add reserves its room first and fails with `ENOMEM`
+/// and nothing changed.
+#[derive(Clone, Debug, Default)]
+pub struct BlockMap(Vec<(u64, MemoryBlock)>);
+
+impl BlockMap {
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(k, _)| *k)
+    }
+
+    pub fn get(&self, id: &u64) -> Option<&MemoryBlock> {
+        self.find(*id).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, id: &u64) -> Option<&mut MemoryBlock> {
+        self.find(*id).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, id: &u64) -> bool {
+        self.find(*id).is_ok()
+    }
+
+    /// Room for `n` more blocks, so that as many inserts cannot fail.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), TryReserveError> {
+        self.0.try_reserve(n)
+    }
+
+    /// Inserts or replaces block `id`; `Err` (nothing changed) when there
+    /// is no memory for it.
+    pub fn try_insert(&mut self, id: u64, block: MemoryBlock) -> Result<(), TryReserveError> {
+        match self.find(id) {
+            Ok(i) => self.0[i].1 = block,
+            Err(i) => {
+                self.0.try_reserve(1)?;
+                self.0.insert(i, (id, block));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove(&mut self, id: &u64) -> Option<MemoryBlock> {
+        self.find(*id).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// `(id, block)` in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&u64, &MemoryBlock)> + Clone {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &u64> + Clone {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &MemoryBlock> + Clone {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No spare room: the next insert must allocate (fault-injection tests).
+    #[cfg(test)]
+    pub(in crate::mm) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl core::ops::Index<&u64> for BlockMap {
+    type Output = MemoryBlock;
+
+    /// Like `BTreeMap`'s: for ids known to be present.
+    fn index(&self, id: &u64) -> &MemoryBlock {
+        self.get(id).expect("no such memory block")
+    }
+}
+
+impl<'a> IntoIterator for &'a BlockMap {
+    type Item = (&'a u64, &'a MemoryBlock);
+    type IntoIter = core::iter::Map<
+        core::slice::Iter<'a, (u64, MemoryBlock)>,
+        fn(&'a (u64, MemoryBlock)) -> (&'a u64, &'a MemoryBlock),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// The physical range of memory block `id`.
 pub fn block_range(id: u64) -> PhysRange {
     PhysRange::new(PhysAddr::new(id * MEMORY_BLOCK_SIZE), MEMORY_BLOCK_SIZE)
@@ -168,11 +263,13 @@ pub struct MemorySystem<T: Translation> {
     pub(in crate::mm) pt: PageTable<T, KernelGranule>,
     pub(in crate::mm) buddy: BuddyAllocator,
     pub(in crate::mm) memmap: Memmap,
-    pub(in crate::mm) blocks: BTreeMap<u64, MemoryBlock>,
+    pub(in crate::mm) blocks: BlockMap,
     pub(in crate::mm) iomem: IoMem,
     /// RAM the platform describes that boot left alone (above `mem=`).
     pub(in crate::mm) hotpluggable: Vec<PhysRange>,
     pub(in crate::mm) devmem: Vec<DevMem>,
+    /// What the firmware reserves (the DT): never hot-added.
+    pub(in crate::mm) reserved: Vec<PhysRange>,
     /// Default for hot-added blocks (boot parameter and sysfs file).
     pub(in crate::mm) memmap_on_memory: bool,
     /// `auto_online_blocks` and the online policy.
@@ -263,10 +360,11 @@ impl<T: Translation> MemorySystem<T> {
             pt,
             buddy,
             memmap,
-            blocks: BTreeMap::new(),
+            blocks: BlockMap::default(),
             iomem: IoMem::default(),
             hotpluggable: Vec::new(),
             devmem: Vec::new(),
+            reserved: Vec::new(),
             memmap_on_memory: false,
             online_config: Default::default(),
             warnings: UnmapWarnings::default(),
@@ -377,7 +475,8 @@ impl<T: Translation> MemorySystem<T> {
         let first = block_id(range.base);
         let last = block_id(range.end().align_up(MEMORY_BLOCK_SIZE));
         for id in first..last {
-            self.blocks.insert(
+            // Boot: nothing to roll back to, and the heap has its spare.
+            let _ = self.blocks.try_insert(
                 id,
                 MemoryBlock {
                     state: BlockState::Online(Zone::Normal),
@@ -394,6 +493,43 @@ impl<T: Translation> MemorySystem<T> {
     /// A named part of boot RAM in `/proc/iomem` (`Kernel code`, ...).
     pub fn register_boot_resource(&mut self, range: PhysRange, name: &'static str) {
         self.iomem.insert_child(range, name);
+    }
+
+    /// Memory the firmware reserves (the DT's `/memreserve/` and
+    /// `/reserved-memory`): hot-add refuses it, and `/proc/iomem` shows it
+    /// as `reserved`, as Linux does: inside System RAM where boot RAM
+    /// (`boot_ram`) holds it, else at the top level (`no-map` regions,
+    /// memory held back by `mem=`), only where the platform has RAM
+    /// (`ram`).
+    pub fn register_reserved(
+        &mut self,
+        range: PhysRange,
+        ram: &[PhysRange],
+        boot_ram: &[PhysRange],
+    ) {
+        self.reserved.push(range);
+        let clip = |a: &PhysRange, b: &PhysRange| {
+            PhysRange::from_bounds(a.base.max(b.base), a.end().min(b.end()))
+        };
+        for part in ram.iter().map(|m| clip(&range, m)).filter(|p| p.size > 0) {
+            let mut at = part.base;
+            for b in boot_ram
+                .iter()
+                .map(|b| clip(&part, b))
+                .filter(|b| b.size > 0)
+            {
+                if b.base > at {
+                    self.iomem
+                        .insert(PhysRange::from_bounds(at, b.base), "reserved");
+                }
+                self.iomem.insert_child(b, "reserved");
+                at = b.end();
+            }
+            if at < part.end() {
+                self.iomem
+                    .insert(PhysRange::from_bounds(at, part.end()), "reserved");
+            }
+        }
     }
 
     /// RAM the platform has that boot left out (`mem=`): what `probe` may add.
@@ -419,8 +555,8 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// Maps `[pa, pa + size)` as device memory in the ioremap window; the
-    /// virtual address of `pa`.
-    pub fn ioremap(&mut self, pa: PhysAddr, size: u64) -> VirtAddr {
+    /// virtual address of `pa` (`ENOMEM` with the window full).
+    pub fn ioremap(&mut self, pa: PhysAddr, size: u64) -> crate::error::Result<VirtAddr> {
         let mut p = self.parts();
         super::ioremap::ioremap(p.pt, pa, size, &mut p.frames)
     }
@@ -456,7 +592,7 @@ impl<T: Translation> MemorySystem<T> {
         &self.buddy
     }
 
-    pub fn blocks(&self) -> &BTreeMap<u64, MemoryBlock> {
+    pub fn blocks(&self) -> &BlockMap {
         &self.blocks
     }
 
@@ -470,6 +606,11 @@ impl<T: Translation> MemorySystem<T> {
 
     pub fn devmem(&self) -> &[DevMem] {
         &self.devmem
+    }
+
+    /// What the firmware reserves.
+    pub fn reserved(&self) -> &[PhysRange] {
+        &self.reserved
     }
 
     pub fn events(&self) -> Events {

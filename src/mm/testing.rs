@@ -489,6 +489,100 @@ impl FrameAllocator for ArenaFrames {
     }
 }
 
+/// Heap fault injection for host tests: the kernel heap fails a request
+/// when its spare block is gone (`mm::heap`), and every allocation on a
+/// path a user drives must then give `ENOMEM` with nothing changed. On the
+/// host the test binary's allocator stands in for it: per thread (tests run
+/// in parallel), [`fail_nth`] makes the n-th heap allocation from now fail.
+/// An infallible collection that meets the failure aborts the test binary:
+/// the test is then seen to fail, loudly.
+pub mod heap_faults {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static FAIL_NTH: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// Fails the `n`-th heap allocation (or growth) of this thread from now
+    /// (`Some(0)`: the next); `None` turns it off.
+    pub fn fail_nth(n: Option<u64>) {
+        FAIL_NTH.with(|f| f.set(n));
+    }
+
+    /// Whether the injected failure has happened (it is then off).
+    pub fn fired() -> bool {
+        FAIL_NTH.with(|f| f.get().is_none())
+    }
+
+    fn fail_now() -> bool {
+        FAIL_NTH
+            .try_with(|f| match f.get() {
+                Some(0) => {
+                    f.set(None);
+                    true
+                }
+                Some(n) => {
+                    f.set(Some(n - 1));
+                    false
+                }
+                None => false,
+            })
+            .unwrap_or(false)
+    }
+
+    pub struct FailingAlloc;
+
+    // SAFETY: every call goes to `System` unchanged, or fails with null,
+    // which the `GlobalAlloc` contract allows.
+    unsafe impl GlobalAlloc for FailingAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if fail_now() {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: the caller's layout, passed on.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if fail_now() {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: the caller's layout, passed on.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` with `layout`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if fail_now() {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: the caller's block and sizes, passed on.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: FailingAlloc = FailingAlloc;
+
+    #[test]
+    fn the_nth_allocation_fails_once() {
+        let mut v: Vec<u64> = Vec::new();
+        fail_nth(Some(1));
+        assert!(v.try_reserve(1).is_ok());
+        assert!(!fired());
+        let mut w: Vec<u64> = Vec::new();
+        assert!(w.try_reserve(1).is_err());
+        assert!(fired());
+        assert!(w.try_reserve(1).is_ok());
+        v.push(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

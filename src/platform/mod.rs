@@ -1,7 +1,7 @@
 //! What the device tree says about the machine, read once at boot.
 
 pub mod cmdline;
-mod fdt_check;
+pub mod dtb;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod pci;
@@ -17,6 +17,49 @@ pub enum Conduit {
 
 pub const MAX_MEMORY: usize = 16;
 pub const MAX_CPUS: usize = 16;
+/// DT reservations kept one by one; more are folded into their nearest
+/// neighbour (reserving the gap too: more reserved is safe, less is not).
+pub const MAX_RESERVED: usize = 32;
+
+/// Where a reservation came from, for the boot log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationKind {
+    /// `/memreserve/`.
+    MemReserve,
+    /// A `/reserved-memory` child with `reg`.
+    ReservedMemory,
+    /// `/chosen` `linux,initrd-start`/`-end`.
+    Initrd,
+    /// `/chosen` `linux,elfcorehdr`.
+    ElfCoreHdr,
+    /// Several folded into one (more reservations than slots).
+    Merged,
+}
+
+/// Memory the DT says is not the kernel's to allocate (Linux's
+/// `early_init_fdt_scan_reserved_mem`). `no_map` ones (`/reserved-memory`
+/// `no-map`) are not even to be in the linear map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub range: PhysRange,
+    pub no_map: bool,
+    pub kind: ReservationKind,
+}
+
+/// What the DT said that could not be taken as it is, for the boot log
+/// (the DT is read before there is a console).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Memory regions beyond [`MAX_MEMORY`].
+    pub memory: usize,
+    /// Reservations folded into a neighbour (beyond [`MAX_RESERVED`]).
+    pub reservations_merged: usize,
+    /// `/reserved-memory` children without `reg` (dynamic allocation,
+    /// not supported), or with a `reg` the parser cannot read.
+    pub reservations_unreadable: usize,
+    /// CPUs beyond [`MAX_CPUS`].
+    pub cpus: usize,
+}
 
 /// What the DT's compatible says. `arm,gic-v3` also stands for GICv4
 /// (QEMU's `gic-version=4`): the driver tells them apart by the
@@ -42,6 +85,9 @@ pub struct Platform {
     pub dtb: PhysRange,
     pub memory: [PhysRange; MAX_MEMORY],
     pub nr_memory: usize,
+    reserved: [Reservation; MAX_RESERVED],
+    nr_reserved: usize,
+    pub dropped: Dropped,
     pub uart: Option<PhysRange>,
     /// The UART's interrupt as a GIC INTID (SPIs from 32).
     pub uart_intid: Option<u32>,
@@ -55,12 +101,47 @@ pub struct Platform {
     bootargs_len: usize,
 }
 
-/// A `reg` entry as a physical range (no size: empty).
+/// A `reg` entry as a physical range (no size: empty), cut short rather
+/// than wrap around the address space.
 fn region(r: &fdt::standard_nodes::MemoryRegion) -> PhysRange {
-    PhysRange::new(
-        PhysAddr::new(r.starting_address as u64),
-        r.size.unwrap_or(0) as u64,
-    )
+    let base = r.starting_address as u64;
+    let size = (r.size.unwrap_or(0) as u64).min(u64::MAX - base);
+    PhysRange::new(PhysAddr::new(base), size)
+}
+
+/// The node `/chosen` `stdout-path` names, through one alias at most: the
+/// crate's own lookup recurses without end on an alias naming itself.
+fn stdout_node<'b, 'a>(
+    fdt: &'b fdt::Fdt<'a>,
+    chosen: Option<fdt::node::FdtNode<'b, 'a>>,
+) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    let path = chosen?.property("stdout-path")?.as_str()?;
+    let path = path.split(':').next()?;
+    let path = match path.starts_with('/') {
+        true => path,
+        false => fdt
+            .find_node("/aliases")?
+            .property(path)?
+            .as_str()
+            .filter(|p| p.starts_with('/'))?,
+    };
+    fdt.find_node(path)
+}
+
+/// A big-endian number of one or two cells (as `linux,initrd-start`).
+fn be_number(value: &[u8]) -> Option<u64> {
+    match value.len() {
+        4 => Some(u32::from_be_bytes(value.try_into().ok()?) as u64),
+        8 => Some(u64::from_be_bytes(value.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// `status` absent, `"okay"` or `"ok"` (Linux's `of_fdt_device_is_available`).
+fn available(node: fdt::node::FdtNode) -> bool {
+    node.property("status")
+        .and_then(|s| s.as_str())
+        .is_none_or(|s| s == "okay" || s == "ok")
 }
 
 pub const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -78,53 +159,109 @@ pub unsafe fn is_fdt(pa: PhysAddr) -> bool {
 }
 
 impl Platform {
-    /// Reads the DT at `ptr`.
+    /// Checks the DT at `ptr` ([`dtb::check_and_pack`]: dropping its
+    /// `FDT_NOP`s in place) and reads it.
     ///
     /// # Safety
-    /// `ptr` must point at a readable FDT header and as many bytes as it
-    /// says (see [`fdt_check::parse`]); what they hold is checked.
-    pub unsafe fn from_fdt(ptr: *const u8) -> Result<Self, fdt::FdtError> {
-        // SAFETY: the caller's promise: a readable FDT at `ptr`.
-        let fdt = unsafe { fdt_check::parse(ptr)? };
+    /// `ptr` must point at an FDT header, readable and writable for as long
+    /// as the header says (at most [`dtb::MAX_FDT_SIZE`]), used by nothing
+    /// else.
+    pub unsafe fn from_fdt(ptr: *mut u8) -> Result<Self, &'static str> {
+        // SAFETY: the caller's promise: an FDT header is readable at `ptr`.
+        let header = unsafe { core::slice::from_raw_parts(ptr, 8) };
+        let total = dtb::total_size(header)?;
+        // SAFETY: the caller's promise for the size the header gives,
+        // bounded above.
+        let blob = unsafe { core::slice::from_raw_parts_mut(ptr, total) };
+        dtb::check_and_pack(blob)?;
+        Self::parse(blob, PhysAddr::new(ptr as u64))
+    }
+
+    /// Reads a DT that passed [`dtb::check_and_pack`], found at `pa`.
+    fn parse(blob: &[u8], pa: PhysAddr) -> Result<Self, &'static str> {
+        let fdt = fdt::Fdt::new(blob).map_err(|_| "unreadable FDT")?;
+        // The crate panics on a tree without these (`chosen()`, `cpus()`).
+        let (Some(_), Some(cpus)) = (fdt.find_node("/chosen"), fdt.find_node("/cpus")) else {
+            return Err("no /chosen or no /cpus node");
+        };
         let mut p = Platform {
-            dtb: PhysRange::new(PhysAddr::new(ptr as u64), fdt.total_size() as u64),
+            dtb: PhysRange::new(pa, fdt.total_size() as u64),
             memory: [PhysRange::default(); MAX_MEMORY],
             nr_memory: 0,
+            reserved: [Reservation {
+                range: PhysRange::default(),
+                no_map: false,
+                kind: ReservationKind::MemReserve,
+            }; MAX_RESERVED],
+            nr_reserved: 0,
+            dropped: Dropped::default(),
             uart: None,
             uart_intid: None,
             psci: None,
             gic: None,
             pci: None,
-            nr_cpus: fdt.cpus().count().min(MAX_CPUS),
+            nr_cpus: 0,
             cpu_mpidr: [0; MAX_CPUS],
             bootargs: [0; 1024],
             bootargs_len: 0,
         };
         for node in fdt.all_nodes() {
             let is_memory = node.property("device_type").and_then(|d| d.as_str()) == Some("memory");
-            if !is_memory {
+            if !is_memory || !available(node) {
                 continue;
             }
             for r in node.reg().into_iter().flatten() {
-                if p.nr_memory < MAX_MEMORY && r.size.unwrap_or(0) > 0 {
+                if r.size.unwrap_or(0) == 0 {
+                    continue;
+                }
+                if p.nr_memory < MAX_MEMORY {
                     p.memory[p.nr_memory] = region(&r);
                     p.nr_memory += 1;
+                } else {
+                    p.dropped.memory += 1;
                 }
             }
         }
         p.memory[..p.nr_memory].sort_unstable_by_key(|r| r.base);
-        for (slot, cpu) in p.cpu_mpidr.iter_mut().zip(fdt.cpus()) {
-            *slot = cpu.ids().first() as u64;
+        // CPU nodes and their `reg` by hand: the crate's `Cpu::ids` and
+        // `reg()` panic on a missing or short `reg`. A CPU node is one
+        // named `cpu` or typed `cpu`, as Linux's `of_get_next_cpu_node`.
+        let cells = cpus
+            .property("#address-cells")
+            .and_then(|c| be_number(c.value))
+            .unwrap_or(2) as usize;
+        let cpu_nodes = cpus.children().filter(|c| {
+            c.name.split('@').next() == Some("cpu")
+                || c.property("device_type").and_then(|d| d.as_str()) == Some("cpu")
+        });
+        for cpu in cpu_nodes {
+            let mpidr = cpu
+                .property("reg")
+                .and_then(|r| r.value.get(..cells * 4))
+                .and_then(be_number);
+            let Some(mpidr) = mpidr else {
+                continue;
+            };
+            if p.nr_cpus == MAX_CPUS {
+                p.dropped.cpus += 1;
+                continue;
+            }
+            p.cpu_mpidr[p.nr_cpus] = mpidr;
+            p.nr_cpus += 1;
         }
-        if let Some(args) = fdt.chosen().bootargs() {
+        p.read_reservations(&fdt);
+        // Raw bytes: the crate's `bootargs()` panics on an empty value.
+        let chosen = fdt.find_node("/chosen");
+        if let Some(args) = chosen.and_then(|c| c.property("bootargs")) {
+            let args = args.value.split(|&b| b == 0).next().unwrap_or(&[]);
             let n = args.len().min(p.bootargs.len());
-            p.bootargs[..n].copy_from_slice(&args.as_bytes()[..n]);
+            p.bootargs[..n].copy_from_slice(&args[..n]);
             p.bootargs_len = n;
         }
         let first_reg =
             |node: fdt::node::FdtNode| node.reg().and_then(|mut r| r.next()).map(|r| region(&r));
         // The console is the one /chosen names, else the first PL011.
-        let stdout = fdt.chosen().stdout().filter(|n| {
+        let stdout = stdout_node(&fdt, chosen).filter(|n| {
             n.compatible()
                 .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
         });
@@ -182,6 +319,98 @@ impl Platform {
         &self.memory[..self.nr_memory]
     }
 
+    /// What the DT reserves: `/memreserve/`, `/reserved-memory` children
+    /// with `reg`, the initrd and the crash kernel's ELF core header.
+    pub fn reserved(&self) -> &[Reservation] {
+        &self.reserved[..self.nr_reserved]
+    }
+
+    /// Records a reservation; with every slot taken, folds it into the
+    /// nearest one (`no_map` only if both were).
+    fn reserve(&mut self, range: PhysRange, no_map: bool, kind: ReservationKind) {
+        if range.size == 0 {
+            return;
+        }
+        if self.nr_reserved < MAX_RESERVED {
+            self.reserved[self.nr_reserved] = Reservation {
+                range,
+                no_map,
+                kind,
+            };
+            self.nr_reserved += 1;
+            return;
+        }
+        let gap = |r: &Reservation| {
+            if r.range.end() <= range.base {
+                range.base - r.range.end()
+            } else {
+                r.range.base.as_u64().saturating_sub(range.end().as_u64())
+            }
+        };
+        let Some(near) = self.reserved.iter_mut().min_by_key(|r| gap(r)) else {
+            return;
+        };
+        let base = near.range.base.min(range.base);
+        let end = near.range.end().max(range.end());
+        *near = Reservation {
+            range: PhysRange::from_bounds(base, end),
+            no_map: near.no_map && no_map,
+            kind: ReservationKind::Merged,
+        };
+        self.dropped.reservations_merged += 1;
+    }
+
+    /// Linux's `early_init_fdt_scan_reserved_mem` and
+    /// `fdt_reserve_elfcorehdr`, plus the initrd (`arm64_memblock_init`).
+    fn read_reservations(&mut self, fdt: &fdt::Fdt) {
+        for r in fdt.memory_reservations() {
+            let base = r.address() as u64;
+            let size = (r.size() as u64).min(u64::MAX - base);
+            self.reserve(
+                PhysRange::new(PhysAddr::new(base), size),
+                false,
+                ReservationKind::MemReserve,
+            );
+        }
+        if let Some(parent) = fdt.find_node("/reserved-memory") {
+            for child in parent.children().filter(|&c| available(c)) {
+                let no_map = child.property("no-map").is_some();
+                let Some(reg) = child.reg() else {
+                    self.dropped.reservations_unreadable += 1;
+                    continue;
+                };
+                for r in reg {
+                    self.reserve(region(&r), no_map, ReservationKind::ReservedMemory);
+                }
+            }
+        }
+        let Some(chosen) = fdt.find_node("/chosen") else {
+            return;
+        };
+        let number = |name| chosen.property(name).and_then(|p| be_number(p.value));
+        if let (Some(start), Some(end)) = (number("linux,initrd-start"), number("linux,initrd-end"))
+        {
+            let range = PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end));
+            self.reserve(range, false, ReservationKind::Initrd);
+        }
+        // `linux,elfcorehdr` is a `reg` in the root's cells.
+        let cells = fdt.root().cell_sizes();
+        if let Some(p) = chosen.property("linux,elfcorehdr") {
+            let (a, s) = (cells.address_cells * 4, cells.size_cells * 4);
+            if let (Some(base), Some(size)) = (
+                p.value.get(..a).and_then(be_number),
+                p.value.get(a..a + s).and_then(be_number),
+            ) {
+                let size = size.min(u64::MAX - base);
+                self.reserve(
+                    PhysRange::new(PhysAddr::new(base), size),
+                    false,
+                    ReservationKind::ElfCoreHdr,
+                );
+            }
+        }
+    }
+
     pub fn bootargs(&self) -> &str {
         core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("")
     }
@@ -191,11 +420,11 @@ impl Platform {
 mod tests {
     use super::*;
 
-    fn load(name: &str) -> Platform {
+    pub(super) fn load(name: &str) -> Platform {
         let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
         let bytes = std::fs::read(path).unwrap();
         // The parser reads through a pointer: keep the blob 8-byte aligned.
-        let words: Vec<u64> = bytes
+        let mut words: Vec<u64> = bytes
             .chunks(8)
             .map(|c| {
                 let mut w = [0u8; 8];
@@ -204,7 +433,7 @@ mod tests {
             })
             .collect();
         // SAFETY: `words` holds the whole DTB (8-byte aligned) and outlives `p` (forgotten).
-        let p = unsafe { Platform::from_fdt(words.as_ptr() as *const u8) }.unwrap();
+        let p = unsafe { Platform::from_fdt(words.as_mut_ptr() as *mut u8) }.unwrap();
         std::mem::forget(words);
         p
     }
@@ -289,5 +518,183 @@ mod tests {
         assert_eq!(pci.intx(3, 2), Some(35));
         assert_eq!(pci.intx(4, 1), Some(35));
         assert_eq!(p.uart_intid, Some(33));
+    }
+
+    /// QEMU's own tree passed back with `-dtb`: its fixups leave FDT_NOPs
+    /// where the `/memory` node was rewritten (the copy in guest memory,
+    /// saved with the monitor's `pmemsave`). The crate alone loses every
+    /// node after them, `/cpus` among them, and panics.
+    #[test]
+    fn reads_qemu_fixed_up_dtb_with_nops() {
+        let p = load("virt-fixed-up-nops.dtb");
+        assert_eq!(
+            p.memory(),
+            &[PhysRange::new(PhysAddr::new(0x4000_0000), 1 << 30)]
+        );
+        assert_eq!(p.nr_cpus, 1);
+        assert_eq!(p.uart_intid, Some(33));
+        assert!(p.gic.is_some() && p.pci.is_some());
+    }
+
+    use super::dtb::build::{Fdt, Node};
+
+    fn parse(fdt: &Fdt) -> Result<Platform, &'static str> {
+        let bytes = fdt.to_bytes();
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` has room for `bytes`, a plain copy.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                words.as_mut_ptr() as *mut u8,
+                bytes.len(),
+            )
+        };
+        // SAFETY: the blob is in `words`, which outlives the call (forgotten).
+        let p = unsafe { Platform::from_fdt(words.as_mut_ptr() as *mut u8) };
+        std::mem::forget(words);
+        p
+    }
+
+    /// A minimal virt-like tree: 2 GiB of RAM at 1 GiB, one CPU.
+    fn minimal() -> Fdt {
+        let mut root = Node::new("");
+        root.u32s("#address-cells", &[2]).u32s("#size-cells", &[2]);
+        root.child(Node::new("chosen"));
+        let mut mem = Node::new("memory@40000000");
+        mem.string("device_type", "memory")
+            .reg64(&[(0x4000_0000, 2 << 30)]);
+        root.child(mem);
+        let mut cpus = Node::new("cpus");
+        cpus.u32s("#address-cells", &[1]).u32s("#size-cells", &[0]);
+        let mut cpu = Node::new("cpu@0");
+        cpu.string("device_type", "cpu").u32s("reg", &[0]);
+        cpus.child(cpu);
+        root.child(cpus);
+        Fdt::new(root)
+    }
+
+    fn reserved_memory(children: Vec<Node>) -> Node {
+        let mut rm = Node::new("reserved-memory");
+        rm.u32s("#address-cells", &[2])
+            .u32s("#size-cells", &[2])
+            .prop("ranges", &[]);
+        for c in children {
+            rm.child(c);
+        }
+        rm
+    }
+
+    fn range(base: u64, size: u64) -> PhysRange {
+        PhysRange::new(PhysAddr::new(base), size)
+    }
+
+    /// `/memreserve/`, `/reserved-memory` children (`no-map`, disabled,
+    /// dynamic), the initrd and the ELF core header, as Linux reads them.
+    #[test]
+    fn reads_every_kind_of_reservation() {
+        let mut fdt = minimal();
+        fdt.reservations = vec![(0x4800_0000, 0x1_0000), (0x4900_0000, 0)];
+        let mut nomap = Node::new("fw@50000000");
+        nomap.reg64(&[(0x5000_0000, 0x20_0000)]).prop("no-map", &[]);
+        let mut plain = Node::new("buf@51000000");
+        plain.reg64(&[(0x5100_0000, 0x1000), (0x5200_0000, 0x2000)]);
+        let mut off = Node::new("off@53000000");
+        off.reg64(&[(0x5300_0000, 0x1000)])
+            .string("status", "disabled");
+        let mut dynamic = Node::new("pool");
+        dynamic.u32s("size", &[0, 0x40_0000]);
+        fdt.root
+            .child(reserved_memory(vec![nomap, plain, off, dynamic]));
+        let chosen = fdt.root.find("chosen").unwrap();
+        chosen
+            .u32s("linux,initrd-start", &[0x4400_0000])
+            .u32s("linux,initrd-end", &[0, 0x4410_0000])
+            .u32s("linux,elfcorehdr", &[0, 0x4500_0000, 0, 0x1_0000]);
+        let p = parse(&fdt).unwrap();
+        let got: Vec<_> = p
+            .reserved()
+            .iter()
+            .map(|r| (r.range, r.no_map, r.kind))
+            .collect();
+        use ReservationKind::*;
+        assert_eq!(
+            got,
+            [
+                (range(0x4800_0000, 0x1_0000), false, MemReserve),
+                (range(0x5000_0000, 0x20_0000), true, ReservedMemory),
+                (range(0x5100_0000, 0x1000), false, ReservedMemory),
+                (range(0x5200_0000, 0x2000), false, ReservedMemory),
+                (range(0x4400_0000, 0x10_0000), false, Initrd),
+                (range(0x4500_0000, 0x1_0000), false, ElfCoreHdr),
+            ]
+        );
+        assert_eq!(p.dropped.reservations_unreadable, 1);
+    }
+
+    /// More regions than the fixed tables hold: memory and CPUs beyond them
+    /// are counted (and logged at boot); reservations are folded into their
+    /// neighbours, so that every reserved byte stays reserved.
+    #[test]
+    fn more_regions_than_slots_are_counted_or_folded_never_lost() {
+        let mut fdt = minimal();
+        let mut asked = Vec::new();
+        for i in 0..3 * MAX_RESERVED as u64 {
+            let r = (0x4000_0000 + i * 0x10_0000, 0x1000);
+            fdt.reservations.push(r);
+            asked.push(range(r.0, r.1));
+        }
+        for i in 0..MAX_MEMORY as u64 + 3 {
+            let mut m = Node::new(&format!("memory@{:x}", 0x1_0000_0000 + i * 0x1000_0000));
+            m.string("device_type", "memory")
+                .reg64(&[(0x1_0000_0000 + i * 0x1000_0000, 0x1000_0000)]);
+            fdt.root.child(m);
+        }
+        let cpus = fdt.root.find("cpus").unwrap();
+        for i in 1..MAX_CPUS as u32 + 2 {
+            let mut cpu = Node::new(&format!("cpu@{i}"));
+            cpu.string("device_type", "cpu").u32s("reg", &[i]);
+            cpus.child(cpu);
+        }
+        // A CPU without `reg` is skipped (the crate would panic on it).
+        let mut bad = Node::new("cpu@99");
+        bad.string("device_type", "cpu");
+        cpus.child(bad);
+        let p = parse(&fdt).unwrap();
+        assert_eq!(p.nr_memory, MAX_MEMORY);
+        assert_eq!(p.dropped.memory, 4);
+        assert_eq!(p.nr_cpus, MAX_CPUS);
+        assert_eq!(p.dropped.cpus, 2);
+        assert_eq!(p.reserved().len(), MAX_RESERVED);
+        assert_eq!(p.dropped.reservations_merged, 2 * MAX_RESERVED);
+        for r in &asked {
+            assert!(p.reserved().iter().any(|x| x.range.covers(r)), "{r:?} lost");
+        }
+    }
+
+    /// A reservation or memory region that would wrap around the address
+    /// space is cut short at its top.
+    #[test]
+    fn wrapping_regions_are_cut_short() {
+        let mut fdt = minimal();
+        fdt.reservations = vec![(u64::MAX - 0xfff, 0x10_000)];
+        let mut nomap = Node::new("top");
+        nomap
+            .reg64(&[(u64::MAX - 0x1fff, u64::MAX)])
+            .prop("no-map", &[]);
+        fdt.root.child(reserved_memory(vec![nomap]));
+        let p = parse(&fdt).unwrap();
+        for r in p.reserved() {
+            assert!(r.range.base.checked_add(r.range.size).is_some(), "{r:?}");
+        }
+    }
+
+    /// The crate panics on a tree without `/chosen` or `/cpus`: refused.
+    #[test]
+    fn a_tree_without_chosen_or_cpus_is_refused() {
+        for name in ["chosen", "cpus"] {
+            let mut fdt = minimal();
+            fdt.root.children.retain(|c| c.name != name);
+            assert_eq!(parse(&fdt).err(), Some("no /chosen or no /cpus node"));
+        }
     }
 }

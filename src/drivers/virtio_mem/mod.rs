@@ -31,7 +31,6 @@ pub mod pci;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod tests;
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::arch;
@@ -248,8 +247,9 @@ pub struct VirtioMem<D: MemDevice> {
     unplug_all: bool,
     /// The delay the next failed step asks for.
     retry_ms: u64,
-    /// Memory blocks whose pages were in use on the last step.
-    busy: BTreeSet<u64>,
+    /// Memory blocks whose pages were in use on the last step, ascending
+    /// (for the report only: one the heap has no room for goes unnamed).
+    busy: Vec<u64>,
     /// Timer ticks of the current step spent waiting for the device and
     /// spent hot-plugging, reported with its result.
     ticks: (u64, u64),
@@ -286,7 +286,7 @@ impl<D: MemDevice> VirtioMem<D> {
             nr_plugged: 0,
             unplug_all: config.plugged_size != 0,
             retry_ms: RETRY_MIN_MS,
-            busy: BTreeSet::new(),
+            busy: Vec::new(),
             ticks: (0, 0),
         };
         pr_info!(
@@ -358,9 +358,18 @@ impl<D: MemDevice> VirtioMem<D> {
         (self.config.requested_size / self.geo.unit).min(self.usable_units())
     }
 
-    /// Memory blocks with plugged units, ascending.
-    fn plugged_blocks(&self) -> Vec<u64> {
+    /// Memory blocks with plugged units, ascending; `None` when the heap
+    /// has no room for the list (the caller retries the step later: a
+    /// step driven from QMP must not abort the kernel).
+    fn plugged_blocks(&self) -> Option<Vec<u64>> {
         let mut ids: Vec<u64> = Vec::new();
+        if self.geo.units() > 0 {
+            // Room for every block of the region: the pushes below never
+            // allocate.
+            let (lo, _) = self.geo.blocks_of(0);
+            let (_, hi) = self.geo.blocks_of(self.geo.units() - 1);
+            ids.try_reserve_exact((hi - lo) as usize).ok()?;
+        }
         for (w, &word) in self.bits.iter().enumerate() {
             let mut word = word;
             while word != 0 {
@@ -374,7 +383,16 @@ impl<D: MemDevice> VirtioMem<D> {
                 }
             }
         }
-        ids
+        Some(ids)
+    }
+
+    /// Records that block `id` had pages in use, if the heap has room.
+    fn mark_busy(&mut self, id: u64) {
+        if let Err(at) = self.busy.binary_search(&id) {
+            if self.busy.try_reserve(1).is_ok() {
+                self.busy.insert(at, id);
+            }
+        }
     }
 
     /// The mm's view of block `id`'s plugged parts, from the bitmap.
@@ -514,12 +532,20 @@ impl<D: MemDevice> VirtioMem<D> {
 
     fn report(&self) {
         let freq = arch::counter_freq();
-        let busy = if self.busy.is_empty() {
-            alloc::string::String::new()
-        } else {
-            let bytes: u64 = self.busy.iter().map(|&id| self.plugged_in_block(id)).sum();
-            alloc::format!("; {} MiB busy, stays plugged: {:?}", bytes >> 20, self.busy)
-        };
+        // Written straight into the log line: nothing is allocated.
+        struct Busy<'a>(&'a [u64], u64);
+        impl core::fmt::Display for Busy<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(());
+                };
+                write!(f, "; {} MiB busy, stays plugged: {{{first}", self.1 >> 20)?;
+                rest.iter().try_for_each(|id| write!(f, ", {id}"))?;
+                f.write_str("}")
+            }
+        }
+        let bytes: u64 = self.busy.iter().map(|&id| self.plugged_in_block(id)).sum();
+        let busy = Busy(&self.busy, bytes);
         pr_info!(
             "virtio_mem {:#x}: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){busy}",
             self.name(),
@@ -590,7 +616,11 @@ impl<D: MemDevice> VirtioMem<D> {
     /// not: blocks with plugged units that are not present are added,
     /// plugged units the kernel still has as unplugged are given to it.
     fn sync<T: Translation>(&mut self, mm: &mut MemorySystem<T>, pass: &mut Pass) {
-        for id in self.plugged_blocks() {
+        let Some(ids) = self.plugged_blocks() else {
+            pass.trouble = true;
+            return;
+        };
+        for id in ids {
             let mask = self.mask_of(id);
             let r = match mm.blocks().get(&id).map(|b| b.plugged) {
                 None => self.hotplug(|vm| vm.add_block(mm, id)),
@@ -616,7 +646,10 @@ impl<D: MemDevice> VirtioMem<D> {
         let per_block = MEMORY_BLOCK_SIZE / self.geo.unit;
         let first_id = self.geo.start / MEMORY_BLOCK_SIZE;
         let ids = first_id..first_id + usable.div_ceil(per_block);
-        let partly: Vec<u64> = self.plugged_blocks();
+        let Some(partly) = self.plugged_blocks() else {
+            pass.trouble = true;
+            return;
+        };
         let fresh = ids.filter(|id| !partly.contains(id));
         let max_run = (u16::MAX as u64 / self.geo.per_unit).max(1);
         for id in partly.iter().copied().chain(fresh) {
@@ -690,16 +723,27 @@ impl<D: MemDevice> VirtioMem<D> {
 
     /// Unplugs units until `wanted`, from the highest block down.
     fn unplug<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
-        let mut done_units: BTreeSet<u64> = BTreeSet::new();
-        for id in self.plugged_blocks().into_iter().rev() {
+        let Some(ids) = self.plugged_blocks() else {
+            pass.trouble = true;
+            return;
+        };
+        // Big-block mode: the blocks of one unit come one after another
+        // (descending), and the unit is handled at the first of them.
+        let mut last_unit = None;
+        for id in ids.into_iter().rev() {
             if self.nr_plugged <= wanted || pass.refused {
                 break;
             }
             let (first, end) = self.geo.units_of(id);
-            if self.geo.big() && !done_units.insert(first) {
+            if self.geo.big() && last_unit.replace(first) == Some(first) {
                 continue;
             }
-            let units: Vec<u64> = (first..end).rev().filter(|&u| self.plugged(u)).collect();
+            let mut units: Vec<u64> = Vec::new();
+            if units.try_reserve_exact((end - first) as usize).is_err() {
+                pass.trouble = true;
+                continue;
+            }
+            units.extend((first..end).rev().filter(|&u| self.plugged(u)));
             let excess = self.nr_plugged - wanted;
             let (lo, hi) = if self.geo.big() {
                 self.geo.blocks_of(first)
@@ -743,6 +787,13 @@ impl<D: MemDevice> VirtioMem<D> {
         hi: u64,
     ) -> TakeDown {
         let mut taken: TakenDown = Vec::new();
+        if taken.try_reserve_exact((hi - lo) as usize).is_err() {
+            pr_warn!(
+                "virtio_mem {:#x}: no memory to take blocks down",
+                self.name()
+            );
+            return TakeDown::Failed;
+        }
         let mut failed = None;
         for id in lo..hi {
             let Some(state) = mm.blocks().get(&id).map(|b| b.state) else {
@@ -752,7 +803,7 @@ impl<D: MemDevice> VirtioMem<D> {
                 match self.hotplug(|_| mm.offline_block(id)) {
                     Ok(()) => {}
                     Err(OfflineError::Busy { .. }) => {
-                        self.busy.insert(id);
+                        self.mark_busy(id);
                         failed = Some(TakeDown::Busy);
                         break;
                     }
@@ -867,7 +918,7 @@ impl<D: MemDevice> VirtioMem<D> {
             match self.hotplug(|_| mm.unplug_sub_blocks(id, sub, 1)) {
                 Ok(()) => {}
                 Err(OfflineError::Busy { .. }) => {
-                    self.busy.insert(id);
+                    self.mark_busy(id);
                     pass.trouble = true;
                     continue;
                 }

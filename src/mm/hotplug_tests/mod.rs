@@ -10,8 +10,10 @@ mod bad_input;
 mod cycles;
 mod devmem;
 mod faults;
+mod heap_faults;
 mod model;
 mod online;
+mod reserved;
 
 use super::altmap::VmemAltmap;
 use super::layout::*;
