@@ -55,7 +55,7 @@ pub mod trace {
     }
 
     #[cfg(test)]
-    pub use host::{check_free, cleared, record};
+    pub use host::{check_free, cleared, invalidations, record};
 
     #[cfg(not(test))]
     #[inline(always)]
@@ -85,6 +85,15 @@ pub mod trace {
 
         std::thread_local! {
             static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+            static INVALIDATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+
+        /// Invalidations recorded on this thread so far: one per range (a
+        /// whole `flush_kernel_range`, however many pages), per VA, or of
+        /// everything. Tests count them where TLBI instructions cannot
+        /// tell one range from one call per page.
+        pub fn invalidations() -> u64 {
+            INVALIDATIONS.with(|n| n.get())
         }
 
         pub fn cleared(va: u64, span: u64, out: u64, out_len: u64, kind: Cleared) {
@@ -100,6 +109,7 @@ pub mod trace {
         }
 
         pub fn record(f: Flush) {
+            INVALIDATIONS.with(|n| n.set(n.get() + 1));
             PENDING.with(|p| {
                 p.borrow_mut().retain(|c| {
                     let inside = |va: u64| c.va <= va && va - c.va < c.span;

@@ -3,6 +3,7 @@
 //! what they free and when.
 
 use super::*;
+use crate::arch::trace::invalidations;
 use crate::mm::frame::FrameAllocator;
 use crate::mm::layout::PAGE_OFFSET;
 
@@ -50,6 +51,7 @@ pub(super) fn whole_table_detach_is_one_invalidation<G: Granule>() {
     // The second table, whole: its entry cleared, one invalidation of the
     // walk through it, then the range's own invalidation.
     let ops = env.pt.stats.tlbi_ops;
+    let calls = invalidations();
     let freed = env.pt.stats.tables_freed;
     env.pt.remove_pgd_mapping(
         VA0 + 2 * b,
@@ -60,6 +62,7 @@ pub(super) fn whole_table_detach_is_one_invalidation<G: Granule>() {
         &mut env.w,
     );
     assert_eq!(env.pt.stats.tlbi_ops - ops, 1 + range_ops::<G>(b));
+    assert_eq!(invalidations() - calls, 2);
     assert_eq!(env.pt.stats.tables, tables - 1);
     assert_eq!(env.pt.stats.tables_freed - freed, 1);
     assert!(!env.frames.is_allocated(l3[1]));
@@ -77,6 +80,7 @@ pub(super) fn whole_table_detach_is_one_invalidation<G: Granule>() {
     // root is emptied and freed as free_empty_tables would.
     let top = VA0.align_down(G::level_size(1));
     let ops = env.pt.stats.tlbi_ops;
+    let calls = invalidations();
     env.pt.remove_pgd_mapping(
         top,
         top + G::level_size(1),
@@ -87,6 +91,7 @@ pub(super) fn whole_table_detach_is_one_invalidation<G: Granule>() {
     );
     let above = (1 - G::START_LEVEL) as u64;
     assert_eq!(env.pt.stats.tlbi_ops - ops, 1 + above + 1);
+    assert_eq!(invalidations() - calls, 1 + above + 1);
     assert_eq!(env.pt.stats.tables, 1);
     assert_eq!(env.frames.in_use(), 1);
     assert_eq!(env.pt.stats.tables_freed, tables - 1);
@@ -178,6 +183,7 @@ pub(super) fn vmemmap_teardown_invalidates_once_per_table<G: Granule>() {
     // `arch::trace` panics if a page goes back before the invalidation
     // of the entry that mapped it (or of the walk through a table).
     let ops = env.pt.stats.tlbi_ops;
+    let calls = invalidations();
     let mut frames = RecordingFrames {
         inner: &mut env.frames,
         frees: Vec::new(),
@@ -202,6 +208,8 @@ pub(super) fn vmemmap_teardown_invalidates_once_per_table<G: Granule>() {
         delta,
         range_ops::<G>(3 * p) + 1 + range_ops::<G>(5 * p) + 1 + above
     );
+    // As calls: one range per table, not one per page.
+    assert_eq!(invalidations() - calls, 2 + 2 + above);
     assert_eq!(env.pt.stats.tables, 1);
     assert_eq!(env.pt.stats.tables_freed, tables - 1);
     assert_eq!(env.frames.in_use(), 1);
@@ -284,9 +292,10 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
         assert!(env.snapshot() == before);
     }
 
-    // Backing runs out after two pages: those stay mapped, no reserved
-    // table is left over, and the teardown takes everything back.
-    let mut left = 2;
+    // No backing for the first page: the tables reserved for the far side
+    // of the boundary are given back, those descended through stay (empty)
+    // and the teardown takes them back.
+    let mut left = 0;
     let r = env.pt.map_pages_with(
         VaRange::new(s2, e2),
         Attributes::KERNEL_RW,
@@ -300,8 +309,8 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
         },
     );
     assert_eq!(r, Err(MapError::NoMemory));
-    assert_eq!(env.leaves(s2, e2).len(), 2);
-    let mapped = (env.pt.stats.tables as usize) + n + 2;
+    assert_eq!(env.leaves(s2, e2).len(), 0);
+    let mapped = (env.pt.stats.tables as usize) + n;
     assert_eq!(env.frames.in_use(), mapped, "a reserved table leaked");
     let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(0));
     for (s, e) in [(s2, e2), (start, end)] {
