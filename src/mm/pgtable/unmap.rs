@@ -220,9 +220,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 // What the range covers of the child is empty now: only
                 // the child's other entries are left to read.
                 if free && child_emptied && self.empty_outside(child, level + 1, addr, next) {
-                    self.clear(table, index, level, span, d);
-                    self.flush_table(span);
-                    self.free_table(child, frames);
+                    self.free_empty_table(table, index, level, span, d, frames);
                 } else {
                     emptied = false;
                 }
@@ -332,6 +330,23 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             }
         }
         self.free_table(table, frames);
+    }
+
+    /// Linux's `free_empty_*_table` for the empty table `d` (entry `index`
+    /// of `table`, spanning from `span`) points at: the entry cleared, the
+    /// walk through it invalidated, then the page freed.
+    fn free_empty_table(
+        &mut self,
+        table: PhysAddr,
+        index: usize,
+        level: usize,
+        span: VirtAddr,
+        d: Descriptor,
+        frames: &mut (impl FrameAllocator + ?Sized),
+    ) {
+        self.clear(table, index, level, span, d);
+        self.flush_table(span);
+        self.free_table(d.output_address(), frames);
     }
 
     /// Frees a table page no entry points at any more, and counts it.
@@ -453,9 +468,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             self.free_empty_level(child, level + 1, addr, next, floor, ceiling, frames);
             let span_start = addr.align_down(size);
             if span_within(span_start, size, floor, ceiling) && self.table_is_empty(child) {
-                self.clear(table, index, level, span_start, d);
-                self.flush_table(span_start);
-                self.free_table(child, frames);
+                self.free_empty_table(table, index, level, span_start, d, frames);
             }
         }
     }
