@@ -16,9 +16,8 @@ mod insn {
 
     pub fn dsb_ishst() {}
     pub fn dsb_ish_isb() {}
-    pub fn tlbi_vaale1is(va: u64) {
-        record(Flush::LastLevel(va));
-    }
+    /// Recorded by its caller, once per range ([`super::tlb::flush_kernel_range`]).
+    pub fn tlbi_vaale1is(_va: u64) {}
     pub fn tlbi_vaae1is(va: u64) {
         record(Flush::AllLevels(va));
     }
@@ -46,8 +45,9 @@ pub mod trace {
     /// One TLBI, by what it drops.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Flush {
-        /// `TLBI VAALE1IS`: last-level entries for one VA.
-        LastLevel(u64),
+        /// `TLBI VAALE1IS` for every page of `[start, end)`: last-level
+        /// entries for those VAs (one record per range invalidation).
+        LastLevelRange(u64, u64),
         /// `TLBI VAAE1IS`: every level's entries for one VA.
         AllLevels(u64),
         /// `TLBI VMALLE1IS`: everything.
@@ -55,7 +55,7 @@ pub mod trace {
     }
 
     #[cfg(test)]
-    pub use host::{check_free, cleared, record};
+    pub use host::{check_free, cleared, invalidations, record};
 
     #[cfg(not(test))]
     #[inline(always)]
@@ -85,6 +85,15 @@ pub mod trace {
 
         std::thread_local! {
             static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+            static INVALIDATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+
+        /// Invalidations recorded on this thread so far: one per range (a
+        /// whole `flush_kernel_range`, however many pages), per VA, or of
+        /// everything. Tests count them where TLBI instructions cannot
+        /// tell one range from one call per page.
+        pub fn invalidations() -> u64 {
+            INVALIDATIONS.with(|n| n.get())
         }
 
         pub fn cleared(va: u64, span: u64, out: u64, out_len: u64, kind: Cleared) {
@@ -100,13 +109,19 @@ pub mod trace {
         }
 
         pub fn record(f: Flush) {
+            INVALIDATIONS.with(|n| n.set(n.get() + 1));
             PENDING.with(|p| {
                 p.borrow_mut().retain(|c| {
                     let inside = |va: u64| c.va <= va && va - c.va < c.span;
+                    // Whether a page of [start, end) lies in the span: the
+                    // pages are aligned, so the range meets the span.
+                    let meets = |start: u64, end: u64| start < c.va + c.span && c.va < end;
                     let dropped = match f {
                         Flush::All => true,
                         Flush::AllLevels(va) => inside(va),
-                        Flush::LastLevel(va) => c.kind == Cleared::Leaf && inside(va),
+                        Flush::LastLevelRange(start, end) => {
+                            c.kind == Cleared::Leaf && meets(start, end)
+                        }
                     };
                     !dropped
                 })
@@ -176,6 +191,12 @@ pub fn counter_freq() -> u64 {
 }
 
 pub mod barrier {
+    /// Zeroed table pages are visible to the table walker before any entry
+    /// that points at them (Linux's `dsb(ishst)` in `pgd_pgtable_alloc`).
+    pub fn tables_zeroed() {
+        super::insn::dsb_ishst();
+    }
+
     /// New descriptors are visible to the table walker before any access
     /// that may use them (Linux's `dsb(ishst); isb()` after kernel mappings).
     pub fn tables_written() {
@@ -201,15 +222,26 @@ pub mod tlb {
             insn::tlbi_vmalle1is();
             1
         } else {
-            let mut va = start & !(page - 1);
+            let first = start & !(page - 1);
+            let mut va = first;
             while va < end {
                 insn::tlbi_vaale1is(va);
                 va += page;
             }
+            super::trace::record(super::trace::Flush::LastLevelRange(first, end));
             pages
         };
         insn::dsb_ish_isb();
         ops
+    }
+
+    /// Invalidates every kernel TLB entry and walk cache, all CPUs: one
+    /// instruction where a detached subtree holds several table pages.
+    pub fn flush_kernel_all() -> u64 {
+        insn::dsb_ishst();
+        insn::tlbi_vmalle1is();
+        insn::dsb_ish_isb();
+        1
     }
 
     /// Invalidates every level's cached entries for `va`, walk caches

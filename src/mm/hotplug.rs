@@ -107,8 +107,7 @@ impl<T: Translation> MemorySystem<T> {
         let mut frames = p.frames;
         let (vstart, vend) = (start.to_virt(), (start + size).to_virt());
         let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(PAGE_END));
-        p.pt.unmap_hotplug_range(vstart, vend, false, None, &mut frames, p.warnings);
-        p.pt.free_empty_tables(vstart, vend, floor, ceiling, &mut frames);
+        p.pt.remove_pgd_mapping(vstart, vend, floor, ceiling, &mut frames, p.warnings);
     }
 
     /// Checks that `[start, start + size)` is whole memory blocks; their ids

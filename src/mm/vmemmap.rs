@@ -106,7 +106,8 @@ fn vmemmap_populate_block<T: Translation>(
 }
 
 /// Linux's `vmemmap_populate_basepages`: one page of backing per page of
-/// the vmemmap `[start, end)`.
+/// the vmemmap `[start, end)`, in one walk that descends once per
+/// last-level table.
 pub fn vmemmap_populate_basepages<T: Translation>(
     pt: &mut PageTable<T, KernelGranule>,
     start: VirtAddr,
@@ -114,15 +115,10 @@ pub fn vmemmap_populate_basepages<T: Translation>(
     altmap: &mut Option<&mut VmemAltmap>,
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
-    let mut addr = start.align_down(PAGE_SIZE);
-    while addr < end {
-        let pa = alloc_backing(0, altmap, frames).ok_or(MapError::NoMemory)?;
-        let range = VaRange::new(addr, addr + PAGE_SIZE);
-        pt.map_range(range, pa, Attributes::KERNEL_RW, MapHints::pages(), frames)
-            .inspect_err(|_| free_backing(pa, 0, altmap, frames))?;
-        addr += PAGE_SIZE;
-    }
-    Ok(())
+    let range = VaRange::new(start.align_down(PAGE_SIZE), end.align_up(PAGE_SIZE));
+    pt.map_pages_with(range, Attributes::KERNEL_RW, frames, &mut |frames| {
+        alloc_backing(0, altmap, frames)
+    })
 }
 
 /// Linux's `vmemmap_free`: unmaps the vmemmap `[start, end)`, returns its
@@ -135,9 +131,8 @@ pub fn vmemmap_free<T: Translation>(
     frames: &mut (impl FrameAllocator + ?Sized),
     warnings: &mut UnmapWarnings,
 ) {
-    pt.unmap_hotplug_range(start, end, true, altmap, frames, warnings);
     let (floor, ceiling) = (VirtAddr::new(VMEMMAP_START), VirtAddr::new(VMEMMAP_END));
-    pt.free_empty_tables(start, end, floor, ceiling, frames);
+    pt.unmap_hotplug_range_free_tables(start, end, true, altmap, floor, ceiling, frames, warnings);
 }
 
 /// Where the struct pages of `pfn` are backed, if mapped: `(pa, leaf size)`.

@@ -74,6 +74,9 @@ impl Attributes {
 /// Bits 47..12 hold the output address; smaller granules' low bits are zero.
 pub const OUTPUT_ADDRESS_MASK: u64 = 0x0000_ffff_ffff_f000;
 
+/// Software bit 58 (ignored by the MMU): see [`Descriptor::free_pending`].
+const FREE_PENDING: u64 = 1 << 58;
+
 /// One 64-bit translation table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(transparent)]
@@ -119,6 +122,19 @@ impl Descriptor {
 
     pub fn is_leaf(self, level: usize) -> bool {
         self.is_valid() && !self.is_table(level)
+    }
+
+    /// A leaf the teardown has cleared and whose backing it frees once the
+    /// TLB invalidation covering it is done: invalid (so ignored by the MMU,
+    /// which reads no other bit of an invalid descriptor, and by every walk
+    /// here), the output kept, software bit 58 set. Never outlives one
+    /// teardown call.
+    pub(super) fn free_pending(self) -> Self {
+        Self((self.0 & !Attributes::VALID.bits()) | FREE_PENDING)
+    }
+
+    pub(super) fn is_free_pending(self) -> bool {
+        !self.is_valid() && self.0 & FREE_PENDING != 0
     }
 
     pub fn is_contiguous(self) -> bool {

@@ -205,7 +205,21 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         addr: VirtAddr,
         old: Descriptor,
     ) {
-        self.write(table, index, Descriptor::EMPTY);
+        self.clear_to(table, index, level, addr, old, Descriptor::EMPTY);
+    }
+
+    /// [`clear`](Self::clear), writing the invalid descriptor `new`.
+    pub(super) fn clear_to(
+        &mut self,
+        table: PhysAddr,
+        index: usize,
+        level: usize,
+        addr: VirtAddr,
+        old: Descriptor,
+        new: Descriptor,
+    ) {
+        debug_assert!(!new.is_valid());
+        self.write(table, index, new);
         if old.is_valid() {
             let span = G::level_size(level);
             let (kind, out_len) = if old.is_table(level) {
@@ -218,10 +232,13 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         }
     }
 
+    /// Zeroes a table page no walker can reach yet (plain stores: the
+    /// barrier that publishes it orders them).
     fn zero_table(&mut self, table: PhysAddr) {
-        for i in 0..G::ENTRIES {
-            self.write(table, i, Descriptor::EMPTY);
-        }
+        // SAFETY: a table page of this hierarchy (or about to become one),
+        // all of it accessible through the translation; not yet linked, so
+        // no other reference to it exists.
+        unsafe { core::ptr::write_bytes(self.trans.table_va(table), 0, G::ENTRIES) }
     }
 
     pub(super) fn table_is_empty(&self, table: PhysAddr) -> bool {
@@ -336,7 +353,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         {
             return Err(MapError::Misaligned);
         }
-        let needed = self.count_missing(Some(self.root), G::START_LEVEL, range, pa, hints)?;
+        let needed = self.count_missing(self.root, G::START_LEVEL, range, pa, hints)?;
         let mut pool = self.reserve_tables(needed, frames)?;
         let leaf = attrs.leaf_attrs();
         self.map_level(
@@ -354,11 +371,82 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         Ok(())
     }
 
+    /// Maps each page of `range` to a page `backing` allocates (Linux's
+    /// `vmemmap_populate_basepages`): validated and its tables reserved once
+    /// (`AlreadyMapped`, `NoMemory` change nothing), then one descent per
+    /// last-level table writes its entries in a row, and one barrier ends
+    /// it. When `backing` runs out, `NoMemory` leaves the pages mapped so
+    /// far (and the new tables) for the caller to unmap.
+    pub fn map_pages_with<F: FrameAllocator + ?Sized>(
+        &mut self,
+        range: VaRange,
+        attrs: Attributes,
+        frames: &mut F,
+        backing: &mut impl FnMut(&mut F) -> Option<PhysAddr>,
+    ) -> Result<(), MapError> {
+        let page = G::PAGE_SIZE;
+        if range.is_empty() || !range.start.is_aligned(page) || !range.end.is_aligned(page) {
+            return Err(MapError::Misaligned);
+        }
+        let hints = MapHints::pages();
+        let pa = PhysAddr::new(0);
+        let needed = self.count_missing(self.root, G::START_LEVEL, range, pa, hints)?;
+        let mut pool = self.reserve_tables(needed, frames)?;
+        let leaf = attrs.leaf_attrs();
+        let r = self.populate_level(
+            self.root,
+            G::START_LEVEL,
+            range,
+            leaf,
+            &mut pool,
+            frames,
+            backing,
+        );
+        // Tables reserved for pages never reached.
+        self.release_tables(pool, frames);
+        arch::barrier::tables_written();
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn populate_level<F: FrameAllocator + ?Sized>(
+        &mut self,
+        table: PhysAddr,
+        level: usize,
+        range: VaRange,
+        attrs: Attributes,
+        pool: &mut TablePool,
+        frames: &mut F,
+        backing: &mut impl FnMut(&mut F) -> Option<PhysAddr>,
+    ) -> Result<(), MapError> {
+        for (addr, next) in chunks(range.start, range.end, G::level_size(level)) {
+            let index = G::index(addr.as_u64(), level);
+            if level == 3 {
+                // count_missing saw every entry of the range empty.
+                let pa = backing(frames).ok_or(MapError::NoMemory)?;
+                self.write(table, index, Descriptor::leaf(pa, attrs, 3));
+                continue;
+            }
+            let d = self.read(table, index);
+            let child = if d.is_table(level) {
+                d.output_address()
+            } else {
+                let child = self.take_table(pool);
+                self.write(table, index, Descriptor::table(child));
+                child
+            };
+            let sub = VaRange::new(addr, next);
+            self.populate_level(child, level + 1, sub, attrs, pool, frames, backing)?;
+        }
+        Ok(())
+    }
+
     /// Table pages a mapping of `range` would add; fails on any overlap with
-    /// an existing leaf.
+    /// an existing leaf. Below an entry with no table yet nothing is read:
+    /// see [`count_absent`](Self::count_absent).
     fn count_missing(
         &self,
-        table: Option<PhysAddr>,
+        table: PhysAddr,
         level: usize,
         range: VaRange,
         pa: PhysAddr,
@@ -367,21 +455,62 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         let mut missing = 0;
         for (addr, next) in chunks(range.start, range.end, G::level_size(level)) {
             let phys = pa + (addr - range.start);
-            let index = G::index(addr.as_u64(), level);
-            let d = table.map_or(Descriptor::EMPTY, |t| self.read(t, index));
+            let d = self.read(table, G::index(addr.as_u64(), level));
             let sub = VaRange::new(addr, next);
             if d.is_leaf(level) {
                 return Err(MapError::AlreadyMapped(addr));
             } else if d.is_table(level) {
-                missing +=
-                    self.count_missing(Some(d.output_address()), level + 1, sub, phys, hints)?;
-            } else if !Self::leaf_fits(level, addr, next, phys, hints) {
-                missing += 1 + self.count_missing(None, level + 1, sub, phys, hints)?;
+                missing += self.count_missing(d.output_address(), level + 1, sub, phys, hints)?;
+            } else {
+                missing += Self::count_new(level, sub, phys, hints);
             }
         }
         Ok(missing)
     }
 
+    /// Tables a mapping of `range` (one entry's worth or less at `level`)
+    /// adds under an empty entry: none for a leaf, else the table and what
+    /// it needs in turn.
+    fn count_new(level: usize, range: VaRange, pa: PhysAddr, hints: MapHints) -> usize {
+        if Self::leaf_fits(level, range.start, range.end, pa, hints) {
+            0
+        } else {
+            1 + Self::count_absent(level + 1, range, pa, hints)
+        }
+    }
+
+    /// Tables a mapping of `range` adds below a new, empty table at `level`.
+    /// Whole entries of it all cost the same (their output is equally
+    /// aligned), so each run of them is counted once and multiplied: the
+    /// work is per level, not per entry or page.
+    fn count_absent(level: usize, range: VaRange, pa: PhysAddr, hints: MapHints) -> usize {
+        if level == 3 {
+            return 0;
+        }
+        let size = G::level_size(level);
+        let (mut addr, end) = (range.start, range.end);
+        let mut missing = 0;
+        while addr < end {
+            let phys = pa + (addr - range.start);
+            let whole_end = end.align_down(size);
+            if addr.is_aligned(size) && whole_end > addr {
+                let one = Self::count_new(level, VaRange::new(addr, addr + size), phys, hints);
+                missing += one * ((whole_end - addr) / size) as usize;
+                addr = whole_end;
+            } else {
+                let next = VirtAddr::new((addr.as_u64() | (size - 1)) + 1).min(end);
+                missing += Self::count_new(level, VaRange::new(addr, next), phys, hints);
+                addr = next;
+            }
+        }
+        missing
+    }
+
+    /// Allocates `n` zeroed table pages, chained through their first entry
+    /// (the next page's address: an invalid descriptor, as the zero that
+    /// replaces it is). One barrier makes all the zeroes visible to the
+    /// table walker before any of the pages is published (where Linux issues
+    /// a `dsb(ishst)` per table page in `pgd_pgtable_alloc`).
     pub(super) fn reserve_tables(
         &mut self,
         n: usize,
@@ -393,35 +522,40 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 self.release_tables(pool, frames);
                 return Err(MapError::NoMemory);
             };
-            self.write(
-                pa,
-                0,
-                Descriptor(pool.head.map_or(u64::MAX, PhysAddr::as_u64)),
-            );
+            self.zero_table(pa);
+            if let Some(next) = pool.head {
+                self.write(pa, 0, Descriptor(next.as_u64()));
+            }
             pool.head = Some(pa);
             pool.len += 1;
+        }
+        if n > 0 {
+            arch::barrier::tables_zeroed();
         }
         Ok(pool)
     }
 
+    /// The next page of `pool` (its link read before `pool.len` drops).
+    fn pool_pop(&self, pool: &mut TablePool) -> Option<PhysAddr> {
+        let pa = pool.head?;
+        pool.len -= 1;
+        pool.head = (pool.len > 0).then(|| PhysAddr::new(self.read(pa, 0).0));
+        Some(pa)
+    }
+
     fn release_tables(&mut self, mut pool: TablePool, frames: &mut (impl FrameAllocator + ?Sized)) {
-        while let Some(pa) = pool.head {
-            let next = self.read(pa, 0).0;
-            pool.head = (next != u64::MAX).then_some(PhysAddr::new(next));
+        while let Some(pa) = self.pool_pop(&mut pool) {
             frames.free_pages(pa, 0);
         }
     }
 
     fn take_table(&mut self, pool: &mut TablePool) -> PhysAddr {
-        let pa = pool.head.expect("table pool sized by count_missing");
-        let next = self.read(pa, 0).0;
-        pool.head = (next != u64::MAX).then_some(PhysAddr::new(next));
-        pool.len -= 1;
-        self.zero_table(pa);
-        // The zeroes (over the pool link and whatever the frame held) must
-        // reach the table walker before the parent entry publishes the page
-        // (Linux's dsb(ishst) in pgd_pgtable_alloc).
-        arch::barrier::tables_written();
+        let pa = self
+            .pool_pop(pool)
+            .expect("table pool sized by count_missing");
+        // The link was an invalid descriptor already: whichever of it and
+        // the zero a walker sees, it sees no mapping.
+        self.write(pa, 0, Descriptor::EMPTY);
         self.stats.tables += 1;
         self.stats.tables_allocated += 1;
         pa
@@ -440,6 +574,17 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         pool: &mut TablePool,
     ) {
         let size = G::level_size(level);
+        if level == 3 && !hints.contiguous {
+            // Pages in a row (count_missing saw every entry empty): the
+            // output address field counts up by a page per entry.
+            let first = G::index(range.start.as_u64(), level);
+            let mut leaf = Descriptor::leaf(pa, attrs, level);
+            for index in first..first + (range.len() / size) as usize {
+                self.write(table, index, leaf);
+                leaf.0 += size;
+            }
+            return;
+        }
         let mut contiguous_end = VirtAddr::new(0);
         for (addr, next) in chunks(range.start, range.end, size) {
             let phys = pa + (addr - range.start);
@@ -506,5 +651,10 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// Invalidates cached walks through a table about to be freed.
     pub(super) fn flush_table(&mut self, addr: VirtAddr) {
         self.stats.tlbi_ops += arch::tlb::flush_kernel_pgtable(addr.as_u64(), G::PAGE_SHIFT);
+    }
+
+    /// Invalidates every TLB entry, walk caches included.
+    pub(super) fn flush_all(&mut self) {
+        self.stats.tlbi_ops += arch::tlb::flush_kernel_all();
     }
 }

@@ -7,11 +7,12 @@ mod dump;
 mod faults;
 mod map;
 mod model;
+mod teardown;
 mod unmap;
 
 use std::collections::BTreeMap;
 
-use self::{contiguous::*, dump::*, faults::*, map::*, model::*, unmap::*};
+use self::{contiguous::*, dump::*, faults::*, map::*, model::*, teardown::*, unmap::*};
 use super::unmap::UnmapWarnings;
 use super::{Attributes, Descriptor, MapError, MapHints, PageTable, TableStats, VaRange};
 use crate::arch::tlb::MAX_TLBI_OPS;
@@ -351,4 +352,8 @@ for_each_granule!(
     dump_tiles_the_range,
     property_pages,
     property_blocks,
+    whole_table_detach_is_one_invalidation,
+    detach_respects_floor_and_ceiling,
+    vmemmap_teardown_invalidates_once_per_table,
+    map_pages_with_descends_once_per_table,
 );

@@ -96,9 +96,12 @@ enum Op {
         fail: Option<usize>,
         snap: bool,
     },
+    /// `combined`: `remove_pgd_mapping` (one walk, whole tables detached)
+    /// rather than `unmap_hotplug_range` then `free_empty_tables`.
     Unmap {
         start: u64,
         len: u64,
+        combined: bool,
     },
 }
 
@@ -136,7 +139,14 @@ fn ops(units: u64, unmap_units: u64, max_len: u64) -> impl Strategy<Value = Vec<
             fail,
             snap,
         });
-    let unmap = (0..unmap_units, 1..=unmap_units).prop_map(|(start, len)| Op::Unmap { start, len });
+    let unmap =
+        (0..unmap_units, 1..=unmap_units, any::<bool>()).prop_map(|(start, len, combined)| {
+            Op::Unmap {
+                start,
+                len,
+                combined,
+            }
+        });
     proptest::collection::vec(prop_oneof![3 => map, 2 => unmap], 1..24)
 }
 
@@ -248,11 +258,25 @@ fn run_ops<G: Granule>(shape: &Shape, ops: &[Op], samples: &[u64]) -> Result<(),
                     }
                 }
             }
-            Op::Unmap { start, len } => {
+            Op::Unmap {
+                start,
+                len,
+                combined,
+            } => {
                 let s = ws + start * shape.unmap_unit;
                 let e = (s + len * shape.unmap_unit).min(we);
-                env.unmap(s, e, false, None);
-                env.free_tables(s, e);
+                if combined {
+                    let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(0));
+                    env.pt
+                        .remove_pgd_mapping(s, e, floor, ceiling, &mut env.frames, &mut env.w);
+                    // It freed every table free_empty_tables would.
+                    let tables = env.pt.stats.tables;
+                    env.free_tables(s, e);
+                    prop_assert_eq!(env.pt.stats.tables, tables, "tables left to free");
+                } else {
+                    env.unmap(s, e, false, None);
+                    env.free_tables(s, e);
+                }
                 model.remove(s, e);
                 prop_assert!(env.leaves(s, e).is_empty());
             }
