@@ -403,41 +403,55 @@ impl BuddyAllocator {
             self.managed[z] += nr_pages;
             return nr_pages;
         }
-        for_each_max_block(start_pfn, end_pfn, |b, order| {
-            if order == MAX_ORDER {
-                self.online_deferred(b, zone, z);
-            } else {
-                // SAFETY: as above.
-                unsafe {
-                    self.memmap
-                        .init_range(b, b + (1 << order), zone, PageFlags::ONLINE)
-                };
-                self.free_one(b, order, z);
+        // Whole max-order blocks in the middle, written as deferred heads;
+        // the ends (if any) one struct page at a time. In address order,
+        // as the eager way hands them over.
+        let first = start_pfn.align_up(MAX_ORDER_NR_PAGES).min(end_pfn);
+        let last = end_pfn.align_down(MAX_ORDER_NR_PAGES).max(first);
+        for (s, e) in [(start_pfn, first), (last, end_pfn)] {
+            if s == last && first < last {
+                self.online_deferred(first, last, zone, z);
             }
-        });
+            // SAFETY: as above.
+            unsafe { self.memmap.init_range(s, e, zone, PageFlags::ONLINE) };
+            for_each_max_block(s, e, |b, order| self.free_one(b, order, z));
+        }
         self.managed[z] += nr_pages;
         nr_pages
     }
 
-    /// Puts the max-order block at `pfn` on the free list as a deferred
-    /// block: its head is written once, complete with its list links (what
-    /// `list_add` would make of a fresh head). A max-order block has no
+    /// Puts the max-order blocks of `start..end` (aligned) on the free list
+    /// as deferred blocks: each head is written once, complete with its
+    /// links, so that the list is exactly what `list_add` of one block after
+    /// the other would make (the last one first). A max-order block has no
     /// buddy to merge with.
-    fn online_deferred(&mut self, pfn: Pfn, zone: Zone, z: usize) {
+    fn online_deferred(&mut self, start: Pfn, end: Pfn, zone: Zone, z: usize) {
         let top = MAX_ORDER as usize;
-        let next = self.heads[z][top];
+        let old = self.heads[z][top];
         let mut head = Page::new(zone, PageFlags::ONLINE | PageFlags::BUDDY);
         head.order = MAX_ORDER as u8;
-        head.next = next;
-        // SAFETY: within the memmap (checked by the caller), aligned, and
-        // `&mut self` excludes other references.
-        unsafe { self.memmap.init_deferred(pfn, head) };
-        if next != PFN_NONE {
-            self.pg_mut(Pfn::new(next)).prev = pfn.as_u64();
+        let mut pfn = start;
+        while pfn < end {
+            let up = pfn + MAX_ORDER_NR_PAGES;
+            head.next = if pfn == start {
+                old
+            } else {
+                (pfn - MAX_ORDER_NR_PAGES).as_u64()
+            };
+            head.prev = if up == end { PFN_NONE } else { up.as_u64() };
+            // SAFETY: within the memmap (checked by the caller), aligned,
+            // and `&mut self` excludes other references.
+            unsafe { self.memmap.init_deferred(pfn, head) };
+            pfn = up;
         }
-        self.heads[z][top] = pfn.as_u64();
-        self.nr_blocks[z][top] += 1;
-        self.nr_free[z] += MAX_ORDER_NR_PAGES;
+        let last = end - MAX_ORDER_NR_PAGES;
+        if old != PFN_NONE {
+            self.pg_mut(Pfn::new(old)).prev = start.as_u64();
+        }
+        let n = (end - start) / MAX_ORDER_NR_PAGES;
+        self.heads[z][top] = last.as_u64();
+        self.nr_blocks[z][top] += n;
+        self.nr_free[z] += n * MAX_ORDER_NR_PAGES;
     }
 
     fn alloc_from(&mut self, order: u32, z: usize) -> Option<Pfn> {
