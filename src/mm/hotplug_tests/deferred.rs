@@ -183,9 +183,11 @@ fn lazy_is_indistinguishable_from_eager() {
         t.both("online", |fx| fx.mm.online_block(id, zone).is_ok());
     }
     t.same_everywhere("onlined", &ids);
-    // Allocations of every size split some blocks and take others whole.
+    // Allocations of every size split some blocks (the half-plugged
+    // ones first, then deferred ones) and take others whole.
     let mut held = Vec::new();
-    for order in [0, 3, MAX_ORDER, 0, 1, MAX_ORDER - 1, 0] {
+    let orders = [0, 3, MAX_ORDER, 0, 1, MAX_ORDER - 1, 0, MAX_ORDER - 1];
+    for order in orders.into_iter().cycle().take(3 * orders.len()) {
         let pfn = t.both("alloc", |fx| fx.mm.alloc_movable_first(order));
         held.push((pfn.unwrap(), order));
         let n = t.both("alloc normal", |fx| fx.mm.alloc(order, Zone::Normal));
