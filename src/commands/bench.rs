@@ -81,19 +81,60 @@ fn undo_add<T: Translation>(mm: &mut MemorySystem<T>, start: PhysAddr, size: u64
     }
 }
 
+/// Allocates every order-0 page `zone` has, chaining them through their
+/// own first word (no memory of its own), then frees them all: the first
+/// allocations from new memory, which split its max-order blocks and so
+/// write their deferred struct pages. Returns (first allocation, all of
+/// them, freeing, pages), in timer ticks.
+fn first_allocations<T: Translation>(mm: &mut MemorySystem<T>, zone: Zone) -> (u64, u64, u64, u64) {
+    const END: u64 = u64::MAX;
+    let mut chain = END;
+    let mut n = 0;
+    let mut first = 0;
+    let t0 = cpu::counter();
+    while let Some(pfn) = mm.alloc(0, zone) {
+        if n == 0 {
+            first = cpu::counter() - t0;
+        }
+        // SAFETY: the page was just allocated to us and is linear mapped.
+        unsafe { pfn.phys().to_virt().as_mut_ptr::<u64>().write(chain) };
+        chain = pfn.as_u64();
+        n += 1;
+    }
+    let t_all = cpu::counter() - t0;
+    let t1 = cpu::counter();
+    while chain != END {
+        let pfn = Pfn::new(chain);
+        // SAFETY: one of the pages allocated above, still ours.
+        chain = unsafe { pfn.phys().to_virt().as_mut_ptr::<u64>().read() };
+        mm.free(pfn, 0);
+    }
+    (first, t_all, cpu::counter() - t1, n)
+}
+
+/// `t / base` as `N.NNx`.
+struct Ratio(u64, u64);
+
+impl core::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let hundredths = self.0 * 100 / self.1;
+        write!(f, "{}.{:02}x", hundredths / 100, hundredths % 100)
+    }
+}
+
 /// Adds, onlines, offlines and removes `[start, start + size)` with struct
-/// pages in system RAM and then on the memory itself, reporting the system
-/// RAM each consumed, the time against a plain write of the struct pages,
-/// and the TLB invalidations per removed block.
+/// pages in system RAM and then on the memory itself, first with deferred
+/// struct pages (the kernel's way) and then writing them all at online,
+/// reporting the system RAM each consumed, the time against a plain write
+/// of the struct pages, the first allocations from the new memory, and the
+/// TLB invalidations per removed block.
 fn hotplug<T: Translation>(
     mm: &mut MemorySystem<T>,
     start: PhysAddr,
     size: u64,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let blocks = size / MEMORY_BLOCK_SIZE;
     let struct_pages = (size >> PAGE_SHIFT) << STRUCT_PAGE_SHIFT;
-    let saved = mm.memmap_on_memory();
     let write = plain_struct_page_write(mm, struct_pages)?;
     writeln!(
         out,
@@ -101,73 +142,109 @@ fn hotplug<T: Translation>(
         struct_pages >> 10,
         us(write)
     )?;
-    for on_memory in [false, true] {
-        mm.set_memmap_on_memory(on_memory);
-        let before = mm.meminfo();
-        let t0 = cpu::counter();
-        let result = mm.add_memory(start, size);
-        mm.set_memmap_on_memory(saved);
-        result?;
-        let t_add = cpu::counter() - t0;
-        let added = mm.meminfo();
-        let ids = block_id(start)..block_id(start + size);
-        let t1 = cpu::counter();
-        if let Err(e) = ids
-            .clone()
-            .try_for_each(|id| mm.online_block(id, Zone::Movable))
-        {
-            undo_add(mm, start, size);
-            return Err(e);
+    let (saved_on_memory, saved_deferred) = (mm.memmap_on_memory(), mm.deferred_memmap_init());
+    let mut result = Ok(());
+    'rounds: for deferred in [true, false] {
+        for on_memory in [false, true] {
+            mm.set_deferred_memmap_init(deferred);
+            mm.set_memmap_on_memory(on_memory);
+            result = round(mm, start, size, write, out);
+            if result.is_err() {
+                break 'rounds;
+            }
         }
-        let t_online = cpu::counter() - t1;
-        let tlbi = mm.page_table().stats.tlbi_ops;
-        let t2 = cpu::counter();
-        let removed = ids
-            .clone()
-            .try_for_each(|id| Ok(mm.offline_block(id)?))
-            .and_then(|()| mm.remove_memory(start, size));
-        if let Err(e) = removed {
-            undo_add(mm, start, size);
-            return Err(e);
+    }
+    mm.set_memmap_on_memory(saved_on_memory);
+    mm.set_deferred_memmap_init(saved_deferred);
+    result
+}
+
+/// One add / online / first allocations / offline / remove round, as
+/// [`hotplug`] says.
+fn round<T: Translation>(
+    mm: &mut MemorySystem<T>,
+    start: PhysAddr,
+    size: u64,
+    write: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let blocks = size / MEMORY_BLOCK_SIZE;
+    let before = mm.meminfo();
+    let t0 = cpu::counter();
+    mm.add_memory(start, size)?;
+    let t_add = cpu::counter() - t0;
+    let added = mm.meminfo();
+    let ids = block_id(start)..block_id(start + size);
+    let t1 = cpu::counter();
+    if let Err(e) = ids
+        .clone()
+        .try_for_each(|id| mm.online_block(id, Zone::Movable))
+    {
+        undo_add(mm, start, size);
+        return Err(e);
+    }
+    let t_online = cpu::counter() - t1;
+    let (t_first, t_all, t_free, allocated) = first_allocations(mm, Zone::Movable);
+    let tlbi = mm.page_table().stats.tlbi_ops;
+    let t2 = cpu::counter();
+    let removed = ids
+        .clone()
+        .try_for_each(|id| Ok(mm.offline_block(id)?))
+        .and_then(|()| mm.remove_memory(start, size));
+    if let Err(e) = removed {
+        undo_add(mm, start, size);
+        return Err(e);
+    }
+    let t_remove = cpu::counter() - t2;
+    let tlbi = mm.page_table().stats.tlbi_ops - tlbi;
+    let after = mm.meminfo();
+    let consumed = before.free - added.free;
+    writeln!(
+        out,
+        "memmap_on_memory={}, struct pages {}:",
+        if mm.memmap_on_memory() { 'Y' } else { 'N' },
+        if mm.deferred_memmap_init() {
+            "deferred"
+        } else {
+            "all written at online"
         }
-        let t_remove = cpu::counter() - t2;
-        let tlbi = mm.page_table().stats.tlbi_ops - tlbi;
-        let after = mm.meminfo();
-        let consumed = before.free - added.free;
-        writeln!(
-            out,
-            "memmap_on_memory={}:",
-            if on_memory { 'Y' } else { 'N' }
-        )?;
-        writeln!(
-            out,
-            "  system RAM consumed by add: {} KiB (struct pages {} KiB, page tables {} KiB); on the altmap {} KiB",
-            consumed >> 10,
-            (added.vmemmap - before.vmemmap) >> 10,
-            (added.page_tables - before.page_tables) >> 10,
-            (added.vmemmap_altmap - before.vmemmap_altmap) >> 10
-        )?;
-        writeln!(
-            out,
-            "  add {} us + online {} us = {} us: {}.{:02}x the plain write",
-            us(t_add),
-            us(t_online),
-            us(t_add + t_online),
-            (t_add + t_online) / write,
-            (t_add + t_online) * 100 / write % 100
-        )?;
-        writeln!(out, "  offline + remove: {} us", us(t_remove))?;
-        writeln!(
-            out,
-            "  TLB invalidations: {tlbi} for {blocks} blocks ({} per block)",
-            tlbi / blocks
-        )?;
-        if after != before {
-            bail!(
-                EIO,
-                "meminfo did not return to its baseline: {before:?} -> {after:?}"
-            );
-        }
+    )?;
+    writeln!(
+        out,
+        "  system RAM consumed by add: {} KiB (struct pages {} KiB, page tables {} KiB); on the altmap {} KiB",
+        consumed >> 10,
+        (added.vmemmap - before.vmemmap) >> 10,
+        (added.page_tables - before.page_tables) >> 10,
+        (added.vmemmap_altmap - before.vmemmap_altmap) >> 10
+    )?;
+    writeln!(
+        out,
+        "  add {} us + online {} us = {} us: {} the plain write",
+        us(t_add),
+        us(t_online),
+        us(t_add + t_online),
+        Ratio(t_add + t_online, write)
+    )?;
+    writeln!(
+        out,
+        "  first allocations: the first order-0 page {} us; all {} pages {} us ({} the plain write); freeing them {} us",
+        us(t_first),
+        allocated,
+        us(t_all),
+        Ratio(t_all, write),
+        us(t_free)
+    )?;
+    writeln!(out, "  offline + remove: {} us", us(t_remove))?;
+    writeln!(
+        out,
+        "  TLB invalidations: {tlbi} for {blocks} blocks ({} per block)",
+        tlbi / blocks
+    )?;
+    if after != before {
+        bail!(
+            EIO,
+            "meminfo did not return to its baseline: {before:?} -> {after:?}"
+        );
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::drivers::psci;
 use crate::error::Result;
 use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::layout::PHYS_LIMIT;
-use crate::mm::page::Page;
+use crate::mm::page::{Page, PageFlags, Zone, MAX_ORDER_NR_PAGES};
 use crate::{bail, err};
 
 pub fn commands<K: Kernel>() -> Vec<Command<K>> {
@@ -149,19 +149,29 @@ fn page<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> 
         bail!(ERANGE, "pfn {pfn:#x} is beyond the physical address range");
     }
     let va = pfn.page_va();
-    let mut words = [0u64; 8];
-    for (i, w) in words.iter_mut().enumerate() {
-        *w = exception::probe((va + 8 * i as u64).as_u64()).map_err(|f| {
-            err!(
-                EFAULT,
-                "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})",
-                va,
-                f.far
-            )
-        })?;
-    }
-    // SAFETY: any 64 bytes are a valid `Page` (plain integers).
-    let page: Page = unsafe { core::mem::transmute(words) };
+    let probe = |pfn: Pfn| -> Result<Page> {
+        let va = pfn.page_va();
+        let mut words = [0u64; 8];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = exception::probe((va + 8 * i as u64).as_u64()).map_err(|f| {
+                err!(
+                    EFAULT,
+                    "pfn {pfn:#x}: struct page at {:#x} is not mapped (FAR {:#x})",
+                    va,
+                    f.far
+                )
+            })?;
+        }
+        // SAFETY: any 64 bytes are a valid `Page` (plain integers).
+        Ok(unsafe { core::mem::transmute::<[u64; 8], Page>(words) })
+    };
+    // Read as the rule of deferred struct pages says (mm/page.rs): the
+    // head of the max-order block, in the same section, is mapped too.
+    let raw = probe(pfn)?;
+    let head = pfn.align_down(MAX_ORDER_NR_PAGES);
+    let page = Page::resolve(pfn, raw, || {
+        probe(head).unwrap_or(Page::new(Zone::Normal, PageFlags::empty()))
+    });
     let zone = page.zone().map_or("?", |z| z.name());
     writeln!(
         out,

@@ -118,15 +118,20 @@ impl VmemAltmap {
         self.allocated[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
+    /// A word at a time: a 2 MiB vmemmap block is 512 bits, and hot-add
+    /// is meant to cost in proportion to blocks, not pages.
     fn set_bits(&mut self, pfn: Pfn, nr: u64, on: bool) {
-        for p in Pfn::range(pfn, pfn + nr) {
-            let i = p - self.first_pfn();
-            let word = &mut self.allocated[(i / 64) as usize];
+        let (mut i, end) = (pfn - self.first_pfn(), pfn - self.first_pfn() + nr);
+        while i < end {
+            let (word, bit) = ((i / 64) as usize, i % 64);
+            let n = (64 - bit).min(end - i);
+            let mask = (u64::MAX >> (64 - n)) << bit;
             if on {
-                *word |= 1 << (i % 64);
+                self.allocated[word] |= mask;
             } else {
-                *word &= !(1 << (i % 64));
+                self.allocated[word] &= !mask;
             }
+            i += n;
         }
     }
 

@@ -15,11 +15,17 @@
 //!
 //! Zones never merge: a block coalesces only with a free buddy of the same
 //! order, zone and online state.
+//!
+//! Onlining writes only the heads of the maximum-order blocks it hands over
+//! (see "Deferred struct pages" in `page.rs` for the rule): the allocator
+//! reads a page it was not handed as a block head through
+//! [`Memmap::read`], and materialises a deferred block before it first
+//! splits it, or splits off part of it when isolating.
 
 use super::addr::{Pfn, PhysAddr};
 use super::frame::FrameAllocator;
 use super::layout::{self, MAX_ORDER};
-use super::page::{Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES, PFN_NONE};
+use super::page::{Memmap, Page, PageFlags, Zone, MAX_ORDER_NR_PAGES, NR_BUDDY_ZONES, PFN_NONE};
 
 /// Orders `0..=MAX_ORDER`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
@@ -83,6 +89,10 @@ pub struct BuddyAllocator {
     /// are off the free lists, and pages freed into them are held too.
     isolating: alloc::vec::Vec<(Pfn, Pfn, u64)>,
     stats: BuddyStats,
+    /// Whether [`online_pages`](BuddyAllocator::online_pages) defers the
+    /// tails of whole max-order blocks (the default) or writes every struct
+    /// page at once (kept to compare against: tests, `bench`).
+    defer_init: bool,
 }
 
 /// Calls `f(pfn, order)` for the maximal naturally aligned blocks that tile
@@ -129,11 +139,37 @@ impl BuddyAllocator {
             managed: [0; NR_BUDDY_ZONES],
             isolating: alloc::vec::Vec::new(),
             stats: BuddyStats::default(),
+            defer_init: true,
         }
     }
 
     pub fn memmap(&self) -> &Memmap {
         &self.memmap
+    }
+
+    pub fn defer_init(&self) -> bool {
+        self.defer_init
+    }
+
+    /// Whether onlining defers struct pages (see the field).
+    pub fn set_defer_init(&mut self, on: bool) {
+        self.defer_init = on;
+    }
+
+    /// The struct page of any pfn within the memmap, under the rule of
+    /// deferred struct pages (`page.rs`).
+    fn read(&self, pfn: Pfn) -> Page {
+        debug_assert!(self.memmap.contains(pfn));
+        // SAFETY: `new`'s contract covers every pfn the allocator touches,
+        // and `&self` keeps it from handing out a conflicting `&mut`.
+        unsafe { self.memmap.read(pfn) }
+    }
+
+    /// Materialises the deferred block holding `pfn`, if it is one.
+    fn ensure_init(&mut self, pfn: Pfn) {
+        // SAFETY: as in `pg_mut`: the block is within `new`'s contract
+        // (same section as `pfn`), and `&mut self` excludes other references.
+        unsafe { self.memmap.ensure_init(pfn) };
     }
 
     fn pg(&self, pfn: Pfn) -> &Page {
@@ -196,6 +232,12 @@ impl BuddyAllocator {
     pub fn free_block_of(&self, pfn: Pfn) -> Option<(Pfn, u32)> {
         if !self.memmap.contains(pfn) {
             return None;
+        }
+        // A deferred block's tails are never heads: the block is free whole
+        // or not at all.
+        // SAFETY: as in `read`.
+        if let Some(head) = unsafe { self.memmap.deferred_head(pfn) } {
+            return self.pg(head).is_buddy().then_some((head, MAX_ORDER));
         }
         for order in 0..=MAX_ORDER {
             let head = pfn.align_down(1 << order);
@@ -282,7 +324,7 @@ impl BuddyAllocator {
             return 0;
         }
         for pfn in Pfn::range(start_pfn, end_pfn) {
-            let p = self.pg(pfn);
+            let p = self.read(pfn);
             let why = if p.is_buddy() {
                 BadFree::AlreadyFree
             } else if p.flags.intersects(PageFlags::NEVER_BUDDY) || p.refcount == 0 {
@@ -294,6 +336,9 @@ impl BuddyAllocator {
             return 0;
         }
 
+        // Every page is rewritten below, and merging reads buddies.
+        // SAFETY: as in `ensure_init`.
+        unsafe { self.memmap.ensure_init_range(start_pfn, end_pfn) };
         let mut given = 0;
         let mut pfn = start_pfn;
         while pfn < end_pfn {
@@ -321,10 +366,14 @@ impl BuddyAllocator {
 
     /// Initialises the struct pages of the `nr_pages` pages from `pfn` for
     /// `zone` and hands them all over: Linux's `online_pages`
-    /// (`memmap_init_range`, then `__free_pages_core`). One write per struct page and nothing read
-    /// first, which is what makes onlining as cheap as writing the memmap;
-    /// the price is that the caller guarantees no page of the range is held
-    /// by the allocator (the range is an offline memory block). Refused like
+    /// (`memmap_init_range`, then `__free_pages_core`). Whole max-order
+    /// blocks are written as deferred heads only, already on the free list
+    /// (one 64-byte store each, their tails left for the first split: see
+    /// `page.rs`); the ends of an unaligned range get one write per struct
+    /// page. Nothing is read first, which is what makes onlining cost in
+    /// proportion to blocks, not pages; the price is that the caller
+    /// guarantees no page of the range is held by the allocator (the range
+    /// is an offline memory block). Refused like
     /// [`free_range`](Self::free_range) for the `Device` zone or a range
     /// outside the memmap.
     pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone) -> u64 {
@@ -344,20 +393,75 @@ impl BuddyAllocator {
             self.free_block_of(start_pfn).is_none(),
             "online_pages over free pages"
         );
-        // SAFETY: within the memmap, which `new`'s contract keeps mapped.
-        unsafe {
-            self.memmap
-                .init_range(start_pfn, end_pfn, zone, PageFlags::ONLINE)
-        };
-        for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
+        if !self.defer_init {
+            // SAFETY: within the memmap, which `new`'s contract keeps mapped.
+            unsafe {
+                self.memmap
+                    .init_range(start_pfn, end_pfn, zone, PageFlags::ONLINE)
+            };
+            for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
+            self.managed[z] += nr_pages;
+            return nr_pages;
+        }
+        // Whole max-order blocks in the middle, written as deferred heads;
+        // the ends (if any) one struct page at a time. In address order,
+        // as the eager way hands them over.
+        let first = start_pfn.align_up(MAX_ORDER_NR_PAGES).min(end_pfn);
+        let last = end_pfn.align_down(MAX_ORDER_NR_PAGES).max(first);
+        for (s, e) in [(start_pfn, first), (last, end_pfn)] {
+            if s == last && first < last {
+                self.online_deferred(first, last, zone, z);
+            }
+            // SAFETY: as above.
+            unsafe { self.memmap.init_range(s, e, zone, PageFlags::ONLINE) };
+            for_each_max_block(s, e, |b, order| self.free_one(b, order, z));
+        }
         self.managed[z] += nr_pages;
         nr_pages
+    }
+
+    /// Puts the max-order blocks of `start..end` (aligned) on the free list
+    /// as deferred blocks: each head is written once, complete with its
+    /// links, so that the list is exactly what `list_add` of one block after
+    /// the other would make (the last one first). A max-order block has no
+    /// buddy to merge with.
+    fn online_deferred(&mut self, start: Pfn, end: Pfn, zone: Zone, z: usize) {
+        let top = MAX_ORDER as usize;
+        let old = self.heads[z][top];
+        let mut head = Page::new(zone, PageFlags::ONLINE | PageFlags::BUDDY);
+        head.order = MAX_ORDER as u8;
+        let mut pfn = start;
+        while pfn < end {
+            let up = pfn + MAX_ORDER_NR_PAGES;
+            head.next = if pfn == start {
+                old
+            } else {
+                (pfn - MAX_ORDER_NR_PAGES).as_u64()
+            };
+            head.prev = if up == end { PFN_NONE } else { up.as_u64() };
+            // SAFETY: within the memmap (checked by the caller), aligned,
+            // and `&mut self` excludes other references.
+            unsafe { self.memmap.init_deferred(pfn, head) };
+            pfn = up;
+        }
+        let last = end - MAX_ORDER_NR_PAGES;
+        if old != PFN_NONE {
+            self.pg_mut(Pfn::new(old)).prev = start.as_u64();
+        }
+        let n = (end - start) / MAX_ORDER_NR_PAGES;
+        self.heads[z][top] = last.as_u64();
+        self.nr_blocks[z][top] += n;
+        self.nr_free[z] += n * MAX_ORDER_NR_PAGES;
     }
 
     fn alloc_from(&mut self, order: u32, z: usize) -> Option<Pfn> {
         let found = (order..=MAX_ORDER).find(|&o| self.heads[z][o as usize] != PFN_NONE)?;
         let pfn = Pfn::new(self.heads[z][found as usize]);
         self.list_del(z, found, pfn);
+        if found > order {
+            // The first split of a deferred block writes its tails.
+            self.ensure_init(pfn);
+        }
         // Split: the upper halves go back, smallest last (Linux's `expand`).
         let mut o = found;
         while o > order {
@@ -408,7 +512,7 @@ impl BuddyAllocator {
         if !self.memmap.contains_range(pfn, pfn + (1 << order)) {
             return Err(BadFree::OutOfRange);
         }
-        let p = self.pg(pfn);
+        let p = &self.read(pfn);
         let never = p.flags & PageFlags::NEVER_BUDDY;
         if !never.is_empty() {
             return Err(BadFree::NeverBuddy(never));
@@ -508,7 +612,7 @@ impl BuddyAllocator {
             return false;
         };
         let own = Pfn::range(start_pfn, end_pfn)
-            .filter(|&p| self.pg(p).flags.intersects(PageFlags::UNMANAGED))
+            .filter(|&p| self.read(p).flags.intersects(PageFlags::UNMANAGED))
             .count();
         held + own as u64 == end_pfn - start_pfn
     }
@@ -519,14 +623,14 @@ impl BuddyAllocator {
             .retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
         let mut pfn = start_pfn;
         while pfn < end_pfn {
-            let p = self.pg(pfn);
+            let p = self.read(pfn);
             if !p.has(PageFlags::ISOLATED) {
                 pfn += 1;
                 continue;
             }
             let (order, z) = (
                 p.order(),
-                Self::zone_index(p).expect("held pages have a buddy zone"),
+                Self::zone_index(&p).expect("held pages have a buddy zone"),
             );
             self.pg_mut(pfn).flags.remove(PageFlags::ISOLATED);
             self.free_one(pfn, order, z);
@@ -555,7 +659,7 @@ impl BuddyAllocator {
             if !self.memmap.contains(pfn) {
                 return Err(pfn);
             }
-            if self.pg(pfn).flags.intersects(PageFlags::UNMANAGED) {
+            if self.read(pfn).flags.intersects(PageFlags::UNMANAGED) {
                 pfn += 1;
                 continue;
             }
@@ -568,7 +672,7 @@ impl BuddyAllocator {
         let mut taken = 0;
         let mut pfn = start_pfn;
         while pfn < end_pfn {
-            if self.pg(pfn).flags.intersects(PageFlags::UNMANAGED) {
+            if self.read(pfn).flags.intersects(PageFlags::UNMANAGED) {
                 pfn += 1;
                 continue;
             }
@@ -576,6 +680,10 @@ impl BuddyAllocator {
             let z = Self::zone_index(self.pg(head)).expect("free pages have a buddy zone");
             let end = head + (1 << order);
             self.list_del(z, order, head);
+            if head < start_pfn || end > end_pfn {
+                // Part of the block stays free: its new heads are tails now.
+                self.ensure_init(head);
+            }
             // Parts outside the range go back as they are: their maximal
             // blocks have distinct orders, so none is a buddy of another.
             for_each_max_block(head, start_pfn.max(head), |b, o| self.list_add(z, o, b));
@@ -648,7 +756,7 @@ impl FrameAllocator for BuddyAllocator {
     /// freed here.
     fn is_reserved(&self, pa: PhysAddr) -> bool {
         let pfn = Pfn::down(pa);
-        !self.memmap.contains(pfn) || self.pg(pfn).is_reserved()
+        !self.memmap.contains(pfn) || self.read(pfn).is_reserved()
     }
 }
 
@@ -738,7 +846,7 @@ mod tests {
         let mm = b.memmap();
         for pfn in Pfn::range(mm.start_pfn(), mm.end_pfn()) {
             assert_eq!(
-                b.pg(pfn).is_buddy(),
+                b.read(pfn).is_buddy(),
                 heads.contains(&pfn),
                 "stray BUDDY at {pfn:#x}"
             );
@@ -1193,17 +1301,27 @@ mod tests {
             split in 0..=NPAGES,
             reserved in proptest::collection::vec(0..NPAGES, 0..6),
             ops in proptest::collection::vec(op(), 1..120),
+            online in any::<bool>(),
         ) {
             let split = split.max(lead);
             let mut f = fixture(NPAGES);
             let b = &mut f.buddy;
-            let reserved: HashSet<Pfn> = reserved.into_iter().map(|r| BASE + r).collect();
+            // With `online`, the Movable part is onlined (deferred struct
+            // pages over garbage, no reserved pages) instead of freed.
+            let reserved: HashSet<Pfn> = reserved.into_iter().map(|r| BASE + r)
+                .filter(|&r| !online || r < BASE + split).collect();
             for &r in &reserved {
                 set_flags(b, r, PageFlags::RESERVED);
             }
             let zone_of = |pfn: Pfn| if pfn < BASE + split { Zone::Normal } else { Zone::Movable };
             let nz = b.free_range(BASE + lead, BASE + split, Zone::Normal);
-            let mz = b.free_range(BASE + split, BASE + NPAGES, Zone::Movable);
+            let mz = if online {
+                // SAFETY: the fixture's struct pages; no reference is live.
+                unsafe { b.memmap().poison_range(BASE + split, BASE + NPAGES) };
+                b.online_pages(BASE + split, NPAGES - split, Zone::Movable)
+            } else {
+                b.free_range(BASE + split, BASE + NPAGES, Zone::Movable)
+            };
             let managed =
                 |s: Pfn, e: Pfn| Pfn::range(s, e).filter(|p| !reserved.contains(p)).count() as u64;
             let total = [managed(BASE + lead, BASE + split), managed(BASE + split, BASE + NPAGES)];

@@ -7,7 +7,7 @@
 use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
 use super::layout::*;
-use super::page::{PageFlags, Zone};
+use super::page::{PageFlags, Zone, MAX_ORDER_NR_PAGES};
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
 use super::system::{
     block_id, block_pfns, block_range, BlockState, DevMapKind, MemoryBlock, MemorySystem, PlugMask,
@@ -501,11 +501,25 @@ impl<T: Translation> MemorySystem<T> {
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
             return Err(OfflineError::Busy { id, pfn });
         }
-        for pfn in Pfn::range(spfn, epfn) {
-            // SAFETY: present blocks have their vmemmap populated.
-            let page = unsafe { self.memmap.get(pfn) };
-            page.set_flags(PageFlags::RESERVED);
-            page.clear_flags(PageFlags::ONLINE);
+        let mut head = spfn;
+        while head < epfn {
+            // A deferred block's tails are written straight as offline
+            // pages; then only its head needs the flags below.
+            // SAFETY: present blocks have their vmemmap populated, and no
+            // struct page reference is live.
+            let tails_done = unsafe { self.memmap.ensure_init_as(head, PageFlags::RESERVED) };
+            let end = if tails_done {
+                head + 1
+            } else {
+                head + MAX_ORDER_NR_PAGES
+            };
+            for pfn in Pfn::range(head, end.min(epfn)) {
+                // SAFETY: as above.
+                let page = unsafe { self.memmap.get(pfn) };
+                page.set_flags(PageFlags::RESERVED);
+                page.clear_flags(PageFlags::ONLINE);
+            }
+            head += MAX_ORDER_NR_PAGES;
         }
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Offline;
         self.events.offline += 1;

@@ -4,11 +4,47 @@
 //! Every field is a plain integer, so any bit pattern is a valid `Page`: code
 //! that reads a struct page it did not initialise sees garbage, never
 //! undefined behaviour. The zone is therefore kept as a raw `u8`.
+//!
+//! # Deferred struct pages (the one rule)
+//!
+//! Onlining hands the buddy allocator whole maximum-order blocks
+//! (`2^MAX_ORDER` pages, naturally aligned) and writes only their heads
+//! (Linux defers struct-page init only at boot; here every online does).
+//! Such a head carries a mark ([`Page::is_deferred_head`]) meaning: the
+//! other `2^MAX_ORDER - 1` struct pages of the block are not written, and
+//! each *is*, by definition, what an eager online would have written there:
+//! `Page::new(head's zone, ONLINE)`. The memory itself holds stale bytes
+//! (vmemmap backing is never zeroed) that nothing may read as a page.
+//!
+//! Every reader and writer of a struct page obeys this one rule, through
+//! this module only:
+//! - reads go through [`Memmap::read`] (or [`Page::resolve`] for a reader
+//!   with its own access to memory, like the `page PFN` command's
+//!   fault-tolerant probe), which apply the definition above;
+//! - a write to a tail first materialises its block: [`Memmap::ensure_init`]
+//!   writes the tails as defined and clears the mark (the allocator does so
+//!   when it first splits the block; offlining writes them straight into
+//!   their offline state with [`Memmap::ensure_init_as`]);
+//!   [`Memmap::init_range`] does it itself for blocks it only partly covers,
+//!   and clears the mark of blocks it covers whole by overwriting the head.
+//!
+//! Only [`Memmap::init_deferred`] sets the mark, on a block the caller hands
+//! to the allocator whole. The head of a max-order block is always
+//! initialised when any page of the block is (struct pages are initialised
+//! by whole sections, which are whole max-order blocks), so the rule never
+//! reads a head that was not written.
 
 use bitflags::bitflags;
 
 use super::addr::{Pfn, PhysAddr};
-use super::layout;
+use super::layout::{self, MAX_ORDER};
+
+/// Pages of a maximum-order block: the unit of deferred initialisation.
+pub const MAX_ORDER_NR_PAGES: u64 = 1 << MAX_ORDER;
+
+/// The head mark of a block whose tails are deferred (see the module
+/// comment); any other value means initialised tails.
+const DEFERRED_TAILS: u16 = 0xdefe;
 
 bitflags! {
     /// Page state bits (Linux's `page->flags` page types and bits).
@@ -96,6 +132,21 @@ impl Zone {
     }
 }
 
+/// Garbage as tests plant it in struct pages: every flag (`BUDDY`
+/// included), no valid zone, order 255, a huge refcount, wild links; not
+/// the deferred mark.
+#[cfg(test)]
+pub const POISON: [u64; 8] = [
+    0x5a5a_ffff_ffff_ffff,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+    0xa5a5_a5a5_a5a5_a5a5,
+];
+
 /// "No pfn" in the free-list links.
 pub const PFN_NONE: u64 = u64::MAX;
 
@@ -110,7 +161,8 @@ pub struct Page {
     /// Block order: of the free block on a `BUDDY` head, of the allocation on
     /// an allocated head (checked when it is freed).
     pub(crate) order: u8,
-    _pad0: u16,
+    /// [`DEFERRED_TAILS`] on the head of a block whose tails are deferred.
+    deferred: u16,
     pub(crate) refcount: u32,
     _pad1: u32,
     /// Free-list links as pfns, [`PFN_NONE`] for none.
@@ -131,7 +183,7 @@ impl Page {
             flags,
             zone: zone as u8,
             order: 0,
-            _pad0: 0,
+            deferred: 0,
             refcount: 0,
             _pad1: 0,
             next: PFN_NONE,
@@ -204,6 +256,34 @@ impl Page {
 
     pub fn is_online(&self) -> bool {
         self.has(PageFlags::ONLINE)
+    }
+
+    /// Whether this is the head of a max-order block whose other struct
+    /// pages are deferred (module comment).
+    pub fn is_deferred_head(&self) -> bool {
+        self.deferred == DEFERRED_TAILS
+    }
+
+    /// What a deferred tail is: what an eager online writes.
+    fn deferred_tail(head: &Page) -> Page {
+        let mut p = Page::new(Zone::Normal, PageFlags::ONLINE);
+        p.zone = head.zone;
+        p
+    }
+
+    /// The rule on values: the struct page of `pfn`, stored as `raw`, given
+    /// the stored head of its max-order block (read only when `pfn` is not
+    /// that head).
+    pub fn resolve(pfn: Pfn, raw: Page, head: impl FnOnce() -> Page) -> Page {
+        if pfn.is_aligned(MAX_ORDER_NR_PAGES) {
+            return raw;
+        }
+        let head = head();
+        if head.is_deferred_head() {
+            Page::deferred_tail(&head)
+        } else {
+            raw
+        }
     }
 }
 
@@ -310,17 +390,156 @@ impl Memmap {
         unsafe { &mut *self.page(pfn) }
     }
 
+    /// The struct page of `pfn` as the rule defines it (module comment): a
+    /// copy, so that a deferred tail needs no write to be read.
+    ///
+    /// # Safety
+    /// The vmemmap must be populated at `pfn` (and so at the head of its
+    /// max-order block, in the same section), and no `&mut` to either live.
+    pub unsafe fn read(&self, pfn: Pfn) -> Page {
+        // SAFETY: the caller's promise; any bytes are a `Page`.
+        let raw = unsafe { *self.page(pfn) };
+        let head = pfn.align_down(MAX_ORDER_NR_PAGES);
+        Page::resolve(pfn, raw, || {
+            if self.contains(head) {
+                // SAFETY: as above, same section.
+                unsafe { *self.page(head) }
+            } else {
+                Page::new(Zone::Normal, PageFlags::empty())
+            }
+        })
+    }
+
+    /// The head of `pfn`'s max-order block if that block's tails are
+    /// deferred.
+    ///
+    /// # Safety
+    /// As for [`read`](Self::read).
+    pub unsafe fn deferred_head(&self, pfn: Pfn) -> Option<Pfn> {
+        let head = pfn.align_down(MAX_ORDER_NR_PAGES);
+        // SAFETY: the caller's promise.
+        let marked = self.contains(head) && unsafe { &*self.page(head) }.is_deferred_head();
+        marked.then_some(head)
+    }
+
+    /// Materialises `pfn`'s max-order block if its tails are deferred: writes
+    /// them as the rule defines them and clears the head's mark, so that
+    /// they may be written like any struct page. Returns whether it did.
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range) over the block.
+    pub unsafe fn ensure_init(&self, pfn: Pfn) -> bool {
+        // SAFETY: the caller's promise.
+        unsafe { self.ensure_init_as(pfn, PageFlags::ONLINE) }
+    }
+
+    /// [`ensure_init`](Self::ensure_init) writing the tails with `flags`
+    /// instead of `ONLINE`: for a caller that would set every tail's flags
+    /// to that next (offlining), one write instead of two.
+    ///
+    /// # Safety
+    /// As for [`ensure_init`](Self::ensure_init).
+    pub unsafe fn ensure_init_as(&self, pfn: Pfn, flags: PageFlags) -> bool {
+        // SAFETY: the caller's promise.
+        let Some(head) = (unsafe { self.deferred_head(pfn) }) else {
+            return false;
+        };
+        // SAFETY: the caller's promise.
+        let h = unsafe { self.get(head) };
+        h.deferred = 0;
+        let zone = h.zone;
+        let mut tail = Page::new(Zone::Normal, flags);
+        tail.zone = zone;
+        // SAFETY: the caller's promise.
+        unsafe { self.store_range(head + 1, head + MAX_ORDER_NR_PAGES, tail) };
+        true
+    }
+
+    /// Materialises every deferred max-order block that `start..end` touches.
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range) over those blocks.
+    pub unsafe fn ensure_init_range(&self, start: Pfn, end: Pfn) {
+        let mut head = start.align_down(MAX_ORDER_NR_PAGES);
+        while head < end {
+            // SAFETY: the caller's promise.
+            unsafe { self.ensure_init(head) };
+            head += MAX_ORDER_NR_PAGES;
+        }
+    }
+
+    /// Writes the head of the max-order block at `head` as a deferred block
+    /// of `zone` (`page`, built by the caller, with the mark added); its
+    /// tails are left as they are. The only place the mark is set.
+    ///
+    /// # Safety
+    /// `head` is aligned to [`MAX_ORDER_NR_PAGES`], the vmemmap is populated
+    /// over its block, and no reference to those struct pages is live.
+    pub unsafe fn init_deferred(&self, head: Pfn, mut page: Page) {
+        debug_assert!(head.is_aligned(MAX_ORDER_NR_PAGES));
+        page.deferred = DEFERRED_TAILS;
+        // SAFETY: the caller's promise; nothing of the old page is read.
+        unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, page.to_words()) };
+    }
+
     /// Write fresh struct pages (see [`Page::new`]) for `start..end`,
-    /// without reading the old contents.
+    /// without reading the old contents. A deferred block the range covers
+    /// only in part is materialised first (module comment); one it covers
+    /// whole loses its mark with its head.
     ///
     /// # Safety
     /// The vmemmap must be populated over `start..end`, and no reference to
     /// those struct pages live.
     pub unsafe fn init_range(&self, start: Pfn, end: Pfn, zone: Zone, flags: PageFlags) {
+        if start >= end {
+            return;
+        }
+        // SAFETY: the caller's promise covers the blocks of both ends (same
+        // sections).
+        unsafe {
+            if !start.is_aligned(MAX_ORDER_NR_PAGES) {
+                self.ensure_init(start);
+            }
+            if !end.is_aligned(MAX_ORDER_NR_PAGES) {
+                self.ensure_init(end - 1);
+            }
+            self.store_range(start, end, Page::new(zone, flags));
+        }
+    }
+
+    /// Fills the struct pages of `start..end` with [`POISON`]: what a
+    /// test leaves where nothing may read a page without the rule.
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range).
+    #[cfg(test)]
+    pub unsafe fn poison_range(&self, start: Pfn, end: Pfn) {
+        for pfn in Pfn::range(start, end) {
+            // SAFETY: the caller's promise.
+            unsafe { crate::arch::store_64_bytes(self.page(pfn) as *mut u64, POISON) };
+        }
+    }
+
+    /// Whether the struct page of `pfn` still holds [`POISON`] (was never
+    /// written since [`poison_range`](Self::poison_range)).
+    ///
+    /// # Safety
+    /// As for [`read`](Self::read).
+    #[cfg(test)]
+    pub unsafe fn is_poisoned(&self, pfn: Pfn) -> bool {
+        // SAFETY: the caller's promise.
+        unsafe { (*self.page(pfn)).to_words() == POISON }
+    }
+
+    /// Stores `page` into every struct page of `start..end`.
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range).
+    unsafe fn store_range(&self, start: Pfn, end: Pfn, page: Page) {
         // Built field by field (or copied from a template) each page costs
         // a call to memset or memcpy, several times the stores themselves:
         // the words are stored directly instead.
-        let w = Page::new(zone, flags).to_words();
+        let w = page.to_words();
         for pfn in Pfn::range(start, end) {
             // SAFETY: the caller's promise; nothing of the old page is read.
             unsafe { crate::arch::store_64_bytes(self.page(pfn) as *mut u64, w) };

@@ -461,7 +461,20 @@ impl<T: Translation> MemorySystem<T> {
 
     pub fn page_flags_set(&mut self, pfn: Pfn, flags: PageFlags) {
         // SAFETY: only called for pfns whose vmemmap is populated.
-        unsafe { self.memmap.get(pfn) }.set_flags(flags);
+        unsafe {
+            self.memmap.ensure_init(pfn);
+            self.memmap.get(pfn).set_flags(flags);
+        }
+    }
+
+    /// Whether onlining defers struct pages (`page.rs`); on by default,
+    /// off to compare against (tests, `bench`).
+    pub fn deferred_memmap_init(&self) -> bool {
+        self.buddy.defer_init()
+    }
+
+    pub fn set_deferred_memmap_init(&mut self, on: bool) {
+        self.buddy.set_defer_init(on);
     }
 }
 
@@ -639,8 +652,9 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// The struct page of `pfn` if its vmemmap is populated (a present
-    /// memory block or mapped device memory), else `None`.
-    pub fn page(&self, pfn: Pfn) -> Option<&super::page::Page> {
+    /// memory block or mapped device memory), else `None`; a copy, read
+    /// under the rule of deferred struct pages (`page.rs`).
+    pub fn page(&self, pfn: Pfn) -> Option<super::page::Page> {
         let pa = pfn.phys();
         let in_block = self.blocks.contains_key(&block_id(pa));
         let in_devmem = self
@@ -649,7 +663,7 @@ impl<T: Translation> MemorySystem<T> {
             .any(|d| d.mapping.is_some() && d.range.contains(pa));
         // SAFETY: the vmemmap of present blocks and mapped device memory is
         // populated.
-        (in_block || in_devmem).then(|| unsafe { &*self.memmap.get(pfn) })
+        (in_block || in_devmem).then(|| unsafe { self.memmap.read(pfn) })
     }
 
     /// `2^order` pages from `zone`; their first pfn.

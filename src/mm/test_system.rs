@@ -92,6 +92,11 @@ impl TestSystem {
         let mut pages = vec![Page::new(Zone::Normal, PageFlags::RESERVED); nr_pages];
         let memmap = Memmap::for_slice(&mut pages, Pfn::down(ARENA_BASE));
         let (bs, be) = block_pfns(BOOT);
+        // Struct pages are never zeroed: what a block finds in them before
+        // they are initialised is garbage, so that reading one without the
+        // rule of deferred struct pages (`page.rs`) shows.
+        // SAFETY: `pages` covers the arena and nothing references it yet.
+        unsafe { memmap.poison_range(memmap.start_pfn(), memmap.end_pfn()) };
         // SAFETY: `pages` covers the range and nothing references it yet.
         unsafe {
             memmap.init_range(

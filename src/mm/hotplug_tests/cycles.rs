@@ -47,15 +47,12 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
         // The block's struct pages are its own first 2 MiB.
         assert_eq!(vmemmap_backing(&fx.mm.pt, spfn), Some((start, 2 * MIB)));
         assert_eq!(fx.mm.altmap_owner(start), Some("memmap_on_memory"));
-        for pfn in Pfn::range(spfn, epfn) {
-            // SAFETY: present block.
-            let hosted = unsafe { fx.mm.memmap.get(pfn) }
-                .has(PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED);
-            assert_eq!(
-                hosted,
-                pfn < spfn + vmemmap_pages_per_block(),
-                "pfn {pfn:#x}"
-            );
+        // Only those are initialised before online (the rest once onlined,
+        // checked below).
+        for pfn in Pfn::range(spfn, a.next_pfn()) {
+            let hosted = fx.mm.page(pfn).unwrap();
+            let flags = PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
+            assert!(hosted.has(flags), "pfn {pfn:#x}");
         }
     } else {
         assert_eq!(mi.vmemmap, base.meminfo.vmemmap + MEMMAP_PER_BLOCK);
@@ -96,6 +93,11 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
         fx.mm.buddy.managed(zone),
         base.managed[z] + BLOCK_PAGES - hosted
     );
+    for pfn in Pfn::range(spfn, epfn) {
+        let p = fx.mm.page(pfn).unwrap();
+        let flags = PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
+        assert_eq!(p.has(flags), pfn < spfn + hosted, "pfn {pfn:#x}");
+    }
     // The self-hosted struct pages never enter the buddy allocator.
     for pfn in Pfn::range(spfn, spfn + hosted) {
         assert!(

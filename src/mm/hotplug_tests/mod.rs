@@ -8,6 +8,7 @@
 mod altmap;
 mod bad_input;
 mod cycles;
+mod deferred;
 mod devmem;
 mod faults;
 mod heap_faults;
@@ -69,8 +70,9 @@ fn memmap_digest(mm: &MemorySystem<ArenaTranslation>) -> u64 {
     for (s, e) in ranges {
         mix(s.as_u64());
         for pfn in Pfn::range(s, e) {
-            // SAFETY: present memory has initialised struct pages.
-            let p = unsafe { &*mm.memmap.page(pfn) };
+            // SAFETY: present memory has its vmemmap populated; `read`
+            // applies the rule of deferred struct pages.
+            let p = unsafe { mm.memmap.read(pfn) };
             let order = if p.is_buddy() { p.order() as u64 } else { 0 };
             mix(p.flags().bits() as u64 | (p.zone as u64) << 32 | order << 40);
             mix(p.refcount() as u64 | p.private() << 32);

@@ -1,0 +1,229 @@
+//! Deferred struct pages (`page.rs`): onlining writes only the heads of
+//! maximum-order blocks, the first split writes exactly its block, and
+//! nothing that reads a struct page can tell a lazy online from an eager
+//! one.
+
+use super::*;
+use crate::mm::page::{Page, MAX_ORDER_NR_PAGES};
+
+const MAXB: u64 = MAX_ORDER_NR_PAGES;
+
+/// A struct page as every public accessor shows it.
+type View = (PageFlags, Option<Zone>, u32, u32, u64);
+
+fn view(p: &Page) -> View {
+    (p.flags(), p.zone(), p.order(), p.refcount(), p.private())
+}
+
+fn poisoned(fx: &Fx, pfn: Pfn) -> bool {
+    // SAFETY: present memory has its vmemmap; nothing else holds it.
+    unsafe { fx.mm.memmap.is_poisoned(pfn) }
+}
+
+/// Adds block `id`, plants garbage in the struct pages its add left
+/// unwritten, onlines it Movable; returns the first pfn onlining writes.
+fn add_poisoned_online(fx: &mut Fx, id: u64, memmap_on_memory: bool) -> Pfn {
+    fx.mm.memmap_on_memory = memmap_on_memory;
+    fx.mm.add_memory(start_of(id), BLOCK).unwrap();
+    let (spfn, epfn) = block_pfns(id);
+    let first = fx.mm.blocks[&id]
+        .altmap
+        .as_ref()
+        .map_or(spfn, |a| a.next_pfn());
+    // SAFETY: the block's vmemmap was just populated.
+    unsafe { fx.mm.memmap.poison_range(first, epfn) };
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    first
+}
+
+#[test]
+fn online_writes_only_max_order_heads() {
+    for memmap_on_memory in [false, true] {
+        let mut fx = boot();
+        let id = HOT_FIRST;
+        let (spfn, epfn) = block_pfns(id);
+        let first = add_poisoned_online(&mut fx, id, memmap_on_memory);
+        // What is written: the part of the first max-order block after the
+        // block's own struct pages (with memmap_on_memory), then one head
+        // per max-order block.
+        let partial = first.align_up(MAXB);
+        let written: Vec<Pfn> = Pfn::range(first, epfn)
+            .filter(|&p| !poisoned(&fx, p))
+            .collect();
+        let heads = Pfn::range(partial, epfn).step_by(MAXB as usize);
+        let want: Vec<Pfn> = Pfn::range(first, partial).chain(heads).collect();
+        assert_eq!(written, want, "memmap_on_memory={memmap_on_memory}");
+        assert_eq!(
+            written.len() as u64,
+            (partial - first) + (epfn - partial) / MAXB
+        );
+        // Yet every page reads as onlined, and the allocator has it all.
+        for pfn in Pfn::range(first, epfn) {
+            let p = fx.mm.page(pfn).unwrap();
+            assert_eq!(p.zone(), Some(Zone::Movable), "{pfn:#x}");
+            assert!(p.is_online() && p.refcount() == 0, "{pfn:#x}");
+            assert!(fx.mm.buddy.is_free(pfn), "{pfn:#x}");
+        }
+        assert_eq!(fx.mm.buddy.nr_free(Zone::Movable), epfn - first);
+        let _ = spfn;
+    }
+}
+
+#[test]
+fn the_first_split_writes_exactly_its_block() {
+    let mut fx = boot();
+    let id = HOT_FIRST;
+    let (spfn, epfn) = block_pfns(id);
+    add_poisoned_online(&mut fx, id, false);
+    let tails_poisoned =
+        |fx: &Fx, head: Pfn| Pfn::range(head + 1, head + MAXB).all(|p| poisoned(fx, p));
+    let tails_written =
+        |fx: &Fx, head: Pfn| Pfn::range(head + 1, head + MAXB).all(|p| !poisoned(fx, p));
+    // A whole max-order block is handed out without writing its tails.
+    let whole = fx.mm.alloc(MAX_ORDER, Zone::Movable).unwrap();
+    assert!(tails_poisoned(&fx, whole));
+    assert_eq!(fx.mm.page(whole + 1).unwrap().refcount(), 0);
+    // The first order-0 allocation splits one block: exactly its tails are
+    // written, every other block keeps its garbage.
+    let pfn = fx.mm.alloc(0, Zone::Movable).unwrap();
+    let split = pfn.align_down(MAXB);
+    assert_ne!(split, whole);
+    for head in Pfn::range(spfn, epfn).step_by(MAXB as usize) {
+        if head == split {
+            assert!(tails_written(&fx, head), "{head:#x}");
+        } else {
+            assert!(tails_poisoned(&fx, head), "{head:#x}");
+        }
+    }
+    // A second one comes from the same block: nothing more is written.
+    let pfn2 = fx.mm.alloc(0, Zone::Movable).unwrap();
+    assert_eq!(pfn2.align_down(MAXB), split);
+    let still: u64 = Pfn::range(spfn, epfn).filter(|&p| poisoned(&fx, p)).count() as u64;
+    assert_eq!(still, (epfn - spfn) / MAXB * (MAXB - 1) - (MAXB - 1));
+    assert!(fx.mm.free(pfn, 0) && fx.mm.free(pfn2, 0) && fx.mm.free(whole, MAX_ORDER));
+    fx.mm.offline_block(id).unwrap();
+    fx.mm.remove_memory(start_of(id), BLOCK).unwrap();
+}
+
+/// The same operations on a lazy and an eager system: every public reader
+/// sees the same thing at every step.
+struct Twins {
+    lazy: Fx,
+    eager: Fx,
+}
+
+impl Twins {
+    fn new() -> Self {
+        let lazy = boot();
+        let mut eager = boot();
+        eager.mm.set_deferred_memmap_init(false);
+        assert!(lazy.mm.deferred_memmap_init());
+        Twins { lazy, eager }
+    }
+
+    fn both<R: PartialEq + core::fmt::Debug>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Fx) -> R,
+    ) -> R {
+        let (a, b) = (f(&mut self.lazy), f(&mut self.eager));
+        assert_eq!(a, b, "{what}: lazy and eager differ");
+        a
+    }
+
+    /// Every reader, over every pfn of `ids`.
+    #[track_caller]
+    fn same_everywhere(&self, what: &str, ids: &[u64]) {
+        assert_same(what, &snap(&self.lazy.mm), &snap(&self.eager.mm));
+        for &id in ids {
+            let (spfn, epfn) = block_pfns(id);
+            for pfn in Pfn::range(spfn, epfn) {
+                let read = |fx: &Fx| {
+                    let b = &fx.mm.buddy;
+                    (
+                        fx.mm.page(pfn).map(|p| view(&p)),
+                        b.free_block_of(pfn),
+                        b.check_free(pfn, 0),
+                        b.check_free(pfn, MAX_ORDER),
+                        crate::mm::frame::FrameAllocator::is_reserved(b, pfn.phys()),
+                    )
+                };
+                assert_eq!(read(&self.lazy), read(&self.eager), "{what}: pfn {pfn:#x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lazy_is_indistinguishable_from_eager() {
+    let mut t = Twins::new();
+    let ids = [HOT_FIRST, HOT_FIRST + 1, HOT_FIRST + 2];
+    t.same_everywhere("booted", &[BOOT]);
+    // Three blocks: struct pages in RAM, on the block, and a driver's block
+    // plugged in part (sub-blocks of 2 MiB: half a max-order block).
+    t.both("add", |fx| {
+        fx.mm.memmap_on_memory = false;
+        fx.mm.add_memory(start_of(ids[0]), BLOCK).is_ok()
+    });
+    t.both("add memmap_on_memory", |fx| {
+        fx.mm.memmap_on_memory = true;
+        fx.mm.add_memory(start_of(ids[1]), BLOCK).is_ok()
+    });
+    t.both("add driver block", |fx| {
+        let mut mask = crate::mm::system::PlugMask::new(2 << 20).unwrap();
+        for i in [0, 1, 2, 5, 8, 9] {
+            mask.set(i, true);
+        }
+        fx.mm
+            .add_memory_driver_managed(start_of(ids[2]), BLOCK, "System RAM (test)", mask)
+            .is_ok()
+    });
+    for (i, &id) in ids.iter().enumerate() {
+        let zone = if i == 1 { Zone::Normal } else { Zone::Movable };
+        t.both("online", |fx| fx.mm.online_block(id, zone).is_ok());
+    }
+    t.same_everywhere("onlined", &ids);
+    // Allocations of every size split some blocks (the half-plugged
+    // ones first, then deferred ones) and take others whole.
+    let mut held = Vec::new();
+    let orders = [0, 3, MAX_ORDER, 0, 1, MAX_ORDER - 1, 0, MAX_ORDER - 1];
+    for order in orders.into_iter().cycle().take(3 * orders.len()) {
+        let pfn = t.both("alloc", |fx| fx.mm.alloc_movable_first(order));
+        held.push((pfn.unwrap(), order));
+        let n = t.both("alloc normal", |fx| fx.mm.alloc(order, Zone::Normal));
+        held.push((n.unwrap(), order));
+    }
+    t.same_everywhere("allocated", &ids);
+    // Offline scans: busy at the same pfn, changing nothing.
+    for &id in &ids {
+        t.both("offline busy", |fx| {
+            format!("{:?}", fx.mm.offline_block(id))
+        });
+    }
+    t.same_everywhere("offline refused", &ids);
+    // A driver takes back sub-blocks: inside a max-order block (split off
+    // part of it) and a whole one.
+    t.both("unplug", |fx| {
+        format!("{:?}", fx.mm.unplug_sub_blocks(ids[2], 9, 1))
+    });
+    t.both("unplug", |fx| {
+        format!("{:?}", fx.mm.unplug_sub_blocks(ids[2], 0, 2))
+    });
+    t.same_everywhere("unplugged", &ids);
+    // Page isolation while pages are out, then everything back.
+    t.both("offline begin", |fx| fx.mm.offline_begin(ids[0]).is_ok());
+    t.both("not yet", |fx| fx.mm.offline_try_finish(ids[0]));
+    for &(pfn, order) in held.iter().rev() {
+        t.both("free", |fx| fx.mm.free(pfn, order));
+    }
+    t.same_everywhere("freed", &ids);
+    t.both("finish", |fx| fx.mm.offline_try_finish(ids[0]));
+    for &id in &ids[1..] {
+        t.both("offline", |fx| format!("{:?}", fx.mm.offline_block(id)));
+    }
+    t.same_everywhere("offline", &ids);
+    t.both("online again", |fx| {
+        fx.mm.online_block(ids[0], Zone::Normal).is_ok()
+    });
+    t.same_everywhere("online again", &ids);
+}
