@@ -3,6 +3,9 @@
 //! it on as a parameter, so that the code below runs on the host over any
 //! [`MemorySystem`].
 
+use super::addr::Pfn;
+use super::page::{Memmap, Zone};
+use super::pcp::Pcp;
 use super::system::MemorySystem;
 use super::translation::KernelTranslation;
 use crate::error::Result;
@@ -15,9 +18,45 @@ pub type KernelMm = MemorySystem<KernelTranslation>;
 // that tolerates preempted waiters.
 static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
 
+/// What the per-CPU fast paths reach without the memory lock.
+struct Local {
+    pcp: &'static Pcp,
+    memmap: Memmap,
+}
+
+static LOCAL: spin::Once<Local> = spin::Once::new();
+
 /// Hands the booted memory system over; from now on it lives behind the lock.
 pub fn install(mm: KernelMm) {
+    LOCAL.call_once(|| Local {
+        pcp: mm.pcp(),
+        memmap: *mm.buddy().memmap(),
+    });
     *MM.lock() = Some(mm);
+}
+
+/// `2^order` pages from the first of `zones` that has them, through this
+/// CPU's page lists: the memory lock only to refill a list (Linux's
+/// `rmqueue_pcplist`). `None` when no zone has them, lists drained.
+pub fn alloc(order: u32, zones: &[Zone]) -> Option<Pfn> {
+    let cpu = crate::arch::cpu_id();
+    let local = LOCAL.get()?;
+    local
+        .pcp
+        .alloc_fast(&local.memmap, cpu, order, zones)
+        .or_else(|| with_mm(|m| m.pcp_alloc(cpu, order, zones)).ok().flatten())
+}
+
+/// Gives back what [`alloc`] handed out, onto this CPU's lists when it
+/// can (Linux's `free_unref_page`); `false` for a free the page allocator
+/// refused (logged and counted there).
+pub fn free(pfn: Pfn, order: u32) -> bool {
+    let cpu = crate::arch::cpu_id();
+    let Some(local) = LOCAL.get() else {
+        return false;
+    };
+    local.pcp.free_fast(&local.memmap, cpu, pfn, order)
+        || with_mm(|m| m.pcp_free(cpu, pfn, order)).unwrap_or(false)
 }
 
 /// Runs `f` on the machine's memory under the lock; `EAGAIN` before boot
@@ -32,6 +71,7 @@ pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
     top_up_heap(mm);
     let r = f(mm);
     top_up_heap(mm);
+    mm.pcp().update_hints(mm.buddy());
     Ok(r)
 }
 

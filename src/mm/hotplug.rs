@@ -440,6 +440,7 @@ impl<T: Translation> MemorySystem<T> {
             .into());
         }
         if let BlockState::Online(zone) = state {
+            self.drain_all_pages();
             if let Err(pfn) = self.buddy.isolate_range(s, e) {
                 return Err(OfflineError::Busy { id, pfn });
             }
@@ -482,6 +483,9 @@ impl<T: Translation> MemorySystem<T> {
             return Err(Self::refuse_boot_offline(id).into());
         }
         let (spfn, epfn) = block_pfns(id);
+        // Free pages on per-CPU lists look in use to the buddy allocator
+        // (Linux's `offline_pages` drains them too).
+        self.drain_all_pages();
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
             return Err(OfflineError::Busy { id, pfn });
         }
@@ -514,6 +518,9 @@ impl<T: Translation> MemorySystem<T> {
         }
         let (spfn, epfn) = block_pfns(id);
         self.buddy.start_isolate_page_range(spfn, epfn);
+        // Lists drained and frees into the range sent to the buddy
+        // allocator, which holds them.
+        self.pcp_isolate(spfn, epfn);
         Ok(())
     }
 
@@ -524,6 +531,7 @@ impl<T: Translation> MemorySystem<T> {
         if !self.buddy.test_pages_isolated(spfn, epfn) {
             return false;
         }
+        self.pcp_unisolate(spfn, epfn);
         self.buddy.undo_isolate_page_range(spfn, epfn);
         self.offline_block(id)
             .expect("every page of the block is free");
@@ -532,6 +540,7 @@ impl<T: Translation> MemorySystem<T> {
 
     pub fn offline_abort(&mut self, id: u64) {
         let (spfn, epfn) = block_pfns(id);
+        self.pcp_unisolate(spfn, epfn);
         self.buddy.undo_isolate_page_range(spfn, epfn);
     }
 
