@@ -1,8 +1,15 @@
-//! `stress CYCLES [WORKERS]`: secondary CPUs allocate, touch, check and free
-//! pages (hot-added ones first, through the linear map and `pfn_to_page`)
-//! while CPU 0 adds, onlines, offlines and removes every held-back memory
-//! block. Offlining waits for the workers' pages to come back, as Linux's
-//! page isolation does. At the end `/proc/meminfo` must equal its start.
+//! `stress [CYCLES [WORKERS]]`: secondary CPUs allocate, touch, check and
+//! free pages (hot-added ones first, through the linear map and
+//! `pfn_to_page`) while CPU 0 adds, onlines, offlines and removes every
+//! held-back memory block. Offlining waits for the workers' pages to come
+//! back, as Linux's page isolation does. At the end `/proc/meminfo` must
+//! equal its start.
+//!
+//! Each side alone, for comparison: `--hotplug-only CYCLES` (no workers),
+//! `--workers-only [MS [WORKERS]]` (the workers for MS milliseconds, no
+//! hotplug); `--spin-workers CYCLES [WORKERS]` runs hotplug beside workers
+//! that only spin, the cost of a busy CPU without any shared lock or page.
+//! Every run prints the worker operations per second.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +20,7 @@ use crate::mm::addr::{Pfn, PhysRange};
 use crate::mm::global::{self, with_mm, KernelMm};
 use crate::mm::layout::*;
 use crate::mm::page::{Memmap, PageFlags, Zone};
-use crate::mm::system::block_id;
+use crate::mm::system::{block_id, block_range};
 use crate::{bail, err};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -103,6 +110,16 @@ fn worker(cpu: usize) {
     RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
 }
 
+/// A worker that only spins, touching no memory: the control that shows
+/// what a busy CPU costs CPU 0 without any sharing of locks or pages (under
+/// TCG, the host time the vCPUs share).
+fn spinner(cpu: usize) {
+    while !STOP.load(Ordering::Acquire) {
+        OPS.fetch_add(1, Ordering::Relaxed);
+    }
+    RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
+}
+
 /// The memory system is installed before any command runs.
 fn with<R>(f: impl FnOnce(&mut KernelMm) -> R) -> R {
     with_mm(f).expect("memory is installed before the console starts")
@@ -141,17 +158,19 @@ enum Mode {
     HotplugOnly,
     /// The workers for a time, no hotplug (`--workers-only`).
     WorkersOnly,
+    /// Hotplug with workers that only spin (`--spin-workers`).
+    Spin,
 }
 
-/// Starts the workers on the CPUs of `mask`.
-fn start_workers(mask: u64) {
+/// Starts `job` on the CPUs of `mask`.
+fn start_workers(mask: u64, job: fn(usize)) {
     STOP.store(false, Ordering::Release);
     OPS.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
     HOT_ALLOCS.store(0, Ordering::Relaxed);
     WAITED.store(0, Ordering::Relaxed);
     RUNNING.store(mask, Ordering::Release);
-    smp::run_on(mask, worker);
+    smp::run_on(mask, job);
 }
 
 /// Stops the workers and waits (bounded) until they gave their pages back.
@@ -171,14 +190,18 @@ fn stop_workers() -> Result<()> {
 /// times (struct pages on the memory itself every other cycle).
 fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) -> Result<()> {
     for c in 0..cycles {
-        for range in ranges {
+        // Block by block, so that a worker waiting for the memory lock
+        // waits for one block's work at most.
+        for id in ranges
+            .iter()
+            .flat_map(|r| block_id(r.base)..block_id(r.end()))
+        {
             with(|m| {
                 m.set_memmap_on_memory(c % 2 == 1);
-                let r = m.add_memory(range.base, range.size);
+                let r = m.add_memory(block_range(id).base, MEMORY_BLOCK_SIZE);
                 m.set_memmap_on_memory(saved);
                 r?;
-                (block_id(range.base)..block_id(range.end()))
-                    .try_for_each(|id| m.online_block(id, Zone::Movable))
+                m.online_block(id, Zone::Movable)
             })?;
         }
         // Give the workers a moment (unlocked) to take pages of the new
@@ -191,9 +214,12 @@ fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) 
         {
             core::hint::spin_loop();
         }
-        for range in ranges {
-            (block_id(range.base)..block_id(range.end())).try_for_each(offline_draining)?;
-            with(|m| m.remove_memory(range.base, range.size))?;
+        for id in ranges
+            .iter()
+            .flat_map(|r| block_id(r.base)..block_id(r.end()))
+        {
+            offline_draining(id)?;
+            with(|m| m.remove_memory(block_range(id).base, MEMORY_BLOCK_SIZE))?;
         }
     }
     Ok(())
@@ -207,6 +233,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         match w {
             "--hotplug-only" => mode = Mode::HotplugOnly,
             "--workers-only" => mode = Mode::WorkersOnly,
+            "--spin-workers" => mode = Mode::Spin,
             _ if positional < nums.len() => {
                 let n = w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))?;
                 nums[positional] = Some(n);
@@ -254,7 +281,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         Ordering::Relaxed,
     );
     let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
-    start_workers(mask);
+    start_workers(mask, if mode == Mode::Spin { spinner } else { worker });
     let t0 = cpu::counter();
     let result = if mode == Mode::WorkersOnly {
         while cpu::counter() - t0 < amount * cpu::counter_freq() / 1000 {
@@ -262,7 +289,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         }
         Ok(())
     } else {
-        cycle_hotplug(amount, &ranges, mask != 0, saved)
+        cycle_hotplug(amount, &ranges, mode == Mode::Both && mask != 0, saved)
     };
     let elapsed = cpu::counter() - t0;
     let ops = OPS.load(Ordering::Relaxed);

@@ -440,7 +440,7 @@ impl<T: Translation> MemorySystem<T> {
             .into());
         }
         if let BlockState::Online(zone) = state {
-            self.drain_all_pages();
+            self.drain_range_pages(s, e);
             if let Err(pfn) = self.buddy.isolate_range(s, e) {
                 return Err(OfflineError::Busy { id, pfn });
             }
@@ -485,7 +485,7 @@ impl<T: Translation> MemorySystem<T> {
         let (spfn, epfn) = block_pfns(id);
         // Free pages on per-CPU lists look in use to the buddy allocator
         // (Linux's `offline_pages` drains them too).
-        self.drain_all_pages();
+        self.drain_range_pages(spfn, epfn);
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
             return Err(OfflineError::Busy { id, pfn });
         }
@@ -518,8 +518,8 @@ impl<T: Translation> MemorySystem<T> {
         }
         let (spfn, epfn) = block_pfns(id);
         self.buddy.start_isolate_page_range(spfn, epfn);
-        // Lists drained and frees into the range sent to the buddy
-        // allocator, which holds them.
+        // The range's blocks off the per-CPU lists, and frees into it sent
+        // to the buddy allocator, which holds them.
         self.pcp_isolate(spfn, epfn);
         Ok(())
     }

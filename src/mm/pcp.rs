@@ -20,10 +20,10 @@
 //!   buddy allocator sees it as allocated. Draining sets refcount 1 and
 //!   frees it through [`BuddyAllocator::free`], which checks it again.
 //! - No block of a range being isolated for offlining is on any list:
-//!   isolation drains every CPU's lists and records the range with each
-//!   CPU, under that CPU's lock, so a later free into the range goes to the
+//!   isolation takes the range's blocks off every CPU's lists and records
+//!   the range with each CPU, under that CPU's lock, so a later free into the range goes to the
 //!   buddy allocator (which holds it aside) instead of a list. An offline
-//!   drains before it takes a block's pages, so a removed block never has a
+//!   takes the block's blocks off the lists before it takes its pages, so a removed block never has a
 //!   page on a list either.
 //! - When the buddy allocator cannot serve an allocation, the lists are
 //!   drained and it is asked again before the allocation fails: pages
@@ -369,6 +369,31 @@ impl Pcp {
         }
     }
 
+    /// Gives every block of `start..end` on `pages` back to the buddy
+    /// allocator, leaving the rest listed.
+    fn free_range(buddy: &mut BuddyAllocator, pages: &mut PerCpuPages, start: Pfn, end: Pfn) {
+        let memmap = *buddy.memmap();
+        let mut freed = 0;
+        for (o, list) in pages.lists.iter_mut().flatten().enumerate() {
+            let order = (o % NR_PCP_ORDERS) as u32;
+            let mut kept = 0;
+            for i in 0..list.len {
+                let pfn = Pfn::new(list.pfns[i]);
+                if start <= pfn && pfn < end {
+                    // SAFETY: a listed block, under both locks.
+                    unsafe { set_refcount(&memmap, pfn, 1) };
+                    buddy.free(pfn, order);
+                    freed += 1u64 << order;
+                } else {
+                    list.pfns[kept] = pfn.as_u64();
+                    kept += 1;
+                }
+            }
+            list.len = kept;
+        }
+        pages.count -= freed;
+    }
+
     /// Empties `cpu`'s lists into the buddy allocator (`drain_pages`).
     fn drain_cpu(&self, buddy: &mut BuddyAllocator, cpu: usize) {
         let slot = &self.cpus[cpu];
@@ -493,14 +518,25 @@ impl<T: Translation> MemorySystem<T> {
         ok
     }
 
-    /// Empties every CPU's lists (Linux's `drain_all_pages`, which
-    /// `offline_pages` calls before it takes a range's pages).
+    /// Empties every CPU's lists (Linux's `drain_all_pages`).
     pub fn drain_all_pages(&mut self) {
         self.pcp.drain_all(&mut self.buddy);
     }
 
-    /// Records `start..end` as under isolation with every CPU, and drains
-    /// its lists: from now until [`pcp_unisolate`](Self::pcp_unisolate)
+    /// Gives back every listed block of `start..end`, on every CPU, before
+    /// an offline takes the range's pages. Linux's `offline_pages` drains
+    /// the whole zone; draining only the range leaves other CPUs' lists
+    /// (and so their lock-free allocations) alone.
+    pub fn drain_range_pages(&mut self, start: Pfn, end: Pfn) {
+        for slot in &self.pcp.cpus {
+            let mut pages = slot.pages.lock();
+            Pcp::free_range(&mut self.buddy, &mut pages, start, end);
+            slot.count.store(pages.count, Ordering::Relaxed);
+        }
+    }
+
+    /// Records `start..end` as under isolation with every CPU, and gives
+    /// back its blocks on their lists: from now until [`pcp_unisolate`](Self::pcp_unisolate)
     /// no block of the range is on a list.
     pub(in crate::mm) fn pcp_isolate(&mut self, start: Pfn, end: Pfn) {
         for cpu in 0..MAX_CPUS {
@@ -513,8 +549,8 @@ impl<T: Translation> MemorySystem<T> {
             } else {
                 pages.isolated_overflow += 1;
             }
-            Pcp::free_bulk(&mut self.buddy, &mut pages, 0);
-            slot.count.store(0, Ordering::Relaxed);
+            Pcp::free_range(&mut self.buddy, &mut pages, start, end);
+            slot.count.store(pages.count, Ordering::Relaxed);
         }
     }
 
