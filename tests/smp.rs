@@ -1,17 +1,17 @@
 //! Hotplug while other CPUs run: `-smp 4`, every CPU online, and the
 //! `stress` command for 100 cycles on each granule, ending with
-//! `/proc/meminfo` equal to its baseline; and a short run on GICv4, whose
-//! redistributor frames are twice GICv3's.
+//! `/proc/meminfo` equal to its baseline; a short run on GICv4, whose
+//! redistributor frames are twice GICv3's; and on `-smp 2` each side of
+//! `stress` alone (the workers go through per-CPU page lists, whose pages
+//! `MemFree` counts).
 
 mod common;
 
 use common::{granule_kernel, Opts, Qemu};
 use std::time::Duration;
 
-/// `stress CYCLES WORKERS`, with a CPU for each worker besides CPU 0.
-fn stress(granule: &str, machine: &str, cycles: u32, workers: u32) {
-    let smp = workers + 1;
-    let mut q = Qemu::boot(
+fn boot(granule: &str, machine: &str, smp: u32) -> Qemu {
+    Qemu::boot(
         Opts::new()
             .kernel(granule_kernel(granule))
             .cpu("max")
@@ -20,7 +20,21 @@ fn stress(granule: &str, machine: &str, cycles: u32, workers: u32) {
             .mem("2G")
             .append("mem=1G")
             .timeout(Duration::from_secs(120)),
-    );
+    )
+}
+
+/// The number after `what` in `out`.
+fn figure(out: &str, what: &str) -> u64 {
+    out.split(what)
+        .nth(1)
+        .and_then(|s| s.split([',', '\n', '\r']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {out}"))
+}
+
+/// `stress CYCLES WORKERS`, with a CPU for each worker besides CPU 0.
+fn stress(granule: &str, machine: &str, cycles: u32, workers: u32) {
+    let mut q = boot(granule, machine, workers + 1);
     let online = q.read("/sys/devices/system/cpu/online");
     assert_eq!(online.trim(), format!("0-{workers}"));
     let baseline = q.read("/proc/meminfo");
@@ -29,13 +43,11 @@ fn stress(granule: &str, machine: &str, cycles: u32, workers: u32) {
     assert!(out.contains(&format!("with {workers} workers")), "{out}");
     assert!(out.contains("errors: 0"), "{out}");
     assert!(out.contains("meminfo back to its baseline"), "{out}");
-    let ops: u64 = out
-        .split("worker operations: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no operation count in {out}"));
-    assert!(ops > 0, "the workers did nothing: {out}");
+    assert!(
+        figure(&out, "worker operations: ") > 0,
+        "the workers did nothing: {out}"
+    );
+    assert!(figure(&out, "worker operations/s: ") > 0, "{out}");
     // The run means something only if the workers used hot-added memory
     // and CPU 0 had to isolate and wait for their pages at least once.
     let counts: Vec<u64> = out
@@ -80,4 +92,63 @@ fn stress_64k_gicv3_el2() {
 #[test]
 fn stress_gicv4_smp2() {
     stress("4k", ",gic-version=4,virtualization=on", 2, 1);
+}
+
+/// `-smp 2`: both sides, each alone, and the spinning control; every run
+/// ends where it started, with the worker's pages back on its lists or in
+/// the buddy allocator (`MemFree` counts both).
+#[test]
+fn stress_smp2_each_side_alone() {
+    let mut q = boot("4k", "", 2);
+    let baseline = q.read("/proc/meminfo");
+    let both = q.run_ok("stress 20 1");
+    assert!(
+        both.contains("20 cycles of 8 blocks with 1 workers"),
+        "{both}"
+    );
+    assert!(
+        both.contains("errors: 0") && both.contains("meminfo back to its baseline"),
+        "{both}"
+    );
+    assert!(figure(&both, "worker operations/s: ") > 0, "{both}");
+    assert!(
+        figure(&both, "allocations from hot-added memory: ") > 0,
+        "{both}"
+    );
+    assert_eq!(q.read("/proc/meminfo"), baseline);
+
+    let hotplug = q.run_ok("stress --hotplug-only 5");
+    assert!(
+        hotplug.contains("5 cycles of 8 blocks with 0 workers"),
+        "{hotplug}"
+    );
+    assert!(
+        hotplug.contains("meminfo back to its baseline"),
+        "{hotplug}"
+    );
+    assert_eq!(figure(&hotplug, "worker operations: "), 0);
+
+    let workers = q.run_ok("stress --workers-only 300 1");
+    assert!(workers.contains("workers only, 1 workers for"), "{workers}");
+    assert!(workers.contains("errors: 0"), "{workers}");
+    assert!(
+        workers.contains("meminfo back to its baseline"),
+        "{workers}"
+    );
+    assert!(figure(&workers, "worker operations/s: ") > 0, "{workers}");
+    assert_eq!(figure(&workers, "allocations from hot-added memory: "), 0);
+
+    let spin = q.run_ok("stress --spin-workers 3 1");
+    assert!(
+        spin.contains("3 cycles of 8 blocks with 1 workers"),
+        "{spin}"
+    );
+    assert!(spin.contains("meminfo back to its baseline"), "{spin}");
+
+    q.run_err("stress --workers-only 0 1", "EINVAL");
+    q.run_err("stress 1 1 1", "EINVAL");
+    q.run_err("stress --bogus", "EINVAL");
+    assert_eq!(q.read("/proc/meminfo"), baseline);
+    q.assert_no_misuse("at the end");
+    q.poweroff();
 }

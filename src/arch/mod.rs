@@ -174,6 +174,21 @@ pub unsafe fn store_64_bytes(dst: *mut u64, w: [u64; 8]) {
     }
 }
 
+/// CPUs the kernel runs at most.
+#[cfg(target_os = "none")]
+pub use aarch64::smp::MAX_CPUS;
+#[cfg(not(target_os = "none"))]
+pub const MAX_CPUS: usize = 16;
+
+/// The index of the CPU this runs on, `0..MAX_CPUS` (Linux's
+/// `smp_processor_id`); 0 on the host, whose tests name CPUs explicitly.
+pub fn cpu_id() -> usize {
+    #[cfg(target_os = "none")]
+    return aarch64::smp::cpu_id();
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
 /// The generic timer's count (0 on the host, where time is not modelled).
 pub fn counter() -> u64 {
     #[cfg(target_os = "none")]

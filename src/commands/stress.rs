@@ -1,19 +1,26 @@
-//! `stress CYCLES [WORKERS]`: secondary CPUs allocate, touch, check and free
-//! pages (hot-added ones first, through the linear map and `pfn_to_page`)
-//! while CPU 0 adds, onlines, offlines and removes every held-back memory
-//! block. Offlining waits for the workers' pages to come back, as Linux's
-//! page isolation does. At the end `/proc/meminfo` must equal its start.
+//! `stress [CYCLES [WORKERS]]`: secondary CPUs allocate, touch, check and
+//! free pages (hot-added ones first, through the linear map and
+//! `pfn_to_page`) while CPU 0 adds, onlines, offlines and removes every
+//! held-back memory block. Offlining waits for the workers' pages to come
+//! back, as Linux's page isolation does. At the end `/proc/meminfo` must
+//! equal its start.
+//!
+//! Each side alone, for comparison: `--hotplug-only CYCLES` (no workers),
+//! `--workers-only [MS [WORKERS]]` (the workers for MS milliseconds, no
+//! hotplug); `--spin-workers CYCLES [WORKERS]` runs hotplug beside workers
+//! that only spin, the cost of a busy CPU without any shared lock or page.
+//! Every run prints the worker operations per second.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::arch::aarch64::{self as cpu, smp};
 use crate::error::Result;
-use crate::mm::addr::Pfn;
-use crate::mm::global::{with_mm, KernelMm};
+use crate::mm::addr::{Pfn, PhysRange};
+use crate::mm::global::{self, with_mm, KernelMm};
 use crate::mm::layout::*;
-use crate::mm::page::{PageFlags, Zone};
-use crate::mm::system::block_id;
+use crate::mm::page::{Memmap, PageFlags, Zone};
+use crate::mm::system::{block_id, block_range};
 use crate::{bail, err};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -39,7 +46,13 @@ fn words(pfn: Pfn, order: u32) -> (*mut u64, usize) {
     (va, ((PAGE_SIZE << order) / 8) as usize)
 }
 
-/// One secondary CPU's loop; see the module comment.
+/// Pfns from here up are hot-added memory (the held-back RAM lies above
+/// boot memory).
+static HOT_BASE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// One secondary CPU's loop; see the module comment. Pages come and go
+/// through the CPU's own page lists ([`global::alloc`]), so the memory
+/// lock is taken only to refill or trim them.
 fn worker(cpu: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
     let mut held = [(Pfn::new(0), 0u32); HELD];
@@ -57,24 +70,15 @@ fn worker(cpu: usize) {
         }
         if !stopping && n < HELD && (n == 0 || next() % 2 == 0) {
             let order = (next() % 3) as u32;
-            let got = with(|m| {
-                m.alloc_movable_first(order).map(|pfn| {
-                    let page_ok = m
-                        .page(pfn)
-                        .is_some_and(|p| p.refcount() == 1 && p.has(PageFlags::ONLINE));
-                    let hot = m
-                        .blocks()
-                        .get(&block_id(pfn.phys()))
-                        .is_some_and(|b| !b.boot);
-                    if hot {
-                        HOT_ALLOCS.fetch_add(1, Ordering::Relaxed);
-                    }
-                    (pfn, page_ok)
-                })
-            });
-            if let Some((pfn, page_ok)) = got {
-                if !page_ok {
+            if let Some(pfn) = global::alloc(order, &[Zone::Movable, Zone::Normal]) {
+                // SAFETY: the block is ours, so its memory block stays
+                // online and its struct page mapped; no one else writes it.
+                let page = unsafe { &*Memmap::kernel().page(pfn) };
+                if page.refcount() != 1 || !page.has(PageFlags::ONLINE) {
                     ERRORS.fetch_add(1, Ordering::Relaxed);
+                }
+                if pfn.phys().as_u64() >= HOT_BASE.load(Ordering::Relaxed) {
+                    HOT_ALLOCS.fetch_add(1, Ordering::Relaxed);
                 }
                 let (va, len) = words(pfn, order);
                 for i in (0..len).step_by(STRIDE) {
@@ -95,12 +99,22 @@ fn worker(cpu: usize) {
                     break;
                 }
             }
-            if !with(|m| m.free(pfn, order)) {
+            if !global::free(pfn, order) {
                 ERRORS.fetch_add(1, Ordering::Relaxed);
             }
             held[k] = held[n - 1];
             n -= 1;
         }
+        OPS.fetch_add(1, Ordering::Relaxed);
+    }
+    RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
+}
+
+/// A worker that only spins, touching no memory: the control that shows
+/// what a busy CPU costs CPU 0 without any sharing of locks or pages (under
+/// TCG, the host time the vCPUs share).
+fn spinner(cpu: usize) {
+    while !STOP.load(Ordering::Acquire) {
         OPS.fetch_add(1, Ordering::Relaxed);
     }
     RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
@@ -136,74 +150,31 @@ fn offline_draining(id: u64) -> Result<()> {
     }
 }
 
-pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
-    let num = |i: usize, default: u64| -> Result<u64> {
-        argv.get(i).map_or(Ok(default), |w| {
-            w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))
-        })
-    };
-    let (cycles, workers) = (num(1, 10)?, num(2, 63)?);
-    let online = smp::online_mask() & !1;
-    let mut mask = 0u64;
-    for cpu in 1..64 {
-        if online & (1 << cpu) != 0 && (mask.count_ones() as u64) < workers {
-            mask |= 1 << cpu;
-        }
-    }
-    let ranges = with(|m| m.hotpluggable().to_vec());
-    if ranges.is_empty() {
-        bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
-    }
-    let blocks = ranges
-        .iter()
-        .map(|r| r.size / MEMORY_BLOCK_SIZE)
-        .sum::<u64>();
-    let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
+/// What `stress` runs: both sides, or one alone for comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Both,
+    /// CPU 0 cycles hotplug, no workers (`--hotplug-only`, or 0 workers).
+    HotplugOnly,
+    /// The workers for a time, no hotplug (`--workers-only`).
+    WorkersOnly,
+    /// Hotplug with workers that only spin (`--spin-workers`).
+    Spin,
+}
+
+/// Starts `job` on the CPUs of `mask`.
+fn start_workers(mask: u64, job: fn(usize)) {
     STOP.store(false, Ordering::Release);
     OPS.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
     HOT_ALLOCS.store(0, Ordering::Relaxed);
     WAITED.store(0, Ordering::Relaxed);
     RUNNING.store(mask, Ordering::Release);
-    smp::run_on(mask, worker);
-    let t0 = cpu::counter();
-    let mut result = Ok(());
-    'cycles: for c in 0..cycles {
-        for range in &ranges {
-            let r = with(|m| {
-                m.set_memmap_on_memory(c % 2 == 1);
-                let r = m.add_memory(range.base, range.size);
-                m.set_memmap_on_memory(saved);
-                r?;
-                (block_id(range.base)..block_id(range.end()))
-                    .try_for_each(|id| m.online_block(id, Zone::Movable))
-            });
-            if let Err(e) = r {
-                result = Err(e);
-                break 'cycles;
-            }
-        }
-        // Give the workers a moment (unlocked) to take pages of the new
-        // memory: offline must then isolate and wait for them. Bounded, so
-        // a run without workers does not stall.
-        let (hot, t) = (HOT_ALLOCS.load(Ordering::Relaxed), cpu::counter());
-        while mask != 0
-            && HOT_ALLOCS.load(Ordering::Relaxed) == hot
-            && cpu::counter() - t < cpu::counter_freq() / 20
-        {
-            core::hint::spin_loop();
-        }
-        for range in &ranges {
-            let r = (block_id(range.base)..block_id(range.end()))
-                .try_for_each(offline_draining)
-                .and_then(|()| with(|m| m.remove_memory(range.base, range.size)));
-            if let Err(e) = r {
-                result = Err(e);
-                break 'cycles;
-            }
-        }
-    }
-    let elapsed = cpu::counter() - t0;
+    smp::run_on(mask, job);
+}
+
+/// Stops the workers and waits (bounded) until they gave their pages back.
+fn stop_workers() -> Result<()> {
     STOP.store(true, Ordering::Release);
     let t1 = cpu::counter();
     while RUNNING.load(Ordering::Acquire) != 0 {
@@ -212,21 +183,137 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         }
         core::hint::spin_loop();
     }
+    Ok(())
+}
+
+/// Adds, onlines, offlines and removes every held-back block `cycles`
+/// times (struct pages on the memory itself every other cycle).
+fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) -> Result<()> {
+    for c in 0..cycles {
+        // Block by block, so that a worker waiting for the memory lock
+        // waits for one block's work at most.
+        for id in ranges
+            .iter()
+            .flat_map(|r| block_id(r.base)..block_id(r.end()))
+        {
+            with(|m| {
+                m.set_memmap_on_memory(c % 2 == 1);
+                let r = m.add_memory(block_range(id).base, MEMORY_BLOCK_SIZE);
+                m.set_memmap_on_memory(saved);
+                r?;
+                m.online_block(id, Zone::Movable)
+            })?;
+        }
+        // Give the workers a moment (unlocked) to take pages of the new
+        // memory: offline must then isolate and wait for them. Bounded, so
+        // that a worker that does not come cannot stall the run.
+        let (hot, t) = (HOT_ALLOCS.load(Ordering::Relaxed), cpu::counter());
+        while workers
+            && HOT_ALLOCS.load(Ordering::Relaxed) == hot
+            && cpu::counter() - t < cpu::counter_freq() / 20
+        {
+            core::hint::spin_loop();
+        }
+        for id in ranges
+            .iter()
+            .flat_map(|r| block_id(r.base)..block_id(r.end()))
+        {
+            offline_draining(id)?;
+            with(|m| m.remove_memory(block_range(id).base, MEMORY_BLOCK_SIZE))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    let mut mode = Mode::Both;
+    let mut nums = [None; 2];
+    let mut positional = 0;
+    for &w in argv.iter().skip(1) {
+        match w {
+            "--hotplug-only" => mode = Mode::HotplugOnly,
+            "--workers-only" => mode = Mode::WorkersOnly,
+            "--spin-workers" => mode = Mode::Spin,
+            _ if positional < nums.len() => {
+                let n = w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))?;
+                nums[positional] = Some(n);
+                positional += 1;
+            }
+            _ => bail!(EINVAL, "too many arguments"),
+        }
+    }
+    // CYCLES, or with `--workers-only` the milliseconds to run.
+    let amount = nums[0].unwrap_or(if mode == Mode::WorkersOnly { 1000 } else { 10 });
+    let workers = match mode {
+        Mode::HotplugOnly => 0,
+        _ => nums[1].unwrap_or(63),
+    };
+    if mode == Mode::WorkersOnly && !(1..=60_000).contains(&amount) {
+        bail!(EINVAL, "run the workers for 1 to 60000 ms");
+    }
+    let online = smp::online_mask() & !1;
+    let mut mask = 0u64;
+    for cpu in 1..64 {
+        if online & (1 << cpu) != 0 && (mask.count_ones() as u64) < workers {
+            mask |= 1 << cpu;
+        }
+    }
+    if mode == Mode::WorkersOnly && mask == 0 {
+        bail!(
+            EINVAL,
+            "no secondary CPU to run a worker (boot with -smp 2 or more)"
+        );
+    }
+    let ranges = with(|m| m.hotpluggable().to_vec());
+    if ranges.is_empty() && mode != Mode::WorkersOnly {
+        bail!(EINVAL, "no held-back RAM to hot-plug (boot with mem=)");
+    }
+    let blocks = ranges
+        .iter()
+        .map(|r| r.size / MEMORY_BLOCK_SIZE)
+        .sum::<u64>();
+    HOT_BASE.store(
+        ranges
+            .iter()
+            .map(|r| r.base.as_u64())
+            .min()
+            .unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
+    start_workers(mask, if mode == Mode::Spin { spinner } else { worker });
+    let t0 = cpu::counter();
+    let result = if mode == Mode::WorkersOnly {
+        while cpu::counter() - t0 < amount * cpu::counter_freq() / 1000 {
+            core::hint::spin_loop();
+        }
+        Ok(())
+    } else {
+        cycle_hotplug(amount, &ranges, mode == Mode::Both && mask != 0, saved)
+    };
+    let elapsed = cpu::counter() - t0;
+    let ops = OPS.load(Ordering::Relaxed);
+    stop_workers()?;
     result?;
     let after = with(|m| m.meminfo());
-    let ms = elapsed * 1000 / cpu::counter_freq();
-    writeln!(
-        out,
-        "{cycles} cycles of {blocks} blocks with {} workers in {ms} ms: {} cycles/s",
-        mask.count_ones(),
-        cycles * 1000 / ms.max(1)
-    )?;
+    let ms = (elapsed * 1000 / cpu::counter_freq()).max(1);
+    let nr = mask.count_ones();
+    if mode == Mode::WorkersOnly {
+        writeln!(out, "workers only, {nr} workers for {ms} ms")?;
+    } else {
+        writeln!(
+            out,
+            "{amount} cycles of {blocks} blocks with {nr} workers in {ms} ms: {} cycles/s",
+            amount * 1000 / ms
+        )?;
+    }
     writeln!(
         out,
         "worker operations: {}, errors: {}",
         OPS.load(Ordering::Relaxed),
         ERRORS.load(Ordering::Relaxed)
     )?;
+    writeln!(out, "worker operations/s: {}", ops * 1000 / ms)?;
     writeln!(
         out,
         "allocations from hot-added memory: {}, offlines that waited for pages: {}",

@@ -3,21 +3,68 @@
 //! it on as a parameter, so that the code below runs on the host over any
 //! [`MemorySystem`].
 
+use super::addr::Pfn;
+use super::page::{Memmap, Zone};
+use super::pcp::Pcp;
 use super::system::MemorySystem;
 use super::translation::KernelTranslation;
 use crate::error::Result;
 
 pub type KernelMm = MemorySystem<KernelTranslation>;
 
-// A ticket lock (fair by construction) was tried: under TCG, with more
-// vCPUs than host cores, the CPU holding the next ticket is often not
-// running and `stress` slowed past its bound. Fairness is left for a lock
-// that tolerates preempted waiters.
+// Not a ticket lock, measured twice. Before the per-CPU page lists it made
+// `stress` too slow under TCG. With them (the lock taken ~20 times per
+// hotplug cycle by a worker instead of at every page), `spin`'s
+// `TicketMutex` here still cut `stress 30 1` on `-smp 2` from 4 to 1
+// cycles/s and the worker from ~51000 to ~20000 operations/s, its waits
+// for the lock from ~5 ms to ~18 ms each (BENCHMARKS.md, "Per-CPU page
+// lists"): a ticket hands the lock to the next waiter in line, and under
+// TCG on a loaded host that vCPU is often not running, so every release
+// waits for a host time slice. What fairness was for (CPU 0 retaking the
+// lock before a worker got it, starving the worker) the lists solve
+// instead: workers rarely need this lock, and hotplug holds it one block
+// at a time.
 static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
+
+/// What the per-CPU fast paths reach without the memory lock.
+struct Local {
+    pcp: &'static Pcp,
+    memmap: Memmap,
+}
+
+static LOCAL: spin::Once<Local> = spin::Once::new();
 
 /// Hands the booted memory system over; from now on it lives behind the lock.
 pub fn install(mm: KernelMm) {
+    LOCAL.call_once(|| Local {
+        pcp: mm.pcp(),
+        memmap: *mm.buddy().memmap(),
+    });
     *MM.lock() = Some(mm);
+}
+
+/// `2^order` pages from the first of `zones` that has them, through this
+/// CPU's page lists: the memory lock only to refill a list (Linux's
+/// `rmqueue_pcplist`). `None` when no zone has them, lists drained.
+pub fn alloc(order: u32, zones: &[Zone]) -> Option<Pfn> {
+    let cpu = crate::arch::cpu_id();
+    let local = LOCAL.get()?;
+    local
+        .pcp
+        .alloc_fast(&local.memmap, cpu, order, zones)
+        .or_else(|| with_mm(|m| m.pcp_alloc(cpu, order, zones)).ok().flatten())
+}
+
+/// Gives back what [`alloc`] handed out, onto this CPU's lists when it
+/// can (Linux's `free_unref_page`); `false` for a free the page allocator
+/// refused (logged and counted there).
+pub fn free(pfn: Pfn, order: u32) -> bool {
+    let cpu = crate::arch::cpu_id();
+    let Some(local) = LOCAL.get() else {
+        return false;
+    };
+    local.pcp.free_fast(&local.memmap, cpu, pfn, order)
+        || with_mm(|m| m.pcp_free(cpu, pfn, order)).unwrap_or(false)
 }
 
 /// Runs `f` on the machine's memory under the lock; `EAGAIN` before boot
@@ -32,6 +79,7 @@ pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
     top_up_heap(mm);
     let r = f(mm);
     top_up_heap(mm);
+    mm.pcp().update_hints(mm.buddy());
     Ok(r)
 }
 

@@ -456,6 +456,7 @@ impl<T: Translation> MemorySystem<T> {
             .into());
         }
         if let BlockState::Online(zone) = state {
+            self.drain_range_pages(s, e);
             if let Err(pfn) = self.buddy.isolate_range(s, e) {
                 return Err(OfflineError::Busy { id, pfn });
             }
@@ -498,6 +499,9 @@ impl<T: Translation> MemorySystem<T> {
             return Err(Self::refuse_boot_offline(id).into());
         }
         let (spfn, epfn) = block_pfns(id);
+        // Free pages on per-CPU lists look in use to the buddy allocator
+        // (Linux's `offline_pages` drains them too).
+        self.drain_range_pages(spfn, epfn);
         if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
             return Err(OfflineError::Busy { id, pfn });
         }
@@ -545,6 +549,9 @@ impl<T: Translation> MemorySystem<T> {
         let (spfn, epfn) = block_pfns(id);
         self.buddy.try_reserve_isolating().map_err(|_| no_heap())?;
         self.buddy.start_isolate_page_range(spfn, epfn);
+        // The range's blocks off the per-CPU lists, and frees into it sent
+        // to the buddy allocator, which holds them.
+        self.pcp_isolate(spfn, epfn);
         Ok(())
     }
 
@@ -555,6 +562,7 @@ impl<T: Translation> MemorySystem<T> {
         if !self.buddy.test_pages_isolated(spfn, epfn) {
             return false;
         }
+        self.pcp_unisolate(spfn, epfn);
         self.buddy.undo_isolate_page_range(spfn, epfn);
         self.offline_block(id)
             .expect("every page of the block is free");
@@ -563,6 +571,7 @@ impl<T: Translation> MemorySystem<T> {
 
     pub fn offline_abort(&mut self, id: u64) {
         let (spfn, epfn) = block_pfns(id);
+        self.pcp_unisolate(spfn, epfn);
         self.buddy.undo_isolate_page_range(spfn, epfn);
     }
 

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod memblock;
 pub mod online;
 pub mod page;
+pub mod pcp;
 pub mod pgtable;
 pub mod system;
 #[cfg(test)]

@@ -278,6 +278,9 @@ pub struct MemorySystem<T: Translation> {
     pub(in crate::mm) events: Events,
     /// Fault injection: the allocation this many allocations from now fails.
     pub(in crate::mm) fail_nth_alloc: Option<u64>,
+    /// The per-CPU page lists: reached without the memory lock by their
+    /// fast paths, so shared rather than owned.
+    pub(in crate::mm) pcp: &'static super::pcp::Pcp,
 }
 
 /// The frame allocator every mm operation uses: the buddy allocator's
@@ -285,6 +288,7 @@ pub struct MemorySystem<T: Translation> {
 pub struct Frames<'a> {
     buddy: &'a mut BuddyAllocator,
     fail_nth: &'a mut Option<u64>,
+    pcp: &'static super::pcp::Pcp,
 }
 
 impl FrameAllocator for Frames<'_> {
@@ -297,7 +301,7 @@ impl FrameAllocator for Frames<'_> {
             Some(n) => *n -= 1,
             None => {}
         }
-        self.buddy.alloc_pages(order)
+        self.pcp.or_drain(self.buddy, |b| b.alloc_pages(order))
     }
 
     fn free_pages(&mut self, pa: PhysAddr, order: u32) {
@@ -370,6 +374,7 @@ impl<T: Translation> MemorySystem<T> {
             warnings: UnmapWarnings::default(),
             events: Events::default(),
             fail_nth_alloc: None,
+            pcp: super::pcp::new_pcp(),
         }
     }
 
@@ -379,6 +384,7 @@ impl<T: Translation> MemorySystem<T> {
             frames: Frames {
                 buddy: &mut self.buddy,
                 fail_nth: &mut self.fail_nth_alloc,
+                pcp: self.pcp,
             },
             warnings: &mut self.warnings,
         }
@@ -433,7 +439,8 @@ impl<T: Translation> MemorySystem<T> {
             .sum::<u64>();
         MemInfo {
             total: managed * PAGE_SIZE,
-            free: self.buddy.nr_free_total() * PAGE_SIZE,
+            // Pages on per-CPU lists are free too (see `pcp`).
+            free: (self.buddy.nr_free_total() + self.pcp.nr_pages()) * PAGE_SIZE,
             slab: super::heap::kernel().map_or(0, |h| h.stats().bytes),
             page_tables: self.pt.stats.tables * PAGE_SIZE,
             vmemmap,
@@ -668,15 +675,16 @@ impl<T: Translation> MemorySystem<T> {
 
     /// `2^order` pages from `zone`; their first pfn.
     pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<Pfn> {
-        self.buddy.alloc(order, zone)
+        self.pcp.or_drain(&mut self.buddy, |b| b.alloc(order, zone))
     }
 
     /// `2^order` pages from Movable if it has them, else Normal (where a
     /// process's pages go).
     pub fn alloc_movable_first(&mut self, order: u32) -> Option<Pfn> {
-        self.buddy
-            .alloc(order, Zone::Movable)
-            .or_else(|| self.buddy.alloc(order, Zone::Normal))
+        self.pcp.or_drain(&mut self.buddy, |b| {
+            b.alloc(order, Zone::Movable)
+                .or_else(|| b.alloc(order, Zone::Normal))
+        })
     }
 
     /// Gives back what [`alloc`](Self::alloc) handed out; `false` (logged,
@@ -687,7 +695,7 @@ impl<T: Translation> MemorySystem<T> {
 
     /// The page allocator's Normal zone by physical address, for DMA.
     pub fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
-        self.buddy.alloc_pages(order)
+        self.pcp.or_drain(&mut self.buddy, |b| b.alloc_pages(order))
     }
 
     pub fn free_pages(&mut self, pa: PhysAddr, order: u32) {

@@ -67,6 +67,24 @@ pub fn set_wakeup(w: &'static dyn Wakeup) {
     WAKEUP.call_once(|| w);
 }
 
+/// This CPU's index, kept in `TPIDR_EL1` (Linux keeps its per-CPU offset
+/// there). A value out of range reads as CPU 0: per-CPU data guarded by
+/// its own lock stays correct if two CPUs share an index, only slower.
+pub fn cpu_id() -> usize {
+    use aarch64_cpu::registers::{Readable, TPIDR_EL1};
+    let id = TPIDR_EL1.get() as usize;
+    if id < MAX_CPUS {
+        id
+    } else {
+        0
+    }
+}
+
+fn set_cpu_id(cpu: usize) {
+    use aarch64_cpu::registers::{Writeable, TPIDR_EL1};
+    TPIDR_EL1.set(cpu as u64);
+}
+
 /// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
 /// read it with its caches off.
 fn clean_to_poc(va: u64, len: u64) {
@@ -86,6 +104,9 @@ pub fn start_cpu(
     boot_pa: u64,
     cpu_on: impl FnOnce(u64) -> bool,
 ) -> bool {
+    // The boot CPU names itself before the first other CPU runs (its
+    // reset value of TPIDR_EL1 is UNKNOWN).
+    set_cpu_id(0);
     boot.cpu = cpu as u64;
     clean_to_poc(
         boot as *const _ as u64,
@@ -122,6 +143,7 @@ extern "C" fn secondary_main(boot: *const SecondaryBoot) -> ! {
     // coherency) before CPU_ON; the identity map still maps it, and goes
     // right after.
     let cpu = unsafe { (*boot).cpu } as usize;
+    set_cpu_id(cpu);
     super::disable_user_table();
     let gic = WAKEUP.get().copied();
     if let Some(gic) = gic {
