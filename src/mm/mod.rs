@@ -25,3 +25,4 @@ pub mod test_system;
 pub mod testing;
 pub mod translation;
 pub mod vmemmap;
+pub mod vmstat;
