@@ -10,6 +10,7 @@
 mod bench;
 #[cfg(target_os = "none")]
 mod debug;
+mod lsmem;
 pub mod mem;
 #[cfg(target_os = "none")]
 mod stress;
@@ -55,6 +56,7 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
     let mut all = Vec::new();
     #[cfg(target_os = "none")]
     all.extend(debug::commands::<K>());
+    all.extend(lsmem::commands::<K>());
     all.extend(mem::commands::<K>());
     #[cfg(target_os = "none")]
     all.extend([
