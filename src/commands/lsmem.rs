@@ -205,13 +205,16 @@ fn parse_columns(list: &str) -> Result<Vec<Col>> {
     Ok(cols)
 }
 
+/// An option found: its short letter and argument.
+type Opt<'a> = (char, Option<&'a str>);
+
 /// getopt_long over `argv[1..]`: `-abc` clusters, `-oX`/`-o X`,
 /// `--name=X`/`--name X`. `opts` maps each option (short letter or long
 /// name) to its canonical short letter and whether it takes an argument.
 fn getopt<'a>(
     argv: &[&'a str],
     opts: &[(char, &str, bool)],
-) -> Result<(Vec<(char, Option<&'a str>)>, Vec<&'a str>)> {
+) -> Result<(Vec<Opt<'a>>, Vec<&'a str>)> {
     let (mut found, mut free) = (Vec::new(), Vec::new());
     let mut args = argv.iter().skip(1).copied();
     while let Some(arg) = args.next() {

@@ -195,7 +195,7 @@ fn auto_online_blocks_and_policy_place_probed_memory() {
 fn field(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| {
-            let (n, rest) = l.split_once(|c: char| c == ':' || c == ' ')?;
+            let (n, rest) = l.split_once([':', ' '])?;
             (n.trim() == name).then(|| rest.split_whitespace().next()?.parse().ok())?
         })
         .unwrap_or_else(|| panic!("no {name} in {text}"))
@@ -292,7 +292,10 @@ fn zoneinfo_follows_linux_layout_and_the_zones() {
         zone_field(movable, "start_pfn"),
         (HOT_FIRST + 1) * BLOCK_PAGES
     );
-    assert_eq!(zone_field(movable, "min"), (BLOCK_PAGES / 1024).clamp(32, 128));
+    assert_eq!(
+        zone_field(movable, "min"),
+        (BLOCK_PAGES / 1024).clamp(32, 128)
+    );
     let reserve = BLOCK_PAGES / 32;
     let normal = zone_section(&zi, "Normal");
     assert!(
