@@ -348,3 +348,87 @@ fn chmem_size_skips_a_busy_block() {
     assert_eq!(state(&mut s, 9), "offline\n");
     assert_eq!(state(&mut s, 10), "online\n");
 }
+
+/// `devmem reconfigure`: kmem hot-adds device memory as System RAM, onlined
+/// by the policy, and gives it back when free; bad input changes nothing.
+#[test]
+fn devmem_reconfigure_is_kmem() {
+    let mut s = shell();
+    let before = s.kernel.sys.mm.meminfo();
+    let iomem = sh(&mut s, "cat /proc/iomem").unwrap();
+    sh(
+        &mut s,
+        "echo online_movable > /sys/devices/system/memory/auto_online_blocks",
+    )
+    .unwrap();
+    sh(&mut s, "devmem reconfigure 0 --mode=system-ram").unwrap();
+    assert_eq!(
+        sh(&mut s, "devmem list").unwrap(),
+        "0 0xa0000000-0xafffffff pmem system-ram\n"
+    );
+    let io = sh(&mut s, "cat /proc/iomem").unwrap();
+    assert!(
+        io.contains(
+            "a0000000-afffffff : Persistent Memory (legacy)\n  a0000000-a7ffffff : System RAM (kmem)\n  a8000000-afffffff : System RAM (kmem)\n"
+        ),
+        "{io}"
+    );
+    assert_eq!(state(&mut s, 20), "online\n");
+    let zones = sh(
+        &mut s,
+        "cat /sys/devices/system/memory/memory21/valid_zones",
+    )
+    .unwrap();
+    assert_eq!(zones, "Movable\n");
+    let added = s.kernel.sys.mm.meminfo();
+    assert_eq!(added.total - before.total, 256 << 20);
+    // Busy: a map, a second reconfigure, removal from the console.
+    for (bad, want) in [
+        ("devmem map 0 --map=dev", Errno::EBUSY),
+        ("devmem reconfigure 0 --mode=system-ram", Errno::EBUSY),
+        (
+            "echo 0xa0000000 > /sys/devices/system/memory/remove",
+            Errno::EBUSY,
+        ),
+    ] {
+        assert_eq!(errno(sh(&mut s, bad)), want, "{bad}");
+        assert_eq!(s.kernel.sys.mm.meminfo(), added, "{bad}");
+    }
+    // In use: devdax is refused and every block stays online.
+    sh(&mut s, "pin 4K").unwrap();
+    let pinned = s.kernel.sys.mm.meminfo();
+    assert_eq!(
+        errno(sh(&mut s, "devmem reconfigure 0 --mode=devdax")),
+        Errno::EBUSY
+    );
+    assert_eq!(s.kernel.sys.mm.meminfo(), pinned);
+    assert_eq!(state(&mut s, 20), "online\n");
+    assert_eq!(state(&mut s, 21), "online\n");
+    sh(&mut s, "unpin").unwrap();
+    sh(&mut s, "devmem reconfigure 0 --mode=devdax").unwrap();
+    assert_eq!(s.kernel.sys.mm.meminfo(), before);
+    assert_eq!(sh(&mut s, "cat /proc/iomem").unwrap(), iomem);
+    assert_eq!(
+        sh(&mut s, "devmem list").unwrap(),
+        "0 0xa0000000-0xafffffff pmem unmapped\n"
+    );
+    for bad in [
+        "devmem reconfigure",
+        "devmem reconfigure 0",
+        "devmem reconfigure x --mode=devdax",
+        "devmem reconfigure 0 --mode=frob",
+        "devmem reconfigure 0 --mode=devdax",
+        "devmem reconfigure 0 --mode=system-ram extra",
+        "devmem reconfigure 9 --mode=system-ram",
+    ] {
+        let e = errno(sh(&mut s, bad));
+        assert!(matches!(e, Errno::EINVAL | Errno::ENODEV), "{bad}: {e}");
+        assert_eq!(s.kernel.sys.mm.meminfo(), before, "{bad}");
+    }
+    // Mapped as ZONE_DEVICE: kmem refuses.
+    sh(&mut s, "devmem map 0 --map=mem").unwrap();
+    assert_eq!(
+        errno(sh(&mut s, "devmem reconfigure 0 --mode=system-ram")),
+        Errno::EBUSY
+    );
+}

@@ -13,6 +13,7 @@ pub mod hotplug;
 mod hotplug_tests;
 pub mod iomem;
 pub mod ioremap;
+pub mod kmem;
 pub mod layout;
 pub mod memblock;
 pub mod online;
