@@ -1,4 +1,5 @@
-//! Commands on the memory system alone: `pin`, `unpin`, `devmem`.
+//! Commands on the memory system alone: `pin`, `unpin`, `devmem` (map,
+//! unmap, and kmem's `reconfigure`).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -33,6 +34,12 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
             run: devmem,
         },
         Command {
+            name: "devmem",
+            usage: "devmem reconfigure ID ...",
+            about: "--mode=system-ram (kmem: hot-add as RAM) | --mode=devdax (take back)",
+            run: devmem,
+        },
+        Command {
             name: "pin",
             usage: "pin SIZE",
             about: "hold SIZE of memory (movable first) as a process would",
@@ -56,6 +63,7 @@ fn devmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()
         Some("list") => {
             for (i, d) in mm.devmem().iter().enumerate() {
                 let state = match &d.mapping {
+                    None if mm.is_kmem(i) => "system-ram",
                     None => "unmapped",
                     Some((DevMapKind::Dev, _)) => "mapped(dev)",
                     Some((DevMapKind::Mem, _)) => "mapped(mem)",
@@ -80,9 +88,21 @@ fn devmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()
             mm.memremap_pages(id, kind)
         }
         Some("unmap") => mm.memunmap_pages(id(argv.get(2))?),
+        // daxctl's words: kmem's System RAM, or back to a device.
+        Some("reconfigure") => {
+            let id = id(argv.get(2))?;
+            match argv.get(3..) {
+                Some(["--mode=system-ram"]) => mm.dev_dax_kmem_probe(id),
+                Some(["--mode=devdax"]) => mm.dev_dax_kmem_remove(id),
+                _ => bail!(
+                    EINVAL,
+                    "usage: devmem reconfigure ID --mode=system-ram|devdax"
+                ),
+            }
+        }
         _ => bail!(
             EINVAL,
-            "usage: devmem list | map ID --map=dev|mem | unmap ID"
+            "usage: devmem list | map ID --map=dev|mem | unmap ID | reconfigure ID --mode=system-ram|devdax"
         ),
     })
 }

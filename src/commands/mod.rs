@@ -12,6 +12,7 @@ mod bench;
 mod debug;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod fuzz_tests;
+mod lsmem;
 pub mod mem;
 #[cfg(target_os = "none")]
 mod stress;
@@ -57,6 +58,7 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
     let mut all = Vec::new();
     #[cfg(target_os = "none")]
     all.extend(debug::commands::<K>());
+    all.extend(lsmem::commands::<K>());
     all.extend(mem::commands::<K>());
     #[cfg(target_os = "none")]
     all.extend([

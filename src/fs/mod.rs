@@ -40,13 +40,14 @@ pub struct Attribute<T: Translation> {
 }
 
 /// Every file at a fixed path.
-pub fn attributes<T: Translation>() -> [Attribute<T>; 13] {
+pub fn attributes<T: Translation>() -> [Attribute<T>; 14] {
     let a = |path, show, store| Attribute { path, show, store };
     [
         a("/proc/meminfo", Some(proc::meminfo), None),
         a("/proc/iomem", Some(proc::iomem), None),
         a("/proc/buddyinfo", Some(proc::buddyinfo), None),
         a("/proc/vmstat", Some(proc::vmstat), None),
+        a("/proc/zoneinfo", Some(proc::zoneinfo), None),
         a("/sys/devices/system/cpu/online", Some(cpu_online), None),
         a(
             "/sys/devices/system/memory/auto_online_blocks",

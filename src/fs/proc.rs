@@ -1,24 +1,33 @@
-//! `/proc`: meminfo, iomem, buddyinfo, vmstat.
+//! `/proc`: meminfo, iomem, buddyinfo, zoneinfo, vmstat.
 
 use alloc::format;
 use core::fmt::Write;
 
 use super::Files;
 use crate::error::Result;
-use crate::mm::layout::MAX_ORDER;
+use crate::mm::layout::{MAX_ORDER, PAGE_SIZE};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::MemInfo;
+use crate::mm::vmstat::ZoneInfo;
 
-pub fn write_meminfo(info: &MemInfo, out: &mut dyn Write) -> Result<()> {
+/// Linux's layout: `MemTotal`, `MemFree`, `MemAvailable` (`available`
+/// bytes), then the rest of `info`.
+pub fn write_meminfo(info: &MemInfo, available: u64, out: &mut dyn Write) -> Result<()> {
+    let line = |out: &mut dyn Write, name: &str, bytes: u64| {
+        writeln!(out, "{:<16}{:>8} kB", format!("{name}:"), bytes >> 10)
+    };
     for (name, bytes) in MemInfo::FIELDS.iter().zip(info.values()) {
-        writeln!(out, "{:<16}{:>8} kB", format!("{name}:"), bytes >> 10)?;
+        line(out, name, bytes)?;
+        if *name == "MemFree" {
+            line(out, "MemAvailable", available)?;
+        }
     }
     Ok(())
 }
 
 pub fn meminfo<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
-    write_meminfo(&f.mm.meminfo(), out)
+    write_meminfo(&f.mm.meminfo(), f.mm.mem_available() * PAGE_SIZE, out)
 }
 
 pub fn iomem<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
@@ -49,9 +58,12 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
         mm.warnings(),
         mm.buddy().stats(),
     );
-    let rows: [(&str, u64); 16] = [
+    let (memmap_boot, memmap) = mm.memmap_pages();
+    let rows: [(&str, u64); 18] = [
         ("nr_free_pages", mm.buddy().nr_free_total()),
         ("nr_page_table_pages", s.tables),
+        ("nr_memmap_pages", memmap),
+        ("nr_memmap_boot_pages", memmap_boot),
         ("memory_hotplug_add", e.hotplug_add),
         ("memory_hotplug_remove", e.hotplug_remove),
         ("memory_online", e.online),
@@ -69,6 +81,81 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     ];
     for (name, v) in rows {
         writeln!(out, "{name} {v}")?;
+    }
+    Ok(())
+}
+
+/// Linux's node statistics that the kernel has, in Linux's order
+/// (`node_stat_name`); the others are left out.
+fn node_stats<T: Translation>(f: &Files<T>) -> [(&'static str, u64); 4] {
+    let slab = f.mm.meminfo().slab / PAGE_SIZE;
+    [
+        ("nr_slab_reclaimable", 0),
+        ("nr_slab_unreclaimable", slab),
+        ("nr_kernel_stack", 0),
+        ("nr_page_table_pages", f.mm.page_table().stats.tables),
+    ]
+}
+
+/// Linux's zone statistics (`zone_stat_name`): only free pages are not 0.
+fn zone_stats(z: &ZoneInfo) -> [(&'static str, u64); 11] {
+    [
+        ("nr_free_pages", z.free),
+        ("nr_zone_inactive_anon", 0),
+        ("nr_zone_active_anon", 0),
+        ("nr_zone_inactive_file", 0),
+        ("nr_zone_active_file", 0),
+        ("nr_zone_unevictable", 0),
+        ("nr_zone_write_pending", 0),
+        ("nr_mlock", 0),
+        ("nr_bounce", 0),
+        ("nr_zspages", 0),
+        ("nr_free_cma", 0),
+    ]
+}
+
+/// Linux's `zoneinfo_show_print` for every zone of node 0: the node's
+/// statistics under its first populated zone; watermarks, spans and
+/// reserves for all; for populated zones the zone statistics, the per-CPU
+/// pagesets (none are kept: count 0) and `start_pfn`.
+pub fn zoneinfo<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
+    let mm = &*f.mm;
+    let first_populated = mm.populated_zones().next();
+    for zone in Zone::ALL {
+        let z = mm.zone_info(zone);
+        write!(out, "Node 0, zone {:>8}", zone.name())?;
+        if first_populated == Some(zone) {
+            write!(out, "\n  per-node stats")?;
+            for (name, v) in node_stats(f) {
+                write!(out, "\n      {name:<12} {v}")?;
+            }
+        }
+        write!(
+            out,
+            "\n  pages free     {}\n        boost    0\n        min      {}\n        low      {}\n        high     {}\n        promo    {}\n        spanned  {}\n        present  {}\n        managed  {}\n        cma      0",
+            z.free, z.wmark.min, z.wmark.low, z.wmark.high, z.wmark.promo, z.spanned, z.present, z.managed
+        )?;
+        let reserve = z.lowmem_reserve.map(|r| format!("{r}")).join(", ");
+        write!(out, "\n        protection: ({reserve})")?;
+        if z.present == 0 {
+            writeln!(out)?;
+            continue;
+        }
+        for (name, v) in zone_stats(&z) {
+            write!(out, "\n      {name:<12} {v}")?;
+        }
+        write!(out, "\n  pagesets")?;
+        for cpu in (0..64).filter(|c| f.cpus_online & (1 << c) != 0) {
+            write!(
+                out,
+                "\n    cpu: {cpu}\n              count: 0\n              high:  0\n              batch: 1\n  vm stats threshold: 0"
+            )?;
+        }
+        writeln!(
+            out,
+            "\n  node_unreclaimable:  0\n  start_pfn:           {}",
+            z.start_pfn
+        )?;
     }
     Ok(())
 }

@@ -190,3 +190,186 @@ fn auto_online_blocks_and_policy_place_probed_memory() {
         }
     }
 }
+
+/// A `/proc` file as `name value` pairs (`/proc/vmstat`, `/proc/meminfo`).
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (n, rest) = l.split_once([':', ' '])?;
+            (n.trim() == name).then(|| rest.split_whitespace().next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The block of `/proc/zoneinfo` for `zone`, from its `Node 0, zone` line
+/// to the next.
+fn zone_section<'a>(zoneinfo: &'a str, zone: &str) -> &'a str {
+    let head = format!("Node 0, zone {zone:>8}\n");
+    let start = zoneinfo
+        .find(&head)
+        .unwrap_or_else(|| panic!("no {head:?} in {zoneinfo}"));
+    let rest = &zoneinfo[start + head.len()..];
+    &rest[..rest.find("Node 0, zone").unwrap_or(rest.len())]
+}
+
+/// A `name value` field of a zoneinfo section (`pages free` is `free`).
+fn zone_field(section: &str, name: &str) -> u64 {
+    section
+        .lines()
+        .find_map(|l| {
+            let l = l
+                .trim_start()
+                .strip_prefix("pages ")
+                .unwrap_or(l.trim_start());
+            let (n, v) = l.rsplit_once(char::is_whitespace)?;
+            (n.trim_end().trim_end_matches(':') == name).then(|| v.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in {section}"))
+}
+
+#[test]
+fn zoneinfo_follows_linux_layout_and_the_zones() {
+    use crate::mm::test_system::{BLOCK_PAGES, BOOT_RESERVED};
+    let mut fx = boot();
+    let mut files = Files {
+        mm: &mut fx.mm,
+        cpus_online: 0b11,
+    };
+    let zi = read(&mut files, "/proc/zoneinfo");
+    // Every zone of the node, in Linux's order; the node's statistics
+    // under the first populated one.
+    let heads: alloc::vec::Vec<&str> = zi.lines().filter(|l| l.starts_with("Node")).collect();
+    assert_eq!(
+        heads,
+        [
+            "Node 0, zone   Normal",
+            "Node 0, zone  Movable",
+            "Node 0, zone   Device"
+        ]
+    );
+    let normal = zone_section(&zi, "Normal");
+    assert!(normal.starts_with("  per-node stats\n"), "{normal}");
+    assert!(normal.contains("\n  pages free     "), "{normal}");
+    assert!(
+        normal.contains("\n        protection: (0, 0, 0)\n"),
+        "{normal}"
+    );
+    assert!(normal.contains("\n  pagesets\n    cpu: 0\n"), "{normal}");
+    assert!(normal.contains("\n    cpu: 1\n"), "{normal}");
+    assert_eq!(zone_field(normal, "spanned"), BLOCK_PAGES);
+    assert_eq!(zone_field(normal, "present"), BLOCK_PAGES);
+    assert_eq!(zone_field(normal, "managed"), BLOCK_PAGES - BOOT_RESERVED);
+    assert_eq!(zone_field(normal, "start_pfn"), BOOT * BLOCK_PAGES);
+    assert_eq!(zone_field(normal, "free"), files.mm.buddy().nr_free_total());
+    assert!(zone_field(normal, "min") > 0);
+    // Unpopulated zones stop after their reserves, as Linux's do.
+    let movable = zone_section(&zi, "Movable");
+    assert!(movable.ends_with("protection: (0, 0, 0)\n"), "{movable}");
+    assert_eq!(zone_field(movable, "min"), 32);
+    assert!(!movable.contains("per-node"), "{movable}");
+
+    files
+        .write(
+            "/sys/devices/system/memory/probe",
+            &format!("{:#x}", start_of(HOT_FIRST + 1)),
+        )
+        .unwrap();
+    files
+        .write(
+            &format!("/sys/devices/system/memory/memory{}/state", HOT_FIRST + 1),
+            "online_movable",
+        )
+        .unwrap();
+    files
+        .mm
+        .memremap_pages(0, crate::mm::system::DevMapKind::Mem)
+        .unwrap();
+    let zi = read(&mut files, "/proc/zoneinfo");
+    let movable = zone_section(&zi, "Movable");
+    assert_eq!(zone_field(movable, "spanned"), BLOCK_PAGES);
+    assert_eq!(zone_field(movable, "managed"), BLOCK_PAGES);
+    assert_eq!(
+        zone_field(movable, "start_pfn"),
+        (HOT_FIRST + 1) * BLOCK_PAGES
+    );
+    assert_eq!(
+        zone_field(movable, "min"),
+        (BLOCK_PAGES / 1024).clamp(32, 128)
+    );
+    let reserve = BLOCK_PAGES / 32;
+    let normal = zone_section(&zi, "Normal");
+    assert!(
+        normal.contains(&format!("protection: (0, {reserve}, {reserve})")),
+        "{normal}"
+    );
+    // ZONE_DEVICE spans mapped device memory but has nothing present.
+    let device = zone_section(&zi, "Device");
+    assert_eq!(zone_field(device, "spanned"), 2 * BLOCK_PAGES);
+    assert_eq!(zone_field(device, "present"), 0);
+}
+
+#[test]
+fn mem_available_and_memmap_counters() {
+    use crate::mm::hotplug::vmemmap_pages_per_block;
+    let mut fx = boot();
+    let mut files = Files {
+        mm: &mut fx.mm,
+        cpus_online: 1,
+    };
+    let meminfo = read(&mut files, "/proc/meminfo");
+    let names: alloc::vec::Vec<&str> = meminfo
+        .lines()
+        .map(|l| &l[..l.find(':').unwrap()])
+        .collect();
+    assert_eq!(&names[..3], ["MemTotal", "MemFree", "MemAvailable"]);
+    let (free, avail) = (field(&meminfo, "MemFree"), field(&meminfo, "MemAvailable"));
+    let reserve = crate::mm::vmstat::totalreserve_pages(
+        crate::mm::page::Zone::ALL.map(|z| files.mm.buddy().managed(z)),
+    );
+    assert!(reserve > 0);
+    assert_eq!(
+        avail,
+        free - ((reserve * crate::mm::layout::PAGE_SIZE) >> 10)
+    );
+
+    let vmstat = read(&mut files, "/proc/vmstat");
+    assert_eq!(
+        field(&vmstat, "nr_memmap_boot_pages"),
+        vmemmap_pages_per_block()
+    );
+    assert_eq!(field(&vmstat, "nr_memmap_pages"), 0);
+    // Linux's names first, in Linux's order, then the kernel's own.
+    let names: alloc::vec::Vec<&str> = vmstat
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        &names[..4],
+        [
+            "nr_free_pages",
+            "nr_page_table_pages",
+            "nr_memmap_pages",
+            "nr_memmap_boot_pages"
+        ]
+    );
+    let probe = |files: &mut Files<ArenaTranslation>, id: u64| {
+        files
+            .write(
+                "/sys/devices/system/memory/probe",
+                &format!("{:#x}", start_of(id)),
+            )
+            .unwrap()
+    };
+    probe(&mut files, HOT_FIRST);
+    let vmstat = read(&mut files, "/proc/vmstat");
+    assert_eq!(field(&vmstat, "nr_memmap_pages"), vmemmap_pages_per_block());
+    // Struct pages on the block itself (altmap) are not system RAM's.
+    files.mm.set_memmap_on_memory(true);
+    probe(&mut files, HOT_FIRST + 1);
+    let vmstat = read(&mut files, "/proc/vmstat");
+    assert_eq!(field(&vmstat, "nr_memmap_pages"), vmemmap_pages_per_block());
+    assert_eq!(
+        field(&vmstat, "nr_memmap_boot_pages"),
+        vmemmap_pages_per_block()
+    );
+}

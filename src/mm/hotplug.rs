@@ -207,7 +207,7 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Adds blocks `[first, last)`, all or none, as `resource` in
     /// `/proc/iomem`.
-    fn add_memory_blocks(
+    pub(in crate::mm) fn add_memory_blocks(
         &mut self,
         first: u64,
         last: u64,
@@ -258,8 +258,11 @@ impl<T: Translation> MemorySystem<T> {
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
             self.init_struct_pages(a.base_pfn + a.reserve, a.next_pfn(), Zone::Normal, flags);
         }
-        // Room was reserved above: neither allocates.
-        self.iomem.insert(range, resource);
+        // Room was reserved above: neither allocates. Inside a device's
+        // resource (kmem), the RAM is its child.
+        if !self.iomem.insert(range, resource) {
+            self.iomem.insert_child(range, resource);
+        }
         let block = MemoryBlock {
             state: BlockState::Offline,
             boot: false,
@@ -347,7 +350,8 @@ impl<T: Translation> MemorySystem<T> {
         if let Some(a) = block.altmap.as_ref().filter(|a| a.alloc != 0) {
             pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
         }
-        self.iomem.remove(range.base);
+        self.iomem
+            .remove_named(range, block.owner.unwrap_or("System RAM"));
         Ok(())
     }
 

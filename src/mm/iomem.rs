@@ -70,6 +70,19 @@ impl IoMem {
         Some(self.top.remove(i))
     }
 
+    /// Removes the resource of exactly `range` and `name`, top-level or a
+    /// child (RAM inside a device's resource).
+    pub fn remove_named(&mut self, range: PhysRange, name: &'static str) -> Option<Resource> {
+        let is = |r: &Resource| r.range == range && r.name == name;
+        if let Some(i) = self.top.iter().position(is) {
+            return Some(self.top.remove(i));
+        }
+        self.top.iter_mut().find_map(|p| {
+            let i = p.children.iter().position(is)?;
+            Some(p.children.remove(i))
+        })
+    }
+
     /// The top-level resource that holds all of `range`.
     pub fn find(&self, range: PhysRange) -> Option<&Resource> {
         self.top.iter().find(|r| r.range.covers(&range))
