@@ -8,6 +8,12 @@
 //! target). Prints the median of `RUNS` runs and `theirs / ours` (>= 1.0:
 //! this walker is at least as fast).
 
+// Every dependency is this example's too (unused_crate_dependencies).
+#[path = "../src/extern_deps.rs"]
+mod extern_deps;
+use proptest as _;
+use serde_json as _;
+
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::ptr::NonNull;

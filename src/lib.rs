@@ -13,8 +13,11 @@ extern crate alloc;
 #[cfg(all(feature = "granule-16k", feature = "granule-64k"))]
 compile_error!("features granule-16k and granule-64k exclude each other: enable one");
 
-// A dev-dependency for the QEMU tests' QMP client; the host unit tests
-// get it too (unused_crate_dependencies).
+// Dev-dependencies of the QEMU tests' QMP client and of the walker
+// benchmark (examples/); the host unit tests get them too
+// (unused_crate_dependencies).
+#[cfg(test)]
+use aarch64_paging as _;
 #[cfg(test)]
 use serde_json as _;
 

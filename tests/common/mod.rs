@@ -24,6 +24,7 @@
 // Every test crate gets every dependency (unused_crate_dependencies).
 #[path = "../../src/extern_deps.rs"]
 mod extern_deps;
+use aarch64_paging as _;
 use hpk as _;
 use proptest as _;
 
