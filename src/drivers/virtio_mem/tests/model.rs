@@ -1,6 +1,7 @@
 //! Random sequences of requested sizes, user writes to `state`, pins,
 //! allocation failures and device refusals, for device blocks of 1 MiB,
-//! 2 MiB and 128 MiB with memmap_on_memory on and off. After every step the
+//! 2 MiB, 128 MiB and a memory block with memmap_on_memory on and off, for
+//! every granule (`--features granule-16k`, `granule-64k`). After every step the
 //! kernel matches the device ([`check`]); with nothing in the way the
 //! driver reaches the request exactly; back at 0 with nothing pinned, the
 //! system is exactly at its start.
@@ -152,7 +153,11 @@ fn random_requests_user_actions_pins_and_refusals_match_the_device() {
         max_shrink_iters: 300,
         ..RunnerConfig::default()
     });
-    let bs = prop_oneof![Just(MIB), Just(2 * MIB), Just(MB)];
+    // 128 MiB is a memory block with 4K and 16K (big-block mode), a
+    // quarter of one with 64K, where a whole block is tried too.
+    let mut sizes = vec![MIB, 2 * MIB, 128 * MIB, MB];
+    sizes.dedup();
+    let bs = prop::sample::select(sizes);
     let strategy = (
         bs,
         any::<bool>(),
