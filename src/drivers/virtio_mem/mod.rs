@@ -38,6 +38,7 @@ use crate::arch;
 use crate::error::Result;
 use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PAGE_SIZE, PHYS_LIMIT};
+use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
 use crate::{bail, err, pr_info, pr_warn};
@@ -694,10 +695,24 @@ impl<D: MemDevice> VirtioMem<D> {
         }
     }
 
-    /// Unplugs units until `wanted`, from the highest block down.
+    /// Unplugs units until `wanted`, in Linux's order: offline blocks
+    /// first (cheap, and removing one frees its struct pages and tables,
+    /// which may sit in an online Normal block), then Movable, then
+    /// Normal ones; in each, partly plugged blocks before full ones, the
+    /// highest first.
     fn unplug<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
         let mut done_units: BTreeSet<u64> = BTreeSet::new();
-        for id in self.plugged_blocks().into_iter().rev() {
+        let mut ids = self.plugged_blocks();
+        ids.sort_by_key(|&id| {
+            let class = match mm.blocks().get(&id).map(|b| b.state) {
+                None | Some(BlockState::Offline) => 0,
+                Some(BlockState::Online(Zone::Movable)) => 1,
+                Some(BlockState::Online(_)) => 2,
+            };
+            let full = self.plugged_in_block(id) == MEMORY_BLOCK_SIZE;
+            (class, full, core::cmp::Reverse(id))
+        });
+        for id in ids {
             if self.nr_plugged <= wanted || pass.refused {
                 break;
             }

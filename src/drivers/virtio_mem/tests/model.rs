@@ -170,3 +170,25 @@ fn random_requests_user_actions_pins_and_refusals_match_the_device() {
         })
         .unwrap();
 }
+
+/// Found by the model: a block the user onlined to Normal holds the struct
+/// pages of a lower, offline block added after it; unplugging from the
+/// highest block first would find it busy and need another step. Offline
+/// blocks go first, as in Linux.
+#[test]
+fn offline_blocks_are_unplugged_before_normal_ones() {
+    run(
+        MIB,
+        false,
+        &[
+            Op::Refuse(Kind::Plug, Response::Error),
+            Op::Request(4),
+            Op::User {
+                block: 1,
+                action: User::Online,
+            },
+            Op::Request(5),
+            Op::Request(0),
+        ],
+    );
+}
