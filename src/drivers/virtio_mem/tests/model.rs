@@ -183,6 +183,9 @@ fn offline_blocks_are_unplugged_before_normal_ones() {
         &[
             Op::Refuse(Kind::Plug, Response::Error),
             Op::Request(4),
+            // Boot memory in use: the struct pages of memory22, added
+            // next, come from the block the user onlines.
+            Op::Pin(491),
             Op::User {
                 block: 1,
                 action: User::Online,
