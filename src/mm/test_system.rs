@@ -74,6 +74,9 @@ pub const BOOT_TABLES: u64 = match PAGE_SHIFT {
     14 => 6,
     _ => 4,
 };
+// The geometry above exists for 128 and 512 MiB blocks only.
+const _: () = assert!(BLOCK == 128 * MIB || BLOCK == 512 * MIB);
+
 /// Struct pages of one block, in bytes.
 pub const MEMMAP_PER_BLOCK: u64 = BLOCK / PAGE_SIZE * 64;
 
@@ -104,10 +107,6 @@ impl TestSystem {
     /// to the buddy allocator, then the boot block's linear map and vmemmap
     /// from it.
     pub fn boot() -> Self {
-        assert!(
-            BLOCK == 128 * MIB || BLOCK == 512 * MIB,
-            "no geometry for {BLOCK:#x}"
-        );
         let nr_pages = (ARENA_SIZE / PAGE_SIZE) as usize;
         let arena = Arena::new(ARENA_BASE, nr_pages, PAGE_SIZE);
         // Every pfn of the arena has a struct page; only those of present

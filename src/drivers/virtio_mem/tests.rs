@@ -289,7 +289,7 @@ fn check_pending(vm: &mut VirtioMem<FakeDevice>, mm: &Mm, base: &MemInfo) -> boo
                     !region.contains(&pa.as_u64()) || dev.is_plugged(pa.as_u64()),
                     "memory{id}: struct page {va:#x} in unplugged {pa:#x}"
                 );
-                va = va + PAGE_SIZE;
+                va += PAGE_SIZE;
             }
             let own = memmap.map_or(0, |(s, e)| (e - s) * PAGE_SIZE);
             online_plugged += plugged_here - own;
