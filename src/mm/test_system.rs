@@ -1,25 +1,34 @@
-//! A booted [`MemorySystem`] over a 2 GiB simulated physical arena, for
-//! host tests of everything that works on memory: hotplug, drivers,
-//! commands, the kernel's files. Booted the way `init` boots the kernel.
+//! A booted [`MemorySystem`] over a simulated physical arena, for host
+//! tests of everything that works on memory: hotplug, drivers, commands,
+//! the kernel's files. Booted the way `init` boots the kernel.
 //!
 //! Struct pages live in a host `Vec<Page>` covering every pfn of the arena
 //! (the kernel's vmemmap is virtual), while the page table still gets the
 //! vmemmap mappings and their backing pages, exactly as in the kernel.
 //!
-//! The geometry (4K granule; a block is a 128 MiB section):
+//! The geometry follows the granule's memory block (a section: 128 MiB with
+//! 4K and 16K, 512 MiB with 64K). With 128 MiB blocks (a 2 GiB arena):
 //!
 //! ```text
 //! 0x4000_0000  block 8        boot memory, online Normal, never removable
 //! 0x4800_0000  blocks 9..=19  RAM held back from boot (`probe` may add it)
-//! 0x8000_0000  (1 GiB line)   the second GiB needs a linear-map PMD table
+//! 0x8000_0000  (1 GiB line)   4K: the second GiB needs a linear-map PMD table
 //! 0xa000_0000  blocks 20, 21  device memory (`memmap=` pmem)
 //! 0xb000_0000  blocks 22, 23  neither: `probe` must refuse it
 //! ```
 //!
-//! The boot tables (root, linear PUD and PMD, vmemmap PUD and PMD) come from
-//! the buddy allocator, as do the boot block's 2 MiB of struct pages.
-
-#![cfg(not(any(feature = "granule-16k", feature = "granule-64k")))]
+//! With 512 MiB blocks (64K; a 4 GiB arena, as calloc'd host memory costs
+//! only the pages a test touches):
+//!
+//! ```text
+//! 0x0_4000_0000  block 2       boot memory
+//! 0x0_6000_0000  blocks 3..=5  RAM held back from boot
+//! 0x0_c000_0000  blocks 6, 7   device memory
+//! 0x1_0000_0000  blocks 8, 9   neither
+//! ```
+//!
+//! The boot tables (root, linear tables, vmemmap tables) come from the
+//! buddy allocator, as do the boot block's struct pages.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -33,28 +42,43 @@ use super::system::{block_id, block_pfns, block_range, MemorySystem};
 use super::testing::{Arena, ArenaTranslation};
 use super::vmemmap::vmemmap_populate;
 
+pub const MIB: u64 = 1 << 20;
 pub const ARENA_BASE: PhysAddr = PhysAddr::new(0x4000_0000);
-pub const ARENA_SIZE: u64 = 2 << 30;
 pub const BLOCK: u64 = MEMORY_BLOCK_SIZE;
 pub const BLOCK_PAGES: u64 = PAGES_PER_SECTION;
-/// The boot block's id (`memory8`).
+/// The boot block's id (`memory8`, `memory2` with 64K).
 pub const BOOT: u64 = ARENA_BASE.as_u64() / BLOCK;
 /// Pages at the start of boot memory left reserved (kernel image, DTB).
 pub const BOOT_RESERVED: u64 = 16;
 /// RAM held back from boot: blocks `HOT_FIRST..HOT_END`.
-pub const HOT_FIRST: u64 = 9;
-pub const HOT_END: u64 = 20;
-/// The second GiB of the arena: its linear map needs a PMD table of its own.
-pub const GIB2: PhysAddr = PhysAddr::new(0x8000_0000);
-pub const DEV_BASE: PhysAddr = PhysAddr::new(0xa000_0000);
+pub const HOT_FIRST: u64 = BOOT + 1;
+pub const HOT_END: u64 = HOT_FIRST + if BLOCK == 128 * MIB { 11 } else { 3 };
+pub const DEV_BASE: PhysAddr = PhysAddr::new(HOT_END * BLOCK);
 pub const DEV_SIZE: u64 = 2 * BLOCK;
 /// Arena memory that is neither boot, held back nor device memory.
-pub const NOT_RAM: PhysAddr = PhysAddr::new(0xb000_0000);
-/// Table pages after boot: root, linear PUD + PMD, vmemmap PUD + PMD.
-pub const BOOT_TABLES: u64 = 5;
-/// Struct pages of one block, in bytes (one 2 MiB vmemmap block).
+pub const NOT_RAM: PhysAddr = PhysAddr::new(DEV_BASE.as_u64() + DEV_SIZE);
+pub const ARENA_END: PhysAddr = PhysAddr::new(NOT_RAM.as_u64() + 2 * BLOCK);
+pub const ARENA_SIZE: u64 = ARENA_END.as_u64() - ARENA_BASE.as_u64();
+/// Where the boot tables stop covering the linear map: with 4K a level-1
+/// entry maps 1 GiB, so the second GiB needs a PMD table of its own; with
+/// 16K (64 GiB) and 64K (4 TiB) the boot tables cover the whole arena.
+pub const GIB2: PhysAddr = match PAGE_SHIFT {
+    12 => PhysAddr::new(0x8000_0000),
+    _ => ARENA_END,
+};
+/// Table pages after boot. 4K: root, linear PUD + PMD, vmemmap PUD + PMD
+/// (2 MiB vmemmap blocks). 16K: root, linear L1 + L2, vmemmap L1 + L2 + L3
+/// (base pages). 64K (three levels): root, linear L2, vmemmap L2 + L3.
+pub const BOOT_TABLES: u64 = match PAGE_SHIFT {
+    12 => 5,
+    14 => 6,
+    _ => 4,
+};
+// The geometry above exists for 128 and 512 MiB blocks only.
+const _: () = assert!(BLOCK == 128 * MIB || BLOCK == 512 * MIB);
+
+/// Struct pages of one block, in bytes.
 pub const MEMMAP_PER_BLOCK: u64 = BLOCK / PAGE_SIZE * 64;
-pub const MIB: u64 = 1 << 20;
 
 pub fn start_of(id: u64) -> PhysAddr {
     block_range(id).base
@@ -83,8 +107,6 @@ impl TestSystem {
     /// to the buddy allocator, then the boot block's linear map and vmemmap
     /// from it.
     pub fn boot() -> Self {
-        assert_eq!(PAGE_SIZE, 4096, "the geometry assumes the 4K granule");
-        assert_eq!(BLOCK, 128 * MIB);
         let nr_pages = (ARENA_SIZE / PAGE_SIZE) as usize;
         let arena = Arena::new(ARENA_BASE, nr_pages, PAGE_SIZE);
         // Every pfn of the arena has a struct page; only those of present

@@ -28,7 +28,7 @@
 
 #[cfg(target_os = "none")]
 pub mod pci;
-#[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
+#[cfg(test)]
 mod tests;
 
 use alloc::vec::Vec;
@@ -37,6 +37,7 @@ use crate::arch;
 use crate::error::Result;
 use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PAGE_SIZE, PHYS_LIMIT};
+use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
 use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
 use crate::{bail, err, pr_info, pr_warn};
@@ -44,8 +45,14 @@ use crate::{bail, err, pr_info, pr_warn};
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
 
 /// The retry delay after a step that could not finish, doubled after each
-/// such step up to the maximum. Linux goes from 50 ms to 5 minutes; every
-/// step here logs its report on the console, so the cap is a second.
+/// such step up to the maximum. Linux goes from 50 s to 5 minutes
+/// (`VIRTIO_MEM_RETRY_TIMER_{MIN,MAX}_MS`) because a retry there is costly
+/// (it migrates pages off every block it tries to offline) and its memory
+/// notifier retries at once when a block goes offline or online. Here a
+/// retry costs a few device requests and offline attempts that stop at the
+/// first busy page (nothing is migrated), and nothing else wakes the driver
+/// when memory is freed (`unpin`) or a user offlines a block: a one-second
+/// cap lets it follow such changes within a second.
 pub const RETRY_MIN_MS: u64 = 100;
 pub const RETRY_MAX_MS: u64 = 1000;
 
@@ -721,21 +728,33 @@ impl<D: MemDevice> VirtioMem<D> {
         }
     }
 
-    /// Unplugs units until `wanted`, from the highest block down.
+    /// Unplugs units until `wanted`, in Linux's order: offline blocks
+    /// first (cheap, and removing one frees its struct pages and tables,
+    /// which may sit in an online Normal block), then Movable, then
+    /// Normal ones; in each, partly plugged blocks before full ones, the
+    /// highest first.
     fn unplug<T: Translation>(&mut self, mm: &mut MemorySystem<T>, wanted: u64, pass: &mut Pass) {
-        let Some(ids) = self.plugged_blocks() else {
+        let Some(mut ids) = self.plugged_blocks() else {
             pass.trouble = true;
             return;
         };
-        // Big-block mode: the blocks of one unit come one after another
-        // (descending), and the unit is handled at the first of them.
-        let mut last_unit = None;
-        for id in ids.into_iter().rev() {
+        // Unstable: the keys are unique (the id), and it does not allocate.
+        ids.sort_unstable_by_key(|&id| {
+            let class = match mm.blocks().get(&id).map(|b| b.state) {
+                None | Some(BlockState::Offline) => 0,
+                Some(BlockState::Online(Zone::Movable)) => 1,
+                Some(BlockState::Online(_)) => 2,
+            };
+            let full = self.plugged_in_block(id) == MEMORY_BLOCK_SIZE;
+            (class, full, core::cmp::Reverse(id))
+        });
+        for id in ids {
             if self.nr_plugged <= wanted || pass.refused {
                 break;
             }
             let (first, end) = self.geo.units_of(id);
-            if self.geo.big() && last_unit.replace(first) == Some(first) {
+            // Big-block mode: a unit is handled once, at its first block.
+            if self.geo.big() && self.geo.blocks_of(first).0 != id {
                 continue;
             }
             let mut units: Vec<u64> = Vec::new();
@@ -895,9 +914,11 @@ impl<D: MemDevice> VirtioMem<D> {
         }
     }
 
-    /// Sub-block mode: unplugs `units` of block `id` one by one, highest
-    /// first, skipping busy ones, until `wanted`; never the sub-block with
-    /// the block's struct pages (it goes with the block).
+    /// Sub-block mode: unplugs `units` of block `id` (its plugged units,
+    /// highest first) until `wanted`, never the sub-block with the block's
+    /// struct pages (it goes with the block). Runs of consecutive units go
+    /// in one request, as Linux's `virtio_mem_sbm_unplug_any_sb_raw` does;
+    /// a unit with a busy page splits its run and stays plugged.
     fn unplug_units<T: Translation>(
         &mut self,
         mm: &mut MemorySystem<T>,
@@ -907,35 +928,75 @@ impl<D: MemDevice> VirtioMem<D> {
         pass: &mut Pass,
     ) {
         let hosts_memmap = mm.blocks().get(&id).is_some_and(|b| b.altmap.is_some());
-        for &u in units {
-            if self.nr_plugged <= wanted || pass.refused {
-                break;
-            }
-            let sub = self.geo.sub(u);
-            if hosts_memmap && sub == 0 {
+        // At most every unit is kept: the pushes below never allocate.
+        let mut keep: Vec<u64> = Vec::new();
+        if keep.try_reserve_exact(units.len()).is_err() {
+            pass.trouble = true;
+            return;
+        }
+        if hosts_memmap {
+            keep.extend(units.iter().copied().filter(|&u| self.geo.sub(u) == 0));
+        }
+        let max_run = (u16::MAX as u64 / self.geo.per_unit).max(1);
+        let mut i = 0;
+        while i < units.len() && self.nr_plugged > wanted && !pass.refused {
+            if keep.contains(&units[i]) {
+                i += 1;
                 continue;
             }
-            match self.hotplug(|_| mm.unplug_sub_blocks(id, sub, 1)) {
-                Ok(()) => {}
-                Err(OfflineError::Busy { .. }) => {
-                    self.mark_busy(id);
-                    pass.trouble = true;
-                    continue;
-                }
-                Err(OfflineError::Invalid(e)) => {
-                    pr_warn!("virtio_mem {:#x}: {e}", self.name());
-                    pass.trouble = true;
-                    continue;
-                }
+            let cap = (self.nr_plugged - wanted).min(max_run) as usize;
+            let mut n = 1;
+            while n < cap
+                && i + n < units.len()
+                && units[i + n] + 1 == units[i + n - 1]
+                && !keep.contains(&units[i + n])
+            {
+                n += 1;
             }
-            if !self.change(u, 1, false, pass) {
-                if let Err(e) = mm.plug_sub_blocks(id, sub, 1) {
-                    pr_warn!(
-                        "virtio_mem {:#x}: memory{id} not restored: {e}",
-                        self.name()
-                    );
-                }
+            match self.unplug_run(mm, id, units[i + n - 1], n as u64, pass) {
+                // The run again, up to the busy unit.
+                Err(Some(busy)) => keep.push(busy),
+                Ok(()) | Err(None) => i += n,
             }
         }
+    }
+
+    /// Takes units `[u, u + n)` of block `id` from the kernel and asks the
+    /// device to unplug them; what the device refuses goes back to the
+    /// kernel. Fails with the unit of a busy page, or `None` if the mm
+    /// refused (logged).
+    fn unplug_run<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        id: u64,
+        u: u64,
+        n: u64,
+        pass: &mut Pass,
+    ) -> core::result::Result<(), Option<u64>> {
+        let sub = self.geo.sub(u);
+        match self.hotplug(|_| mm.unplug_sub_blocks(id, sub, n)) {
+            Ok(()) => {}
+            Err(OfflineError::Busy { pfn, .. }) => {
+                self.mark_busy(id);
+                pass.trouble = true;
+                let busy = pfn.phys().as_u64().saturating_sub(self.geo.start) / self.geo.unit;
+                // Only a unit of the run can be busy; anything else ends it.
+                return Err((u..u + n).contains(&busy).then_some(busy));
+            }
+            Err(OfflineError::Invalid(e)) => {
+                pr_warn!("virtio_mem {:#x}: {e}", self.name());
+                pass.trouble = true;
+                return Err(None);
+            }
+        }
+        if !self.change(u, n, false, pass) {
+            if let Err(e) = mm.plug_sub_blocks(id, sub, n) {
+                pr_warn!(
+                    "virtio_mem {:#x}: memory{id} not restored: {e}",
+                    self.name()
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -15,12 +15,18 @@ use crate::mm::layout::PAGE_SIZE;
 use crate::mm::online::{OnlineConfig, OnlineType};
 use crate::mm::page::{PageFlags, Zone};
 use crate::mm::system::{block_id, MemInfo};
-use crate::mm::test_system::{TestSystem, MIB, NOT_RAM};
+use crate::mm::test_system::{TestSystem, MEMMAP_PER_BLOCK, MIB, NOT_RAM};
 use crate::mm::testing::ArenaTranslation;
 
 const MB: u64 = MEMORY_BLOCK_SIZE;
 /// The fake device's region: blocks 22 and 23 of the test system.
 const REGION: u64 = 2 * MB;
+
+/// `mib` MiB of a 128 MiB memory block, scaled to the granule's block (so
+/// that a size is the same part of a block with 64K's 512 MiB).
+const fn sz(mib: u64) -> u64 {
+    mib * MIB * (MB / (128 * MIB))
+}
 
 mod model;
 
@@ -271,6 +277,20 @@ fn check_pending(vm: &mut VirtioMem<FakeDevice>, mm: &Mm, base: &MemInfo) -> boo
             }
         }
         if let BlockState::Online(_) = b.state {
+            // Every struct page of the block reads back through the
+            // vmemmap, from system RAM or plugged memory.
+            let (spfn, epfn) = (Pfn::down(r.base), Pfn::down(r.end()));
+            let mut va = spfn.page_va();
+            while va < epfn.page_va() {
+                let pa = mm.page_table().translate(va).map(|(pa, _, _)| pa);
+                let pa = pa.unwrap_or_else(|| panic!("memory{id}: struct page {va:#x} unmapped"));
+                let region = dev.config.addr..dev.config.addr + dev.config.region_size;
+                assert!(
+                    !region.contains(&pa.as_u64()) || dev.is_plugged(pa.as_u64()),
+                    "memory{id}: struct page {va:#x} in unplugged {pa:#x}"
+                );
+                va += PAGE_SIZE;
+            }
             let own = memmap.map_or(0, |(s, e)| (e - s) * PAGE_SIZE);
             online_plugged += plugged_here - own;
             for i in 0..MB / PAGE_SIZE {
@@ -404,7 +424,7 @@ fn user_offline_and_online_give_only_plugged_memory() {
         let base = sys.mm.meminfo();
         let mut vm = driver(2 * MIB);
         let id = first_block();
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 64 * MIB), None);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(64)), None);
         // echo offline > memory22/state
         sys.mm.offline_block(id).unwrap();
         check(&mut vm, &sys.mm, &base);
@@ -412,26 +432,26 @@ fn user_offline_and_online_give_only_plugged_memory() {
         // echo online_movable (or online) > memory22/state
         sys.mm.online_block(id, online).unwrap();
         check(&mut vm, &sys.mm, &base);
-        assert_eq!(sys.mm.meminfo().total - base.total, 64 * MIB);
+        assert_eq!(sys.mm.meminfo().total - base.total, sz(64));
         // The driver goes on: grows and shrinks the block the user onlined.
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 100 * MIB), None);
-        assert_eq!(sys.mm.meminfo().total - base.total, 100 * MIB);
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 30 * MIB), None);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(100)), None);
+        assert_eq!(sys.mm.meminfo().total - base.total, sz(100));
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(30)), None);
         assert_eq!(sys.mm.blocks()[&id].state, BlockState::Online(online));
         // Offline again: the driver plugs into and unplugs from the offline
         // block without onlining it; nothing reaches the allocator.
         sys.mm.offline_block(id).unwrap();
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 90 * MIB), None);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(90)), None);
         assert_eq!(sys.mm.meminfo().total, base.total);
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 20 * MIB), None);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(20)), None);
         assert_eq!(sys.mm.blocks()[&id].state, BlockState::Offline);
-        assert_eq!(vm.device().plugged_bytes(), 20 * MIB);
+        assert_eq!(vm.device().plugged_bytes(), sz(20));
         // A second block is added online; the user's stays offline.
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 200 * MIB), None);
-        assert_eq!(sys.mm.meminfo().total - base.total, 72 * MIB);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(200)), None);
+        assert_eq!(sys.mm.meminfo().total - base.total, sz(72));
         sys.mm.online_block(id, online).unwrap();
         check(&mut vm, &sys.mm, &base);
-        assert_eq!(sys.mm.meminfo().total - base.total, 200 * MIB);
+        assert_eq!(sys.mm.meminfo().total - base.total, sz(200));
         // The console may not remove a driver block.
         for b in [id, id + 1] {
             sys.mm.offline_block(b).unwrap();
@@ -476,6 +496,48 @@ fn busy_memory_stays_plugged_and_is_retried_with_a_backoff() {
     // The backoff starts over after a step that got there.
     vm.device().answer(Kind::Plug, Response::Busy);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, 2 * MIB), Some(100));
+}
+
+/// A partial unplug asks the device once per run of consecutive plugged
+/// units, as Linux's sub-block mode does, from an online or an offline
+/// block; a busy page splits its run, and only its unit stays plugged.
+#[test]
+fn a_partial_unplug_sends_one_request_per_run() {
+    let unplugs = |vm: &mut VirtioMem<FakeDevice>| {
+        let reqs = core::mem::take(&mut vm.dev.requests);
+        reqs.iter()
+            .filter(|r| matches!(r, Request::Unplug { .. }))
+            .count()
+    };
+    for offline in [false, true] {
+        let mut sys = boot();
+        let base = sys.mm.meminfo();
+        let mut vm = driver(2 * MIB);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(100)), None);
+        if offline {
+            sys.mm.offline_block(first_block()).unwrap();
+        }
+        unplugs(&mut vm);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(20)), None);
+        assert_eq!(unplugs(&mut vm), 1, "offline {offline}");
+        assert_eq!(vm.device().plugged_bytes(), sz(20));
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
+        assert_eq!(sys.mm.meminfo(), base);
+    }
+    let mut sys = boot();
+    let base = sys.mm.meminfo();
+    let mut vm = driver(2 * MIB);
+    assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(100)), None);
+    let busy = hold(&mut sys.mm, NOT_RAM + sz(50));
+    unplugs(&mut vm);
+    request(&mut vm, &mut sys.mm, &base, sz(20));
+    // Above the busy unit, then below it down to the request.
+    assert_eq!(unplugs(&mut vm), 2);
+    assert_eq!(vm.device().plugged_bytes(), sz(20));
+    assert!(vm.device().is_plugged((NOT_RAM + sz(50)).as_u64()));
+    assert!(sys.mm.free(busy, 0));
+    assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
+    assert_eq!(sys.mm.meminfo(), base);
 }
 
 /// Every answer to every request: a refusal leaves the kernel as the
@@ -644,32 +706,32 @@ fn probe_brings_the_device_to_a_known_state() {
 /// probe).
 #[test]
 fn regions_not_aligned_to_memory_blocks() {
-    // 0xb400_0000 + 192 MiB: only memory23 is whole.
+    // 0xb400_0000 + 192 MiB (4K): only memory23 is whole.
     let mut sys = boot();
     let base = sys.mm.meminfo();
-    let mut vm = driver_at(2 * MIB, NOT_RAM + 64 * MIB, 192 * MIB);
-    assert_eq!(request(&mut vm, &mut sys.mm, &base, 32 * MIB), None);
-    assert_eq!(vm.device().plugged_bytes(), 32 * MIB);
+    let mut vm = driver_at(2 * MIB, NOT_RAM + sz(64), sz(192));
+    assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(32)), None);
+    assert_eq!(vm.device().plugged_bytes(), sz(32));
     assert!(vm.device().is_plugged((NOT_RAM + MB).as_u64()));
     assert_eq!(
         driver_blocks(&sys.mm).map(|(id, _)| id).collect::<Vec<_>>(),
         [first_block() + 1]
     );
     // More than the whole blocks hold: all of them, no retry.
-    assert_eq!(request(&mut vm, &mut sys.mm, &base, 192 * MIB), None);
+    assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(192)), None);
     assert_eq!(vm.device().plugged_bytes(), MB);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
     assert_eq!(sys.mm.meminfo(), base);
     // A usable region that is not a multiple of the memory block.
     let mut vm = driver(2 * MIB);
-    vm.device().config.usable_region_size = MB + 64 * MIB;
+    vm.device().config.usable_region_size = MB + sz(64);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, REGION), None);
     assert_eq!(vm.device().plugged_bytes(), MB);
     assert_eq!(request(&mut vm, &mut sys.mm, &base, 0), None);
-    // 64 MiB: no whole block at all.
-    let mut vm = driver_at(2 * MIB, NOT_RAM, 64 * MIB);
+    // Half a block: no whole block at all.
+    let mut vm = driver_at(2 * MIB, NOT_RAM, sz(64));
     for _ in 0..3 {
-        assert_eq!(request(&mut vm, &mut sys.mm, &base, 64 * MIB), None);
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, sz(64)), None);
     }
     assert!(vm.dev.requests.is_empty());
     assert_eq!(sys.mm.meminfo(), base);
@@ -704,8 +766,9 @@ fn device_blocks_larger_than_memory_blocks() {
 }
 
 /// memmap_on_memory: struct pages only in plugged memory that stays
-/// plugged while the block is there; 1 MiB device blocks keep them in
-/// system RAM.
+/// plugged while the block is there; where the first plugged unit cannot
+/// hold them all (1 MiB device blocks with 4K: 2 MiB of struct pages) they
+/// go to system RAM.
 #[test]
 fn struct_pages_stay_in_plugged_memory() {
     for bs in [MIB, 2 * MIB] {
@@ -722,7 +785,8 @@ fn struct_pages_stay_in_plugged_memory() {
             );
             assert_eq!(vm.device().plugged_bytes(), size);
             for (id, _) in driver_blocks(&sys.mm) {
-                assert_eq!(memmap_on(&sys.mm, id).is_some(), bs == 2 * MIB);
+                let unit = bs.max(MB / PlugMask::MAX_SUB_BLOCKS);
+                assert_eq!(memmap_on(&sys.mm, id).is_some(), unit >= MEMMAP_PER_BLOCK);
             }
         }
         assert_eq!(sys.mm.meminfo(), base);
