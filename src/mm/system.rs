@@ -427,6 +427,12 @@ impl<T: Translation> MemorySystem<T> {
         });
     }
 
+    /// Free pages as `MemFree:` counts them: pages on per-CPU lists are
+    /// free too (see `pcp`).
+    pub fn nr_free_pages(&self) -> u64 {
+        self.buddy.nr_free_total() + self.pcp.nr_pages()
+    }
+
     pub fn meminfo(&self) -> MemInfo {
         let (mut vmemmap, mut vmemmap_altmap) = (0, 0);
         self.for_each_vmemmap_leaf(|_, size, _, owner| match owner {
@@ -439,8 +445,7 @@ impl<T: Translation> MemorySystem<T> {
             .sum::<u64>();
         MemInfo {
             total: managed * PAGE_SIZE,
-            // Pages on per-CPU lists are free too (see `pcp`).
-            free: (self.buddy.nr_free_total() + self.pcp.nr_pages()) * PAGE_SIZE,
+            free: self.nr_free_pages() * PAGE_SIZE,
             slab: super::heap::kernel().map_or(0, |h| h.stats().bytes),
             page_tables: self.pt.stats.tables * PAGE_SIZE,
             vmemmap,

@@ -163,7 +163,7 @@ impl<T: Translation> MemorySystem<T> {
     /// `si_mem_available` in pages: free pages above the reserves. There
     /// is no page cache or reclaimable slab to add.
     pub fn mem_available(&self) -> u64 {
-        let free = self.buddy.nr_free_total();
+        let free = self.nr_free_pages();
         free.saturating_sub(totalreserve_pages(self.managed_pages()))
     }
 
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(w[1].high, 32);
         assert_eq!(w[2], Watermarks::default());
         // Movable gets no share of min_free_kbytes, Normal keeps all of it.
-        let w2 = watermarks([pages_per_gib, 4 * pages_per_gib, 0]);
+        let w2 = watermarks([pages_per_gib, 1 << 20, 0]);
         assert_eq!(w2[0].min, min);
         assert_eq!(w2[1].min, 128);
     }

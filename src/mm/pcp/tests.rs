@@ -56,6 +56,7 @@ fn memfree_counts_pages_on_lists() {
     let mut fx = TestSystem::boot();
     let mm = &mut fx.mm;
     let base = mem_free(mm);
+    let available = mm.mem_available();
     let mut held = Vec::new();
     for i in 0..200u32 {
         let (cpu, order) = (1 + i as usize % 3, i % (PCP_MAX_ORDER + 2));
@@ -72,6 +73,12 @@ fn memfree_counts_pages_on_lists() {
         assert_eq!(mem_free(mm), base - out);
     }
     assert!(mm.pcp().nr_pages() > 0);
+    // MemAvailable counts free pages as MemFree does.
+    assert_eq!(
+        mm.mem_available(),
+        available,
+        "MemAvailable with pages on lists"
+    );
     for cpu in 0..MAX_CPUS {
         assert!(mm.pcp().nr_pages_on(cpu) <= PCP_HIGH, "cpu {cpu} past high");
     }
