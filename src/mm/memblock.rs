@@ -84,7 +84,8 @@ impl Regions {
         let (b, e) = (base.min(near.base), end.max(near.end()));
         // Overlapping `near`, the add merges into it: room is certain.
         let merged = self.add(b, e);
-        debug_assert!(merged.is_ok());
+        // Forgetting a reservation would hand reserved memory out.
+        assert!(merged.is_ok(), "memblock: a merging add found no room");
         false
     }
 

@@ -476,7 +476,11 @@ impl Memmap {
     /// `head` is aligned to [`MAX_ORDER_NR_PAGES`], the vmemmap is populated
     /// over its block, and no reference to those struct pages is live.
     pub unsafe fn init_deferred(&self, head: Pfn, mut page: Page) {
-        debug_assert!(head.is_aligned(MAX_ORDER_NR_PAGES));
+        // A misaligned head would mark the wrong struct pages as deferred.
+        assert!(
+            head.is_aligned(MAX_ORDER_NR_PAGES),
+            "deferred head {head:?} not aligned"
+        );
         page.deferred = DEFERRED_TAILS;
         // SAFETY: the caller's promise; nothing of the old page is read.
         unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, page.to_words()) };

@@ -218,7 +218,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         old: Descriptor,
         new: Descriptor,
     ) {
-        debug_assert!(!new.is_valid());
+        // A valid `new` would skip break-before-make: refuse in release too.
+        assert!(!new.is_valid(), "clear_to with a valid descriptor");
         self.write(table, index, new);
         if old.is_valid() {
             let span = G::level_size(level);
