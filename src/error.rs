@@ -163,11 +163,10 @@ pub struct Error {
 pub type Result<T> = core::result::Result<T, Error>;
 
 impl Error {
-    pub fn new(errno: Errno, msg: impl Into<String>) -> Self {
-        Error {
-            errno,
-            msg: msg.into(),
-        }
+    /// An error with `msg`, copied as [`from_args`](Self::from_args)
+    /// does: never an abort when the heap is out.
+    pub fn new(errno: Errno, msg: impl fmt::Display) -> Self {
+        Self::from_args(errno, format_args!("{msg}"))
     }
 
     /// What [`err!`](crate::err) expands to. The message is written as far

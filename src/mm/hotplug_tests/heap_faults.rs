@@ -115,4 +115,8 @@ fn an_error_is_made_without_heap() {
     assert!(heap_faults::fired());
     assert_eq!(e.errno, Errno::ENOMEM);
     assert_eq!(e.msg, "");
+    heap_faults::fail_nth(Some(0));
+    let e = crate::error::Error::new(Errno::EINVAL, "unterminated \"");
+    assert!(heap_faults::fired());
+    assert_eq!((e.errno, e.msg.as_str()), (Errno::EINVAL, ""));
 }
