@@ -1,8 +1,6 @@
 //! `/sys/kernel/debug`: the page-table dump, the vmemmap's backing, and
 //! allocation fault injection.
 
-use alloc::format;
-use alloc::string::ToString;
 use core::fmt::Write;
 
 use super::Files;
@@ -19,10 +17,14 @@ pub fn kernel_page_tables<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> 
 
 pub fn vmemmap<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     f.mm.for_each_vmemmap_leaf(|va, size, pa, owner| {
-        let backing = owner.map_or("system".to_string(), |o| format!("altmap:{o}"));
+        let backing: &dyn core::fmt::Display = match &owner {
+            Some(o) => o,
+            None => &"system",
+        };
+        let prefix = if owner.is_some() { "altmap:" } else { "" };
         let _ = writeln!(
             out,
-            "0x{va:016x}-0x{:016x} {:>6}K pfn {:#x} {backing}",
+            "0x{va:016x}-0x{:016x} {:>6}K pfn {:#x} {prefix}{backing}",
             va + size,
             size >> 10,
             Pfn::down(pa)

@@ -95,32 +95,35 @@ enum Node<T: Translation> {
     Block(u64, memory::BlockAttr<T>),
 }
 
-/// A CPU mask as Linux prints it: ranges, `0-3,6`.
-pub fn cpu_list(mask: u64) -> String {
-    let mut out = String::new();
-    let mut cpu = 0;
-    while cpu < 64 {
-        if mask & (1 << cpu) == 0 {
-            cpu += 1;
-            continue;
+/// A CPU mask as Linux prints it: ranges, `0-3,6`. Written straight to
+/// the output: reading a file allocates nothing.
+pub struct CpuList(pub u64);
+
+impl core::fmt::Display for CpuList {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mask = self.0;
+        let (mut cpu, mut sep) = (0, "");
+        while cpu < 64 {
+            if mask & (1 << cpu) == 0 {
+                cpu += 1;
+                continue;
+            }
+            let first = cpu;
+            while cpu < 64 && mask & (1 << cpu) != 0 {
+                cpu += 1;
+            }
+            match cpu - 1 - first {
+                0 => write!(f, "{sep}{first}")?,
+                _ => write!(f, "{sep}{first}-{}", cpu - 1)?,
+            }
+            sep = ",";
         }
-        let first = cpu;
-        while cpu < 64 && mask & (1 << cpu) != 0 {
-            cpu += 1;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        match cpu - 1 - first {
-            0 => out += &format!("{first}"),
-            _ => out += &format!("{first}-{}", cpu - 1),
-        }
+        Ok(())
     }
-    out
 }
 
 fn cpu_online<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
-    Ok(writeln!(out, "{}", cpu_list(f.cpus_online))?)
+    Ok(writeln!(out, "{}", CpuList(f.cpus_online))?)
 }
 
 impl<T: Translation> Files<'_, T> {

@@ -15,7 +15,9 @@ use crate::mm::vmstat::ZoneInfo;
 /// bytes), then the rest of `info`.
 pub fn write_meminfo(info: &MemInfo, available: u64, out: &mut dyn Write) -> Result<()> {
     let line = |out: &mut dyn Write, name: &str, bytes: u64| {
-        writeln!(out, "{:<16}{:>8} kB", format!("{name}:"), bytes >> 10)
+        // `Name:` padded to 16 columns, without building the label.
+        let pad = 16usize.saturating_sub(name.len() + 1);
+        writeln!(out, "{name}:{:pad$}{:>8} kB", "", bytes >> 10)
     };
     for (name, bytes) in MemInfo::FIELDS.iter().zip(info.values()) {
         line(out, name, bytes)?;
