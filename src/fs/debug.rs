@@ -17,11 +17,10 @@ pub fn kernel_page_tables<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> 
 
 pub fn vmemmap<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     f.mm.for_each_vmemmap_leaf(|va, size, pa, owner| {
-        let backing: &dyn core::fmt::Display = match &owner {
-            Some(o) => o,
-            None => &"system",
+        let (prefix, backing): (&str, &dyn core::fmt::Display) = match &owner {
+            Some(o) => ("altmap:", o),
+            None => ("", &"system"),
         };
-        let prefix = if owner.is_some() { "altmap:" } else { "" };
         let _ = writeln!(
             out,
             "0x{va:016x}-0x{:016x} {:>6}K pfn {:#x} {prefix}{backing}",
