@@ -188,3 +188,27 @@ impl VmemAltmap {
         (self.first_pfn()..self.first_pfn() + self.free).contains(&pfn) && self.bit(pfn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::addr::PhysAddr;
+
+    /// The padding that aligns a request counts against what is left: a
+    /// request that would fit only without its padding is refused, never
+    /// placed past the end of the allocatable range.
+    #[test]
+    fn alignment_padding_counts_against_free_pfns() {
+        let base = Pfn::down(PhysAddr::new(0x4000_0000));
+        let mut altmap = VmemAltmap::new(base, base + 8, 0, 4);
+        assert_eq!(altmap.alloc_pfns(1), Some(base));
+        assert_eq!(altmap.nr_free(), 3);
+        // 4 pfns align to 4: 3 of padding, 7 needed, 3 left.
+        assert_eq!(altmap.alloc_pfns(4), None);
+        assert_eq!(altmap.nr_free(), 3);
+        assert!(!altmap.is_allocated(base + 4));
+        // 2 pfns align to 2: 1 of padding, 3 needed, 3 left.
+        assert_eq!(altmap.alloc_pfns(2), Some(base + 2));
+        assert_eq!(altmap.nr_free(), 0);
+    }
+}
