@@ -3,16 +3,21 @@
 //! same two modes). A CPU that cannot get the lock within that time takes a
 //! ticket; while any ticket is out, no CPU may take the lock without one,
 //! and tickets get it in the order they were taken. So no CPU waits longer
-//! than the patience plus one hold per CPU ahead of it in line (with a
-//! plain test-and-set lock the CPU that just released the lock is the
-//! likeliest to win it again, and a waiter may starve).
+//! than the patience plus one hold per CPU ahead of it in line while it
+//! spins (with a plain test-and-set lock the CPU that just released the
+//! lock is the likeliest to win it again, and a waiter may starve).
 //!
 //! Why not a ticket lock from the first wait, as arm64 Linux had before
 //! qspinlock: under QEMU TCG with more vCPUs than host cores it hands the
 //! lock to the next vCPU in line even when the host is not running it,
 //! while the others spin on host time that vCPU needs: `stress 30 3` on
-//! `-smp 4` ran 4.4x longer (BENCHMARKS.md, "The memory lock: fair or
-//! not"). On real CPUs a waiter rarely runs out of patience.
+//! `-smp 4` ran 4x longer (BENCHMARKS.md, "The memory lock: fair or
+//! not"). The same holds for the line itself, hence the CPU whose turn it
+//! is records when it last spun ([`STALE_US`]): one that has stopped (its
+//! vCPU is not running, and it could not use the lock anyway) is passed
+//! until it spins again (the idea of He, Scherer and Scott's
+//! time-published locks). On real CPUs a waiter rarely runs out of
+//! patience.
 //!
 //! Waiting: on the target, Linux's `__cmpwait` (`LDXR` arms the exclusive
 //! monitor on the word, `WFE` sleeps until a store to it, such as the

@@ -80,6 +80,14 @@ pub mod insn {
         }
     }
 
+    /// Cleans and invalidates the data cache line holding `va` to the
+    /// point of coherency.
+    #[inline(always)]
+    pub fn dc_civac(va: u64) {
+        // SAFETY: dirty data is written back first; contents are unchanged.
+        unsafe { asm!("dc civac, {}", in(reg) va, options(nostack, preserves_flags)) }
+    }
+
     /// Cleans the data cache line holding `va` to the point of coherency.
     #[inline(always)]
     pub fn dc_cvac(va: u64) {
@@ -129,6 +137,11 @@ pub fn disable_user_table() {
     insn::tlbi_vmalle1();
     dsb(barrier::NSH);
     isb(barrier::SY);
+}
+
+/// `ID_AA64MMFR0_EL1.PARange` as the CPU reports it.
+pub fn pa_range_field() -> u64 {
+    ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange)
 }
 
 /// Physical address bits the CPU implements (`ID_AA64MMFR0_EL1.PARange`).
