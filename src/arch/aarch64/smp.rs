@@ -110,23 +110,13 @@ fn set_cpu_id(cpu: usize) {
     TPIDR_EL1.set(cpu as u64);
 }
 
-/// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
-/// read it with its caches off.
-fn clean_to_poc(va: u64, len: u64) {
+/// Runs the cache maintenance `op` (by VA, to the point of coherency) on
+/// every line of `[va, va + len)`: `dc_cvac` for a CPU that will read it
+/// with its caches off, `dc_civac` to read what such a CPU wrote there.
+fn to_poc(va: u64, len: u64, op: fn(u64)) {
     let mut line = va & !63;
     while line < va + len {
-        super::insn::dc_cvac(line);
-        line += 64;
-    }
-    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
-}
-
-/// Cleans and invalidates `[va, va + len)` to the point of coherency, to
-/// read what a CPU with its caches off wrote there.
-fn clean_inval_to_poc(va: u64, len: u64) {
-    let mut line = va & !63;
-    while line < va + len {
-        super::insn::dc_civac(line);
+        op(line);
         line += 64;
     }
     aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
@@ -150,7 +140,7 @@ pub fn start_cpu(
         boot as *const _ as u64,
         core::mem::size_of::<SecondaryBoot>() as u64,
     );
-    clean_to_poc(va, len);
+    to_poc(va, len, super::insn::dc_cvac);
     if !cpu_on(boot_pa) {
         return Err(StartError::Refused);
     }
@@ -161,7 +151,7 @@ pub fn start_cpu(
         }
         // What the CPU wrote with its MMU off is in memory: drop any line
         // of ours that could hide it (ours is clean: cleaned above).
-        clean_inval_to_poc(va, len);
+        to_poc(va, len, super::insn::dc_civac);
         // SAFETY: a read of our own slot; the CPU writes it only before
         // it parks, with the MMU off.
         let status = unsafe { core::ptr::read_volatile(&boot.status) };
