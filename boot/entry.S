@@ -41,6 +41,10 @@
 .equ SPSR_EL2_EL1H,    {SPSR_EL2_EL1H}
 .equ EARLY_UART,       {EARLY_UART}
 .equ PSCI_SYSTEM_OFF,  {PSCI_SYSTEM_OFF}
+.equ SECONDARY_STATUS, {SECONDARY_STATUS}      // SecondaryBoot field offsets
+.equ SECONDARY_PA_RANGE, {SECONDARY_PA_RANGE}
+.equ SECONDARY_NO_GRANULE, {SECONDARY_NO_GRANULE}
+.equ SECONDARY_SMALL_PA, {SECONDARY_SMALL_PA}
 
 .section .text.boot, "ax"
 .global _start
@@ -162,6 +166,7 @@ park:
 secondary_entry:
     mov     x19, x0
     bl      enter_el1
+    bl      check_secondary
     adrp    x1, idmap_root
     ldr     x2, [x19, #8]                   // kernel table
     bl      enable_mmu
@@ -207,6 +212,32 @@ check_cpu:
     ret
 1:  adr     x0, no_granule_msg
     b       early_fail
+
+// A secondary CPU must have the kernel's granule and reach as much
+// physical memory as the boot CPU (whose range placed it): one that does
+// not cannot turn its MMU on, so it leaves why in its SecondaryBoot's
+// status, made visible with its MMU off as Linux's
+// update_early_cpu_boot_status does, and parks (Linux's
+// __no_granule_support); CPU 0 reports it and leaves it offline. Uses
+// x1-x4.
+check_secondary:
+    mrs     x1, id_aa64mmfr0_el1
+    ubfx    x2, x1, #TGRAN_SHIFT, #4
+    mov     x3, #SECONDARY_NO_GRANULE
+    cmp     x2, #TGRAN_MIN
+    b.lo    1f
+    cmp     x2, #TGRAN_MAX
+    b.hi    1f
+    ubfx    x2, x1, #PARANGE_SHIFT, #4
+    ldr     x4, [x19, #SECONDARY_PA_RANGE]
+    mov     x3, #SECONDARY_SMALL_PA
+    cmp     x2, x4
+    b.lo    1f
+    ret
+1:  str     x3, [x19, #SECONDARY_STATUS]
+    dmb     sy
+    dc      ivac, x19                       // no stale line hides the status
+    b       park
 
 // Writes the NUL-terminated line at x0 to QEMU virt's PL011 (the DT is not
 // read yet) at its physical address, waits until it is sent, then PSCI

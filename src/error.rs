@@ -173,14 +173,6 @@ impl Error {
     /// as the heap has room (errors are made when memory is short too, and
     /// the errno is what matters then): never an abort.
     pub fn from_args(errno: Errno, args: fmt::Arguments<'_>) -> Self {
-        struct Fallible(String);
-        impl fmt::Write for Fallible {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0.try_reserve(s.len()).map_err(|_| fmt::Error)?;
-                self.0.push_str(s);
-                Ok(())
-            }
-        }
         let mut msg = Fallible(String::new());
         let _ = fmt::write(&mut msg, args);
         Error { errno, msg: msg.0 }
@@ -191,6 +183,25 @@ impl Error {
     pub fn unknown_command(name: &str) -> Self {
         crate::err!(ENOENT, "{}: command not found", name)
     }
+}
+
+/// A `String` that grows fallibly: a write the heap has no room for fails.
+struct Fallible(String);
+
+impl fmt::Write for Fallible {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.try_reserve(s.len()).map_err(|_| fmt::Error)?;
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
+/// `format!` for paths a user drives: `ENOMEM` when the heap is out,
+/// never an abort.
+pub fn try_format(args: fmt::Arguments<'_>) -> Result<String> {
+    let mut s = Fallible(String::new());
+    fmt::write(&mut s, args).map_err(|_| Error::from(Errno::ENOMEM))?;
+    Ok(s.0)
 }
 
 impl From<Errno> for Error {

@@ -8,6 +8,7 @@ mod extern_deps;
 
 #[cfg(target_os = "none")]
 mod kernel {
+    use hpk::arch::aarch64::smp;
     use hpk::init::early_map as b;
     // Every number the assembly uses comes from early_map (see there).
     core::arch::global_asm!(
@@ -43,6 +44,10 @@ mod kernel {
         SPSR_EL2_EL1H = const b::SPSR_EL2_EL1H,
         EARLY_UART = const b::EARLY_UART,
         PSCI_SYSTEM_OFF = const b::PSCI_SYSTEM_OFF,
+        SECONDARY_STATUS = const core::mem::offset_of!(smp::SecondaryBoot, status),
+        SECONDARY_PA_RANGE = const core::mem::offset_of!(smp::SecondaryBoot, pa_range),
+        SECONDARY_NO_GRANULE = const smp::SECONDARY_NO_GRANULE,
+        SECONDARY_SMALL_PA = const smp::SECONDARY_SMALL_PA,
     );
     core::arch::global_asm!(include_str!("../boot/vectors.S"));
 

@@ -6,6 +6,7 @@
 #[cfg(target_os = "none")]
 pub mod aarch64;
 pub mod esr;
+pub mod lock;
 
 #[cfg(target_os = "none")]
 use aarch64::insn;

@@ -12,6 +12,8 @@ mod bench;
 mod debug;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod fuzz_tests;
+#[cfg(target_os = "none")]
+mod lockbench;
 mod lsmem;
 pub mod mem;
 #[cfg(target_os = "none")]
@@ -70,8 +72,8 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
         },
         Command {
             name: "bench",
-            usage: "bench hotplug ADDR SIZE",
-            about: "time add/online/offline/remove of held-back RAM, count RAM and TLBIs",
+            usage: "bench hotplug ADDR SIZE | bench lock [MS [CPUS]]",
+            about: "time hotplug of held-back RAM (RAM, TLBIs); fairness of the ticket lock",
             run: bench::command,
         },
     ]);

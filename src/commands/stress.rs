@@ -140,9 +140,9 @@ fn offline_draining(id: u64) -> Result<()> {
             with(|m| m.offline_abort(id));
             bail!(EBUSY, "memory{id}: pages still in use after 10 s");
         }
-        // Back off without the lock (100 us): retaking it at once starves
-        // the very workers whose frees the offline waits for (the lock is
-        // not fair, and the CPU that just dropped it wins it again).
+        // Back off without the lock (100 us): retaking it at once would
+        // make the workers whose frees the offline waits for wait out the
+        // lock's patience first (arch::lock).
         let t = cpu::counter();
         while cpu::counter() - t < cpu::counter_freq() / 10_000 {
             core::hint::spin_loop();

@@ -10,13 +10,11 @@ mod debug;
 pub mod memory;
 pub mod proc;
 
-use alloc::collections::BTreeSet;
-use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use crate::error::Result;
+use crate::error::{try_format, Errno, Result};
 use crate::mm::pgtable::Translation;
 use crate::mm::system::MemorySystem;
 use crate::{bail, err};
@@ -39,8 +37,11 @@ pub struct Attribute<T: Translation> {
     pub store: Option<Store<T>>,
 }
 
+/// How many files have fixed paths.
+const NR_ATTRIBUTES: usize = 14;
+
 /// Every file at a fixed path.
-pub fn attributes<T: Translation>() -> [Attribute<T>; 14] {
+pub fn attributes<T: Translation>() -> [Attribute<T>; NR_ATTRIBUTES] {
     let a = |path, show, store| Attribute { path, show, store };
     [
         a("/proc/meminfo", Some(proc::meminfo), None),
@@ -126,13 +127,39 @@ fn cpu_online<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     Ok(writeln!(out, "{}", CpuList(f.cpus_online))?)
 }
 
+/// The entry directly under `dir` that `path` goes through: its name and
+/// whether it is a directory (`/sys/devices/system/cpu/online` under `/sys`
+/// is `devices`, a directory).
+fn child_of<'a>(path: &'a str, dir: &str) -> Option<(&'a str, bool)> {
+    let rest = match dir {
+        "/" => path.strip_prefix('/')?,
+        _ => path.strip_prefix(dir)?.strip_prefix('/')?,
+    };
+    Some(match rest.split_once('/') {
+        Some((d, _)) => (d, true),
+        None => (rest, false),
+    })
+}
+
+/// How `ls` orders entries: by the name it shows (a directory's with its
+/// `/`).
+fn entry_key<'a>(&(name, dir): &(&'a str, bool)) -> impl Iterator<Item = u8> + 'a {
+    name.bytes().chain(dir.then_some(b'/'))
+}
+
+/// An entry's name as `ls` shows it (a directory ends with `/`), in a
+/// string the heap may refuse: `ENOMEM`, never an abort.
+fn entry_name(name: &str, dir: bool) -> Result<String> {
+    try_format(format_args!("{name}{}", if dir { "/" } else { "" }))
+}
+
 impl<T: Translation> Files<'_, T> {
     fn lookup(&self, path: &str) -> Option<Node<T>> {
         let attrs = attributes::<T>();
         if let Some(a) = attrs.iter().find(|a| a.path == path) {
             return Some(Node::File(a.show, a.store));
         }
-        if path == "/" || self.children(path).next().is_some() {
+        if path == "/" || attrs.iter().any(|a| child_of(a.path, path).is_some()) {
             return Some(Node::Dir);
         }
         let (id, file) = memory::block_path(path)?;
@@ -149,28 +176,43 @@ impl<T: Translation> Files<'_, T> {
     }
 
     /// Names directly under `dir`, sorted, directories ending with `/`;
-    /// then the memory blocks, in id order.
-    fn children(&self, dir: &str) -> impl Iterator<Item = String> + '_ {
-        let prefix = if dir == "/" {
-            "/".to_string()
+    /// then the memory blocks, in id order. Every allocation is fallible:
+    /// `ls` with the heap out is `ENOMEM`.
+    fn children(&self, dir: &str) -> Result<Vec<String>> {
+        let attrs = attributes::<T>();
+        // Sorted and deduplicated in place, without the heap.
+        let mut fixed = [("", false); NR_ATTRIBUTES];
+        let mut n = 0;
+        for c in attrs.iter().filter_map(|a| child_of(a.path, dir)) {
+            fixed[n] = c;
+            n += 1;
+        }
+        fixed[..n].sort_unstable_by(|a, b| entry_key(a).cmp(entry_key(b)));
+        let mut unique = 0;
+        for i in 0..n {
+            if unique == 0 || fixed[i] != fixed[unique - 1] {
+                fixed[unique] = fixed[i];
+                unique += 1;
+            }
+        }
+        let blocks = if dir == memory::MEMORY_DIR {
+            self.mm.blocks().len()
         } else {
-            format!("{dir}/")
+            0
         };
-        let fixed: BTreeSet<String> = attributes::<T>()
-            .into_iter()
-            .filter_map(|a| {
-                let rest = a.path.strip_prefix(prefix.as_str())?;
-                Some(match rest.split_once('/') {
-                    Some((d, _)) => format!("{d}/"),
-                    None => rest.to_string(),
-                })
-            })
-            .collect();
-        let blocks = (dir == memory::MEMORY_DIR)
-            .then(|| self.mm.blocks().keys().map(|id| format!("memory{id}/")))
-            .into_iter()
-            .flatten();
-        fixed.into_iter().chain(blocks)
+        let mut names = Vec::new();
+        names
+            .try_reserve_exact(unique + blocks)
+            .map_err(|_| Errno::ENOMEM)?;
+        for &(name, d) in &fixed[..unique] {
+            names.push(entry_name(name, d)?);
+        }
+        if blocks != 0 {
+            for id in self.mm.blocks().keys() {
+                names.push(try_format(format_args!("memory{id}/"))?);
+            }
+        }
+        Ok(names)
     }
 
     pub fn read(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
@@ -201,11 +243,18 @@ impl<T: Translation> Files<'_, T> {
 
     pub fn list(&mut self, path: &str) -> Result<Vec<String>> {
         match self.lookup(path) {
-            Some(Node::Dir) if memory::block_path(path).is_some() => Ok(memory::block_attrs::<T>()
-                .iter()
-                .map(|a| a.name.to_string())
-                .collect()),
-            Some(Node::Dir) => Ok(self.children(path).collect()),
+            Some(Node::Dir) if memory::block_path(path).is_some() => {
+                let attrs = memory::block_attrs::<T>();
+                let mut names = Vec::new();
+                names
+                    .try_reserve_exact(attrs.len())
+                    .map_err(|_| Errno::ENOMEM)?;
+                for a in &attrs {
+                    names.push(entry_name(a.name, false)?);
+                }
+                Ok(names)
+            }
+            Some(Node::Dir) => self.children(path),
             Some(_) => bail!(ENOTDIR, "{path}: not a directory"),
             None => Err(err!(ENOENT, "{path}: no such file or directory")),
         }

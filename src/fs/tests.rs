@@ -373,3 +373,44 @@ fn mem_available_and_memmap_counters() {
         vmemmap_pages_per_block()
     );
 }
+
+/// `ls` with the heap out: every allocation it makes is fallible, so each
+/// injected failure is `ENOMEM` (an infallible one aborts the test binary),
+/// and once they all pass the listing is whole.
+#[test]
+fn ls_with_the_heap_out_is_enomem() {
+    use crate::mm::testing::heap_faults;
+    let mut fx = boot();
+    fx.mm
+        .add_memory(start_of(HOT_FIRST), BLOCK)
+        .expect("hot-add for a block directory");
+    let mut files = Files {
+        mm: &mut fx.mm,
+        cpus_online: 1,
+    };
+    for dir in [
+        "/",
+        "/sys/devices/system/memory",
+        &format!("/sys/devices/system/memory/memory{HOT_FIRST}"),
+    ] {
+        let whole = files.list(dir).unwrap();
+        for n in 0.. {
+            assert!(n < 100, "{dir}: never got past its allocations");
+            heap_faults::fail_nth(Some(n));
+            let r = files.list(dir);
+            let fired = heap_faults::fired();
+            heap_faults::fail_nth(None);
+            match r {
+                Err(e) => {
+                    assert!(fired, "{dir}, n={n}: {e:?}");
+                    assert_eq!(e.errno, Errno::ENOMEM, "{dir}, n={n}");
+                }
+                Ok(names) => {
+                    assert!(!fired, "{dir}, n={n}: a failure was swallowed");
+                    assert_eq!(names, whole);
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -2,12 +2,12 @@
 
 use super::setup::Boot;
 use crate::arch::aarch64::exception::{self, OopsHooks};
-use crate::arch::aarch64::smp::{self, SecondaryBoot};
+use crate::arch::aarch64::smp::{self, SecondaryBoot, StartError};
 use crate::drivers::{pl011, psci};
 use crate::mm::addr::VirtAddr;
 use crate::mm::global::with_mm;
 use crate::mm::layout::{align_up, KSTACKS_END, KSTACKS_START, PAGE_SIZE};
-use crate::{pr_info, pr_warn};
+use crate::{pr_err, pr_info, pr_warn};
 
 unsafe extern "C" {
     fn secondary_entry();
@@ -61,12 +61,21 @@ pub fn smp_init(boot: &Boot) {
         slot.ttbr1 = ttbr1.as_u64();
         slot.stack_top = top.as_u64();
         slot.exception_stack_top = exception_top.as_u64();
+        slot.pa_range = crate::arch::aarch64::pa_range_field().min(super::early_map::TCR_IPS_MAX);
         let boot_pa = image.pa_of(VirtAddr::from_ptr(slot as *const SecondaryBoot));
         let cpu_on = |ctx| psci::cpu_on(mpidr, entry_pa.as_u64(), ctx).is_ok();
-        if smp::start_cpu(cpu, slot, boot_pa.as_u64(), cpu_on) {
-            pr_info!("CPU{cpu}: booted secondary processor {mpidr:#x}");
-        } else {
-            pr_warn!("CPU{cpu}: failed to come online");
+        // Linux's __cpu_up messages.
+        match smp::start_cpu(cpu, slot, boot_pa.as_u64(), cpu_on) {
+            Ok(()) => pr_info!("CPU{cpu}: booted secondary processor {mpidr:#x}"),
+            Err(StartError::Unfit(smp::SECONDARY_NO_GRANULE)) => pr_err!(
+                "CPU{cpu}: does not support {}K granule; left offline",
+                PAGE_SIZE / 1024
+            ),
+            Err(StartError::Unfit(_)) => pr_err!(
+                "CPU{cpu}: reaches less physical memory than CPU0 \
+                 (ID_AA64MMFR0_EL1.PARange); left offline"
+            ),
+            Err(_) => pr_warn!("CPU{cpu}: failed to come online"),
         }
     }
 }

@@ -8,23 +8,16 @@ use super::page::{Memmap, Zone};
 use super::pcp::Pcp;
 use super::system::MemorySystem;
 use super::translation::KernelTranslation;
+use crate::arch::lock::FairLock;
 use crate::error::Result;
 
 pub type KernelMm = MemorySystem<KernelTranslation>;
 
-// Not a ticket lock, measured twice. Before the per-CPU page lists it made
-// `stress` too slow under TCG. With them (the lock taken ~20 times per
-// hotplug cycle by a worker instead of at every page), `spin`'s
-// `TicketMutex` here still cut `stress 30 1` on `-smp 2` from 4 to 1
-// cycles/s and the worker from ~51000 to ~20000 operations/s, its waits
-// for the lock from ~5 ms to ~18 ms each (BENCHMARKS.md, "Per-CPU page
-// lists"): a ticket hands the lock to the next waiter in line, and under
-// TCG on a loaded host that vCPU is often not running, so every release
-// waits for a host time slice. What fairness was for (CPU 0 retaking the
-// lock before a worker got it, starving the worker) the lists solve
-// instead: workers rarely need this lock, and hotplug holds it one block
-// at a time.
-static MM: spin::Mutex<Option<KernelMm>> = spin::Mutex::new(None);
+// Fair (a waiter out of patience gets a ticket and no one overtakes it),
+// as are the heap's and the per-CPU lists' locks: `arch::lock`, whose
+// comment says why it is not a ticket lock from the first wait; figures
+// in BENCHMARKS.md ("The memory lock: fair or not").
+static MM: FairLock<Option<KernelMm>> = FairLock::new(None);
 
 /// What the per-CPU fast paths reach without the memory lock.
 struct Local {

@@ -16,6 +16,7 @@ use core::ptr::{null_mut, NonNull};
 
 use super::addr::VirtAddr;
 use super::layout::{MAX_ORDER, PAGE_SIZE};
+use crate::arch::lock::FairLock;
 
 /// Heap blocks are the page allocator's largest (4 MiB).
 pub const BLOCK_ORDER: u32 = MAX_ORDER;
@@ -38,7 +39,7 @@ struct Blocks {
     maybe_empty: bool,
 }
 
-pub struct Heap(spin::Mutex<Blocks>);
+pub struct Heap(FairLock<Blocks>);
 
 /// What the heap holds, for `/proc/meminfo` (`Slab:`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl Blocks {
 
 impl Heap {
     pub const fn empty() -> Self {
-        Self(spin::Mutex::new(Blocks {
+        Self(FairLock::new(Blocks {
             blocks: [const { None }; MAX_BLOCKS],
             spare: None,
             maybe_empty: false,

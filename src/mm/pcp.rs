@@ -50,6 +50,7 @@ use super::buddy::BuddyAllocator;
 use super::page::{Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES};
 use super::pgtable::Translation;
 use super::system::MemorySystem;
+use crate::arch::lock::FairLock;
 use crate::arch::MAX_CPUS;
 
 /// Orders kept on the lists: up to Linux's `PAGE_ALLOC_COSTLY_ORDER`.
@@ -135,7 +136,7 @@ impl PerCpuPages {
 
 #[repr(align(64))]
 struct CpuSlot {
-    pages: spin::Mutex<PerCpuPages>,
+    pages: FairLock<PerCpuPages>,
     /// `pages.count`, readable without the lock (for `MemFree`); written
     /// under it.
     count: AtomicU64,
@@ -178,7 +179,7 @@ impl Pcp {
         Pcp {
             cpus: [const {
                 CpuSlot {
-                    pages: spin::Mutex::new(PerCpuPages::EMPTY),
+                    pages: FairLock::new(PerCpuPages::EMPTY),
                     count: AtomicU64::new(0),
                 }
             }; MAX_CPUS],

@@ -54,6 +54,40 @@ pub mod insn {
         unsafe { asm!("tlbi vmalle1", options(nostack, preserves_flags)) }
     }
 
+    /// Linux's `__cmpwait` (arm64 `smp_cond_load_*`): returns once `*word`
+    /// may differ from `old`. `LDXR` arms the exclusive monitor on the word;
+    /// a store to it by another CPU clears the monitor, which sends this CPU
+    /// the event `WFE` waits for (so does any interrupt, hence "may").
+    /// `SEVL; WFE` first clears a stale event.
+    #[inline(always)]
+    pub fn cmpwait(word: *const u32, old: u32) {
+        // SAFETY: a load of an aligned u32 the caller's atomic owns, and
+        // event waits; nothing is written.
+        unsafe {
+            asm!(
+                "sevl",
+                "wfe",
+                "ldxr {tmp:w}, [{word}]",
+                "eor {tmp:w}, {tmp:w}, {old:w}",
+                "cbnz {tmp:w}, 2f",
+                "wfe",
+                "2:",
+                word = in(reg) word,
+                old = in(reg) old,
+                tmp = out(reg) _,
+                options(nostack, readonly, preserves_flags)
+            )
+        }
+    }
+
+    /// Cleans and invalidates the data cache line holding `va` to the
+    /// point of coherency.
+    #[inline(always)]
+    pub fn dc_civac(va: u64) {
+        // SAFETY: dirty data is written back first; contents are unchanged.
+        unsafe { asm!("dc civac, {}", in(reg) va, options(nostack, preserves_flags)) }
+    }
+
     /// Cleans the data cache line holding `va` to the point of coherency.
     #[inline(always)]
     pub fn dc_cvac(va: u64) {
@@ -103,6 +137,11 @@ pub fn disable_user_table() {
     insn::tlbi_vmalle1();
     dsb(barrier::NSH);
     isb(barrier::SY);
+}
+
+/// `ID_AA64MMFR0_EL1.PARange` as the CPU reports it.
+pub fn pa_range_field() -> u64 {
+    ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange)
 }
 
 /// Physical address bits the CPU implements (`ID_AA64MMFR0_EL1.PARange`).

@@ -24,6 +24,29 @@ pub struct SecondaryBoot {
     pub ttbr1: u64,
     pub stack_top: u64,
     pub exception_stack_top: u64,
+    /// Written by the CPU when it cannot run the kernel (`SECONDARY_*`),
+    /// with its MMU off; 0 otherwise.
+    pub status: u64,
+    /// The boot CPU's `ID_AA64MMFR0_EL1.PARange`, capped at what the
+    /// kernel's TCR uses: the least a secondary must have.
+    pub pa_range: u64,
+}
+
+/// [`SecondaryBoot::status`]: the CPU lacks the kernel's granule.
+pub const SECONDARY_NO_GRANULE: u64 = 1;
+/// [`SecondaryBoot::status`]: the CPU reaches less physical memory than
+/// the boot CPU.
+pub const SECONDARY_SMALL_PA: u64 = 2;
+
+/// Why a CPU did not come online.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// The firmware refused `CPU_ON`.
+    Refused,
+    /// The CPU reported [`SECONDARY_NO_GRANULE`] or [`SECONDARY_SMALL_PA`].
+    Unfit(u64),
+    /// It never arrived.
+    Timeout,
 }
 
 struct BootSlots(core::cell::UnsafeCell<[SecondaryBoot; MAX_CPUS]>);
@@ -38,6 +61,8 @@ static BOOT: BootSlots = BootSlots(core::cell::UnsafeCell::new(
             ttbr1: 0,
             stack_top: 0,
             exception_stack_top: 0,
+            status: 0,
+            pa_range: 0,
         }
     }; MAX_CPUS],
 ));
@@ -85,44 +110,57 @@ fn set_cpu_id(cpu: usize) {
     TPIDR_EL1.set(cpu as u64);
 }
 
-/// Cleans `[va, va + len)` to the point of coherency, for a CPU that will
-/// read it with its caches off.
-fn clean_to_poc(va: u64, len: u64) {
+/// Runs the cache maintenance `op` (by VA, to the point of coherency) on
+/// every line of `[va, va + len)`: `dc_cvac` for a CPU that will read it
+/// with its caches off, `dc_civac` to read what such a CPU wrote there.
+fn to_poc(va: u64, len: u64, op: fn(u64)) {
     let mut line = va & !63;
     while line < va + len {
-        super::insn::dc_cvac(line);
+        op(line);
         line += 64;
     }
     aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
 }
 
-/// Starts CPU `cpu` with `boot` (at `boot_pa`) through `cpu_on` (the
-/// firmware's call, given `boot_pa`), and waits for it to come online.
+/// Starts CPU `cpu` with `boot` (at `boot_pa`; `pa_range` filled in)
+/// through `cpu_on` (the firmware's call, given `boot_pa`), and waits for
+/// it to come online or say why it cannot.
 pub fn start_cpu(
     cpu: usize,
     boot: &mut SecondaryBoot,
     boot_pa: u64,
     cpu_on: impl FnOnce(u64) -> bool,
-) -> bool {
+) -> Result<(), StartError> {
     // The boot CPU names itself before the first other CPU runs (its
     // reset value of TPIDR_EL1 is UNKNOWN).
     set_cpu_id(0);
     boot.cpu = cpu as u64;
-    clean_to_poc(
+    boot.status = 0;
+    let (va, len) = (
         boot as *const _ as u64,
         core::mem::size_of::<SecondaryBoot>() as u64,
     );
+    to_poc(va, len, super::insn::dc_cvac);
     if !cpu_on(boot_pa) {
-        return false;
+        return Err(StartError::Refused);
     }
     // Bounded: a CPU that never arrives is reported, not waited for.
     for _ in 0..50_000_000u64 {
         if online_mask() & (1 << cpu) != 0 {
-            return true;
+            return Ok(());
+        }
+        // What the CPU wrote with its MMU off is in memory: drop any line
+        // of ours that could hide it (ours is clean: cleaned above).
+        to_poc(va, len, super::insn::dc_civac);
+        // SAFETY: a read of our own slot; the CPU writes it only before
+        // it parks, with the MMU off.
+        let status = unsafe { core::ptr::read_volatile(&boot.status) };
+        if status != 0 {
+            return Err(StartError::Unfit(status));
         }
         core::hint::spin_loop();
     }
-    false
+    Err(StartError::Timeout)
 }
 
 /// Hands `job` to every CPU in `mask` and wakes them.
