@@ -56,7 +56,13 @@ pub mod trace {
     }
 
     #[cfg(test)]
-    pub use host::{check_free, cleared, invalidations, record};
+    pub use host::{check_free, cleared, invalidations, record, tables_zeroed, zeroed_barriers};
+
+    /// Counts the barriers that publish zeroed table pages (host tests
+    /// assert one per map call, however many tables it adds).
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn tables_zeroed() {}
 
     #[cfg(not(test))]
     #[inline(always)]
@@ -87,6 +93,16 @@ pub mod trace {
         std::thread_local! {
             static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
             static INVALIDATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+            static ZEROED_BARRIERS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+
+        pub fn tables_zeroed() {
+            ZEROED_BARRIERS.with(|n| n.set(n.get() + 1));
+        }
+
+        /// `barrier::tables_zeroed` calls on this thread so far.
+        pub fn zeroed_barriers() -> u64 {
+            ZEROED_BARRIERS.with(|n| n.get())
         }
 
         /// Invalidations recorded on this thread so far: one per range (a
@@ -211,6 +227,7 @@ pub mod barrier {
     /// that points at them (Linux's `dsb(ishst)` in `pgd_pgtable_alloc`).
     pub fn tables_zeroed() {
         super::insn::dsb_ishst();
+        super::trace::tables_zeroed();
     }
 
     /// New descriptors are visible to the table walker before any access

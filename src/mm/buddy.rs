@@ -487,6 +487,20 @@ impl BuddyAllocator {
         got
     }
 
+    /// Linux's `split_page`: the allocated `2^order` block at `pfn` becomes
+    /// `2^order` order-0 pages, each freed on its own (and counted as an
+    /// allocation, so that allocations and frees still pair up).
+    pub fn split_page(&mut self, pfn: Pfn, order: u32) {
+        // A whole max-order block handed out as is may still be deferred.
+        self.ensure_init(pfn);
+        for p in Pfn::range(pfn, pfn + (1 << order)) {
+            let page = self.pg_mut(p);
+            page.refcount = 1;
+            page.order = 0;
+        }
+        self.stats.allocs += (1 << order) - 1;
+    }
+
     /// For users whose pages may move: `Normal` first, then `Movable`.
     pub fn alloc_any(&mut self, order: u32) -> Option<Pfn> {
         let got = if order <= MAX_ORDER {

@@ -8,6 +8,14 @@ pub trait FrameAllocator {
     fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr>;
     /// Give back what `alloc_pages(order)` returned.
     fn free_pages(&mut self, pa: PhysAddr, order: u32);
+    /// Up to `max` (at least 1) pages in one physically contiguous run,
+    /// `(first, count)`, each page to be given back on its own with
+    /// `free_pages(pa, 0)`: backing mapped page by page (the vmemmap) taken
+    /// a run at a time. One page by default.
+    fn alloc_page_run(&mut self, max: u64) -> Option<(PhysAddr, u64)> {
+        let _ = max;
+        self.alloc_pages(0).map(|pa| (pa, 1))
+    }
     /// Whether the page at `pa` is reserved (never to be freed to this
     /// allocator): Linux's `PageReserved`, checked before hotplug frees.
     fn is_reserved(&self, _pa: PhysAddr) -> bool {

@@ -6,6 +6,7 @@
 
 use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
+use super::granule::{Granule, KernelGranule};
 use super::layout::*;
 use super::page::{PageFlags, Zone, MAX_ORDER_NR_PAGES};
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
@@ -70,17 +71,43 @@ impl<T: Translation> MemorySystem<T> {
         size: u64,
         altmap: Option<&mut VmemAltmap>,
     ) -> Result<()> {
-        let end = start + size;
+        self.add_linear_map(start, size)?;
+        if let Err(e) = self.add_vmemmap(start, size, altmap) {
+            self.remove_linear_map(start, size);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The linear map part of [`arch_add_memory`](Self::arch_add_memory):
+    /// blocks of up to a memory block, in contiguous groups where a group
+    /// fits in one (4K: 16 x 2 MiB), so that a range mapped in one walk
+    /// never has a group that removing one of its blocks must break up.
+    fn add_linear_map(&mut self, start: PhysAddr, size: u64) -> Result<()> {
         let p = self.parts();
-        let va = VaRange::new(start.to_virt(), end.to_virt());
-        let hints = MapHints::blocks(HOTPLUG_LINEAR_LEAF).with_contiguous();
+        let va = VaRange::new(start.to_virt(), (start + size).to_virt());
+        let mut hints = MapHints::blocks(HOTPLUG_LINEAR_LEAF);
+        let group = KernelGranule::level_size(2) * KernelGranule::contiguous_entries(2) as u64;
+        if group <= MEMORY_BLOCK_SIZE {
+            hints = hints.with_contiguous();
+        }
         let mut frames = p.frames;
         p.pt.map_range(va, start, Attributes::KERNEL_RW, hints, &mut frames)?;
-        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(end));
-        if let Err(e) = vmemmap_populate(p.pt, vstart, vend, altmap, &mut frames) {
-            self.remove_linear_map(start, size);
-            return Err(e.into());
-        }
+        Ok(())
+    }
+
+    /// The struct pages part of [`arch_add_memory`](Self::arch_add_memory);
+    /// on failure the vmemmap is as it was.
+    fn add_vmemmap(
+        &mut self,
+        start: PhysAddr,
+        size: u64,
+        altmap: Option<&mut VmemAltmap>,
+    ) -> Result<()> {
+        let p = self.parts();
+        let mut frames = p.frames;
+        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(start + size));
+        vmemmap_populate(p.pt, vstart, vend, altmap, &mut frames)?;
         Ok(())
     }
 
@@ -214,19 +241,27 @@ impl<T: Translation> MemorySystem<T> {
         resource: &'static str,
         owner: Option<(&'static str, PlugMask)>,
     ) -> Result<()> {
+        // The linear map of the whole range in one walk (Linux's
+        // `arch_add_memory` maps a range), then each block's struct pages.
+        let (start, end) = (block_range(first).base, block_range(last - 1).end());
+        self.add_linear_map(start, end - start)?;
         for id in first..last {
             if let Err(e) = self.add_memory_block(id, resource, owner) {
                 for done in (first..id).rev() {
                     self.remove_memory_block(done).expect("just added, offline");
                 }
+                let rest = block_range(id).base;
+                self.remove_linear_map(rest, end - rest);
                 return Err(e);
             }
         }
-        // Logged once the whole range is in: a rolled-back add says
-        // nothing but its one error.
-        for id in first..last {
-            let r = block_range(id);
-            pr_info!("memory{id}: added {:#x}-{:#x}", r.base, r.end() - 1);
+        // Logged once the whole range is in (a rolled-back add says nothing
+        // but its one error), in one line, not one per block: a line costs
+        // about 2 us to format, as much as adding a block on 16K or 64K.
+        let (s, e) = (start, end - 1);
+        match last - first {
+            1 => pr_info!("memory{first}: added {s:#x}-{e:#x}"),
+            _ => pr_info!("memory{first}-{}: added {s:#x}-{e:#x}", last - 1),
         }
         self.events.hotplug_add += last - first;
         Ok(())
@@ -249,7 +284,8 @@ impl<T: Translation> MemorySystem<T> {
         // Room for the block's records first: past the mapping nothing fails.
         self.blocks.try_reserve(1).map_err(|_| no_heap())?;
         self.iomem.try_reserve(1).map_err(|_| no_heap())?;
-        self.arch_add_memory(range.base, range.size, altmap.as_mut())?;
+        // The caller mapped the block in the linear map.
+        self.add_vmemmap(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it
         // is onlined, once its zone is known; until then only the pages
         // that hold them are marked (and stay reserved for good).

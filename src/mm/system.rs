@@ -292,17 +292,45 @@ pub struct Frames<'a> {
     pcp: &'static super::pcp::Pcp,
 }
 
-impl FrameAllocator for Frames<'_> {
-    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
+impl Frames<'_> {
+    /// Fault injection: whether this allocation is the one to fail.
+    fn injected_failure(&mut self) -> bool {
         match self.fail_nth {
             Some(0) => {
                 *self.fail_nth = None;
-                return None;
+                true
             }
-            Some(n) => *n -= 1,
-            None => {}
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl FrameAllocator for Frames<'_> {
+    fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
+        if self.injected_failure() {
+            return None;
         }
         self.pcp.or_drain(self.buddy, |b| b.alloc_pages(order))
+    }
+
+    /// The largest block `max` allows, split; one page (from the per-CPU
+    /// lists if need be) when no such block is free.
+    fn alloc_page_run(&mut self, max: u64) -> Option<(PhysAddr, u64)> {
+        let order = max.max(1).ilog2().min(MAX_ORDER);
+        if order > 0 {
+            if self.injected_failure() {
+                return None;
+            }
+            if let Some(pfn) = self.buddy.alloc(order, Zone::Normal) {
+                self.buddy.split_page(pfn, order);
+                return Some((pfn.phys(), 1 << order));
+            }
+        }
+        self.alloc_pages(0).map(|pa| (pa, 1))
     }
 
     fn free_pages(&mut self, pa: PhysAddr, order: u32) {

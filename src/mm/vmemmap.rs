@@ -116,9 +116,38 @@ pub fn vmemmap_populate_basepages<T: Translation>(
     frames: &mut (impl FrameAllocator + ?Sized),
 ) -> Result<(), MapError> {
     let range = VaRange::new(start.align_down(PAGE_SIZE), end.align_up(PAGE_SIZE));
-    pt.map_pages_with(range, Attributes::KERNEL_RW, frames, &mut |frames| {
-        alloc_backing(0, altmap, frames)
+    pt.map_pages_with(range, Attributes::KERNEL_RW, frames, &mut |frames, max| {
+        alloc_backing_run(max, altmap, frames)
     })
+}
+
+/// Up to `max` pages of base-page backing in one contiguous run (each page
+/// freed on its own later): from the altmap, a naturally aligned power of
+/// two that needs no padding; else from `frames`.
+fn alloc_backing_run(
+    max: u64,
+    altmap: &mut Option<&mut VmemAltmap>,
+    frames: &mut (impl FrameAllocator + ?Sized),
+) -> Option<(PhysAddr, u64)> {
+    let Some(a) = altmap else {
+        return frames.alloc_page_run(max);
+    };
+    let next = a.next_pfn().as_u64();
+    let aligned = if next == 0 {
+        max
+    } else {
+        1 << next.trailing_zeros()
+    };
+    let mut n = 1u64 << max.min(aligned).min(a.nr_free()).max(1).ilog2();
+    loop {
+        if let Some(pfn) = a.alloc_pfns(n) {
+            return Some((pfn.phys(), n));
+        }
+        if n == 1 {
+            return None;
+        }
+        n /= 2;
+    }
 }
 
 /// Linux's `vmemmap_free`: unmaps the vmemmap `[start, end)`, returns its

@@ -376,14 +376,17 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     /// `vmemmap_populate_basepages`): validated and its tables reserved once
     /// (`AlreadyMapped`, `NoMemory` change nothing), then one descent per
     /// last-level table writes its entries in a row, and one barrier ends
-    /// it. When `backing` runs out, `NoMemory` leaves the pages mapped so
+    /// it. `backing(frames, max)` hands out a physically contiguous run of
+    /// `1..=max` pages as `(first, count)` (`max` being what is left of the
+    /// current last-level table), so that the pages are taken a run at a
+    /// time. When `backing` runs out, `NoMemory` leaves the pages mapped so
     /// far (and the new tables) for the caller to unmap.
     pub fn map_pages_with<F: FrameAllocator + ?Sized>(
         &mut self,
         range: VaRange,
         attrs: Attributes,
         frames: &mut F,
-        backing: &mut impl FnMut(&mut F) -> Option<PhysAddr>,
+        backing: &mut impl FnMut(&mut F, u64) -> Option<(PhysAddr, u64)>,
     ) -> Result<(), MapError> {
         let page = G::PAGE_SIZE;
         if range.is_empty() || !range.start.is_aligned(page) || !range.end.is_aligned(page) {
@@ -418,16 +421,29 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         attrs: Attributes,
         pool: &mut TablePool,
         frames: &mut F,
-        backing: &mut impl FnMut(&mut F) -> Option<PhysAddr>,
+        backing: &mut impl FnMut(&mut F, u64) -> Option<(PhysAddr, u64)>,
     ) -> Result<(), MapError> {
+        if level == 3 {
+            // count_missing saw every entry of the range empty.
+            let page = G::PAGE_SIZE;
+            let mut index = G::index(range.start.as_u64(), level);
+            let end = index + (range.len() / page) as usize;
+            while index < end {
+                let max = (end - index) as u64;
+                let (pa, n) = backing(frames, max).ok_or(MapError::NoMemory)?;
+                // More than asked for would leave pages nobody maps or frees.
+                assert!((1..=max).contains(&n), "backing run of {n} for {max}");
+                let mut leaf = Descriptor::leaf(pa, attrs, 3);
+                for i in index..index + n as usize {
+                    self.write(table, i, leaf);
+                    leaf.0 += page;
+                }
+                index += n as usize;
+            }
+            return Ok(());
+        }
         for (addr, next) in chunks(range.start, range.end, G::level_size(level)) {
             let index = G::index(addr.as_u64(), level);
-            if level == 3 {
-                // count_missing saw every entry of the range empty.
-                let pa = backing(frames).ok_or(MapError::NoMemory)?;
-                self.write(table, index, Descriptor::leaf(pa, attrs, 3));
-                continue;
-            }
             let d = self.read(table, index);
             let child = if d.is_table(level) {
                 d.output_address()
@@ -453,6 +469,17 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         pa: PhysAddr,
         hints: MapHints,
     ) -> Result<usize, MapError> {
+        if level == 3 {
+            // Only pages here: any valid entry is in the way.
+            let first = G::index(range.start.as_u64(), level);
+            let n = (range.len() / G::PAGE_SIZE) as usize;
+            return match (first..first + n).find(|&i| self.read(table, i).is_valid()) {
+                Some(i) => Err(MapError::AlreadyMapped(
+                    range.start + (i - first) as u64 * G::PAGE_SIZE,
+                )),
+                None => Ok(0),
+            };
+        }
         let mut missing = 0;
         for (addr, next) in chunks(range.start, range.end, G::level_size(level)) {
             let phys = pa + (addr - range.start);

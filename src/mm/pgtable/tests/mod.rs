@@ -356,4 +356,5 @@ for_each_granule!(
     detach_respects_floor_and_ceiling,
     vmemmap_teardown_invalidates_once_per_table,
     map_pages_with_descends_once_per_table,
+    one_barrier_per_map_call_for_new_tables,
 );

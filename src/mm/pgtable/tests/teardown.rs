@@ -3,7 +3,7 @@
 //! what they free and when.
 
 use super::*;
-use crate::arch::trace::invalidations;
+use crate::arch::trace::{invalidations, zeroed_barriers};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::layout::PAGE_OFFSET;
 
@@ -167,10 +167,10 @@ pub(super) fn vmemmap_teardown_invalidates_once_per_table<G: Granule>() {
             VaRange::new(start, end),
             Attributes::KERNEL_RW,
             &mut env.frames,
-            &mut |f: &mut ArenaFrames| {
+            &mut |f: &mut ArenaFrames, _| {
                 let pa = f.alloc_pages(0);
                 backing.extend(pa);
-                pa
+                pa.map(|pa| (pa, 1))
             },
         )
         .unwrap();
@@ -233,10 +233,10 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
     let (start, end) = (VA0 + b - 2 * p, VA0 + 2 * b + 3 * p);
     let n = ((end - start) / p) as usize;
     let mut backing = Vec::new();
-    let mut take = |f: &mut ArenaFrames| {
+    let mut take = |f: &mut ArenaFrames, _| {
         let pa = f.alloc_pages(0);
         backing.extend(pa);
-        pa
+        pa.map(|pa| (pa, 1))
     };
     env.pt
         .map_pages_with(
@@ -258,9 +258,9 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
     // Overlap: refused before any table or backing is taken.
     let before = env.snapshot();
     let mut calls = 0;
-    let mut counting = |f: &mut ArenaFrames| {
+    let mut counting = |f: &mut ArenaFrames, _| {
         calls += 1;
-        f.alloc_pages(0)
+        f.alloc_pages(0).map(|pa| (pa, 1))
     };
     let r = env.pt.map_pages_with(
         VaRange::new(end - 2 * p, end + 4 * b),
@@ -281,9 +281,9 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
             VaRange::new(s2, e2),
             Attributes::KERNEL_RW,
             &mut env.frames,
-            &mut |f: &mut ArenaFrames| {
+            &mut |f: &mut ArenaFrames, _| {
                 calls += 1;
-                f.alloc_pages(0)
+                f.alloc_pages(0).map(|pa| (pa, 1))
             },
         );
         env.frames.fail_after = None;
@@ -300,12 +300,12 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
         VaRange::new(s2, e2),
         Attributes::KERNEL_RW,
         &mut env.frames,
-        &mut |f: &mut ArenaFrames| {
+        &mut |f: &mut ArenaFrames, _| {
             if left == 0 {
                 return None;
             }
             left -= 1;
-            f.alloc_pages(0)
+            f.alloc_pages(0).map(|pa| (pa, 1))
         },
     );
     assert_eq!(r, Err(MapError::NoMemory));
@@ -328,5 +328,70 @@ pub(super) fn map_pages_with_descends_once_per_table<G: Granule>() {
     let now = env.snapshot();
     assert_eq!(now.in_use, baseline.in_use);
     assert_eq!((now.tables, now.dump), (baseline.tables, baseline.dump));
+    env.check_tables(true);
+}
+
+/// Populate by tables publishes its zeroed table pages with one barrier per
+/// map call (Linux issues one per table page), none when it adds no table;
+/// and `map_pages_with` takes backing a run at a time, never asked for more
+/// than is left of the current last-level table.
+pub(super) fn one_barrier_per_map_call_for_new_tables<G: Granule>() {
+    let mut env = Env::<G>::with_blocks(1);
+    let (p, b) = (page::<G>(), block::<G>());
+    let upper = (2 - G::START_LEVEL) as u64;
+    // Pages over three last-level tables, all of them new.
+    let (tables, barriers) = (env.pt.stats.tables, zeroed_barriers());
+    env.map(
+        VA0 + b - p,
+        VA0 + 3 * b + p,
+        PA0,
+        Attributes::KERNEL_RW,
+        MapHints::pages(),
+    )
+    .unwrap();
+    assert_eq!(env.pt.stats.tables - tables, upper + 4);
+    assert_eq!(zeroed_barriers() - barriers, 1);
+    // Into tables that exist: no barrier for zeroed pages.
+    let barriers = zeroed_barriers();
+    env.map(
+        VA0 + 3 * b + 2 * p,
+        VA0 + 3 * b + 4 * p,
+        PA0,
+        Attributes::KERNEL_RW,
+        MapHints::pages(),
+    )
+    .unwrap();
+    assert_eq!(zeroed_barriers() - barriers, 0);
+
+    // map_pages_with over two new last-level tables, backing in runs of at
+    // most three pages (outputs nobody reads: the range is torn down
+    // without freeing them).
+    let (start, end) = (VA0 + 8 * b - 4 * p, VA0 + 8 * b + 5 * p);
+    let (tables, barriers) = (env.pt.stats.tables, zeroed_barriers());
+    let mut next = PA0;
+    let mut asked = Vec::new();
+    env.pt
+        .map_pages_with(
+            VaRange::new(start, end),
+            Attributes::KERNEL_RW,
+            &mut env.frames,
+            &mut |_: &mut ArenaFrames, max| {
+                let run = (next, max.min(3));
+                asked.push(max);
+                next += run.1 * p;
+                Some(run)
+            },
+        )
+        .unwrap();
+    assert_eq!(env.pt.stats.tables - tables, 2);
+    assert_eq!(zeroed_barriers() - barriers, 1);
+    // 4 pages to the first table's end (3 + 1), then 5 into the next.
+    assert_eq!(asked, [4, 1, 5, 2]);
+    for i in 0..(end - start) / p {
+        assert_maps(&env, start + i * p, PA0 + i * p, 3, Attributes::KERNEL_RW);
+    }
+    env.unmap(start, end, false, None);
+    env.unmap(VA0 + b - p, VA0 + 3 * b + 4 * p, false, None);
+    env.free_tables(VA0, VA0 + 10 * b);
     env.check_tables(true);
 }
