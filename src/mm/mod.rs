@@ -16,6 +16,7 @@ pub mod ioremap;
 pub mod kmem;
 pub mod layout;
 pub mod memblock;
+pub mod node;
 pub mod online;
 pub mod page;
 pub mod pcp;
