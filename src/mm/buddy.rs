@@ -973,8 +973,10 @@ mod tests {
         }
         // Fully coalesced buddies never coexist (same zone, same order).
         for &(pfn, order, zone) in &all {
-            if order < MAX_ORDER {
-                let buddy = (buddy_pfn(pfn, order), order, zone);
+            let bp = buddy_pfn(pfn, order);
+            let same_node = || b.read(pfn).nid() == b.read(bp).nid();
+            if order < MAX_ORDER && b.memmap().contains(bp) && same_node() {
+                let buddy = (bp, order, zone);
                 assert!(
                     all.binary_search(&buddy).is_err(),
                     "unmerged buddies at {pfn:#x}"
@@ -1155,6 +1157,67 @@ mod tests {
         assert_eq!(b.stats().bad_frees, 4);
         assert!(b.free(p, 0));
         assert_eq!(audit(b), before);
+    }
+
+    /// Per-node free lists: halves of one max-order block on two nodes
+    /// never merge; an allocation for a node takes its pages while it has
+    /// them, then the nearest node's, and `numastat` says so.
+    #[test]
+    fn nodes_never_merge_and_allocation_walks_by_distance() {
+        let half = MAXB / 2;
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        let memory = [(
+            crate::mm::addr::PhysRange::new(BASE.phys(), 2 * MAXB << layout::PAGE_SHIFT),
+            Some(0),
+        )];
+        let distances = [(0, 1, 30), (0, 2, 20), (1, 2, 20)];
+        let desc = crate::mm::node::NumaDesc {
+            memory: &memory,
+            cpus: &[Some(0), Some(1), Some(2)],
+            distances: &distances,
+            distance_map_malformed: false,
+        };
+        b.set_topology(Topology::build(&desc, false));
+        b.online_pages(BASE, half, Zone::Normal, 0);
+        b.online_pages(BASE + half, half, Zone::Normal, 1);
+        b.online_pages(BASE + MAXB, MAXB, Zone::Normal, 2);
+        let want = [
+            (BASE, MAX_ORDER - 1, Zone::Normal),
+            (BASE + half, MAX_ORDER - 1, Zone::Normal),
+            (BASE + MAXB, MAX_ORDER, Zone::Normal),
+        ];
+        assert_eq!(audit(b), want);
+        assert_eq!(
+            (
+                b.nr_free_node(1, Zone::Normal),
+                b.managed_node(2, Zone::Normal)
+            ),
+            (half, MAXB)
+        );
+        assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB);
+        // Node 1's own half, then node 2 (20 away), then node 0 (30).
+        let mut held = Vec::new();
+        while let Some(p) = b.alloc_nodes(0, &[Zone::Normal], 1) {
+            let want_node = match held.len() as u64 {
+                n if n < half => 1,
+                n if n < half + MAXB => 2,
+                _ => 0,
+            };
+            assert_eq!(b.read(p).nid(), want_node, "allocation {}", held.len());
+            held.push(p);
+        }
+        assert_eq!(held.len() as u64, 2 * MAXB);
+        let (s0, s1, s2) = (b.numa_stat(0), b.numa_stat(1), b.numa_stat(2));
+        assert_eq!((s1.numa_hit, s1.numa_foreign), (half, half + MAXB));
+        assert_eq!((s2.numa_miss, s0.numa_miss), (MAXB, half));
+        // Host tests run as CPU 0, of node 0.
+        assert_eq!((s0.local_node, s1.other_node), (half, half));
+        held.sort_by_key(|&p| (p.as_u64().reverse_bits(), p));
+        for p in held {
+            assert!(b.free(p, 0));
+        }
+        assert_eq!(audit(b), want);
     }
 
     #[test]

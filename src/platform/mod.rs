@@ -767,6 +767,69 @@ mod tests {
         }
     }
 
+    /// QEMU's NUMA description: memory and CPU nodes with `numa-node-id`
+    /// (in any order), a `distance-map` naming a memory-less node 2; and
+    /// `numa=off`.
+    fn numa_tree(matrix: &[u32]) -> Fdt {
+        let mut fdt = minimal();
+        fdt.root.children.retain(|c| !c.name.starts_with("memory"));
+        for (base, nid) in [(0x6000_0000u64, 1u32), (0x4000_0000, 0)] {
+            let mut m = Node::new(&format!("memory@{base:x}"));
+            m.string("device_type", "memory")
+                .reg64(&[(base, 0x2000_0000)])
+                .u32s("numa-node-id", &[nid]);
+            fdt.root.child(m);
+        }
+        let cpus = fdt.root.find("cpus").unwrap();
+        cpus.children[0].u32s("numa-node-id", &[0]);
+        let mut cpu = Node::new("cpu@1");
+        cpu.string("device_type", "cpu")
+            .u32s("reg", &[1])
+            .u32s("numa-node-id", &[1]);
+        cpus.child(cpu);
+        let mut map = Node::new("distance-map");
+        map.string("compatible", "numa-distance-map-v1")
+            .u32s("distance-matrix", matrix);
+        fdt.root.child(map);
+        fdt
+    }
+
+    #[test]
+    fn reads_numa_nodes_and_distances() {
+        let matrix = [0, 0, 10, 0, 1, 21, 0, 2, 31, 1, 1, 10, 1, 2, 41, 2, 2, 10];
+        let p = parse(&numa_tree(&matrix)).unwrap();
+        assert_eq!(p.memory_nid[..2], [Some(0), Some(1)]);
+        assert_eq!(p.memory()[0].base, PhysAddr::new(0x4000_0000));
+        assert_eq!(p.cpu_nid[..2], [Some(0), Some(1)]);
+        let t = p.numa(false);
+        assert_eq!(format!("{}", t.possible()), "0-2");
+        assert_eq!((t.distance(1, 0), t.distance(2, 1)), (21, 41));
+        assert_eq!(t.phys_to_node(PhysAddr::new(0x7000_0000)), Some(1));
+        assert_eq!(t.cpu_node(1), 1);
+        let off = p.numa(true);
+        assert_eq!(format!("{}", off.possible()), "0");
+        assert_eq!(off.phys_to_node(PhysAddr::new(0x7000_0000)), Some(0));
+    }
+
+    /// A matrix cut short, or a `numa-node-id` of the wrong size: logged,
+    /// default distances and node 0, never a panic.
+    #[test]
+    fn malformed_numa_properties_fall_back() {
+        let mut fdt = numa_tree(&[0, 1, 25, 1]);
+        let mem = fdt.root.find("memory@60000000").unwrap();
+        mem.prop("numa-node-id", &[0, 1]);
+        let p = parse(&fdt).unwrap();
+        assert!(p.distance_map_malformed);
+        let t = p.numa(false);
+        assert_eq!(t.distance(0, 1), 25);
+        assert_eq!(t.phys_to_node(PhysAddr::new(0x6000_0000)), Some(0));
+        let map = fdt.root.find("distance-map").unwrap();
+        map.props.retain(|(n, _)| n != "compatible");
+        let p = parse(&fdt).unwrap();
+        assert!(p.distance_map_malformed);
+        assert_eq!(p.numa(false).distance(0, 1), 20);
+    }
+
     /// The crate panics on a tree without `/chosen` or `/cpus`: refused.
     #[test]
     fn a_tree_without_chosen_or_cpus_is_refused() {
