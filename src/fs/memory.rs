@@ -73,11 +73,16 @@ pub fn block_path(path: &str) -> Option<(u64, Option<&str>)> {
         Some((n, f)) => (n, Some(f)),
         None => (rest, None),
     };
+    Some((parse_index(n)?, file))
+}
+
+/// The `N` of a sysfs name like `memoryN`: decimal digits, no leading 0.
+pub(super) fn parse_index(n: &str) -> Option<u64> {
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0'))
     {
         return None;
     }
-    Some((n.parse().ok()?, file))
+    n.parse().ok()
 }
 
 fn state<T: Translation>(mm: &MemorySystem<T>, id: u64) -> BlockState {

@@ -8,6 +8,7 @@
 
 mod debug;
 pub mod memory;
+pub mod node;
 pub mod proc;
 
 use alloc::collections::BTreeSet;
@@ -40,7 +41,7 @@ pub struct Attribute<T: Translation> {
 }
 
 /// Every file at a fixed path.
-pub fn attributes<T: Translation>() -> [Attribute<T>; 14] {
+pub fn attributes<T: Translation>() -> [Attribute<T>; 18] {
     let a = |path, show, store| Attribute { path, show, store };
     [
         a("/proc/meminfo", Some(proc::meminfo), None),
@@ -49,6 +50,22 @@ pub fn attributes<T: Translation>() -> [Attribute<T>; 14] {
         a("/proc/vmstat", Some(proc::vmstat), None),
         a("/proc/zoneinfo", Some(proc::zoneinfo), None),
         a("/sys/devices/system/cpu/online", Some(cpu_online), None),
+        a(
+            "/sys/devices/system/node/has_cpu",
+            Some(node::has_cpu),
+            None,
+        ),
+        a(
+            "/sys/devices/system/node/has_memory",
+            Some(node::has_memory),
+            None,
+        ),
+        a("/sys/devices/system/node/online", Some(node::online), None),
+        a(
+            "/sys/devices/system/node/possible",
+            Some(node::possible),
+            None,
+        ),
         a(
             "/sys/devices/system/memory/auto_online_blocks",
             Some(memory::show_auto_online_blocks),
@@ -93,6 +110,11 @@ enum Node<T: Translation> {
     Dir,
     File(Option<Show<T>>, Option<Store<T>>),
     Block(u64, memory::BlockAttr<T>),
+    /// `memoryN` (also as `nodeK/memoryN`).
+    BlockDir(u64),
+    /// `nodeN` (also as `memoryM/nodeN`).
+    NumaDir(usize),
+    NumaFile(usize, node::NodeShow<T>),
 }
 
 /// A CPU mask as Linux prints it: ranges, `0-3,6`. Written straight to
@@ -135,17 +157,83 @@ impl<T: Translation> Files<'_, T> {
         if path == "/" || self.children(path).next().is_some() {
             return Some(Node::Dir);
         }
+        if let Some((nid, rest)) = node::node_path(path) {
+            return self.lookup_node(nid, rest);
+        }
         let (id, file) = memory::block_path(path)?;
-        if !self.mm.blocks().contains_key(&id) {
+        self.lookup_block(id, file)
+    }
+
+    /// `memoryN` and what is under it; `nodeK` is its node.
+    fn lookup_block(&self, id: u64, file: Option<&str>) -> Option<Node<T>> {
+        let nid = self.mm.blocks().get(&id)?.nid;
+        let Some(f) = file else {
+            return Some(Node::BlockDir(id));
+        };
+        if let Some(rest) = f.strip_prefix("node") {
+            let (n, file) = match rest.split_once('/') {
+                Some((n, f)) => (n, Some(f)),
+                None => (rest, None),
+            };
+            let k = memory::parse_index(n)?;
+            return (k == nid as u64)
+                .then(|| self.lookup_node(nid, file))
+                .flatten();
+        }
+        memory::block_attrs::<T>()
+            .into_iter()
+            .find(|a| a.name == f)
+            .map(|a| Node::Block(id, a))
+    }
+
+    /// `nodeN` (an online node) and what is under it: its files and its
+    /// memory blocks.
+    fn lookup_node(&self, nid: usize, file: Option<&str>) -> Option<Node<T>> {
+        if !self.mm.node_online().contains(nid) {
             return None;
         }
-        match file {
-            None => Some(Node::Dir),
-            Some(f) => memory::block_attrs::<T>()
-                .into_iter()
-                .find(|a| a.name == f)
-                .map(|a| Node::Block(id, a)),
+        let Some(f) = file else {
+            return Some(Node::NumaDir(nid));
+        };
+        if let Some(rest) = f.strip_prefix("memory") {
+            let (n, file) = match rest.split_once('/') {
+                Some((n, f)) => (n, Some(f)),
+                None => (rest, None),
+            };
+            let id = memory::parse_index(n)?;
+            let on_node = self.mm.blocks().get(&id)?.nid == nid;
+            // `nodeK` inside is not followed again (no loops).
+            let nested = file.is_some_and(|f| f.starts_with("node"));
+            return (on_node && !nested)
+                .then(|| self.lookup_block(id, file))
+                .flatten();
         }
+        node::node_attrs::<T>()
+            .into_iter()
+            .find(|a| a.0 == f)
+            .map(|a| Node::NumaFile(nid, a.1))
+    }
+
+    /// The entries of a `memoryN` directory: its files and its node.
+    fn block_entries(&self, id: u64) -> Vec<String> {
+        let mut v: Vec<String> = memory::block_attrs::<T>()
+            .iter()
+            .map(|a| a.name.to_string())
+            .collect();
+        if let Some(b) = self.mm.blocks().get(&id) {
+            v.push(format!("node{}/", b.nid));
+        }
+        v.sort();
+        v
+    }
+
+    /// The entries of a `nodeN` directory: its files and memory blocks.
+    fn node_entries(&self, nid: usize) -> Vec<String> {
+        let files = node::node_attrs::<T>().map(|a| a.0.to_string());
+        let blocks = self.mm.blocks().iter().filter(|(_, b)| b.nid == nid);
+        let mut v: Vec<String> = files.into_iter().collect();
+        v.extend(blocks.map(|(id, _)| format!("memory{id}/")));
+        v
     }
 
     /// Names directly under `dir`, sorted, directories ending with `/`;
@@ -170,7 +258,11 @@ impl<T: Translation> Files<'_, T> {
             .then(|| self.mm.blocks().keys().map(|id| format!("memory{id}/")))
             .into_iter()
             .flatten();
-        fixed.into_iter().chain(blocks)
+        let nodes = (dir == node::NODE_DIR)
+            .then(|| self.mm.node_online().iter().map(|n| format!("node{n}/")))
+            .into_iter()
+            .flatten();
+        fixed.into_iter().chain(nodes).chain(blocks)
     }
 
     pub fn read(&mut self, path: &str, out: &mut dyn Write) -> Result<()> {
@@ -178,7 +270,10 @@ impl<T: Translation> Files<'_, T> {
             Some(Node::File(Some(show), _)) => show(self, out),
             Some(Node::File(None, _)) => bail!(EACCES, "{path}: write-only file"),
             Some(Node::Block(id, a)) => (a.show)(self.mm, id, out),
-            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            Some(Node::NumaFile(nid, show)) => show(self, nid, out),
+            Some(Node::Dir | Node::BlockDir(_) | Node::NumaDir(_)) => {
+                bail!(EISDIR, "{path}: is a directory")
+            }
             None => bail!(ENOENT, "{path}: no such file or directory"),
         }
     }
@@ -193,18 +288,20 @@ impl<T: Translation> Files<'_, T> {
                     store: Some(store), ..
                 },
             )) => store(self.mm, id, data),
-            Some(Node::File(..) | Node::Block(..)) => bail!(EPERM, "{path}: read-only file"),
-            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            Some(Node::File(..) | Node::Block(..) | Node::NumaFile(..)) => {
+                bail!(EPERM, "{path}: read-only file")
+            }
+            Some(Node::Dir | Node::BlockDir(_) | Node::NumaDir(_)) => {
+                bail!(EISDIR, "{path}: is a directory")
+            }
             None => bail!(ENOENT, "{path}: no such file or directory"),
         }
     }
 
     pub fn list(&mut self, path: &str) -> Result<Vec<String>> {
         match self.lookup(path) {
-            Some(Node::Dir) if memory::block_path(path).is_some() => Ok(memory::block_attrs::<T>()
-                .iter()
-                .map(|a| a.name.to_string())
-                .collect()),
+            Some(Node::BlockDir(id)) => Ok(self.block_entries(id)),
+            Some(Node::NumaDir(nid)) => Ok(self.node_entries(nid)),
             Some(Node::Dir) => Ok(self.children(path).collect()),
             Some(_) => bail!(ENOTDIR, "{path}: not a directory"),
             None => Err(err!(ENOENT, "{path}: no such file or directory")),

@@ -1168,7 +1168,7 @@ mod tests {
         let mut f = fixture(2 * MAXB);
         let b = &mut f.buddy;
         let memory = [(
-            crate::mm::addr::PhysRange::new(BASE.phys(), 2 * MAXB << layout::PAGE_SHIFT),
+            crate::mm::addr::PhysRange::new(BASE.phys(), (2 * MAXB) << layout::PAGE_SHIFT),
             Some(0),
         )];
         let distances = [(0, 1, 30), (0, 2, 20), (1, 2, 20)];

@@ -17,6 +17,8 @@ pub mod kmem;
 pub mod layout;
 pub mod memblock;
 pub mod node;
+#[cfg(test)]
+pub(crate) mod node_tests;
 pub mod online;
 pub mod page;
 pub mod pcp;
