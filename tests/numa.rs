@@ -60,17 +60,22 @@ fn numastat(q: &mut Qemu, nid: usize, what: &str) -> u64 {
         .unwrap_or_else(|| q.fail(&format!("no {what} in {text:?}")))
 }
 
-#[test]
-fn two_memory_backed_nodes() {
-    let args = numa_args(false);
+/// Boots on `-smp 2` with `args`, `-m mem` and the command line `append`.
+fn boot(args: &[String], mem: &str, append: &str) -> Qemu {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut q = Qemu::boot(
+    Qemu::boot(
         Opts::new()
-            .mem("1G")
+            .mem(mem)
             .smp(2)
             .args(&args)
+            .append(append)
             .timeout(Duration::from_secs(60)),
-    );
+    )
+}
+
+#[test]
+fn two_memory_backed_nodes() {
+    let mut q = boot(&numa_args(false), "1G", "");
     for (file, want) in [
         ("possible", "0-1"),
         ("online", "0-1"),
@@ -139,16 +144,7 @@ fn two_memory_backed_nodes() {
 /// `numa=off`: one node, whatever QEMU describes.
 #[test]
 fn numa_off_folds_every_node_into_node_0() {
-    let args = numa_args(true);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut q = Qemu::boot(
-        Opts::new()
-            .mem("1G")
-            .smp(2)
-            .args(&args)
-            .append("numa=off")
-            .timeout(Duration::from_secs(60)),
-    );
+    let mut q = boot(&numa_args(true), "1G", "numa=off");
     for file in ["possible", "online", "has_memory", "has_cpu"] {
         assert_eq!(q.read(&format!("{NODE}/{file}")).trim_end(), "0", "{file}");
     }
@@ -194,15 +190,7 @@ fn memoryless_node_filled_by_virtio_mem() {
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", sock.0.display()),
     ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut q = Qemu::boot(
-        Opts::new()
-            .mem("1G,maxmem=4G")
-            .smp(2)
-            .args(&args)
-            .append("memhp_default_state=online_movable")
-            .timeout(Duration::from_secs(60)),
-    );
+    let mut q = boot(&args, "1G,maxmem=4G", "memhp_default_state=online_movable");
     let mut qmp = Qmp::connect(&sock.0, Duration::from_secs(10)).unwrap_or_else(|e| q.fail(&e));
     assert_eq!(q.read(&format!("{NODE}/possible")).trim_end(), "0-2");
     assert_eq!(q.read(&format!("{NODE}/online")).trim_end(), "0-1");

@@ -68,7 +68,13 @@ pub fn block_attrs<T: Translation>() -> [BlockAttr<T>; 5] {
 
 /// `memoryN` and the file in it, for paths under [`MEMORY_DIR`].
 pub fn block_path(path: &str) -> Option<(u64, Option<&str>)> {
-    let rest = path.strip_prefix(MEMORY_DIR)?.strip_prefix("/memory")?;
+    indexed(path.strip_prefix(MEMORY_DIR)?.strip_prefix('/')?, "memory")
+}
+
+/// `(N, rest)` of `{name}N` or `{name}N/rest` (sysfs entries like
+/// `memoryN`, `nodeN`).
+pub(super) fn indexed<'a>(s: &'a str, name: &str) -> Option<(u64, Option<&'a str>)> {
+    let rest = s.strip_prefix(name)?;
     let (n, file) = match rest.split_once('/') {
         Some((n, f)) => (n, Some(f)),
         None => (rest, None),

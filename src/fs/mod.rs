@@ -170,12 +170,8 @@ impl<T: Translation> Files<'_, T> {
         let Some(f) = file else {
             return Some(Node::BlockDir(id));
         };
-        if let Some(rest) = f.strip_prefix("node") {
-            let (n, file) = match rest.split_once('/') {
-                Some((n, f)) => (n, Some(f)),
-                None => (rest, None),
-            };
-            let k = memory::parse_index(n)?;
+        if f.starts_with("node") {
+            let (k, file) = memory::indexed(f, "node")?;
             return (k == nid as u64)
                 .then(|| self.lookup_node(nid, file))
                 .flatten();
@@ -195,12 +191,8 @@ impl<T: Translation> Files<'_, T> {
         let Some(f) = file else {
             return Some(Node::NumaDir(nid));
         };
-        if let Some(rest) = f.strip_prefix("memory") {
-            let (n, file) = match rest.split_once('/') {
-                Some((n, f)) => (n, Some(f)),
-                None => (rest, None),
-            };
-            let id = memory::parse_index(n)?;
+        if f.starts_with("memory") {
+            let (id, file) = memory::indexed(f, "memory")?;
             let on_node = self.mm.blocks().get(&id)?.nid == nid;
             // `nodeK` inside is not followed again (no loops).
             let nested = file.is_some_and(|f| f.starts_with("node"));
@@ -307,6 +299,19 @@ impl<T: Translation> Files<'_, T> {
             None => Err(err!(ENOENT, "{path}: no such file or directory")),
         }
     }
+}
+
+/// A file's text, or the test panics.
+#[cfg(test)]
+pub(crate) fn read_for_test(
+    files: &mut Files<crate::mm::testing::ArenaTranslation>,
+    path: &str,
+) -> String {
+    let mut s = String::new();
+    files
+        .read(path, &mut s)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    s
 }
 
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]

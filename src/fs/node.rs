@@ -28,12 +28,9 @@ pub fn node_attrs<T: Translation>() -> [(&'static str, NodeShow<T>); 4] {
 
 /// `nodeN` and what follows it, for paths under [`NODE_DIR`].
 pub fn node_path(path: &str) -> Option<(usize, Option<&str>)> {
-    let rest = path.strip_prefix(NODE_DIR)?.strip_prefix("/node")?;
-    let (n, file) = match rest.split_once('/') {
-        Some((n, f)) => (n, Some(f)),
-        None => (rest, None),
-    };
-    Some((super::memory::parse_index(n)? as usize, file))
+    let (n, file) =
+        super::memory::indexed(path.strip_prefix(NODE_DIR)?.strip_prefix('/')?, "node")?;
+    Some((usize::try_from(n).ok()?, file))
 }
 
 fn mask(out: &mut dyn Write, m: NodeMask) -> Result<()> {
@@ -128,15 +125,8 @@ mod tests {
     use crate::mm::node_tests::two_nodes_and_a_memoryless_one;
     use crate::mm::page::Zone;
     use crate::mm::test_system::{start_of, BLOCK, BLOCK_PAGES, HOT_FIRST};
-    use crate::mm::testing::ArenaTranslation;
 
-    fn read(files: &mut Files<ArenaTranslation>, path: &str) -> String {
-        let mut s = String::new();
-        files
-            .read(path, &mut s)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        s
-    }
+    use crate::fs::read_for_test as read;
 
     #[test]
     fn node_files_speak_linux_formats() {
