@@ -68,16 +68,27 @@ pub fn block_attrs<T: Translation>() -> [BlockAttr<T>; 5] {
 
 /// `memoryN` and the file in it, for paths under [`MEMORY_DIR`].
 pub fn block_path(path: &str) -> Option<(u64, Option<&str>)> {
-    let rest = path.strip_prefix(MEMORY_DIR)?.strip_prefix("/memory")?;
+    indexed(path.strip_prefix(MEMORY_DIR)?.strip_prefix('/')?, "memory")
+}
+
+/// `(N, rest)` of `{name}N` or `{name}N/rest` (sysfs entries like
+/// `memoryN`, `nodeN`).
+pub(super) fn indexed<'a>(s: &'a str, name: &str) -> Option<(u64, Option<&'a str>)> {
+    let rest = s.strip_prefix(name)?;
     let (n, file) = match rest.split_once('/') {
         Some((n, f)) => (n, Some(f)),
         None => (rest, None),
     };
+    Some((parse_index(n)?, file))
+}
+
+/// The `N` of a sysfs name like `memoryN`: decimal digits, no leading 0.
+pub(super) fn parse_index(n: &str) -> Option<u64> {
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0'))
     {
         return None;
     }
-    Some((n.parse().ok()?, file))
+    n.parse().ok()
 }
 
 fn state<T: Translation>(mm: &MemorySystem<T>, id: u64) -> BlockState {

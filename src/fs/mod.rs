@@ -8,6 +8,7 @@
 
 mod debug;
 pub mod memory;
+pub mod node;
 pub mod proc;
 
 use alloc::string::String;
@@ -38,7 +39,7 @@ pub struct Attribute<T: Translation> {
 }
 
 /// How many files have fixed paths.
-const NR_ATTRIBUTES: usize = 14;
+const NR_ATTRIBUTES: usize = 18;
 
 /// Every file at a fixed path.
 pub fn attributes<T: Translation>() -> [Attribute<T>; NR_ATTRIBUTES] {
@@ -50,6 +51,22 @@ pub fn attributes<T: Translation>() -> [Attribute<T>; NR_ATTRIBUTES] {
         a("/proc/vmstat", Some(proc::vmstat), None),
         a("/proc/zoneinfo", Some(proc::zoneinfo), None),
         a("/sys/devices/system/cpu/online", Some(cpu_online), None),
+        a(
+            "/sys/devices/system/node/has_cpu",
+            Some(node::has_cpu),
+            None,
+        ),
+        a(
+            "/sys/devices/system/node/has_memory",
+            Some(node::has_memory),
+            None,
+        ),
+        a("/sys/devices/system/node/online", Some(node::online), None),
+        a(
+            "/sys/devices/system/node/possible",
+            Some(node::possible),
+            None,
+        ),
         a(
             "/sys/devices/system/memory/auto_online_blocks",
             Some(memory::show_auto_online_blocks),
@@ -94,6 +111,11 @@ enum Node<T: Translation> {
     Dir,
     File(Option<Show<T>>, Option<Store<T>>),
     Block(u64, memory::BlockAttr<T>),
+    /// `memoryN` (also as `nodeK/memoryN`).
+    BlockDir(u64),
+    /// `nodeN` (also as `memoryM/nodeN`).
+    NumaDir(usize),
+    NumaFile(usize, node::NodeShow<T>),
 }
 
 /// A CPU mask as Linux prints it: ranges, `0-3,6`. Written straight to
@@ -162,17 +184,88 @@ impl<T: Translation> Files<'_, T> {
         if path == "/" || attrs.iter().any(|a| child_of(a.path, path).is_some()) {
             return Some(Node::Dir);
         }
+        if let Some((nid, rest)) = node::node_path(path) {
+            return self.lookup_node(nid, rest);
+        }
         let (id, file) = memory::block_path(path)?;
-        if !self.mm.blocks().contains_key(&id) {
+        self.lookup_block(id, file)
+    }
+
+    /// `memoryN` and what is under it; `nodeK` is its node.
+    fn lookup_block(&self, id: u64, file: Option<&str>) -> Option<Node<T>> {
+        let nid = self.mm.blocks().get(&id)?.nid;
+        let Some(f) = file else {
+            return Some(Node::BlockDir(id));
+        };
+        if f.starts_with("node") {
+            let (k, file) = memory::indexed(f, "node")?;
+            return (k == nid as u64)
+                .then(|| self.lookup_node(nid, file))
+                .flatten();
+        }
+        memory::block_attrs::<T>()
+            .into_iter()
+            .find(|a| a.name == f)
+            .map(|a| Node::Block(id, a))
+    }
+
+    /// `nodeN` (an online node) and what is under it: its files and its
+    /// memory blocks.
+    fn lookup_node(&self, nid: usize, file: Option<&str>) -> Option<Node<T>> {
+        if !self.mm.node_online().contains(nid) {
             return None;
         }
-        match file {
-            None => Some(Node::Dir),
-            Some(f) => memory::block_attrs::<T>()
-                .into_iter()
-                .find(|a| a.name == f)
-                .map(|a| Node::Block(id, a)),
+        let Some(f) = file else {
+            return Some(Node::NumaDir(nid));
+        };
+        if f.starts_with("memory") {
+            let (id, file) = memory::indexed(f, "memory")?;
+            let on_node = self.mm.blocks().get(&id)?.nid == nid;
+            // `nodeK` inside is not followed again (no loops).
+            let nested = file.is_some_and(|f| f.starts_with("node"));
+            return (on_node && !nested)
+                .then(|| self.lookup_block(id, file))
+                .flatten();
         }
+        node::node_attrs::<T>()
+            .into_iter()
+            .find(|a| a.0 == f)
+            .map(|a| Node::NumaFile(nid, a.1))
+    }
+
+    /// The entries of a `memoryN` directory: its files and its node.
+    fn block_entries(&self, id: u64) -> Result<Vec<String>> {
+        let attrs = memory::block_attrs::<T>();
+        let mut names = Vec::new();
+        names
+            .try_reserve_exact(attrs.len() + 1)
+            .map_err(|_| Errno::ENOMEM)?;
+        for a in &attrs {
+            names.push(entry_name(a.name, false)?);
+        }
+        if let Some(b) = self.mm.blocks().get(&id) {
+            names.push(try_format(format_args!("node{}/", b.nid))?);
+        }
+        // In place: a stable sort would take a buffer from the heap.
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// The entries of a `nodeN` directory: its files and memory blocks.
+    fn node_entries(&self, nid: usize) -> Result<Vec<String>> {
+        let attrs = node::node_attrs::<T>();
+        let blocks = self.mm.blocks().iter().filter(|(_, b)| b.nid == nid);
+        let mut names = Vec::new();
+        names
+            .try_reserve_exact(attrs.len() + blocks.clone().count())
+            .map_err(|_| Errno::ENOMEM)?;
+        for a in &attrs {
+            names.push(entry_name(a.0, false)?);
+        }
+        for (id, _) in blocks {
+            names.push(try_format(format_args!("memory{id}/"))?);
+        }
+        Ok(names)
     }
 
     /// Names directly under `dir`, sorted, directories ending with `/`;
@@ -200,12 +293,22 @@ impl<T: Translation> Files<'_, T> {
         } else {
             0
         };
+        let nodes = if dir == node::NODE_DIR {
+            self.mm.node_online().iter().count()
+        } else {
+            0
+        };
         let mut names = Vec::new();
         names
-            .try_reserve_exact(unique + blocks)
+            .try_reserve_exact(unique + nodes + blocks)
             .map_err(|_| Errno::ENOMEM)?;
         for &(name, d) in &fixed[..unique] {
             names.push(entry_name(name, d)?);
+        }
+        if nodes != 0 {
+            for n in self.mm.node_online().iter() {
+                names.push(try_format(format_args!("node{n}/"))?);
+            }
         }
         if blocks != 0 {
             for id in self.mm.blocks().keys() {
@@ -220,7 +323,10 @@ impl<T: Translation> Files<'_, T> {
             Some(Node::File(Some(show), _)) => show(self, out),
             Some(Node::File(None, _)) => bail!(EACCES, "{path}: write-only file"),
             Some(Node::Block(id, a)) => (a.show)(self.mm, id, out),
-            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            Some(Node::NumaFile(nid, show)) => show(self, nid, out),
+            Some(Node::Dir | Node::BlockDir(_) | Node::NumaDir(_)) => {
+                bail!(EISDIR, "{path}: is a directory")
+            }
             None => bail!(ENOENT, "{path}: no such file or directory"),
         }
     }
@@ -235,30 +341,38 @@ impl<T: Translation> Files<'_, T> {
                     store: Some(store), ..
                 },
             )) => store(self.mm, id, data),
-            Some(Node::File(..) | Node::Block(..)) => bail!(EPERM, "{path}: read-only file"),
-            Some(Node::Dir) => bail!(EISDIR, "{path}: is a directory"),
+            Some(Node::File(..) | Node::Block(..) | Node::NumaFile(..)) => {
+                bail!(EPERM, "{path}: read-only file")
+            }
+            Some(Node::Dir | Node::BlockDir(_) | Node::NumaDir(_)) => {
+                bail!(EISDIR, "{path}: is a directory")
+            }
             None => bail!(ENOENT, "{path}: no such file or directory"),
         }
     }
 
     pub fn list(&mut self, path: &str) -> Result<Vec<String>> {
         match self.lookup(path) {
-            Some(Node::Dir) if memory::block_path(path).is_some() => {
-                let attrs = memory::block_attrs::<T>();
-                let mut names = Vec::new();
-                names
-                    .try_reserve_exact(attrs.len())
-                    .map_err(|_| Errno::ENOMEM)?;
-                for a in &attrs {
-                    names.push(entry_name(a.name, false)?);
-                }
-                Ok(names)
-            }
+            Some(Node::BlockDir(id)) => self.block_entries(id),
+            Some(Node::NumaDir(nid)) => self.node_entries(nid),
             Some(Node::Dir) => self.children(path),
             Some(_) => bail!(ENOTDIR, "{path}: not a directory"),
             None => Err(err!(ENOENT, "{path}: no such file or directory")),
         }
     }
+}
+
+/// A file's text, or the test panics.
+#[cfg(test)]
+pub(crate) fn read_for_test(
+    files: &mut Files<crate::mm::testing::ArenaTranslation>,
+    path: &str,
+) -> String {
+    let mut s = String::new();
+    files
+        .read(path, &mut s)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    s
 }
 
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]

@@ -36,18 +36,21 @@ pub fn iomem<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     Ok(f.mm.iomem().show(out)?)
 }
 
-/// Linux's format: free blocks per order, for each populated zone.
+/// Linux's format: free blocks per order, for each populated zone of
+/// each online node.
 pub fn buddyinfo<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     let buddy = f.mm.buddy();
-    for zone in Zone::BUDDY_ZONES
-        .into_iter()
-        .filter(|&z| buddy.managed(z) > 0)
-    {
-        write!(out, "Node 0, zone {:>8} ", zone.name())?;
-        for order in 0..=MAX_ORDER {
-            write!(out, "{:>6} ", buddy.nr_free_blocks(zone, order))?;
+    for nid in f.mm.node_online().iter() {
+        for zone in Zone::BUDDY_ZONES
+            .into_iter()
+            .filter(|&z| buddy.managed_node(nid, z) > 0)
+        {
+            write!(out, "Node {nid}, zone {:>8} ", zone.name())?;
+            for order in 0..=MAX_ORDER {
+                write!(out, "{:>6} ", buddy.nr_free_blocks_node(nid, zone, order))?;
+            }
+            writeln!(out)?;
         }
-        writeln!(out)?;
     }
     Ok(())
 }
@@ -88,14 +91,17 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
 }
 
 /// Linux's node statistics that the kernel has, in Linux's order
-/// (`node_stat_name`); the others are left out.
-fn node_stats<T: Translation>(f: &Files<T>) -> [(&'static str, u64); 4] {
+/// (`node_stat_name`); the others are left out. The kernel's own pages
+/// are not counted by node: all shown as node 0's.
+fn node_stats<T: Translation>(f: &Files<T>, nid: usize) -> [(&'static str, u64); 4] {
     let slab = f.mm.meminfo().slab / PAGE_SIZE;
+    let tables = f.mm.page_table().stats.tables;
+    let own = |v| if nid == 0 { v } else { 0 };
     [
         ("nr_slab_reclaimable", 0),
-        ("nr_slab_unreclaimable", slab),
+        ("nr_slab_unreclaimable", own(slab)),
         ("nr_kernel_stack", 0),
-        ("nr_page_table_pages", f.mm.page_table().stats.tables),
+        ("nr_page_table_pages", own(tables)),
     ]
 }
 
@@ -116,19 +122,26 @@ fn zone_stats(z: &ZoneInfo) -> [(&'static str, u64); 11] {
     ]
 }
 
-/// Linux's `zoneinfo_show_print` for every zone of node 0: the node's
-/// statistics under its first populated zone; watermarks, spans and
+/// Linux's `zoneinfo_show_print` for every zone of each online node: the
+/// node's statistics under its first populated zone; watermarks, spans and
 /// reserves for all; for populated zones the zone statistics, the per-CPU
 /// pagesets (none are kept: count 0) and `start_pfn`.
 pub fn zoneinfo<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
+    for nid in f.mm.node_online().iter() {
+        zoneinfo_node(f, nid, out)?;
+    }
+    Ok(())
+}
+
+fn zoneinfo_node<T: Translation>(f: &Files<T>, nid: usize, out: &mut dyn Write) -> Result<()> {
     let mm = &*f.mm;
-    let first_populated = mm.populated_zones().next();
+    let first_populated = mm.populated_zones_node(nid).next();
     for zone in Zone::ALL {
-        let z = mm.zone_info(zone);
-        write!(out, "Node 0, zone {:>8}", zone.name())?;
+        let z = mm.zone_info_node(nid, zone);
+        write!(out, "Node {nid}, zone {:>8}", zone.name())?;
         if first_populated == Some(zone) {
             write!(out, "\n  per-node stats")?;
-            for (name, v) in node_stats(f) {
+            for (name, v) in node_stats(f, nid) {
                 write!(out, "\n      {name:<12} {v}")?;
             }
         }

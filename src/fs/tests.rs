@@ -13,13 +13,7 @@ fn boot() -> TestSystem {
     TestSystem::boot()
 }
 
-fn read(files: &mut Files<ArenaTranslation>, path: &str) -> String {
-    let mut s = String::new();
-    files
-        .read(path, &mut s)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    s
-}
+use super::read_for_test as read;
 
 #[test]
 fn files_speak_linux_formats() {

@@ -29,11 +29,15 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     // SAFETY: every struct page the allocator will touch (boot sections)
     // was just initialised, and the memmap lives as long as the kernel.
     let mut buddy = unsafe { BuddyAllocator::new(memmap) };
+    let topo = boot.platform.numa(boot.params.numa_off);
+    buddy.set_topology(topo);
     memblock.for_each_free(|start, end| {
-        let (s, e) = (Pfn::up(start), Pfn::down(end));
-        if s < e {
-            buddy.online_pages(s, e - s, Zone::Normal);
-        }
+        topo.for_each_node_run(start, end, |start, end, nid| {
+            let (s, e) = (Pfn::up(start), Pfn::down(end));
+            if s < e {
+                buddy.online_pages(s, e - s, Zone::Normal, nid);
+            }
+        })
     });
     // The heap starts with one block and a spare; it grows from the page
     // allocator as the kernel needs (mm::heap).
@@ -46,6 +50,8 @@ pub fn mem_init(boot: &mut Boot, paging: Paging, heap: &'static Heap) {
     heap::register(heap);
 
     let mut mm = MemorySystem::new(paging.pt, buddy, memmap);
+    mm.set_topology(topo);
+    pr_info!("NUMA: nodes possible {}", topo.possible());
     mm.set_memmap_on_memory(boot.params.memmap_on_memory);
     mm.set_online_config(boot.params.online);
     for r in memblock.memory() {

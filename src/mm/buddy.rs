@@ -14,7 +14,12 @@
 //! buggy caller can never corrupt the lists.
 //!
 //! Zones never merge: a block coalesces only with a free buddy of the same
-//! order, zone and online state.
+//! order, zone, node and online state.
+//!
+//! NUMA (`node.rs`): the lists and counters are per (node, zone), as
+//! Linux's are per zone of each node's `pg_data_t`; a page's node is in its
+//! struct page. [`alloc`](BuddyAllocator::alloc) walks the nodes from the
+//! allocating CPU's by distance, and counts Linux's `numastat` events.
 //!
 //! Onlining writes only the heads of the maximum-order blocks it hands over
 //! (see "Deferred struct pages" in `page.rs` for the rule): the allocator
@@ -25,10 +30,35 @@
 use super::addr::{Pfn, PhysAddr};
 use super::frame::FrameAllocator;
 use super::layout::{self, MAX_ORDER};
+use super::node::{Topology, MAX_NUMNODES};
 use super::page::{Memmap, Page, PageFlags, Zone, MAX_ORDER_NR_PAGES, NR_BUDDY_ZONES, PFN_NONE};
 
 /// Orders `0..=MAX_ORDER`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+
+/// Free lists: one set per (node, zone).
+const NR_LISTS: usize = MAX_NUMNODES * NR_BUDDY_ZONES;
+
+/// The free-list index of `zone` (a buddy zone index) on node `nid`.
+const fn list(nid: usize, z: usize) -> usize {
+    nid * NR_BUDDY_ZONES + z
+}
+
+/// Linux's per-node `numastat` events (`drivers/base/node.c`), counted
+/// per allocation as `zone_statistics` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NumaStat {
+    /// Allocated here, and here was the preferred node.
+    pub numa_hit: u64,
+    /// Allocated here though another node was preferred.
+    pub numa_miss: u64,
+    /// Preferred here, allocated elsewhere.
+    pub numa_foreign: u64,
+    /// Allocated here by a CPU of this node.
+    pub local_node: u64,
+    /// Allocated here by a CPU of another node.
+    pub other_node: u64,
+}
 
 /// Why a free was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,14 +107,17 @@ pub struct BuddyAllocator {
     memmap: Memmap,
     /// First block of each free list as a raw pfn, like the links in the
     /// struct pages; `PFN_NONE` when empty.
-    heads: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
+    heads: [[u64; NR_ORDERS]; NR_LISTS],
     /// Blocks on each free list (`/proc/buddyinfo`).
-    nr_blocks: [[u64; NR_ORDERS]; NR_BUDDY_ZONES],
-    /// Free pages per zone.
-    nr_free: [u64; NR_BUDDY_ZONES],
+    nr_blocks: [[u64; NR_ORDERS]; NR_LISTS],
+    /// Free pages per (node, zone).
+    nr_free: [u64; NR_LISTS],
     /// Pages handed over by `free_range` and not taken back by
-    /// `isolate_range` (Linux's `managed_pages`).
-    managed: [u64; NR_BUDDY_ZONES],
+    /// `isolate_range` (Linux's `managed_pages`), per (node, zone).
+    managed: [u64; NR_LISTS],
+    /// The nodes, their distances and CPUs.
+    topo: Topology,
+    numa_stats: [NumaStat; MAX_NUMNODES],
     /// Ranges being isolated: `(start, end, pages held)`. Their free pages
     /// are off the free lists, and pages freed into them are held too.
     isolating: alloc::vec::Vec<(Pfn, Pfn, u64)>,
@@ -133,10 +166,12 @@ impl BuddyAllocator {
     pub unsafe fn new(memmap: Memmap) -> Self {
         Self {
             memmap,
-            heads: [[PFN_NONE; NR_ORDERS]; NR_BUDDY_ZONES],
-            nr_blocks: [[0; NR_ORDERS]; NR_BUDDY_ZONES],
-            nr_free: [0; NR_BUDDY_ZONES],
-            managed: [0; NR_BUDDY_ZONES],
+            heads: [[PFN_NONE; NR_ORDERS]; NR_LISTS],
+            nr_blocks: [[0; NR_ORDERS]; NR_LISTS],
+            nr_free: [0; NR_LISTS],
+            managed: [0; NR_LISTS],
+            topo: Topology::single(),
+            numa_stats: [NumaStat::default(); MAX_NUMNODES],
             isolating: alloc::vec::Vec::new(),
             stats: BuddyStats::default(),
             defer_init: true,
@@ -145,6 +180,15 @@ impl BuddyAllocator {
 
     pub fn memmap(&self) -> &Memmap {
         &self.memmap
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// The machine's nodes (boot, before memory is handed over).
+    pub fn set_topology(&mut self, topo: Topology) {
+        self.topo = topo;
     }
 
     pub fn defer_init(&self) -> bool {
@@ -185,9 +229,10 @@ impl BuddyAllocator {
         unsafe { &mut *self.memmap.page(pfn) }
     }
 
-    /// Free-list index of a zone stored in a struct page.
+    /// Free-list index of the (node, zone) stored in a struct page.
     fn zone_index(page: &Page) -> Option<usize> {
-        page.zone().and_then(Zone::buddy_index)
+        let z = page.zone().and_then(Zone::buddy_index)?;
+        Some(list(page.nid(), z))
     }
 
     fn list_add(&mut self, z: usize, order: u32, pfn: Pfn) {
@@ -304,9 +349,11 @@ impl BuddyAllocator {
     /// (logged, counted in `bad_frees`, nothing changed, 0 returned) if the
     /// zone is `Device`, the range leaves the memmap, or a page in it is
     /// already free or still referenced.
+    ///
+    /// Pages keep the node their struct pages have (`Memmap::init_range_on`).
     pub fn free_range(&mut self, start_pfn: Pfn, end_pfn: Pfn, zone: Zone) -> u64 {
         let nr = end_pfn.as_u64().saturating_sub(start_pfn.as_u64());
-        let Some(z) = zone.buddy_index() else {
+        let Some(zi) = zone.buddy_index() else {
             self.refuse("free_range", start_pfn, 0, BadFree::BadZone);
             return 0;
         };
@@ -347,9 +394,14 @@ impl BuddyAllocator {
                 continue;
             }
             let run = pfn;
-            while pfn < end_pfn && !self.pg(pfn).flags.intersects(PageFlags::NEVER_BUDDY) {
+            let nid = self.pg(run).nid();
+            let z = list(nid, zi);
+            while pfn < end_pfn
+                && !self.pg(pfn).flags.intersects(PageFlags::NEVER_BUDDY)
+                && self.pg(pfn).nid() == nid
+            {
                 let p = self.pg_mut(pfn);
-                p.zone = zone as u8;
+                p.set_zone(zone);
                 p.flags.insert(PageFlags::ONLINE);
                 p.refcount = 0;
                 p.order = 0;
@@ -358,14 +410,14 @@ impl BuddyAllocator {
                 pfn += 1;
             }
             for_each_max_block(run, pfn, |b, order| self.free_one(b, order, z));
+            self.managed[z] += pfn - run;
             given += pfn - run;
         }
-        self.managed[z] += given;
         given
     }
 
     /// Initialises the struct pages of the `nr_pages` pages from `pfn` for
-    /// `zone` and hands them all over: Linux's `online_pages`
+    /// `zone` of node `nid` and hands them all over: Linux's `online_pages`
     /// (`memmap_init_range`, then `__free_pages_core`). Whole max-order
     /// blocks are written as deferred heads only, already on the free list
     /// (one 64-byte store each, their tails left for the first split: see
@@ -376,12 +428,13 @@ impl BuddyAllocator {
     /// is an offline memory block). Refused like
     /// [`free_range`](Self::free_range) for the `Device` zone or a range
     /// outside the memmap.
-    pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone) -> u64 {
+    pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
         let (start_pfn, end_pfn) = (pfn, pfn + nr_pages);
-        let Some(z) = zone.buddy_index() else {
+        let Some(z) = zone.buddy_index().filter(|_| nid < MAX_NUMNODES) else {
             self.refuse("online_pages", start_pfn, 0, BadFree::BadZone);
             return 0;
         };
+        let z = list(nid, z);
         if nr_pages == 0 {
             return 0;
         }
@@ -397,7 +450,7 @@ impl BuddyAllocator {
             // SAFETY: within the memmap, which `new`'s contract keeps mapped.
             unsafe {
                 self.memmap
-                    .init_range(start_pfn, end_pfn, zone, PageFlags::ONLINE)
+                    .init_range_on(start_pfn, end_pfn, zone, nid, PageFlags::ONLINE)
             };
             for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
             self.managed[z] += nr_pages;
@@ -410,10 +463,13 @@ impl BuddyAllocator {
         let last = end_pfn.align_down(MAX_ORDER_NR_PAGES).max(first);
         for (s, e) in [(start_pfn, first), (last, end_pfn)] {
             if s == last && first < last {
-                self.online_deferred(first, last, zone, z);
+                self.online_deferred(first, last, zone, nid, z);
             }
             // SAFETY: as above.
-            unsafe { self.memmap.init_range(s, e, zone, PageFlags::ONLINE) };
+            unsafe {
+                self.memmap
+                    .init_range_on(s, e, zone, nid, PageFlags::ONLINE)
+            };
             for_each_max_block(s, e, |b, order| self.free_one(b, order, z));
         }
         self.managed[z] += nr_pages;
@@ -425,10 +481,10 @@ impl BuddyAllocator {
     /// links, so that the list is exactly what `list_add` of one block after
     /// the other would make (the last one first). A max-order block has no
     /// buddy to merge with.
-    fn online_deferred(&mut self, start: Pfn, end: Pfn, zone: Zone, z: usize) {
+    fn online_deferred(&mut self, start: Pfn, end: Pfn, zone: Zone, nid: usize, z: usize) {
         let top = MAX_ORDER as usize;
         let old = self.heads[z][top];
-        let mut head = Page::new(zone, PageFlags::ONLINE | PageFlags::BUDDY);
+        let mut head = Page::new_on(zone, nid, PageFlags::ONLINE | PageFlags::BUDDY);
         head.order = MAX_ORDER as u8;
         let mut pfn = start;
         while pfn < end {
@@ -475,16 +531,11 @@ impl BuddyAllocator {
         Some(pfn)
     }
 
-    /// `2^order` pages from `zone`, naturally aligned: the head pfn.
+    /// `2^order` pages from `zone`, naturally aligned: the head pfn. From
+    /// the calling CPU's node, else the nearest node that has them.
     pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<Pfn> {
-        let got = match zone.buddy_index() {
-            Some(z) if order <= MAX_ORDER => self.alloc_from(order, z),
-            _ => None,
-        };
-        if got.is_none() {
-            self.stats.alloc_failures += 1;
-        }
-        got
+        let nid = self.topo.cpu_node(crate::arch::cpu_id());
+        self.alloc_nodes(order, &[zone], nid)
     }
 
     /// Linux's `split_page`: the allocated `2^order` block at `pfn` becomes
@@ -503,16 +554,73 @@ impl BuddyAllocator {
 
     /// For users whose pages may move: `Normal` first, then `Movable`.
     pub fn alloc_any(&mut self, order: u32) -> Option<Pfn> {
-        let got = if order <= MAX_ORDER {
-            self.alloc_from(order, 0)
-                .or_else(|| self.alloc_from(order, 1))
-        } else {
-            None
-        };
-        if got.is_none() {
-            self.stats.alloc_failures += 1;
+        let nid = self.topo.cpu_node(crate::arch::cpu_id());
+        self.alloc_nodes(order, &[Zone::Normal, Zone::Movable], nid)
+    }
+
+    /// `2^order` pages from the first of `zones` on node `nid`, else on the
+    /// nodes nearest to it (Linux's zonelist: node by node, each node's
+    /// zones in turn); counted in `numastat` with `nid` as the preferred
+    /// node and the calling CPU's as the local one.
+    pub fn alloc_nodes(&mut self, order: u32, zones: &[Zone], nid: usize) -> Option<Pfn> {
+        let mut got = None;
+        if order <= MAX_ORDER {
+            let order_list = self.topo.fallback(nid);
+            let mut nodes = [0u8; MAX_NUMNODES];
+            nodes[..order_list.len()].copy_from_slice(order_list);
+            'nodes: for &n in &nodes[..order_list.len()] {
+                for z in zones.iter().filter_map(|z| z.buddy_index()) {
+                    if let Some(pfn) = self.alloc_from(order, list(n as usize, z)) {
+                        got = Some((pfn, n as usize));
+                        break 'nodes;
+                    }
+                }
+            }
         }
-        got
+        let Some((pfn, n)) = got else {
+            self.stats.alloc_failures += 1;
+            return None;
+        };
+        let local = self.topo.cpu_node(crate::arch::cpu_id());
+        self.count_numa(nid, n, local);
+        Some(pfn)
+    }
+
+    /// `2^order` pages from `zone` of node `nid` only, not counted in
+    /// `numastat` (a per-CPU list's refill: its pages are counted as
+    /// they are handed out).
+    pub fn alloc_on(&mut self, order: u32, zone: Zone, nid: usize) -> Option<Pfn> {
+        match zone.buddy_index() {
+            Some(z) if order <= MAX_ORDER && nid < MAX_NUMNODES => {
+                self.alloc_from(order, list(nid, z))
+            }
+            _ => None,
+        }
+    }
+
+    /// Linux's `zone_statistics`: an allocation that preferred node
+    /// `preferred`, got node `got`, for a CPU of node `local`.
+    pub fn count_numa(&mut self, preferred: usize, got: usize, local: usize) {
+        if got >= MAX_NUMNODES {
+            return;
+        }
+        if got == preferred {
+            self.numa_stats[got].numa_hit += 1;
+        } else {
+            self.numa_stats[got].numa_miss += 1;
+            if let Some(p) = self.numa_stats.get_mut(preferred) {
+                p.numa_foreign += 1;
+            }
+        }
+        match got == local {
+            true => self.numa_stats[got].local_node += 1,
+            false => self.numa_stats[got].other_node += 1,
+        }
+    }
+
+    /// Node `nid`'s `numastat` events counted here.
+    pub fn numa_stat(&self, nid: usize) -> NumaStat {
+        self.numa_stats.get(nid).copied().unwrap_or_default()
     }
 
     /// Whether `free(pfn, order)` would be accepted, and why not.
@@ -711,26 +819,53 @@ impl BuddyAllocator {
         Ok(taken)
     }
 
-    /// Free pages in `zone` (0 for `Device`).
+    /// Free pages in `zone` (0 for `Device`), over every node.
     pub fn nr_free(&self, zone: Zone) -> u64 {
-        zone.buddy_index().map_or(0, |z| self.nr_free[z])
+        (0..MAX_NUMNODES).map(|n| self.nr_free_node(n, zone)).sum()
+    }
+
+    /// Free pages in `zone` of node `nid`.
+    pub fn nr_free_node(&self, nid: usize, zone: Zone) -> u64 {
+        match zone.buddy_index() {
+            Some(z) if nid < MAX_NUMNODES => self.nr_free[list(nid, z)],
+            _ => 0,
+        }
     }
 
     pub fn nr_free_total(&self) -> u64 {
         self.nr_free.iter().sum()
     }
 
-    /// Free blocks of exactly `order` in `zone` (a `/proc/buddyinfo` cell).
+    /// Free blocks of exactly `order` in `zone`, over every node.
     pub fn nr_free_blocks(&self, zone: Zone, order: u32) -> u64 {
+        (0..MAX_NUMNODES)
+            .map(|n| self.nr_free_blocks_node(n, zone, order))
+            .sum()
+    }
+
+    /// Free blocks of exactly `order` in `zone` of node `nid` (a
+    /// `/proc/buddyinfo` cell).
+    pub fn nr_free_blocks_node(&self, nid: usize, zone: Zone, order: u32) -> u64 {
         match zone.buddy_index() {
-            Some(z) if order <= MAX_ORDER => self.nr_blocks[z][order as usize],
+            Some(z) if order <= MAX_ORDER && nid < MAX_NUMNODES => {
+                self.nr_blocks[list(nid, z)][order as usize]
+            }
             _ => 0,
         }
     }
 
-    /// Pages the allocator manages in `zone`, free or allocated.
+    /// Pages the allocator manages in `zone`, free or allocated, over
+    /// every node.
     pub fn managed(&self, zone: Zone) -> u64 {
-        zone.buddy_index().map_or(0, |z| self.managed[z])
+        (0..MAX_NUMNODES).map(|n| self.managed_node(n, zone)).sum()
+    }
+
+    /// Pages the allocator manages in `zone` of node `nid`.
+    pub fn managed_node(&self, nid: usize, zone: Zone) -> u64 {
+        match zone.buddy_index() {
+            Some(z) if nid < MAX_NUMNODES => self.managed[list(nid, z)],
+            _ => 0,
+        }
     }
 
     pub fn stats(&self) -> BuddyStats {
@@ -742,10 +877,12 @@ impl BuddyAllocator {
     pub fn for_each_free_block(&self, zone: Zone, mut f: impl FnMut(Pfn, u32)) {
         let Some(z) = zone.buddy_index() else { return };
         for order in 0..=MAX_ORDER {
-            let mut pfn = self.heads[z][order as usize];
-            while pfn != PFN_NONE {
-                f(Pfn::new(pfn), order);
-                pfn = self.pg(Pfn::new(pfn)).next;
+            for nid in 0..MAX_NUMNODES {
+                let mut pfn = self.heads[list(nid, z)][order as usize];
+                while pfn != PFN_NONE {
+                    f(Pfn::new(pfn), order);
+                    pfn = self.pg(Pfn::new(pfn)).next;
+                }
             }
         }
     }
@@ -812,31 +949,34 @@ mod tests {
     fn audit(b: &BuddyAllocator) -> Vec<(Pfn, u32, Zone)> {
         let mut all = Vec::new();
         for zone in Zone::BUDDY_ZONES {
-            let z = zone.buddy_index().unwrap();
-            let mut pages = 0;
-            for order in 0..=MAX_ORDER {
-                let mut prev = PFN_NONE;
-                let mut pfn = b.heads[z][order as usize];
-                let mut n = 0;
-                while pfn != PFN_NONE {
-                    let p = b.pg(Pfn::new(pfn));
-                    assert_eq!(p.prev, prev, "back link of {pfn:#x}");
-                    assert!(
-                        p.is_buddy() && p.is_online(),
-                        "{pfn:#x} flags {:?}",
-                        p.flags
-                    );
-                    assert_eq!((p.order(), p.zone(), p.refcount), (order, Some(zone), 0));
-                    assert_eq!(pfn % (1 << order), 0, "misaligned free block");
-                    all.push((Pfn::new(pfn), order, zone));
-                    n += 1;
-                    prev = pfn;
-                    pfn = p.next;
+            for nid in 0..MAX_NUMNODES {
+                let z = list(nid, zone.buddy_index().unwrap());
+                let mut pages = 0;
+                for order in 0..=MAX_ORDER {
+                    let mut prev = PFN_NONE;
+                    let mut pfn = b.heads[z][order as usize];
+                    let mut n = 0;
+                    while pfn != PFN_NONE {
+                        let p = b.pg(Pfn::new(pfn));
+                        assert_eq!(p.prev, prev, "back link of {pfn:#x}");
+                        assert!(
+                            p.is_buddy() && p.is_online(),
+                            "{pfn:#x} flags {:?}",
+                            p.flags
+                        );
+                        assert_eq!((p.order(), p.zone(), p.refcount), (order, Some(zone), 0));
+                        assert_eq!(p.nid(), nid, "{pfn:#x} on the wrong node's list");
+                        assert_eq!(pfn % (1 << order), 0, "misaligned free block");
+                        all.push((Pfn::new(pfn), order, zone));
+                        n += 1;
+                        prev = pfn;
+                        pfn = p.next;
+                    }
+                    assert_eq!(n, b.nr_blocks[z][order as usize]);
+                    pages += n << order;
                 }
-                assert_eq!(n, b.nr_blocks[z][order as usize]);
-                pages += n << order;
+                assert_eq!(pages, b.nr_free[z]);
             }
-            assert_eq!(pages, b.nr_free[z]);
         }
         all.sort();
         for w in all.windows(2) {
@@ -847,8 +987,10 @@ mod tests {
         }
         // Fully coalesced buddies never coexist (same zone, same order).
         for &(pfn, order, zone) in &all {
-            if order < MAX_ORDER {
-                let buddy = (buddy_pfn(pfn, order), order, zone);
+            let bp = buddy_pfn(pfn, order);
+            let same_node = || b.read(pfn).nid() == b.read(bp).nid();
+            if order < MAX_ORDER && b.memmap().contains(bp) && same_node() {
+                let buddy = (bp, order, zone);
                 assert!(
                     all.binary_search(&buddy).is_err(),
                     "unmerged buddies at {pfn:#x}"
@@ -1029,6 +1171,67 @@ mod tests {
         assert_eq!(b.stats().bad_frees, 4);
         assert!(b.free(p, 0));
         assert_eq!(audit(b), before);
+    }
+
+    /// Per-node free lists: halves of one max-order block on two nodes
+    /// never merge; an allocation for a node takes its pages while it has
+    /// them, then the nearest node's, and `numastat` says so.
+    #[test]
+    fn nodes_never_merge_and_allocation_walks_by_distance() {
+        let half = MAXB / 2;
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        let memory = [(
+            crate::mm::addr::PhysRange::new(BASE.phys(), (2 * MAXB) << layout::PAGE_SHIFT),
+            Some(0),
+        )];
+        let distances = [(0, 1, 30), (0, 2, 20), (1, 2, 20)];
+        let desc = crate::mm::node::NumaDesc {
+            memory: &memory,
+            cpus: &[Some(0), Some(1), Some(2)],
+            distances: &distances,
+            distance_map_malformed: false,
+        };
+        b.set_topology(Topology::build(&desc, false));
+        b.online_pages(BASE, half, Zone::Normal, 0);
+        b.online_pages(BASE + half, half, Zone::Normal, 1);
+        b.online_pages(BASE + MAXB, MAXB, Zone::Normal, 2);
+        let want = [
+            (BASE, MAX_ORDER - 1, Zone::Normal),
+            (BASE + half, MAX_ORDER - 1, Zone::Normal),
+            (BASE + MAXB, MAX_ORDER, Zone::Normal),
+        ];
+        assert_eq!(audit(b), want);
+        assert_eq!(
+            (
+                b.nr_free_node(1, Zone::Normal),
+                b.managed_node(2, Zone::Normal)
+            ),
+            (half, MAXB)
+        );
+        assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB);
+        // Node 1's own half, then node 2 (20 away), then node 0 (30).
+        let mut held = Vec::new();
+        while let Some(p) = b.alloc_nodes(0, &[Zone::Normal], 1) {
+            let want_node = match held.len() as u64 {
+                n if n < half => 1,
+                n if n < half + MAXB => 2,
+                _ => 0,
+            };
+            assert_eq!(b.read(p).nid(), want_node, "allocation {}", held.len());
+            held.push(p);
+        }
+        assert_eq!(held.len() as u64, 2 * MAXB);
+        let (s0, s1, s2) = (b.numa_stat(0), b.numa_stat(1), b.numa_stat(2));
+        assert_eq!((s1.numa_hit, s1.numa_foreign), (half, half + MAXB));
+        assert_eq!((s2.numa_miss, s0.numa_miss), (MAXB, half));
+        // Host tests run as CPU 0, of node 0.
+        assert_eq!((s0.local_node, s1.other_node), (half, half));
+        held.sort_by_key(|&p| (p.as_u64().reverse_bits(), p));
+        for p in held {
+            assert!(b.free(p, 0));
+        }
+        assert_eq!(audit(b), want);
     }
 
     #[test]
@@ -1332,7 +1535,7 @@ mod tests {
             let mz = if online {
                 // SAFETY: the fixture's struct pages; no reference is live.
                 unsafe { b.memmap().poison_range(BASE + split, BASE + NPAGES) };
-                b.online_pages(BASE + split, NPAGES - split, Zone::Movable)
+                b.online_pages(BASE + split, NPAGES - split, Zone::Movable, 0)
             } else {
                 b.free_range(BASE + split, BASE + NPAGES, Zone::Movable)
             };

@@ -157,7 +157,8 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Linux's `probe`: hot-adds the memory blocks of `[start, start +
     /// size)` from RAM held back at boot, all or nothing, then onlines them
-    /// as `auto_online_blocks` says.
+    /// as `auto_online_blocks` says; on the DT's node for `start`
+    /// (`memory_add_physaddr_to_nid`).
     pub fn add_memory(&mut self, start: PhysAddr, size: u64) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
         let range = PhysRange::new(start, size);
@@ -168,7 +169,8 @@ impl<T: Translation> MemorySystem<T> {
                 range.end() - 1
             );
         }
-        self.add_memory_blocks(first, last, "System RAM", None)?;
+        let nid = self.buddy.topology().memory_add_physaddr_to_nid(start);
+        self.add_memory_blocks(nid, first, last, "System RAM", None)?;
         self.auto_online(first, last);
         Ok(())
     }
@@ -177,15 +179,17 @@ impl<T: Translation> MemorySystem<T> {
     /// region is the driver's, not held back RAM), shown in `/proc/iomem`
     /// as `resource`; only the driver may remove it. Every block of the
     /// range starts with `plugged` as the parts its device has plugged, and
-    /// is onlined as `auto_online_blocks` says.
+    /// is onlined as `auto_online_blocks` says. On node `nid`, or (`None`,
+    /// Linux's `NUMA_NO_NODE`) the DT's node for `start`.
     pub fn add_memory_driver_managed(
         &mut self,
+        nid: Option<usize>,
         start: PhysAddr,
         size: u64,
         resource: &'static str,
         plugged: PlugMask,
     ) -> Result<()> {
-        self.add_memory_driver_managed_offline(start, size, resource, plugged)?;
+        self.add_memory_driver_managed_offline(nid, start, size, resource, plugged)?;
         let (first, last) = (block_id(start), block_id(start + size));
         self.auto_online(first, last);
         Ok(())
@@ -196,13 +200,15 @@ impl<T: Translation> MemorySystem<T> {
     /// putting back blocks as they were.
     pub fn add_memory_driver_managed_offline(
         &mut self,
+        nid: Option<usize>,
         start: PhysAddr,
         size: u64,
         resource: &'static str,
         plugged: PlugMask,
     ) -> Result<()> {
         let (first, last) = self.check_addable(start, size)?;
-        self.add_memory_blocks(first, last, resource, Some((resource, plugged)))
+        let nid = self.node_for_add(nid, start);
+        self.add_memory_blocks(nid, first, last, resource, Some((resource, plugged)))
     }
 
     /// Whole blocks, not device memory, none present.
@@ -232,10 +238,12 @@ impl<T: Translation> MemorySystem<T> {
         Ok((first, last))
     }
 
-    /// Adds blocks `[first, last)`, all or none, as `resource` in
-    /// `/proc/iomem`.
+    /// Adds blocks `[first, last)` to node `nid`, all or none, as
+    /// `resource` in `/proc/iomem`; the node comes online with its first
+    /// memory (Linux's `__try_online_node`).
     pub(in crate::mm) fn add_memory_blocks(
         &mut self,
+        nid: usize,
         first: u64,
         last: u64,
         resource: &'static str,
@@ -246,7 +254,7 @@ impl<T: Translation> MemorySystem<T> {
         let (start, end) = (block_range(first).base, block_range(last - 1).end());
         self.add_linear_map(start, end - start)?;
         for id in first..last {
-            if let Err(e) = self.add_memory_block(id, resource, owner) {
+            if let Err(e) = self.add_memory_block(nid, id, resource, owner) {
                 for done in (first..id).rev() {
                     self.remove_memory_block(done).expect("just added, offline");
                 }
@@ -263,12 +271,14 @@ impl<T: Translation> MemorySystem<T> {
             1 => pr_info!("memory{first}: added {s:#x}-{e:#x}"),
             _ => pr_info!("memory{first}-{}: added {s:#x}-{e:#x}", last - 1),
         }
+        self.node_set_online(nid);
         self.events.hotplug_add += last - first;
         Ok(())
     }
 
     fn add_memory_block(
         &mut self,
+        nid: usize,
         id: u64,
         resource: &'static str,
         owner: Option<(&'static str, PlugMask)>,
@@ -305,6 +315,7 @@ impl<T: Translation> MemorySystem<T> {
             altmap,
             owner: owner.map(|(o, _)| o),
             plugged,
+            nid,
         };
         let _ = self.blocks.try_insert(id, block);
         Ok(())
@@ -368,7 +379,9 @@ impl<T: Translation> MemorySystem<T> {
             }
         }
         for id in first..last {
+            let nid = self.blocks[&id].nid;
             self.remove_memory_block(id)?;
+            self.try_offline_node(nid);
             self.events.hotplug_remove += 1;
             let r = block_range(id);
             pr_info!("memory{id}: removed {:#x}-{:#x}", r.base, r.end() - 1);
@@ -409,6 +422,7 @@ impl<T: Translation> MemorySystem<T> {
         let (spfn, _) = block_pfns(id);
         let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
         let mask = block.plugged.unwrap_or_else(PlugMask::full);
+        let nid = block.nid;
         for i in 0..mask.len() {
             let (s, e) = mask.pfns(id, i);
             let s = s.max(first);
@@ -416,10 +430,10 @@ impl<T: Translation> MemorySystem<T> {
                 continue;
             }
             if mask.get(i) {
-                self.buddy.online_pages(s, e - s, zone);
+                self.buddy.online_pages(s, e - s, zone, nid);
             } else {
                 let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
-                self.init_struct_pages(s, e, zone, flags);
+                self.init_struct_pages_on(s, e, zone, nid, flags);
             }
         }
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
@@ -463,7 +477,8 @@ impl<T: Translation> MemorySystem<T> {
         if let BlockState::Online(zone) = state {
             let (s, _) = mask.pfns(id, first);
             let (_, e) = mask.pfns(id, first + n - 1);
-            self.buddy.online_pages(s, e - s, zone);
+            let nid = self.blocks[&id].nid;
+            self.buddy.online_pages(s, e - s, zone, nid);
         }
         for i in first..first + n {
             mask.set(i, true);

@@ -61,7 +61,8 @@ impl<T: Translation> MemorySystem<T> {
             bail!(EEXIST, "memory{b} is present already");
         }
         let owner = Some((KMEM_RESOURCE, PlugMask::full()));
-        self.add_memory_blocks(first, last, KMEM_RESOURCE, owner)?;
+        let nid = self.node_for_add(None, super::system::block_range(first).base);
+        self.add_memory_blocks(nid, first, last, KMEM_RESOURCE, owner)?;
         self.auto_online(first, last);
         Ok(())
     }

@@ -16,6 +16,9 @@ pub mod ioremap;
 pub mod kmem;
 pub mod layout;
 pub mod memblock;
+pub mod node;
+#[cfg(test)]
+pub(crate) mod node_tests;
 pub mod online;
 pub mod page;
 pub mod pcp;

@@ -120,12 +120,18 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// Pfns `[start, end)` that `zone` spans: from its lowest online block
-    /// to its highest (Linux's `zone_start_pfn`, `zone_end_pfn`).
+    /// to its highest (Linux's `zone_start_pfn`, `zone_end_pfn`), over
+    /// every node.
     pub fn zone_span(&self, zone: Zone) -> Option<(u64, u64)> {
+        self.zone_span_node(None, zone)
+    }
+
+    /// [`zone_span`](Self::zone_span) of node `nid`'s zone (`None`: all).
+    pub fn zone_span_node(&self, nid: Option<usize>, zone: Zone) -> Option<(u64, u64)> {
         let mut ids = self
             .blocks
             .iter()
-            .filter(|(_, b)| b.state == BlockState::Online(zone))
+            .filter(|(_, b)| b.state == BlockState::Online(zone) && nid.is_none_or(|n| n == b.nid))
             .map(|(&id, _)| id);
         let first = ids.next()?;
         let last = ids.next_back().unwrap_or(first);
@@ -136,20 +142,27 @@ impl<T: Translation> MemorySystem<T> {
     /// partly plugged virtio-mem block counts whole, as its section is
     /// online); with `boot_only`, only boot memory's (`present_early_pages`).
     pub fn zone_present(&self, zone: Zone, boot_only: bool) -> u64 {
+        self.zone_present_node(None, zone, boot_only)
+    }
+
+    /// [`zone_present`](Self::zone_present) of node `nid` (`None`: all).
+    pub fn zone_present_node(&self, nid: Option<usize>, zone: Zone, boot_only: bool) -> u64 {
         let n = self
             .blocks
             .values()
             .filter(|b| b.state == BlockState::Online(zone) && (b.boot || !boot_only))
+            .filter(|b| nid.is_none_or(|n| n == b.nid))
             .count() as u64;
         n * PAGES_PER_SECTION
     }
 
     /// Linux's `default_zone_for_pfn`: a block inside exactly one zone's
-    /// span joins it; otherwise the kernel zone.
+    /// span (of its node) joins it; otherwise the kernel zone.
     fn contig_zone_for(&self, id: u64) -> Zone {
         let (s, e) = block_pfns(id);
+        let nid = self.blocks.get(&id).map(|b| b.nid);
         let within = |z| {
-            self.zone_span(z)
+            self.zone_span_node(nid, z)
                 .is_some_and(|(zs, ze)| s.as_u64() < ze && zs < e.as_u64())
         };
         match (within(Zone::Normal), within(Zone::Movable)) {

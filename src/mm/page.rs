@@ -147,6 +147,19 @@ pub const POISON: [u64; 8] = [
     0xa5a5_a5a5_a5a5_a5a5,
 ];
 
+/// Where the node starts in a struct page's zone byte.
+pub const NODE_SHIFT: u32 = 2;
+const ZONE_MASK: u8 = (1 << NODE_SHIFT) - 1;
+const _: () = assert!(super::node::MAX_NUMNODES << NODE_SHIFT <= 256);
+
+/// A struct page's zone byte: `(zone, node)`, `None` if it holds no valid
+/// zone or node (garbage).
+pub fn decode_zone_byte(b: u8) -> Option<(Zone, usize)> {
+    let nid = (b >> NODE_SHIFT) as usize;
+    let zone = Zone::from_u8(b & ZONE_MASK)?;
+    (nid < super::node::MAX_NUMNODES).then_some((zone, nid))
+}
+
 /// "No pfn" in the free-list links.
 pub const PFN_NONE: u64 = u64::MAX;
 
@@ -156,7 +169,9 @@ pub const PFN_NONE: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug)]
 pub struct Page {
     pub(crate) flags: PageFlags,
-    /// A [`Zone`] as `u8`, so that a garbage struct page is still a `Page`.
+    /// A [`Zone`] in the low [`NODE_SHIFT`] bits and the page's NUMA node
+    /// above them (Linux keeps both in `page->flags`), as `u8`, so that a
+    /// garbage struct page is still a `Page`.
     pub(crate) zone: u8,
     /// Block order: of the free block on a `BUDDY` head, of the allocation on
     /// an allocated head (checked when it is freed).
@@ -177,11 +192,16 @@ const _: () = assert!(core::mem::size_of::<Page>() == 64);
 const _: () = assert!(core::mem::size_of::<Page>() == 1 << layout::STRUCT_PAGE_SHIFT);
 
 impl Page {
-    /// A fresh struct page: no links, no references, order 0.
+    /// A fresh struct page: no links, no references, order 0, node 0.
     pub const fn new(zone: Zone, flags: PageFlags) -> Page {
+        Page::new_on(zone, 0, flags)
+    }
+
+    /// A fresh struct page of node `nid` (below `MAX_NUMNODES`).
+    pub const fn new_on(zone: Zone, nid: usize, flags: PageFlags) -> Page {
         Page {
             flags,
-            zone: zone as u8,
+            zone: zone as u8 | ((nid as u8) << NODE_SHIFT),
             order: 0,
             deferred: 0,
             refcount: 0,
@@ -223,11 +243,17 @@ impl Page {
 
     /// The zone, `None` if the byte holds no valid zone (garbage page).
     pub fn zone(&self) -> Option<Zone> {
-        Zone::from_u8(self.zone)
+        decode_zone_byte(self.zone).map(|(z, _)| z)
     }
 
+    /// The node (Linux's `page_to_nid`); 0 for a garbage byte.
+    pub fn nid(&self) -> usize {
+        decode_zone_byte(self.zone).map_or(0, |(_, n)| n)
+    }
+
+    /// Sets the zone, keeping the node.
     pub fn set_zone(&mut self, zone: Zone) {
-        self.zone = zone as u8;
+        self.zone = (self.zone & !ZONE_MASK) | zone as u8;
     }
 
     pub fn order(&self) -> u32 {
@@ -495,6 +521,22 @@ impl Memmap {
     /// The vmemmap must be populated over `start..end`, and no reference to
     /// those struct pages live.
     pub unsafe fn init_range(&self, start: Pfn, end: Pfn, zone: Zone, flags: PageFlags) {
+        // SAFETY: the caller's promise.
+        unsafe { self.init_range_on(start, end, zone, 0, flags) }
+    }
+
+    /// [`init_range`](Self::init_range) for pages of node `nid`.
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range).
+    pub unsafe fn init_range_on(
+        &self,
+        start: Pfn,
+        end: Pfn,
+        zone: Zone,
+        nid: usize,
+        flags: PageFlags,
+    ) {
         if start >= end {
             return;
         }
@@ -507,7 +549,7 @@ impl Memmap {
             if !end.is_aligned(MAX_ORDER_NR_PAGES) {
                 self.ensure_init(end - 1);
             }
-            self.store_range(start, end, Page::new(zone, flags));
+            self.store_range(start, end, Page::new_on(zone, nid, flags));
         }
     }
 

@@ -29,6 +29,13 @@
 //!   drained and it is asked again before the allocation fails: pages
 //!   counted free are never out of reach.
 //!
+//! - NUMA: a CPU's lists hold only pages of its own node (Linux keeps
+//!   lists per zone, so per node, and allocates from them for the local
+//!   node first): a page of another node is freed to the buddy
+//!   allocator, and an allocation its node cannot serve takes the memory
+//!   lock and walks the nodes by distance. Node `N`'s listed pages are
+//!   the lists of its CPUs, so per-node `MemFree` stays exact too.
+//!
 //! Lock order: the memory lock, then one CPU's list lock. The fast paths
 //! take a list lock alone and never the memory lock while holding it; the
 //! slow paths take the memory lock first. Linux drains another CPU's lists
@@ -43,11 +50,12 @@
 //! [`crate::arch::cpu_id`].
 
 use core::ptr::addr_of_mut;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use super::addr::Pfn;
 use super::buddy::BuddyAllocator;
-use super::page::{Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES};
+use super::node::{Topology, MAX_NUMNODES};
+use super::page::{decode_zone_byte, Memmap, Page, PageFlags, Zone, NR_BUDDY_ZONES};
 use super::pgtable::Translation;
 use super::system::MemorySystem;
 use crate::arch::lock::FairLock;
@@ -150,7 +158,12 @@ pub struct Pcp {
     /// zone's list without the lock only when the preferred zone had none
     /// (otherwise an empty Movable list would send every movable allocation
     /// to the memory lock while no Movable memory exists).
-    zone_has_free: [AtomicBool; NR_BUDDY_ZONES],
+    zone_has_free: [[AtomicBool; NR_BUDDY_ZONES]; MAX_NUMNODES],
+    /// Each CPU's node: the only node its lists hold pages of.
+    cpu_node: [AtomicU8; MAX_CPUS],
+    /// Allocations the fast path served, by node (all local hits, for
+    /// `numastat`).
+    fast_allocs: [AtomicU64; MAX_NUMNODES],
 }
 
 /// The struct page of a block's head, for the fields the fast paths touch.
@@ -183,8 +196,40 @@ impl Pcp {
                     count: AtomicU64::new(0),
                 }
             }; MAX_CPUS],
-            zone_has_free: [const { AtomicBool::new(true) }; NR_BUDDY_ZONES],
+            zone_has_free: [const { [const { AtomicBool::new(true) }; NR_BUDDY_ZONES] };
+                MAX_NUMNODES],
+            cpu_node: [const { AtomicU8::new(0) }; MAX_CPUS],
+            fast_allocs: [const { AtomicU64::new(0) }; MAX_NUMNODES],
         }
+    }
+
+    /// Records each CPU's node; boot, before any page is listed.
+    pub fn set_cpu_nodes(&self, topo: &Topology) {
+        for (cpu, n) in self.cpu_node.iter().enumerate() {
+            n.store(topo.cpu_node(cpu) as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// The node whose pages `cpu`'s lists hold.
+    pub fn cpu_node(&self, cpu: usize) -> usize {
+        self.cpu_node
+            .get(cpu)
+            .map_or(0, |n| n.load(Ordering::Relaxed) as usize)
+    }
+
+    /// Pages on the lists of node `nid`'s CPUs: node `nid`'s pages.
+    pub fn nr_pages_of_node(&self, nid: usize) -> u64 {
+        (0..MAX_CPUS)
+            .filter(|&c| self.cpu_node(c) == nid)
+            .map(|c| self.nr_pages_on(c))
+            .sum()
+    }
+
+    /// Allocations the fast path served from node `nid`.
+    pub fn fast_allocs(&self, nid: usize) -> u64 {
+        self.fast_allocs
+            .get(nid)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Pages on every CPU's lists: free memory, for `MemFree`.
@@ -228,6 +273,7 @@ impl Pcp {
             return None;
         }
         let slot = self.cpus.get(cpu)?;
+        let nid = self.cpu_node(cpu);
         let mut pages = slot.pages.lock();
         for &zone in zones {
             let z = zone.buddy_index()?;
@@ -238,9 +284,10 @@ impl Pcp {
                 // listed block's struct page is mapped (its block is online:
                 // offline drains first).
                 unsafe { set_refcount(memmap, pfn, 1) };
+                self.fast_allocs[nid].fetch_add(1, Ordering::Relaxed);
                 return Some(pfn);
             }
-            if self.zone_has_free[z].load(Ordering::Relaxed) {
+            if self.zone_has_free[nid][z].load(Ordering::Relaxed) {
                 return None;
             }
         }
@@ -279,9 +326,10 @@ impl Pcp {
         };
         // What `BuddyAllocator::check_free` accepts, seen from the head.
         let refused = PageFlags::NEVER_BUDDY | PageFlags::BUDDY | PageFlags::ISOLATED;
-        let z = match Zone::from_u8(zone).and_then(Zone::buddy_index) {
-            Some(z)
+        let z = match decode_zone_byte(zone).and_then(|(z, n)| Some((z.buddy_index()?, n))) {
+            Some((z, nid))
                 if refcount == 1
+                    && nid == self.cpu_node(cpu)
                     && u32::from(block_order) == order
                     && flags.contains(PageFlags::ONLINE)
                     && !flags.intersects(refused) =>
@@ -311,6 +359,7 @@ impl Pcp {
     ) -> Option<Pfn> {
         let slot = self.cpus.get(cpu)?;
         let memmap = *buddy.memmap();
+        let nid = self.cpu_node(cpu);
         let mut pages = slot.pages.lock();
         let mut got = None;
         for &zone in zones {
@@ -320,10 +369,10 @@ impl Pcp {
                 pages.count -= 1 << order;
                 break;
             }
-            got = buddy.alloc(order, zone);
+            got = buddy.alloc_on(order, zone, nid);
             let Some(_) = got else { continue };
             for _ in 1..(PCP_BATCH >> order).max(1) {
-                let Some(pfn) = buddy.alloc(order, zone) else {
+                let Some(pfn) = buddy.alloc_on(order, zone, nid) else {
                     break;
                 };
                 // SAFETY: just allocated to us, under both locks.
@@ -339,6 +388,9 @@ impl Pcp {
             break;
         }
         slot.count.store(pages.count, Ordering::Relaxed);
+        if got.is_some() {
+            buddy.count_numa(nid, nid, nid);
+        }
         // SAFETY: a block off our list or fresh from the buddy allocator.
         got.inspect(|&pfn| unsafe { set_refcount(&memmap, pfn, 1) })
     }
@@ -451,8 +503,11 @@ impl Pcp {
     /// Refreshes the zone hints from the buddy allocator; called with the
     /// memory lock held, before it is released.
     pub fn update_hints(&self, buddy: &BuddyAllocator) {
-        for (z, &zone) in Zone::BUDDY_ZONES.iter().enumerate() {
-            self.zone_has_free[z].store(buddy.nr_free(zone) > 0, Ordering::Relaxed);
+        for nid in buddy.topology().possible().iter() {
+            for (z, &zone) in Zone::BUDDY_ZONES.iter().enumerate() {
+                let free = buddy.nr_free_node(nid, zone) > 0;
+                self.zone_has_free[nid][z].store(free, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -492,11 +547,9 @@ impl<T: Translation> MemorySystem<T> {
         } else {
             None
         };
-        let got = got.or_else(|| {
-            pcp.or_drain(&mut self.buddy, |b| {
-                zones.iter().find_map(|&z| b.alloc(order, z))
-            })
-        });
+        let nid = pcp.cpu_node(cpu);
+        let got =
+            got.or_else(|| pcp.or_drain(&mut self.buddy, |b| b.alloc_nodes(order, zones, nid)));
         pcp.update_hints(&self.buddy);
         got
     }
@@ -517,7 +570,10 @@ impl<T: Translation> MemorySystem<T> {
         let mut pages = slot.pages.lock();
         // SAFETY: `check_free` passed: an allocated block of the caller's.
         let zone = unsafe { addr_of_mut!((*head(self.buddy.memmap(), pfn)).zone).read() };
-        let z = Zone::from_u8(zone).and_then(Zone::buddy_index);
+        let local = |&(_, n): &(Zone, usize)| n == pcp.cpu_node(cpu);
+        let z = decode_zone_byte(zone)
+            .filter(local)
+            .and_then(|(z, _)| z.buddy_index());
         let ok = match z {
             Some(z) if !pages.isolates(pfn) && pages.lists[z][order as usize].push(pfn) => {
                 // SAFETY: as above.

@@ -12,6 +12,7 @@ use super::frame::FrameAllocator;
 use super::granule::KernelGranule;
 use super::iomem::IoMem;
 use super::layout::*;
+use super::node::{NodeMask, Topology, MAX_NUMNODES};
 use super::page::{Memmap, PageFlags, Zone};
 use super::pgtable::unmap::UnmapWarnings;
 use super::pgtable::{PageTable, Translation};
@@ -36,6 +37,9 @@ pub struct MemoryBlock {
     /// online (the driver's or a user's `echo online > state`) gives only
     /// those to the buddy allocator. `None`: all of it is memory.
     pub plugged: Option<PlugMask>,
+    /// The NUMA node (Linux's `memory_block->nid`): the DT's for boot
+    /// memory and `probe`, the device's for a driver's.
+    pub nid: usize,
 }
 
 /// The parts of a driver-owned memory block that its device has plugged,
@@ -282,6 +286,9 @@ pub struct MemorySystem<T: Translation> {
     /// The per-CPU page lists: reached without the memory lock by their
     /// fast paths, so shared rather than owned.
     pub(in crate::mm) pcp: &'static super::pcp::Pcp,
+    /// Linux's `N_ONLINE`: nodes with memory or CPUs at boot, and those
+    /// memory was hot-added to since (until it is all removed again).
+    pub(in crate::mm) node_online: NodeMask,
 }
 
 /// The frame allocator every mm operation uses: the buddy allocator's
@@ -404,6 +411,11 @@ impl<T: Translation> MemorySystem<T> {
             events: Events::default(),
             fail_nth_alloc: None,
             pcp: super::pcp::new_pcp(),
+            node_online: {
+                let mut m = NodeMask::none();
+                m.set(0);
+                m
+            },
         }
     }
 
@@ -496,8 +508,23 @@ impl<T: Translation> MemorySystem<T> {
         zone: Zone,
         flags: PageFlags,
     ) {
+        self.init_struct_pages_on(start_pfn, end_pfn, zone, 0, flags)
+    }
+
+    /// [`init_struct_pages`](Self::init_struct_pages) for node `nid`.
+    pub fn init_struct_pages_on(
+        &mut self,
+        start_pfn: Pfn,
+        end_pfn: Pfn,
+        zone: Zone,
+        nid: usize,
+        flags: PageFlags,
+    ) {
         // SAFETY: callers populate the vmemmap of the range first.
-        unsafe { self.memmap.init_range(start_pfn, end_pfn, zone, flags) }
+        unsafe {
+            self.memmap
+                .init_range_on(start_pfn, end_pfn, zone, nid, flags)
+        }
     }
 
     pub fn page_flags_set(&mut self, pfn: Pfn, flags: PageFlags) {
@@ -529,6 +556,9 @@ impl<T: Translation> MemorySystem<T> {
         let first = block_id(range.base);
         let last = block_id(range.end().align_up(MEMORY_BLOCK_SIZE));
         for id in first..last {
+            let nid = self.topology().phys_to_node(block_range(id).base);
+            let nid = nid.unwrap_or(0);
+            self.node_set_online(nid);
             // Boot: nothing to roll back to, and the heap has its spare.
             let _ = self.blocks.try_insert(
                 id,
@@ -538,6 +568,7 @@ impl<T: Translation> MemorySystem<T> {
                     altmap: None,
                     owner: None,
                     plugged: None,
+                    nid,
                 },
             );
         }
@@ -715,9 +746,9 @@ impl<T: Translation> MemorySystem<T> {
     /// `2^order` pages from Movable if it has them, else Normal (where a
     /// process's pages go).
     pub fn alloc_movable_first(&mut self, order: u32) -> Option<Pfn> {
+        let nid = self.topology().cpu_node(crate::arch::cpu_id());
         self.pcp.or_drain(&mut self.buddy, |b| {
-            b.alloc(order, Zone::Movable)
-                .or_else(|| b.alloc(order, Zone::Normal))
+            b.alloc_nodes(order, &[Zone::Movable, Zone::Normal], nid)
         })
     }
 
@@ -734,5 +765,113 @@ impl<T: Translation> MemorySystem<T> {
 
     pub fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         self.buddy.free_pages(pa, order)
+    }
+}
+
+/// NUMA nodes (`node.rs`): the topology, node states and per-node figures.
+impl<T: Translation> MemorySystem<T> {
+    pub fn topology(&self) -> &Topology {
+        self.buddy.topology()
+    }
+
+    /// The machine's nodes, from the DT (boot, before memory is
+    /// registered); nodes with CPUs are online from the start.
+    pub fn set_topology(&mut self, topo: Topology) {
+        self.buddy.set_topology(topo);
+        self.pcp.set_cpu_nodes(&topo);
+        for nid in topo.possible().iter() {
+            if topo.cpus_of(nid).next().is_some() {
+                self.node_set_online(nid);
+            }
+        }
+    }
+
+    /// Linux's `N_POSSIBLE`.
+    pub fn node_possible(&self) -> NodeMask {
+        self.topology().possible()
+    }
+
+    /// Linux's `N_ONLINE`.
+    pub fn node_online(&self) -> NodeMask {
+        self.node_online
+    }
+
+    /// Linux's `N_MEMORY`: nodes with online memory.
+    pub fn node_has_memory(&self) -> NodeMask {
+        let mut m = NodeMask::none();
+        for b in self.blocks.values() {
+            if matches!(b.state, BlockState::Online(_)) {
+                m.set(b.nid);
+            }
+        }
+        m
+    }
+
+    /// Linux's `N_CPU`: nodes of the CPUs the DT lists.
+    pub fn node_has_cpu(&self) -> NodeMask {
+        let topo = self.topology();
+        let mut m = NodeMask::none();
+        for nid in topo.possible().iter() {
+            if topo.cpus_of(nid).next().is_some() {
+                m.set(nid);
+            }
+        }
+        m
+    }
+
+    pub(in crate::mm) fn node_set_online(&mut self, nid: usize) {
+        if nid < MAX_NUMNODES && !self.node_online.contains(nid) {
+            self.node_online.set(nid);
+            crate::pr_info!("NUMA: node {nid} online");
+        }
+    }
+
+    /// Linux's `try_offline_node`: a node left without memory blocks and
+    /// without CPUs goes offline.
+    pub(in crate::mm) fn try_offline_node(&mut self, nid: usize) {
+        let has_blocks = self.blocks.values().any(|b| b.nid == nid);
+        if nid != 0 && !has_blocks && self.topology().cpus_of(nid).next().is_none() {
+            self.node_online.clear(nid);
+            crate::pr_info!("NUMA: node {nid} offline");
+        }
+    }
+
+    /// The node hot-added memory at `start` goes to: `nid` if the DT has
+    /// it (a device's node), else the DT's node for `start`
+    /// (`memory_add_physaddr_to_nid`).
+    pub fn node_for_add(&self, nid: Option<usize>, start: PhysAddr) -> usize {
+        let topo = self.topology();
+        match nid {
+            Some(n) if topo.possible().contains(n) => n,
+            Some(n) => {
+                let fallback = topo.memory_add_physaddr_to_nid(start);
+                crate::pr_warn!(
+                    "NUMA: node {n} is not possible; memory at {start:#x} goes to node {fallback}"
+                );
+                fallback
+            }
+            None => topo.memory_add_physaddr_to_nid(start),
+        }
+    }
+
+    /// Node `nid`'s `meminfo`: (MemTotal, MemFree) in pages; pages on the
+    /// per-CPU lists count as free, as in `MemFree:`.
+    pub fn node_meminfo(&self, nid: usize) -> (u64, u64) {
+        let b = &self.buddy;
+        let zones = Zone::BUDDY_ZONES;
+        let total = zones.iter().map(|&z| b.managed_node(nid, z)).sum();
+        let free = zones.iter().map(|&z| b.nr_free_node(nid, z)).sum::<u64>()
+            + self.pcp.nr_pages_of_node(nid);
+        (total, free)
+    }
+
+    /// Node `nid`'s `numastat` events: the allocator's and the per-CPU
+    /// fast path's.
+    pub fn numa_stat(&self, nid: usize) -> super::buddy::NumaStat {
+        let mut s = self.buddy.numa_stat(nid);
+        let fast = self.pcp.fast_allocs(nid);
+        s.numa_hit += fast;
+        s.local_node += fast;
+        s
     }
 }

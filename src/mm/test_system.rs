@@ -133,7 +133,12 @@ impl TestSystem {
         // block) is initialised.
         let mut buddy = unsafe { BuddyAllocator::new(memmap) };
         assert_eq!(
-            buddy.online_pages(bs + BOOT_RESERVED, be - (bs + BOOT_RESERVED), Zone::Normal),
+            buddy.online_pages(
+                bs + BOOT_RESERVED,
+                be - (bs + BOOT_RESERVED),
+                Zone::Normal,
+                0
+            ),
             BLOCK_PAGES - BOOT_RESERVED
         );
         let mut pt = PageTable::new(arena.translation(), &mut buddy).expect("root table");

@@ -61,12 +61,22 @@ pub fn min_free_kbytes(lowmem_managed: u64) -> u64 {
 
 /// `__setup_per_zone_wmarks` over the managed pages of each zone.
 pub fn watermarks(managed: [u64; MAX_NR_ZONES]) -> [Watermarks; MAX_NR_ZONES] {
+    watermarks_node(managed, managed)
+}
+
+/// `__setup_per_zone_wmarks` for one node's zones (`managed`), given the
+/// managed pages of each zone type over all nodes (`all`): the minimum
+/// is shared out among every node's lowmem zones.
+pub fn watermarks_node(
+    managed: [u64; MAX_NR_ZONES],
+    all: [u64; MAX_NR_ZONES],
+) -> [Watermarks; MAX_NR_ZONES] {
     let normal = Zone::Normal as usize;
-    let pages_min = min_free_kbytes(managed[normal]) >> (PAGE_SHIFT - 10);
+    let pages_min = min_free_kbytes(all[normal]) >> (PAGE_SHIFT - 10);
     // Every zone but Movable counts as lowmem (no highmem on arm64).
     let lowmem: u64 = (0..MAX_NR_ZONES)
         .filter(|&z| z != Zone::Movable as usize)
-        .map(|z| managed[z])
+        .map(|z| all[z])
         .sum();
     core::array::from_fn(|z| {
         let share = match lowmem {
@@ -112,7 +122,13 @@ pub fn lowmem_reserve(managed: [u64; MAX_NR_ZONES]) -> [[u64; MAX_NR_ZONES]; MAX
 /// `calculate_totalreserve_pages`: per zone its largest reserve plus its
 /// high watermark, at most its managed pages.
 pub fn totalreserve_pages(managed: [u64; MAX_NR_ZONES]) -> u64 {
-    let (wmark, reserve) = (watermarks(managed), lowmem_reserve(managed));
+    totalreserve_pages_node(managed, managed)
+}
+
+/// [`totalreserve_pages`] of one node's zones (`managed`), all nodes'
+/// zones managing `all`.
+pub fn totalreserve_pages_node(managed: [u64; MAX_NR_ZONES], all: [u64; MAX_NR_ZONES]) -> u64 {
+    let (wmark, reserve) = (watermarks_node(managed, all), lowmem_reserve(managed));
     (0..MAX_NR_ZONES)
         .map(|z| {
             let max = reserve[z][z..].iter().copied().max().unwrap_or(0);
@@ -126,6 +142,11 @@ impl<T: Translation> MemorySystem<T> {
         Zone::ALL.map(|z| self.buddy.managed(z))
     }
 
+    /// Node `nid`'s managed pages per zone (ZONE_DEVICE manages none).
+    fn managed_pages_node(&self, nid: usize) -> [u64; MAX_NR_ZONES] {
+        Zone::ALL.map(|z| self.buddy.managed_node(nid, z))
+    }
+
     /// Pfns `[start, end)` ZONE_DEVICE spans: its mapped regions.
     fn device_span(&self) -> Option<(u64, u64)> {
         let mapped = self.devmem.iter().filter(|d| d.mapping.is_some());
@@ -136,23 +157,25 @@ impl<T: Translation> MemorySystem<T> {
         })
     }
 
-    /// `zone` as `/proc/zoneinfo` shows it.
-    pub fn zone_info(&self, zone: Zone) -> ZoneInfo {
-        let managed = self.managed_pages();
+    /// Node `nid`'s `zone` as `/proc/zoneinfo` shows it. ZONE_DEVICE is
+    /// node 0's (device memory has no node here).
+    pub fn zone_info_node(&self, nid: usize, zone: Zone) -> ZoneInfo {
+        let managed = self.managed_pages_node(nid);
         let z = zone as usize;
         let span = match zone {
-            Zone::Device => self.device_span(),
-            _ => self.zone_span(zone),
+            Zone::Device if nid == 0 => self.device_span(),
+            Zone::Device => None,
+            _ => self.zone_span_node(Some(nid), zone),
         };
         let (start_pfn, end_pfn) = span.unwrap_or((0, 0));
         ZoneInfo {
-            free: self.buddy.nr_free(zone),
-            wmark: watermarks(managed)[z],
+            free: self.buddy.nr_free_node(nid, zone),
+            wmark: watermarks_node(managed, self.managed_pages())[z],
             spanned: end_pfn - start_pfn,
             // ZONE_DEVICE pages are never present (never onlined).
             present: match zone {
                 Zone::Device => 0,
-                _ => self.zone_present(zone, false),
+                _ => self.zone_present_node(Some(nid), zone, false),
             },
             managed: managed[z],
             start_pfn,
@@ -164,7 +187,11 @@ impl<T: Translation> MemorySystem<T> {
     /// is no page cache or reclaimable slab to add.
     pub fn mem_available(&self) -> u64 {
         let free = self.nr_free_pages();
-        free.saturating_sub(totalreserve_pages(self.managed_pages()))
+        let all = self.managed_pages();
+        let reserve: u64 = (0..super::node::MAX_NUMNODES)
+            .map(|n| totalreserve_pages_node(self.managed_pages_node(n), all))
+            .sum();
+        free.saturating_sub(reserve)
     }
 
     /// Linux 6.11's `nr_memmap_boot_pages` and `nr_memmap_pages`: pages
@@ -183,11 +210,11 @@ impl<T: Translation> MemorySystem<T> {
         (boot, in_ram.saturating_sub(boot))
     }
 
-    /// Zones with present pages, in order (`populated_zone`).
-    pub fn populated_zones(&self) -> impl Iterator<Item = Zone> + '_ {
+    /// Node `nid`'s zones with present pages, in order (`populated_zone`).
+    pub fn populated_zones_node(&self, nid: usize) -> impl Iterator<Item = Zone> + '_ {
         Zone::ALL
             .into_iter()
-            .filter(|&z| z != Zone::Device && self.zone_present(z, false) > 0)
+            .filter(move |&z| z != Zone::Device && self.zone_present_node(Some(nid), z, false) > 0)
     }
 }
 

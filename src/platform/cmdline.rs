@@ -18,6 +18,8 @@ pub struct BootParams {
     /// `memory_hotplug.auto_movable_ratio=`.
     pub online: OnlineConfig,
     pub loglevel: Option<u8>,
+    /// `numa=off`: one node, whatever the DT says.
+    pub numa_off: bool,
 }
 
 /// Linux's `memparse`: a number (decimal, `0x` hex or `0` octal) with an
@@ -95,6 +97,10 @@ impl BootParams {
                     .map(|r| p.online.auto_movable_ratio = r.into())
                     .is_ok(),
                 "loglevel" => value.parse().map(|l| p.loglevel = Some(l)).is_ok(),
+                "numa" => {
+                    p.numa_off = value == "off";
+                    p.numa_off
+                }
                 _ => false,
             };
             if !ok {

@@ -16,6 +16,8 @@ pub enum Conduit {
 }
 
 pub const MAX_MEMORY: usize = 16;
+/// `distance-map` entries kept: a full matrix of `MAX_NUMNODES` nodes.
+pub const MAX_DISTANCES: usize = crate::mm::node::MAX_NUMNODES * crate::mm::node::MAX_NUMNODES;
 pub const MAX_CPUS: usize = 16;
 /// DT reservations kept one by one; more are folded into their nearest
 /// neighbour (reserving the gap too: more reserved is safe, less is not).
@@ -85,6 +87,15 @@ pub struct Platform {
     pub dtb: PhysRange,
     pub memory: [PhysRange; MAX_MEMORY],
     pub nr_memory: usize,
+    /// Each memory range's `numa-node-id`, if its node has one.
+    pub memory_nid: [Option<u32>; MAX_MEMORY],
+    /// Each CPU's `numa-node-id`, if its node has one.
+    pub cpu_nid: [Option<u32>; MAX_CPUS],
+    /// `/distance-map`'s `distance-matrix`: (node, node, distance).
+    distances: [(u32, u32, u32); MAX_DISTANCES],
+    nr_distances: usize,
+    /// A `distance-map` that could not be read whole.
+    pub distance_map_malformed: bool,
     reserved: [Reservation; MAX_RESERVED],
     nr_reserved: usize,
     pub dropped: Dropped,
@@ -129,6 +140,16 @@ fn stdout_node<'b, 'a>(
 }
 
 /// A big-endian number of one or two cells (as `linux,initrd-start`).
+/// A node's `numa-node-id` (one cell); `u32::MAX` for one that is not
+/// one cell, so that the topology logs it as invalid.
+fn numa_node_id(node: fdt::node::FdtNode) -> Option<u32> {
+    let v = node.property("numa-node-id")?.value;
+    Some(match <[u8; 4]>::try_from(v) {
+        Ok(b) => u32::from_be_bytes(b),
+        Err(_) => u32::MAX,
+    })
+}
+
 fn be_number(value: &[u8]) -> Option<u64> {
     match value.len() {
         4 => Some(u32::from_be_bytes(value.try_into().ok()?) as u64),
@@ -188,6 +209,11 @@ impl Platform {
             dtb: PhysRange::new(pa, fdt.total_size() as u64),
             memory: [PhysRange::default(); MAX_MEMORY],
             nr_memory: 0,
+            memory_nid: [None; MAX_MEMORY],
+            cpu_nid: [None; MAX_CPUS],
+            distances: [(0, 0, 0); MAX_DISTANCES],
+            nr_distances: 0,
+            distance_map_malformed: false,
             reserved: [Reservation {
                 range: PhysRange::default(),
                 no_map: false,
@@ -210,19 +236,28 @@ impl Platform {
             if !is_memory || !available(node) {
                 continue;
             }
+            let nid = numa_node_id(node);
             for r in node.reg().into_iter().flatten() {
                 if r.size.unwrap_or(0) == 0 {
                     continue;
                 }
                 if p.nr_memory < MAX_MEMORY {
                     p.memory[p.nr_memory] = region(&r);
+                    p.memory_nid[p.nr_memory] = nid;
                     p.nr_memory += 1;
                 } else {
                     p.dropped.memory += 1;
                 }
             }
         }
-        p.memory[..p.nr_memory].sort_unstable_by_key(|r| r.base);
+        let mut pairs = [(PhysRange::default(), None); MAX_MEMORY];
+        for (i, pair) in pairs.iter_mut().enumerate().take(p.nr_memory) {
+            *pair = (p.memory[i], p.memory_nid[i]);
+        }
+        pairs[..p.nr_memory].sort_unstable_by_key(|r| r.0.base);
+        for (i, &(r, nid)) in pairs.iter().enumerate().take(p.nr_memory) {
+            (p.memory[i], p.memory_nid[i]) = (r, nid);
+        }
         // CPU nodes and their `reg` by hand: the crate's `Cpu::ids` and
         // `reg()` panic on a missing or short `reg`. A CPU node is one
         // named `cpu` or typed `cpu`, as Linux's `of_get_next_cpu_node`.
@@ -247,8 +282,10 @@ impl Platform {
                 continue;
             }
             p.cpu_mpidr[p.nr_cpus] = mpidr;
+            p.cpu_nid[p.nr_cpus] = numa_node_id(cpu);
             p.nr_cpus += 1;
         }
+        p.read_distance_map(&fdt);
         p.read_reservations(&fdt);
         // Raw bytes: the crate's `bootargs()` panics on an empty value.
         let chosen = fdt.find_node("/chosen");
@@ -317,6 +354,48 @@ impl Platform {
 
     pub fn memory(&self) -> &[PhysRange] {
         &self.memory[..self.nr_memory]
+    }
+
+    /// Linux's `of_numa_parse_distance_map_v1`: the `distance-matrix` of
+    /// the `numa-distance-map-v1` node, as triples; checked later (the
+    /// topology logs and drops bad entries).
+    fn read_distance_map(&mut self, fdt: &fdt::Fdt) {
+        let Some(map) = fdt.find_compatible(&["numa-distance-map-v1"]) else {
+            if fdt.find_node("/distance-map").is_some() {
+                self.distance_map_malformed = true;
+            }
+            return;
+        };
+        let Some(matrix) = map.property("distance-matrix") else {
+            self.distance_map_malformed = true;
+            return;
+        };
+        self.distance_map_malformed |= matrix.value.len() % 12 != 0;
+        let cell = |c: &[u8], i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+        for e in matrix.value.chunks_exact(12) {
+            if self.nr_distances == MAX_DISTANCES {
+                self.distance_map_malformed = true;
+                break;
+            }
+            self.distances[self.nr_distances] = (cell(e, 0), cell(e, 4), cell(e, 8));
+            self.nr_distances += 1;
+        }
+    }
+
+    /// The NUMA topology the DT describes (`numa=off`: one node); bad
+    /// properties are logged and replaced.
+    pub fn numa(&self, numa_off: bool) -> crate::mm::node::Topology {
+        let mut memory = [(PhysRange::default(), None); MAX_MEMORY];
+        for (i, m) in memory.iter_mut().enumerate().take(self.nr_memory) {
+            *m = (self.memory[i], self.memory_nid[i]);
+        }
+        let desc = crate::mm::node::NumaDesc {
+            memory: &memory[..self.nr_memory],
+            cpus: &self.cpu_nid[..self.nr_cpus],
+            distances: &self.distances[..self.nr_distances],
+            distance_map_malformed: self.distance_map_malformed,
+        };
+        crate::mm::node::Topology::build(&desc, numa_off)
     }
 
     /// What the DT reserves: `/memreserve/`, `/reserved-memory` children
@@ -686,6 +765,69 @@ mod tests {
         for r in p.reserved() {
             assert!(r.range.base.checked_add(r.range.size).is_some(), "{r:?}");
         }
+    }
+
+    /// QEMU's NUMA description: memory and CPU nodes with `numa-node-id`
+    /// (in any order), a `distance-map` naming a memory-less node 2; and
+    /// `numa=off`.
+    fn numa_tree(matrix: &[u32]) -> Fdt {
+        let mut fdt = minimal();
+        fdt.root.children.retain(|c| !c.name.starts_with("memory"));
+        for (base, nid) in [(0x6000_0000u64, 1u32), (0x4000_0000, 0)] {
+            let mut m = Node::new(&format!("memory@{base:x}"));
+            m.string("device_type", "memory")
+                .reg64(&[(base, 0x2000_0000)])
+                .u32s("numa-node-id", &[nid]);
+            fdt.root.child(m);
+        }
+        let cpus = fdt.root.find("cpus").unwrap();
+        cpus.children[0].u32s("numa-node-id", &[0]);
+        let mut cpu = Node::new("cpu@1");
+        cpu.string("device_type", "cpu")
+            .u32s("reg", &[1])
+            .u32s("numa-node-id", &[1]);
+        cpus.child(cpu);
+        let mut map = Node::new("distance-map");
+        map.string("compatible", "numa-distance-map-v1")
+            .u32s("distance-matrix", matrix);
+        fdt.root.child(map);
+        fdt
+    }
+
+    #[test]
+    fn reads_numa_nodes_and_distances() {
+        let matrix = [0, 0, 10, 0, 1, 21, 0, 2, 31, 1, 1, 10, 1, 2, 41, 2, 2, 10];
+        let p = parse(&numa_tree(&matrix)).unwrap();
+        assert_eq!(p.memory_nid[..2], [Some(0), Some(1)]);
+        assert_eq!(p.memory()[0].base, PhysAddr::new(0x4000_0000));
+        assert_eq!(p.cpu_nid[..2], [Some(0), Some(1)]);
+        let t = p.numa(false);
+        assert_eq!(format!("{}", t.possible()), "0-2");
+        assert_eq!((t.distance(1, 0), t.distance(2, 1)), (21, 41));
+        assert_eq!(t.phys_to_node(PhysAddr::new(0x7000_0000)), Some(1));
+        assert_eq!(t.cpu_node(1), 1);
+        let off = p.numa(true);
+        assert_eq!(format!("{}", off.possible()), "0");
+        assert_eq!(off.phys_to_node(PhysAddr::new(0x7000_0000)), Some(0));
+    }
+
+    /// A matrix cut short, or a `numa-node-id` of the wrong size: logged,
+    /// default distances and node 0, never a panic.
+    #[test]
+    fn malformed_numa_properties_fall_back() {
+        let mut fdt = numa_tree(&[0, 1, 25, 1]);
+        let mem = fdt.root.find("memory@60000000").unwrap();
+        mem.prop("numa-node-id", &[0, 1]);
+        let p = parse(&fdt).unwrap();
+        assert!(p.distance_map_malformed);
+        let t = p.numa(false);
+        assert_eq!(t.distance(0, 1), 25);
+        assert_eq!(t.phys_to_node(PhysAddr::new(0x6000_0000)), Some(0));
+        let map = fdt.root.find("distance-map").unwrap();
+        map.props.retain(|(n, _)| n != "compatible");
+        let p = parse(&fdt).unwrap();
+        assert!(p.distance_map_malformed);
+        assert_eq!(p.numa(false).distance(0, 1), 20);
     }
 
     /// The crate panics on a tree without `/chosen` or `/cpus`: refused.

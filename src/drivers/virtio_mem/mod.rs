@@ -63,6 +63,8 @@ const MAX_UNITS: u64 = 1 << 24;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub block_size: u64,
+    /// The NUMA node of the device's memory (QEMU's `node=`).
+    pub node_id: u16,
     pub addr: u64,
     pub region_size: u64,
     pub usable_region_size: u64,
@@ -303,6 +305,9 @@ impl<D: MemDevice> VirtioMem<D> {
             (config.addr + config.region_size).saturating_sub(1),
             config.block_size
         );
+        if config.node_id != 0 {
+            pr_info!("virtio_mem {:#x}: node {}", config.addr, config.node_id);
+        }
         if geo.units() == 0 {
             // Said once, here, not on every request (Linux warns at probe).
             pr_warn!(
@@ -563,12 +568,20 @@ impl<D: MemDevice> VirtioMem<D> {
         );
     }
 
+    /// The node the device's memory goes to: its config's `node_id`
+    /// (the mm falls back to the DT's node for the address if the DT has
+    /// no such node).
+    fn nid(&self) -> Option<usize> {
+        Some(self.config.node_id.into())
+    }
+
     /// Adds memory block `id` with what is plugged of it; the mm onlines
     /// it as `auto_online_blocks` says (Linux's distributions pick
     /// `online_movable`, so that it can go again).
     fn add_block<T: Translation>(&mut self, mm: &mut MemorySystem<T>, id: u64) -> Result<()> {
         let base = block_range(id).base;
-        mm.add_memory_driver_managed(base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))
+        let nid = self.nid();
+        mm.add_memory_driver_managed(nid, base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))
     }
 
     /// A device whose answer got lost (it plugged, but said BUSY) has more
@@ -718,8 +731,9 @@ impl<D: MemDevice> VirtioMem<D> {
             let (first, _) = self.geo.blocks_of(u);
             let base = block_range(first).base;
             let size = self.geo.unit;
-            let added = self
-                .hotplug(|_| mm.add_memory_driver_managed(base, size, RESOURCE, PlugMask::full()));
+            let added = self.hotplug(|vm| {
+                mm.add_memory_driver_managed(vm.nid(), base, size, RESOURCE, PlugMask::full())
+            });
             if let Err(e) = added {
                 pr_warn!("virtio_mem {:#x}: {e}: giving {base:#x} back", self.name());
                 pass.trouble = true;
@@ -894,6 +908,7 @@ impl<D: MemDevice> VirtioMem<D> {
                 if !mm.blocks().contains_key(&id) {
                     let base = block_range(id).base;
                     mm.add_memory_driver_managed_offline(
+                        vm.nid(),
                         base,
                         MEMORY_BLOCK_SIZE,
                         RESOURCE,

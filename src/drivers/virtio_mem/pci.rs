@@ -70,6 +70,7 @@ impl<T: Transport> MemDevice for VirtioMemDevice<T> {
         let read = || -> virtio_drivers::Result<Config> {
             Ok(Config {
                 block_size: read_u64(t, 0)?,
+                node_id: t.read_config_space(8)?,
                 addr: read_u64(t, 16)?,
                 region_size: read_u64(t, 24)?,
                 usable_region_size: read_u64(t, 32)?,

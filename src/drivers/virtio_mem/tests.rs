@@ -63,6 +63,7 @@ impl FakeDevice {
         FakeDevice {
             config: Config {
                 block_size,
+                node_id: 0,
                 addr: addr.as_u64(),
                 region_size: size,
                 usable_region_size: size,

@@ -175,7 +175,7 @@ fn lazy_is_indistinguishable_from_eager() {
             mask.set(i, true);
         }
         fx.mm
-            .add_memory_driver_managed(start_of(ids[2]), BLOCK, "System RAM (test)", mask)
+            .add_memory_driver_managed(None, start_of(ids[2]), BLOCK, "System RAM (test)", mask)
             .is_ok()
     });
     for (i, &id) in ids.iter().enumerate() {

@@ -75,7 +75,7 @@ fn driver_managed_add_fails_cleanly_at_every_heap_allocation() {
         &mut fx,
         &|fx| {
             fx.mm
-                .add_memory_driver_managed_offline(start, BLOCK, res, PlugMask::full())
+                .add_memory_driver_managed_offline(None, start, BLOCK, res, PlugMask::full())
         },
         &|fx| {
             fx.mm

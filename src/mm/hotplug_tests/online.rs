@@ -16,7 +16,7 @@ fn add_driver_block(fx: &mut Fx, id: u64, plugged: &[u64]) {
         mask.set(i, true);
     }
     fx.mm
-        .add_memory_driver_managed(start_of(id), BLOCK, OWNER, mask)
+        .add_memory_driver_managed(None, start_of(id), BLOCK, OWNER, mask)
         .expect("add");
 }
 
@@ -132,7 +132,7 @@ fn struct_pages_live_only_in_plugged_sub_blocks() {
         }
         let id = HOT_FIRST;
         fx.mm
-            .add_memory_driver_managed(start_of(id), BLOCK, OWNER, mask)
+            .add_memory_driver_managed(None, start_of(id), BLOCK, OWNER, mask)
             .unwrap();
         assert_eq!(
             fx.mm.blocks[&id].altmap.is_some(),

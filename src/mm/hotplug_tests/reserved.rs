@@ -38,7 +38,7 @@ fn reservations_show_in_iomem_and_refuse_hot_add() {
         let mask = super::super::system::PlugMask::full();
         let e = fx
             .mm
-            .add_memory_driver_managed(start, size, "System RAM (virtio_mem)", mask)
+            .add_memory_driver_managed(None, start, size, "System RAM (virtio_mem)", mask)
             .unwrap_err();
         assert_eq!(e.errno, Errno::EBUSY);
         assert_same("refused hot-add", &snap(&fx.mm), &base);
