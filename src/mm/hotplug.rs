@@ -488,9 +488,10 @@ impl<T: Translation> MemorySystem<T> {
         )
     }
 
-    /// Takes an online block's pages back from the buddy allocator; `EBUSY`,
-    /// with nothing changed, while any of them is in use or the block is
-    /// boot memory.
+    /// Takes an online block's pages back from the buddy allocator,
+    /// migrating its anonymous pages elsewhere first (`migrate.rs`);
+    /// `EBUSY`, with nothing changed, while any other page is in use or the
+    /// block is boot memory.
     pub fn offline_block(&mut self, id: u64) -> core::result::Result<(), OfflineError> {
         let block = self
             .blocks
@@ -506,8 +507,13 @@ impl<T: Translation> MemorySystem<T> {
         // Free pages on per-CPU lists look in use to the buddy allocator
         // (Linux's `offline_pages` drains them too).
         self.drain_range_pages(spfn, epfn);
-        if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
-            return Err(OfflineError::Busy { id, pfn });
+        if self.buddy.isolate_range(spfn, epfn).is_err() {
+            // Pages in use: anonymous ones move out (Linux's
+            // `do_migrate_range`), anything else fails it unchanged.
+            self.migrate_range_out(id, spfn, epfn)?;
+            if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
+                return Err(OfflineError::Busy { id, pfn });
+            }
         }
         let mut head = spfn;
         while head < epfn {

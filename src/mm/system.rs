@@ -282,6 +282,8 @@ pub struct MemorySystem<T: Translation> {
     /// The per-CPU page lists: reached without the memory lock by their
     /// fast paths, so shared rather than owned.
     pub(in crate::mm) pcp: &'static super::pcp::Pcp,
+    /// Anonymous memory (`memhog`) and its migration counters.
+    pub(in crate::mm) anon: super::anon::AnonMm,
 }
 
 /// The frame allocator every mm operation uses: the buddy allocator's
@@ -294,13 +296,8 @@ pub struct Frames<'a> {
 
 impl FrameAllocator for Frames<'_> {
     fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
-        match self.fail_nth {
-            Some(0) => {
-                *self.fail_nth = None;
-                return None;
-            }
-            Some(n) => *n -= 1,
-            None => {}
+        if fail_nth_hit(self.fail_nth) {
+            return None;
         }
         self.pcp.or_drain(self.buddy, |b| b.alloc_pages(order))
     }
@@ -312,6 +309,22 @@ impl FrameAllocator for Frames<'_> {
 
     fn is_reserved(&self, pa: PhysAddr) -> bool {
         self.buddy.is_reserved(pa)
+    }
+}
+
+/// Fault injection (`fail_nth_alloc`): counts one allocation down; whether
+/// it is the one to fail.
+pub(in crate::mm) fn fail_nth_hit(fail_nth: &mut Option<u64>) -> bool {
+    match fail_nth {
+        Some(0) => {
+            *fail_nth = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
     }
 }
 
@@ -327,6 +340,8 @@ pub(in crate::mm) struct Parts<'a, T: Translation> {
 pub struct MemInfo {
     pub total: u64,
     pub free: u64,
+    /// Anonymous memory mapped (`memhog`), Linux's `AnonPages:`.
+    pub anon: u64,
     /// The kernel heap's blocks (Linux's `Slab:`, the kernel's own objects).
     pub slab: u64,
     pub page_tables: u64,
@@ -336,9 +351,10 @@ pub struct MemInfo {
 }
 
 impl MemInfo {
-    pub const FIELDS: [&'static str; 7] = [
+    pub const FIELDS: [&'static str; 8] = [
         "MemTotal",
         "MemFree",
+        "AnonPages",
         "Slab",
         "PageTables",
         "Vmemmap",
@@ -346,10 +362,11 @@ impl MemInfo {
         "DeviceMem",
     ];
 
-    pub fn values(&self) -> [u64; 7] {
+    pub fn values(&self) -> [u64; 8] {
         [
             self.total,
             self.free,
+            self.anon,
             self.slab,
             self.page_tables,
             self.vmemmap,
@@ -376,6 +393,7 @@ impl<T: Translation> MemorySystem<T> {
             events: Events::default(),
             fail_nth_alloc: None,
             pcp: super::pcp::new_pcp(),
+            anon: Default::default(),
         }
     }
 
@@ -447,6 +465,7 @@ impl<T: Translation> MemorySystem<T> {
         MemInfo {
             total: managed * PAGE_SIZE,
             free: self.nr_free_pages() * PAGE_SIZE,
+            anon: self.anon.nr_pages() * PAGE_SIZE,
             slab: super::heap::kernel().map_or(0, |h| h.stats().bytes),
             page_tables: self.pt.stats.tables * PAGE_SIZE,
             vmemmap,
