@@ -14,6 +14,7 @@ mod debug;
 mod fuzz_tests;
 mod lsmem;
 pub mod mem;
+mod memhog;
 #[cfg(target_os = "none")]
 mod stress;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
@@ -60,6 +61,7 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
     all.extend(debug::commands::<K>());
     all.extend(lsmem::commands::<K>());
     all.extend(mem::commands::<K>());
+    all.extend(memhog::commands::<K>());
     #[cfg(target_os = "none")]
     all.extend([
         Command {

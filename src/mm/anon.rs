@@ -341,6 +341,23 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
+    /// [`anon_check`](Self::anon_check), then every page again through
+    /// its own virtual address as the CPU translates it.
+    #[cfg(target_os = "none")]
+    pub fn anon_check_via_mmu(&self, id: usize) -> Result<()> {
+        self.anon_check(id)?;
+        let area = self.anon.area(id).expect("checked");
+        for index in 0..area.pages {
+            let va = page_va(id, index);
+            // SAFETY: the area's pages are mapped read-write at `va` (just
+            // checked), and stay so while the memory lock is held.
+            if let Err(off) = unsafe { check_page(va.as_u64() as *const u64, va, area.gen) } {
+                bail!(EIO, "{:#x}: pattern mismatch", va + off);
+            }
+        }
+        Ok(())
+    }
+
     /// The physical page mapped at page `index` of area `id`.
     pub fn anon_page_pfn(&self, id: usize, index: u64) -> Option<Pfn> {
         match self.pt.translate(page_va(id, index)) {
