@@ -141,6 +141,9 @@ pub unsafe fn check_page(
 /// handler's lock-free walk (`0`: no area was ever made).
 static ANON_ROOT: AtomicU64 = AtomicU64::new(0);
 
+/// Faults that found a migration entry and waited for it.
+pub static MIGRATION_WAITS: AtomicU64 = AtomicU64::new(0);
+
 /// Linux's `migration_entry_wait`, for the data-abort handler: whether a
 /// fault at `far` is on an anonymous page being migrated. If so, it waits
 /// until migration makes the entry again and returns `true`: the faulting
@@ -159,6 +162,7 @@ pub fn migration_entry_wait(far: u64) -> bool {
         return false;
     }
     let va = VirtAddr::new(far);
+    let mut waited = false;
     loop {
         // SAFETY: table pages are reached through the linear map, which
         // maps all RAM; a table freed under us is still mapped memory
@@ -171,7 +175,13 @@ pub fn migration_entry_wait(far: u64) -> bool {
             )
         };
         match d {
-            Some(d) if d.is_migration() => core::hint::spin_loop(),
+            Some(d) if d.is_migration() => {
+                if !waited {
+                    MIGRATION_WAITS.fetch_add(1, Ordering::Relaxed);
+                    waited = true;
+                }
+                core::hint::spin_loop();
+            }
             Some(d) => return d.is_valid(),
             None => return false,
         }
