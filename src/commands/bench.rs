@@ -17,12 +17,18 @@ use crate::{bail, err};
 
 /// `bench hotplug ADDR SIZE`.
 pub fn command<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    if argv.get(1) == Some(&"migrate") {
+        return super::memhog::bench(k, argv, out);
+    }
     let (start, size) = match (argv.get(1).copied(), argv.get(3)) {
         (Some("hotplug"), Some(s)) => (
             PhysAddr::new(parse_number(argv.get(2), "address")?),
             memparse(s).ok_or_else(|| err!(EINVAL, "bad size {s:?}"))?,
         ),
-        _ => bail!(EINVAL, "usage: bench hotplug ADDR SIZE"),
+        _ => bail!(
+            EINVAL,
+            "usage: bench hotplug ADDR SIZE | bench migrate ADDR"
+        ),
     };
     k.with_mm(|mm| hotplug(mm, start, size, out))
 }

@@ -76,6 +76,12 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
             about: "time add/online/offline/remove of held-back RAM, count RAM and TLBIs",
             run: bench::command,
         },
+        Command {
+            name: "bench",
+            usage: "bench migrate ADDR",
+            about: "time the offline of a block full of memhog pages against a copy",
+            run: bench::command,
+        },
     ]);
     all
 }
