@@ -438,8 +438,8 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Takes sub-blocks `[first, first + n)` of driver-owned block `id`
     /// back so that the device may unplug them: from the buddy allocator if
-    /// the block is online (`Busy`, nothing changed, while a page is in
-    /// use), logically offline. Never the sub-block holding the block's
+    /// the block is online (anonymous pages migrated out first; `Busy`,
+    /// nothing changed, while another page is in use), logically offline. Never the sub-block holding the block's
     /// struct pages.
     pub fn unplug_sub_blocks(
         &mut self,
@@ -461,8 +461,12 @@ impl<T: Translation> MemorySystem<T> {
         }
         if let BlockState::Online(zone) = state {
             self.drain_range_pages(s, e);
-            if let Err(pfn) = self.buddy.isolate_range(s, e) {
-                return Err(OfflineError::Busy { id, pfn });
+            if self.buddy.isolate_range(s, e).is_err() {
+                // As offlining: anonymous pages move out first.
+                self.migrate_range_out(id, s, e)?;
+                if let Err(pfn) = self.buddy.isolate_range(s, e) {
+                    return Err(OfflineError::Busy { id, pfn });
+                }
             }
             let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
             self.init_struct_pages(s, e, zone, flags);

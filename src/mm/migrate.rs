@@ -31,7 +31,7 @@ use super::addr::Pfn;
 use super::anon::page_va;
 use super::hotplug::OfflineError;
 use super::layout::PAGE_SIZE;
-use super::page::PageFlags;
+use super::page::{PageFlags, MAX_ORDER_NR_PAGES};
 use super::pgtable::{Descriptor, Translation};
 use super::system::MemorySystem;
 use crate::err;
@@ -99,10 +99,13 @@ impl<T: Translation> MemorySystem<T> {
     }
 
     /// Linux's `offline_pages` between isolation and the final check, for
-    /// memory block `id` whose pages `start..end` are not all free:
-    /// migrates every anon page out of the range. `Ok` once every page of
-    /// the range is free (or unmanaged), `Busy` (the isolation undone) on
-    /// an unmovable page or a failed migration.
+    /// pages `start..end` of memory block `id` (the block, or sub-blocks
+    /// a driver unplugs) that are not all free: migrates every anon page
+    /// out of the range. Isolation covers the range widened to whole
+    /// max-order blocks (as Linux isolates whole pageblocks); only the
+    /// range itself is scanned and emptied. `Ok` once every anon page has
+    /// moved (the caller takes the free range as before), `Busy` (the
+    /// isolation undone) on an unmovable page or a failed migration.
     pub(in crate::mm) fn migrate_range_out(
         &mut self,
         id: u64,
@@ -115,8 +118,12 @@ impl<T: Translation> MemorySystem<T> {
         self.buddy
             .try_reserve_isolating()
             .map_err(|_| err!(ENOMEM, "no kernel memory for the records"))?;
-        self.buddy.start_isolate_page_range(start, end);
-        self.pcp_isolate(start, end);
+        let (istart, iend) = (
+            start.align_down(MAX_ORDER_NR_PAGES),
+            end.align_up(MAX_ORDER_NR_PAGES),
+        );
+        self.buddy.start_isolate_page_range(istart, iend);
+        self.pcp_isolate(istart, iend);
         let mut failed = None;
         let mut pfn = start;
         while pfn < end {
@@ -133,12 +140,10 @@ impl<T: Translation> MemorySystem<T> {
             }
             pfn += 1;
         }
-        let all_free = self.buddy.test_pages_isolated(start, end);
-        self.pcp_unisolate(start, end);
-        self.buddy.undo_isolate_page_range(start, end);
+        self.pcp_unisolate(istart, iend);
+        self.buddy.undo_isolate_page_range(istart, iend);
         match failed {
             Some(pfn) => Err(OfflineError::Busy { id, pfn }),
-            None if !all_free => Err(OfflineError::Busy { id, pfn: start }),
             None => Ok(()),
         }
     }
