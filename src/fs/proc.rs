@@ -64,10 +64,10 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
     let anon = mm.anon();
     let rows: [(&str, u64); 21] = [
         ("nr_free_pages", mm.buddy().nr_free_total()),
-        ("nr_anon_pages", anon.nr_pages()),
         ("nr_page_table_pages", s.tables),
         ("nr_memmap_pages", memmap),
         ("nr_memmap_boot_pages", memmap_boot),
+        ("nr_anon_pages", anon.nr_pages()),
         ("pgmigrate_success", anon.pgmigrate_success),
         ("pgmigrate_fail", anon.pgmigrate_fail),
         ("memory_hotplug_add", e.hotplug_add),
