@@ -116,6 +116,15 @@ fn offline_with_a_pin_fails_and_changes_nothing() {
     q.poweroff();
 }
 
+/// The number after `what` in `out`.
+fn figure(out: &str, what: &str) -> u64 {
+    out.split(what)
+        .nth(1)
+        .and_then(|s| s.split([',', '\n', '\r']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {out}"))
+}
+
 /// `stress --memhog`: a worker checks and rewrites its memhog pages while
 /// CPU 0 offlines and re-onlines the blocks that hold them.
 fn stress_memhog(granule: &str, cycles: u32) {
@@ -132,19 +141,9 @@ fn stress_memhog(granule: &str, cycles: u32) {
     let out = q.run_ok(&format!("stress --memhog {cycles} 1"));
     assert!(out.contains("mismatches: 0"), "{out}");
     assert!(out.contains("errors: 0"), "{out}");
-    let migrated = out
-        .split("pages migrated: ")
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '\r']).next())
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no migration count in {out}"));
+    let migrated = figure(&out, "pages migrated: ");
     assert!(migrated > 0, "nothing migrated: {out}");
-    let waits = out
-        .split("migration waits: ")
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '\r']).next())
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no wait count in {out}"));
+    let waits = figure(&out, "migration waits: ");
     eprintln!("{granule}: {migrated} pages migrated, {waits} migration waits");
     assert_eq!(q.read("/proc/meminfo"), baseline);
     q.poweroff();
