@@ -20,6 +20,9 @@ pub fn command<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Resu
     if argv.get(1) == Some(&"lock") {
         return super::lockbench::command(argv, out);
     }
+    if argv.get(1) == Some(&"migrate") {
+        return super::memhog::bench(k, argv, out);
+    }
     let (start, size) = match (argv.get(1).copied(), argv.get(3)) {
         (Some("hotplug"), Some(s)) => (
             PhysAddr::new(parse_number(argv.get(2), "address")?),
@@ -27,7 +30,7 @@ pub fn command<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Resu
         ),
         _ => bail!(
             EINVAL,
-            "usage: bench hotplug ADDR SIZE | bench lock [MS [CPUS]]"
+            "usage: bench hotplug ADDR SIZE | bench lock [MS [CPUS]] | bench migrate ADDR"
         ),
     };
     k.with_mm(|mm| hotplug(mm, start, size, out))

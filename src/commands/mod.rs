@@ -16,6 +16,7 @@ mod fuzz_tests;
 mod lockbench;
 mod lsmem;
 pub mod mem;
+mod memhog;
 #[cfg(target_os = "none")]
 mod stress;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
@@ -62,11 +63,12 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
     all.extend(debug::commands::<K>());
     all.extend(lsmem::commands::<K>());
     all.extend(mem::commands::<K>());
+    all.extend(memhog::commands::<K>());
     #[cfg(target_os = "none")]
     all.extend([
         Command {
             name: "stress",
-            usage: "stress [--hotplug-only|--workers-only|--spin-workers] [CYCLES|MS [WORKERS]]",
+            usage: "stress [--hotplug-only|--workers-only|--spin-workers|--memhog] [CYCLES|MS [WORKERS]]",
             about: "secondary CPUs churn pages while CPU 0 cycles hotplug of held-back RAM",
             run: |_, argv, out| stress::stress(argv, out),
         },
@@ -74,6 +76,12 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
             name: "bench",
             usage: "bench hotplug ADDR SIZE | bench lock [MS [CPUS]]",
             about: "time hotplug of held-back RAM (RAM, TLBIs); fairness of the ticket lock",
+            run: bench::command,
+        },
+        Command {
+            name: "bench",
+            usage: "bench migrate ADDR",
+            about: "time the offline of a block full of memhog pages against a copy",
             run: bench::command,
         },
     ]);

@@ -10,6 +10,13 @@
 //! hotplug); `--spin-workers CYCLES [WORKERS]` runs hotplug beside workers
 //! that only spin, the cost of a busy CPU without any shared lock or page.
 //! Every run prints the worker operations per second.
+//!
+//! `--memhog CYCLES [WORKERS]`: each worker maps a memhog area
+//! (`mm::anon`) on the hot-added movable memory and, page after page,
+//! checks it and rewrites it with the next generation, through its own
+//! mapping, while CPU 0 offlines (migrating the pages away) and re-onlines
+//! every block, one at a time. A page read with the wrong contents is a
+//! mismatch; the run must end with none.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +38,13 @@ static ERRORS: AtomicU64 = AtomicU64::new(0);
 static HOT_ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// Offlines that found a worker's page in the block and waited for it.
 static WAITED: AtomicU64 = AtomicU64::new(0);
+
+/// Pages of memhog workers read with the wrong contents.
+static MISMATCHES: AtomicU64 = AtomicU64::new(0);
+/// Memhog workers whose area is mapped.
+static MAPPED: AtomicU64 = AtomicU64::new(0);
+/// A memhog worker's area.
+const MEMHOG_BYTES: u64 = 16 << 20;
 
 /// Pages a worker holds at most at once.
 const HELD: usize = 8;
@@ -110,6 +124,100 @@ fn worker(cpu: usize) {
     RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
 }
 
+/// A memhog worker (module comment): its area checked and rewritten, one
+/// generation after another, until told to stop; then checked and freed.
+fn memhog_worker(cpu: usize) {
+    use crate::mm::anon::{check_page, fill_page, page_va};
+    let pages = MEMHOG_BYTES / PAGE_SIZE;
+    let id = match with(|m| m.anon_map(pages)) {
+        Ok(id) => id,
+        Err(_) => {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
+            MAPPED.fetch_add(1, Ordering::AcqRel);
+            RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
+            return;
+        }
+    };
+    MAPPED.fetch_add(1, Ordering::AcqRel);
+    // Pages below `i` hold generation `gen + 1`, the others `gen`.
+    let mut gen = 0;
+    while !STOP.load(Ordering::Acquire) {
+        for i in 0..pages {
+            let va = page_va(id, i);
+            let p = va.as_u64() as *mut u64;
+            // SAFETY: the area is ours and mapped read-write until we free
+            // it; a page under migration makes the access wait (fault
+            // handler) and retry.
+            if unsafe { check_page(p, va, gen) }.is_err() {
+                MISMATCHES.fetch_add(1, Ordering::Relaxed);
+            }
+            // SAFETY: as above.
+            unsafe { fill_page(p, va, gen + 1) };
+            OPS.fetch_add(1, Ordering::Relaxed);
+        }
+        gen += 1;
+    }
+    with(|m| {
+        m.anon_set_gen(id, gen);
+        if m.anon_check(id).is_err() {
+            MISMATCHES.fetch_add(1, Ordering::Relaxed);
+        }
+        if m.anon_free(id).is_err() {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
+}
+
+/// CPU 0's side of `--memhog`: every held-back block hot-added as movable
+/// memory, then `cycles` times each offlined (its memhog pages migrate)
+/// and onlined again, then all removed.
+fn cycle_memhog(cycles: u64, ranges: &[PhysRange], mask: u64) -> Result<u64> {
+    let ids = || {
+        ranges
+            .iter()
+            .flat_map(|r| block_id(r.base)..block_id(r.end()))
+    };
+    for id in ids() {
+        with(|m| {
+            m.add_memory(block_range(id).base, MEMORY_BLOCK_SIZE)?;
+            m.online_block(id, Zone::Movable)
+        })?;
+    }
+    let before = with(|m| m.anon().pgmigrate_success);
+    MAPPED.store(0, Ordering::Release);
+    start_workers(mask, memhog_worker);
+    let t = cpu::counter();
+    while MAPPED.load(Ordering::Acquire) < mask.count_ones() as u64 {
+        if cpu::counter() - t > 10 * cpu::counter_freq() {
+            bail!(EIO, "memhog workers did not map their areas");
+        }
+        core::hint::spin_loop();
+    }
+    let mut r = Ok(());
+    'cycles: for _ in 0..cycles {
+        for id in ids() {
+            r = with(|m| {
+                m.offline_block(id).map_err(crate::error::Error::from)?;
+                m.online_block(id, Zone::Movable)
+            });
+            if r.is_err() {
+                break 'cycles;
+            }
+        }
+    }
+    let migrated = with(|m| m.anon().pgmigrate_success) - before;
+    stop_workers()?;
+    r?;
+    for id in ids() {
+        with(|m| {
+            m.offline_block(id).map_err(crate::error::Error::from)?;
+            m.remove_memory(block_range(id).base, MEMORY_BLOCK_SIZE)
+        })?;
+    }
+    Ok(migrated)
+}
+
 /// A worker that only spins, touching no memory: the control that shows
 /// what a busy CPU costs CPU 0 without any sharing of locks or pages (under
 /// TCG, the host time the vCPUs share).
@@ -160,6 +268,8 @@ enum Mode {
     WorkersOnly,
     /// Hotplug with workers that only spin (`--spin-workers`).
     Spin,
+    /// Offline and online under memhog workers (`--memhog`).
+    Memhog,
 }
 
 /// Starts `job` on the CPUs of `mask`.
@@ -167,6 +277,7 @@ fn start_workers(mask: u64, job: fn(usize)) {
     STOP.store(false, Ordering::Release);
     OPS.store(0, Ordering::Relaxed);
     ERRORS.store(0, Ordering::Relaxed);
+    MISMATCHES.store(0, Ordering::Relaxed);
     HOT_ALLOCS.store(0, Ordering::Relaxed);
     WAITED.store(0, Ordering::Relaxed);
     RUNNING.store(mask, Ordering::Release);
@@ -234,6 +345,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             "--hotplug-only" => mode = Mode::HotplugOnly,
             "--workers-only" => mode = Mode::WorkersOnly,
             "--spin-workers" => mode = Mode::Spin,
+            "--memhog" => mode = Mode::Memhog,
             _ if positional < nums.len() => {
                 let n = w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))?;
                 nums[positional] = Some(n);
@@ -258,7 +370,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             mask |= 1 << cpu;
         }
     }
-    if mode == Mode::WorkersOnly && mask == 0 {
+    if matches!(mode, Mode::WorkersOnly | Mode::Memhog) && mask == 0 {
         bail!(
             EINVAL,
             "no secondary CPU to run a worker (boot with -smp 2 or more)"
@@ -281,6 +393,41 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         Ordering::Relaxed,
     );
     let (baseline, saved) = with(|m| (m.meminfo(), m.memmap_on_memory()));
+    if mode == Mode::Memhog {
+        let waits = crate::mm::anon::MIGRATION_WAITS.load(Ordering::Relaxed);
+        let t0 = cpu::counter();
+        let migrated = cycle_memhog(amount, &ranges, mask)?;
+        let ms = ((cpu::counter() - t0) * 1000 / cpu::counter_freq()).max(1);
+        writeln!(
+            out,
+            "{amount} offline/online cycles of {blocks} blocks under {} memhog workers in {ms} ms",
+            mask.count_ones()
+        )?;
+        writeln!(
+            out,
+            "pages migrated: {migrated}, migration waits: {}",
+            crate::mm::anon::MIGRATION_WAITS.load(Ordering::Relaxed) - waits
+        )?;
+        writeln!(
+            out,
+            "worker page passes: {}, mismatches: {}, errors: {}",
+            OPS.load(Ordering::Relaxed),
+            MISMATCHES.load(Ordering::Relaxed),
+            ERRORS.load(Ordering::Relaxed)
+        )?;
+        let after = with(|m| m.meminfo());
+        if MISMATCHES.load(Ordering::Relaxed) + ERRORS.load(Ordering::Relaxed) != 0 {
+            bail!(EIO, "memhog workers saw mismatches or errors");
+        }
+        if after != baseline {
+            bail!(
+                EIO,
+                "meminfo did not return to its baseline: {baseline:?} -> {after:?}"
+            );
+        }
+        writeln!(out, "meminfo back to its baseline")?;
+        return Ok(());
+    }
     start_workers(mask, if mode == Mode::Spin { spinner } else { worker });
     let t0 = cpu::counter();
     let result = if mode == Mode::WorkersOnly {

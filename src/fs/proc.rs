@@ -64,11 +64,15 @@ pub fn vmstat<T: Translation>(f: &Files<T>, out: &mut dyn Write) -> Result<()> {
         mm.buddy().stats(),
     );
     let (memmap_boot, memmap) = mm.memmap_pages();
-    let rows: [(&str, u64); 18] = [
+    let anon = mm.anon();
+    let rows: [(&str, u64); 21] = [
         ("nr_free_pages", mm.buddy().nr_free_total()),
         ("nr_page_table_pages", s.tables),
         ("nr_memmap_pages", memmap),
         ("nr_memmap_boot_pages", memmap_boot),
+        ("nr_anon_pages", anon.nr_pages()),
+        ("pgmigrate_success", anon.pgmigrate_success),
+        ("pgmigrate_fail", anon.pgmigrate_fail),
         ("memory_hotplug_add", e.hotplug_add),
         ("memory_hotplug_remove", e.hotplug_remove),
         ("memory_online", e.online),

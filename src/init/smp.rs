@@ -25,6 +25,7 @@ pub fn oops_init() {
         power_off: psci::system_off,
         stacks: KSTACKS_START..KSTACKS_END,
     });
+    exception::set_fault_retry_hook(crate::mm::anon::migration_entry_wait);
 }
 
 /// Starts each secondary CPU and waits (bounded) for it. Each gets its

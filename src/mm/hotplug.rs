@@ -489,8 +489,8 @@ impl<T: Translation> MemorySystem<T> {
 
     /// Takes sub-blocks `[first, first + n)` of driver-owned block `id`
     /// back so that the device may unplug them: from the buddy allocator if
-    /// the block is online (`Busy`, nothing changed, while a page is in
-    /// use), logically offline. Never the sub-block holding the block's
+    /// the block is online (anonymous pages migrated out first; `Busy`,
+    /// nothing changed, while another page is in use), logically offline. Never the sub-block holding the block's
     /// struct pages.
     pub fn unplug_sub_blocks(
         &mut self,
@@ -512,8 +512,12 @@ impl<T: Translation> MemorySystem<T> {
         }
         if let BlockState::Online(zone) = state {
             self.drain_range_pages(s, e);
-            if let Err(pfn) = self.buddy.isolate_range(s, e) {
-                return Err(OfflineError::Busy { id, pfn });
+            if self.buddy.isolate_range(s, e).is_err() {
+                // As offlining: anonymous pages move out first.
+                self.migrate_range_out(id, s, e)?;
+                if let Err(pfn) = self.buddy.isolate_range(s, e) {
+                    return Err(OfflineError::Busy { id, pfn });
+                }
             }
             let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
             self.init_struct_pages(s, e, zone, flags);
@@ -539,9 +543,10 @@ impl<T: Translation> MemorySystem<T> {
         )
     }
 
-    /// Takes an online block's pages back from the buddy allocator; `EBUSY`,
-    /// with nothing changed, while any of them is in use or the block is
-    /// boot memory.
+    /// Takes an online block's pages back from the buddy allocator,
+    /// migrating its anonymous pages elsewhere first (`migrate.rs`);
+    /// `EBUSY`, with nothing changed, while any other page is in use or the
+    /// block is boot memory.
     pub fn offline_block(&mut self, id: u64) -> core::result::Result<(), OfflineError> {
         let block = self
             .blocks
@@ -557,8 +562,13 @@ impl<T: Translation> MemorySystem<T> {
         // Free pages on per-CPU lists look in use to the buddy allocator
         // (Linux's `offline_pages` drains them too).
         self.drain_range_pages(spfn, epfn);
-        if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
-            return Err(OfflineError::Busy { id, pfn });
+        if self.buddy.isolate_range(spfn, epfn).is_err() {
+            // Pages in use: anonymous ones move out (Linux's
+            // `do_migrate_range`), anything else fails it unchanged.
+            self.migrate_range_out(id, spfn, epfn)?;
+            if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
+                return Err(OfflineError::Busy { id, pfn });
+            }
         }
         let mut head = spfn;
         while head < epfn {

@@ -30,6 +30,13 @@ pub const KSTACKS_END: u64 = IOREMAP_START;
 pub const IOREMAP_START: u64 = PAGE_END + (1 << 32);
 pub const IOREMAP_END: u64 = IOREMAP_START + (1 << 40);
 
+/// Anonymous memory (`mm::anon`, the `memhog` areas): a kernel range of its
+/// own, one slot of `ANON_SLOT_SIZE` per area.
+pub const ANON_START: u64 = PAGE_END + (1 << 44);
+pub const ANON_SLOT_SIZE: u64 = 1 << 36;
+pub const ANON_MAX_AREAS: u64 = 64;
+pub const ANON_END: u64 = ANON_START + ANON_SLOT_SIZE * ANON_MAX_AREAS;
+
 /// `struct Page` is 64 bytes.
 pub const STRUCT_PAGE_SHIFT: u32 = 6;
 /// The vmemmap describes every pfn below PHYS_LIMIT.

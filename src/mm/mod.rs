@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod altmap;
+pub mod anon;
 pub mod buddy;
 pub mod frame;
 pub mod global;
@@ -16,6 +17,7 @@ pub mod ioremap;
 pub mod kmem;
 pub mod layout;
 pub mod memblock;
+pub mod migrate;
 pub mod node;
 #[cfg(test)]
 pub(crate) mod node_tests;

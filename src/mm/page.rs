@@ -72,6 +72,10 @@ bitflags! {
         /// Head of a free block held aside in a range being isolated for
         /// offlining (Linux's MIGRATE_ISOLATE free lists); `order` valid.
         const ISOLATED = 1 << 6;
+        /// Anonymous memory mapped by an address space (`mm::anon`):
+        /// `mapping` and `index` say where (Linux's `PageAnon`). The one
+        /// kind of page offlining can migrate.
+        const ANON = 1 << 8;
 
         /// A page with any of these can never be a buddy page.
         const NEVER_BUDDY = Self::RESERVED.bits()
@@ -185,7 +189,12 @@ pub struct Page {
     pub(crate) prev: u64,
     /// Owner's word (e.g. the owner id of a device page).
     pub(crate) private: u64,
-    _pad2: [u64; 3],
+    /// The reverse map of an `ANON` page (Linux's `page->mapping` of an
+    /// anon page): which anonymous area maps it (`mm::anon`).
+    pub(crate) mapping: u64,
+    /// Its page index within that area (Linux's `page->index`).
+    pub(crate) index: u64,
+    _pad2: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 64);
@@ -209,7 +218,9 @@ impl Page {
             next: PFN_NONE,
             prev: PFN_NONE,
             private: 0,
-            _pad2: [0; 3],
+            mapping: 0,
+            index: 0,
+            _pad2: 0,
         }
     }
 
@@ -270,6 +281,26 @@ impl Page {
 
     pub fn set_private(&mut self, private: u64) {
         self.private = private;
+    }
+
+    /// The reverse map of an anon page: `(area, page index)`.
+    pub fn anon_rmap(&self) -> Option<(u64, u64)> {
+        self.has(PageFlags::ANON)
+            .then_some((self.mapping, self.index))
+    }
+
+    /// Makes the page anon memory of `area` at page `index`.
+    pub fn set_anon_rmap(&mut self, area: u64, index: u64) {
+        self.flags.insert(PageFlags::ANON);
+        self.mapping = area;
+        self.index = index;
+    }
+
+    /// Drops the reverse map (the page is no longer mapped).
+    pub fn clear_anon_rmap(&mut self) {
+        self.flags.remove(PageFlags::ANON);
+        self.mapping = 0;
+        self.index = 0;
     }
 
     pub fn is_reserved(&self) -> bool {

@@ -289,6 +289,8 @@ pub struct MemorySystem<T: Translation> {
     /// Linux's `N_ONLINE`: nodes with memory or CPUs at boot, and those
     /// memory was hot-added to since (until it is all removed again).
     pub(in crate::mm) node_online: NodeMask,
+    /// Anonymous memory (`memhog`) and its migration counters.
+    pub(in crate::mm) anon: super::anon::AnonMm,
 }
 
 /// The frame allocator every mm operation uses: the buddy allocator's
@@ -299,26 +301,9 @@ pub struct Frames<'a> {
     pcp: &'static super::pcp::Pcp,
 }
 
-impl Frames<'_> {
-    /// Fault injection: whether this allocation is the one to fail.
-    fn injected_failure(&mut self) -> bool {
-        match self.fail_nth {
-            Some(0) => {
-                *self.fail_nth = None;
-                true
-            }
-            Some(n) => {
-                *n -= 1;
-                false
-            }
-            None => false,
-        }
-    }
-}
-
 impl FrameAllocator for Frames<'_> {
     fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
-        if self.injected_failure() {
+        if fail_nth_hit(self.fail_nth) {
             return None;
         }
         self.pcp.or_drain(self.buddy, |b| b.alloc_pages(order))
@@ -329,7 +314,7 @@ impl FrameAllocator for Frames<'_> {
     fn alloc_page_run(&mut self, max: u64) -> Option<(PhysAddr, u64)> {
         let order = max.max(1).ilog2().min(MAX_ORDER);
         if order > 0 {
-            if self.injected_failure() {
+            if fail_nth_hit(self.fail_nth) {
                 return None;
             }
             if let Some(pfn) = self.buddy.alloc(order, Zone::Normal) {
@@ -350,6 +335,22 @@ impl FrameAllocator for Frames<'_> {
     }
 }
 
+/// Fault injection (`fail_nth_alloc`): counts one allocation down; whether
+/// it is the one to fail.
+pub(in crate::mm) fn fail_nth_hit(fail_nth: &mut Option<u64>) -> bool {
+    match fail_nth {
+        Some(0) => {
+            *fail_nth = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
 /// Disjoint borrows of the parts an operation needs at once.
 pub(in crate::mm) struct Parts<'a, T: Translation> {
     pub pt: &'a mut PageTable<T, KernelGranule>,
@@ -362,6 +363,8 @@ pub(in crate::mm) struct Parts<'a, T: Translation> {
 pub struct MemInfo {
     pub total: u64,
     pub free: u64,
+    /// Anonymous memory mapped (`memhog`), Linux's `AnonPages:`.
+    pub anon: u64,
     /// The kernel heap's blocks (Linux's `Slab:`, the kernel's own objects).
     pub slab: u64,
     pub page_tables: u64,
@@ -371,9 +374,10 @@ pub struct MemInfo {
 }
 
 impl MemInfo {
-    pub const FIELDS: [&'static str; 7] = [
+    pub const FIELDS: [&'static str; 8] = [
         "MemTotal",
         "MemFree",
+        "AnonPages",
         "Slab",
         "PageTables",
         "Vmemmap",
@@ -381,10 +385,11 @@ impl MemInfo {
         "DeviceMem",
     ];
 
-    pub fn values(&self) -> [u64; 7] {
+    pub fn values(&self) -> [u64; 8] {
         [
             self.total,
             self.free,
+            self.anon,
             self.slab,
             self.page_tables,
             self.vmemmap,
@@ -416,6 +421,7 @@ impl<T: Translation> MemorySystem<T> {
                 m.set(0);
                 m
             },
+            anon: Default::default(),
         }
     }
 
@@ -487,6 +493,7 @@ impl<T: Translation> MemorySystem<T> {
         MemInfo {
             total: managed * PAGE_SIZE,
             free: self.nr_free_pages() * PAGE_SIZE,
+            anon: self.anon.nr_pages() * PAGE_SIZE,
             slab: super::heap::kernel().map_or(0, |h| h.stats().bytes),
             page_tables: self.pt.stats.tables * PAGE_SIZE,
             vmemmap,

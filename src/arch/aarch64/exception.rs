@@ -64,6 +64,15 @@ impl Write for OopsWriter {
     }
 }
 
+/// Linux's `migration_entry_wait`, given once by init (the arch layer
+/// knows no page tables): whether a translation fault at an address was on
+/// an entry under migration, now made again, so that the access is retried.
+static FAULT_RETRY: spin::Once<fn(u64) -> bool> = spin::Once::new();
+
+pub fn set_fault_retry_hook(hook: fn(u64) -> bool) {
+    FAULT_RETRY.call_once(|| hook);
+}
+
 static LAST_FAULT: spin::Mutex<FaultInfo> = spin::Mutex::new(FaultInfo { esr: 0, far: 0 });
 
 /// Reads the 64-bit word at `va`; a fault is reported, not fatal.
@@ -108,7 +117,12 @@ extern "C" fn rust_exception(frame: &mut TrapFrame, kind: u64) {
         &raw const probe_write_insn as u64,
     ];
     // The kernel runs at EL1t (kind 0); EL1h (kind 4) is the exception
-    // stack itself.
+    // stack itself. A data abort on a page under migration waits for it
+    // and retries (returning re-executes the access).
+    let translation = esr::ec(esr) == 0x25 && esr::fault_name(esr) == "translation fault";
+    if (kind == 0 || kind == 4) && translation && FAULT_RETRY.get().is_some_and(|f| f(far)) {
+        return;
+    }
     if (kind == 0 || kind == 4) && probes.contains(&frame.elr) && esr::is_abort(esr) {
         *LAST_FAULT.lock() = FaultInfo { esr, far };
         frame.elr = &raw const probe_read_fixup as u64;

@@ -826,3 +826,35 @@ fn an_error_answer_is_settled_with_a_state_request() {
         assert_eq!(sys.mm.meminfo(), base);
     }
 }
+
+/// A shrink while memhog holds memory on the device succeeds when there is
+/// room elsewhere, as in Linux: its pages migrate off the units unplugged
+/// (sub-blocks of an online block, then whole blocks), contents intact.
+#[test]
+fn shrink_migrates_memhog_pages_off_the_device() {
+    let mut sys = boot();
+    let base = sys.mm.meminfo();
+    let mut vm = driver(2 * MIB);
+    let size = MB + 4 * MIB;
+    assert_eq!(request(&mut vm, &mut sys.mm, &base, size), None);
+    // Movable first: the device's memory is the only Movable there is.
+    let pages = size / PAGE_SIZE * 3 / 4;
+    let area = sys.mm.anon_map(pages).unwrap();
+    let on_device = |mm: &Mm| {
+        (0..pages)
+            .filter(|&i| mm.anon_page_pfn(area, i).unwrap().phys() >= NOT_RAM)
+            .count() as u64
+    };
+    assert_eq!(on_device(&sys.mm), pages);
+    // Down by part of a block (sub-blocks), then to nothing.
+    for want in [MB / 2, 0] {
+        assert_eq!(request(&mut vm, &mut sys.mm, &base, want), None);
+        assert_eq!(vm.device().plugged_bytes(), want);
+        sys.mm.anon_check(area).unwrap();
+    }
+    assert_eq!(on_device(&sys.mm), 0);
+    assert!(sys.mm.anon().pgmigrate_success >= pages);
+    assert_eq!(sys.mm.anon().pgmigrate_fail, 0);
+    sys.mm.anon_free(area).unwrap();
+    assert_eq!(sys.mm.meminfo(), base);
+}

@@ -12,6 +12,7 @@ mod deferred;
 mod devmem;
 mod faults;
 mod heap_faults;
+mod migrate;
 mod model;
 mod online;
 mod reserved;

@@ -396,6 +396,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
     let want = MemInfo {
         total: (model.managed(Zone::Normal) + model.managed(Zone::Movable)) * PAGE_SIZE,
         free: mm.buddy.nr_free_total() * PAGE_SIZE,
+        anon: 0,
         page_tables: mm.pt.stats.tables * PAGE_SIZE,
         vmemmap: in_ram * MEMMAP_PER_BLOCK
             + if model.dev == Some(DevMapKind::Mem) {

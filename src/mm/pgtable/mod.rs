@@ -5,10 +5,12 @@
 
 pub mod descriptor;
 pub mod dump;
+mod pte;
 #[cfg(test)]
 mod tests;
 pub mod unmap;
 mod walker;
 
 pub use descriptor::{Attributes, Descriptor, MemType};
+pub use pte::read_pte;
 pub use walker::{MapError, MapHints, PageTable, TableStats, Translation, VaRange};
