@@ -265,8 +265,9 @@ impl From<Errno> for Error {
     }
 }
 
-/// Writing into the console's output buffer cannot fail, but `?` on
-/// `write!` is convenient in `System` implementations.
+/// `?` on `write!` in `System` implementations. Writing into the shell's
+/// output buffer fails only when the heap is out, and the shell then
+/// reports `ENOMEM` instead of this.
 impl From<fmt::Error> for Error {
     fn from(_: fmt::Error) -> Self {
         Error::new(Errno::EIO, "output error")
