@@ -173,9 +173,9 @@ impl Error {
     /// as the heap has room (errors are made when memory is short too, and
     /// the errno is what matters then): never an abort.
     pub fn from_args(errno: Errno, args: fmt::Arguments<'_>) -> Self {
-        let mut msg = Fallible(String::new());
+        let mut msg = FallibleString::new();
         let _ = fmt::write(&mut msg, args);
-        Error { errno, msg: msg.0 }
+        Error { errno, msg: msg.s }
     }
 
     /// The error for a command nobody knows: `ENOENT: <name>: command not
@@ -185,13 +185,65 @@ impl Error {
     }
 }
 
-/// A `String` that grows fallibly: a write the heap has no room for fails.
-struct Fallible(String);
+/// A `String` that grows fallibly: a write the heap has no room for fails,
+/// and so does every later one (the failure is sticky, so a caller that
+/// ignores one `push` still learns of it from [`failed`](Self::failed)).
+/// Output collected on a path a user drives goes through it, so that heap
+/// exhaustion is an `ENOMEM`, never an abort.
+#[derive(Debug, Default)]
+pub struct FallibleString {
+    s: String,
+    failed: bool,
+}
 
-impl fmt::Write for Fallible {
+impl FallibleString {
+    pub const fn new() -> Self {
+        FallibleString {
+            s: String::new(),
+            failed: false,
+        }
+    }
+
+    /// Appends `s`, or marks the string failed.
+    pub fn push_str(&mut self, s: &str) {
+        let _ = fmt::Write::write_str(self, s);
+    }
+
+    /// Appends `c`, or marks the string failed.
+    pub fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+
+    /// Some write found the heap out.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// What was written; `ENOMEM` (with `strerror`'s text, which needs
+    /// no heap) if any write failed.
+    pub fn into_result(self) -> Result<String> {
+        if self.failed {
+            return Err(Error::from(Errno::ENOMEM));
+        }
+        Ok(self.s)
+    }
+}
+
+impl core::ops::Deref for FallibleString {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.s
+    }
+}
+
+impl fmt::Write for FallibleString {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.try_reserve(s.len()).map_err(|_| fmt::Error)?;
-        self.0.push_str(s);
+        if self.failed || self.s.try_reserve(s.len()).is_err() {
+            self.failed = true;
+            return Err(fmt::Error);
+        }
+        self.s.push_str(s);
         Ok(())
     }
 }
@@ -199,9 +251,9 @@ impl fmt::Write for Fallible {
 /// `format!` for paths a user drives: `ENOMEM` when the heap is out,
 /// never an abort.
 pub fn try_format(args: fmt::Arguments<'_>) -> Result<String> {
-    let mut s = Fallible(String::new());
-    fmt::write(&mut s, args).map_err(|_| Error::from(Errno::ENOMEM))?;
-    Ok(s.0)
+    let mut s = FallibleString::new();
+    let _ = fmt::write(&mut s, args);
+    s.into_result()
 }
 
 impl From<Errno> for Error {
@@ -213,8 +265,9 @@ impl From<Errno> for Error {
     }
 }
 
-/// Writing into the console's output buffer cannot fail, but `?` on
-/// `write!` is convenient in `System` implementations.
+/// `?` on `write!` in `System` implementations. Writing into the shell's
+/// output buffer fails only when the heap is out, and the shell then
+/// reports `ENOMEM` instead of this.
 impl From<fmt::Error> for Error {
     fn from(_: fmt::Error) -> Self {
         Error::new(Errno::EIO, "output error")

@@ -22,7 +22,6 @@ mod stress;
 #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]
 mod tests;
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -91,11 +90,12 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
 /// The column `help` aligns descriptions at.
 const HELP_COLUMN: usize = 28;
 
-/// `help`'s lines for `cmds`.
-pub fn help<K>(cmds: &[Command<K>]) -> String {
-    cmds.iter()
-        .map(|c| format!("  {:<w$}{}\n", c.usage, c.about, w = HELP_COLUMN))
-        .collect()
+/// Writes `help`'s lines for `cmds`.
+pub fn help<K>(cmds: &[Command<K>], out: &mut dyn Write) -> Result<()> {
+    for c in cmds {
+        writeln!(out, "  {:<w$}{}", c.usage, c.about, w = HELP_COLUMN)?;
+    }
+    Ok(())
 }
 
 /// A number or address argument (`0x...` or decimal).
@@ -144,8 +144,8 @@ impl<K: Kernel> System for Shell<K> {
         }
     }
 
-    fn help(&self) -> String {
-        help(&self.commands)
+    fn help(&self, out: &mut dyn Write) -> Result<()> {
+        help(&self.commands, out)
     }
 }
 

@@ -54,7 +54,8 @@ fn errno(r: Result<String>) -> Errno {
 #[test]
 fn help_lists_every_command_once_per_usage_aligned() {
     let s = shell();
-    let help = crate::console::System::help(&s);
+    let mut help = String::new();
+    crate::console::System::help(&s, &mut help).unwrap();
     for c in super::commands::<HostKernel>() {
         let line = help
             .lines()
@@ -431,4 +432,48 @@ fn devmem_reconfigure_is_kmem() {
         errno(sh(&mut s, "devmem reconfigure 0 --mode=system-ram")),
         Errno::EBUSY
     );
+}
+
+/// Issue 10: a heap exhausted (by `pin`, say) makes a command `ENOMEM`,
+/// never an abort. Each allocation from the line to the printed output is
+/// failed in turn: every run either fails with `ENOMEM` and prints
+/// nothing, or gets past them all and prints what it does with the heap
+/// free.
+#[test]
+fn commands_with_the_heap_out_are_enomem() {
+    use crate::mm::testing::heap_faults;
+    let mut s = shell();
+    for line in [
+        "cat /proc/meminfo",
+        "cat proc//meminfo/ /proc/buddyinfo",
+        "echo a b c",
+        "echo -n \"a  b\" 'c'",
+        "ls /sys/devices/system/memory",
+        "ls / /proc",
+        "help",
+    ] {
+        let whole = sh(&mut s, line).unwrap();
+        for n in 0.. {
+            assert!(n < 1000, "{line}: never got past its allocations");
+            // Room for the output before the faults: the sink is the
+            // caller's, not on the path under test.
+            let mut out = String::with_capacity(2 * whole.len());
+            heap_faults::fail_nth(Some(n));
+            let r = run(&mut s, line, &mut out);
+            let fired = heap_faults::fired();
+            heap_faults::fail_nth(None);
+            match r {
+                Err(e) => {
+                    assert!(fired, "{line}, n={n}: {e:?}");
+                    assert_eq!(e.errno, Errno::ENOMEM, "{line}, n={n}: {e}");
+                    assert_eq!(out, "", "{line}, n={n}");
+                }
+                Ok(()) => {
+                    assert!(!fired, "{line}, n={n}: a failure was swallowed");
+                    assert_eq!(out, whole, "{line}, n={n}");
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -25,7 +25,7 @@
 //! commands themselves. The built-ins' own text never does (`echo '# x'`
 //! prints what it was asked to).
 
-use crate::error::{Errno, Error, Result};
+use crate::error::{Errno, Error, FallibleString, Result};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -44,8 +44,8 @@ pub trait System {
     /// `devmem`, `bench`, ...). `argv[0]` is the command name; unknown names
     /// return [`Error::unknown_command`].
     fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Result<()>;
-    /// Lines for `help` describing the project's own commands.
-    fn help(&self) -> String;
+    /// Writes the lines for `help` describing the project's own commands.
+    fn help(&self, out: &mut dyn Write) -> Result<()>;
 }
 
 /// A parsed line.
@@ -62,6 +62,26 @@ enum Token {
     Redirect,
 }
 
+/// The heap is out: the shell's allocations fail with this, never abort.
+fn enomem() -> Error {
+    Error::from(Errno::ENOMEM)
+}
+
+/// `v.push(x)`, `ENOMEM` if the heap has no room.
+fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<()> {
+    v.try_reserve(1).map_err(|_| enomem())?;
+    v.push(x);
+    Ok(())
+}
+
+/// Appends `c` to the word being built, starting it if there is none.
+fn push_char(word: &mut Option<String>, c: char) -> Result<()> {
+    let w = word.get_or_insert_with(String::new);
+    w.try_reserve(c.len_utf8()).map_err(|_| enomem())?;
+    w.push(c);
+    Ok(())
+}
+
 fn tokenize(line: &str) -> Result<Vec<Token>> {
     let mut tokens = Vec::new();
     let mut word: Option<String> = None;
@@ -70,21 +90,22 @@ fn tokenize(line: &str) -> Result<Vec<Token>> {
         match c {
             c if c.is_ascii_whitespace() => {
                 if let Some(w) = word.take() {
-                    tokens.push(Token::Word(w));
+                    try_push(&mut tokens, Token::Word(w))?;
                 }
             }
             '#' if word.is_none() => break,
             '>' => {
                 if let Some(w) = word.take() {
-                    tokens.push(Token::Word(w));
+                    try_push(&mut tokens, Token::Word(w))?;
                 }
                 if chars.peek() == Some(&'>') {
                     chars.next();
                 }
-                tokens.push(Token::Redirect);
+                try_push(&mut tokens, Token::Redirect)?;
             }
             '"' => {
-                let w = word.get_or_insert_with(String::new);
+                // `""` is a word, if an empty one.
+                word.get_or_insert_with(String::new);
                 loop {
                     match chars.next() {
                         None => return Err(Error::new(Errno::EINVAL, "unterminated \"")),
@@ -92,29 +113,29 @@ fn tokenize(line: &str) -> Result<Vec<Token>> {
                         Some('\\') => match chars.peek() {
                             Some(&e @ ('"' | '\\')) => {
                                 chars.next();
-                                w.push(e);
+                                push_char(&mut word, e)?;
                             }
-                            _ => w.push('\\'),
+                            _ => push_char(&mut word, '\\')?,
                         },
-                        Some(c) => w.push(c),
+                        Some(c) => push_char(&mut word, c)?,
                     }
                 }
             }
             '\'' => {
-                let w = word.get_or_insert_with(String::new);
+                word.get_or_insert_with(String::new);
                 loop {
                     match chars.next() {
                         None => return Err(Error::new(Errno::EINVAL, "unterminated '")),
                         Some('\'') => break,
-                        Some(c) => w.push(c),
+                        Some(c) => push_char(&mut word, c)?,
                     }
                 }
             }
-            c => word.get_or_insert_with(String::new).push(c),
+            c => push_char(&mut word, c)?,
         }
     }
     if let Some(w) = word {
-        tokens.push(Token::Word(w));
+        try_push(&mut tokens, Token::Word(w))?;
     }
     Ok(tokens)
 }
@@ -125,7 +146,7 @@ pub fn parse(line: &str) -> Result<Command> {
     let mut tokens = tokenize(line)?.into_iter();
     while let Some(t) = tokens.next() {
         match t {
-            Token::Word(w) => cmd.argv.push(w),
+            Token::Word(w) => try_push(&mut cmd.argv, w)?,
             Token::Redirect => {
                 if cmd.redirect.is_some() {
                     return Err(Error::new(Errno::EINVAL, "more than one '>'"));
@@ -145,7 +166,8 @@ pub fn parse(line: &str) -> Result<Command> {
 
 /// `path` made absolute and canonical: `//`, `.` and trailing `/` dropped,
 /// `..` resolved (never above `/`). `"proc//meminfo/"` is `"/proc/meminfo"`.
-pub fn normalize_path(path: &str) -> String {
+/// `ENOMEM` if the heap has no room for it.
+pub fn normalize_path(path: &str) -> Result<String> {
     let mut parts: Vec<&str> = Vec::new();
     for comp in path.split('/') {
         match comp {
@@ -153,10 +175,13 @@ pub fn normalize_path(path: &str) -> String {
             ".." => {
                 parts.pop();
             }
-            c => parts.push(c),
+            c => try_push(&mut parts, c)?,
         }
     }
-    let mut s = String::with_capacity(path.len() + 1);
+    // Never longer than `path` with a `/` in front: the pushes below stay
+    // within this reservation.
+    let mut s = String::new();
+    s.try_reserve_exact(path.len() + 1).map_err(|_| enomem())?;
     for p in &parts {
         s.push('/');
         s.push_str(p);
@@ -164,7 +189,7 @@ pub fn normalize_path(path: &str) -> String {
     if s.is_empty() {
         s.push('/');
     }
-    s
+    Ok(s)
 }
 
 const BUILTIN_HELP: &str = "\
@@ -192,25 +217,33 @@ pub fn execute(
 }
 
 /// Like [`execute`], but a failure is returned, not printed; `out` is then
-/// untouched.
+/// untouched. Every allocation between the line and `out` is fallible: a
+/// heap too full for the command's output is `ENOMEM`, not an abort.
 pub fn run(sys: &mut dyn System, line: &str, out: &mut dyn Write) -> Result<()> {
     let cmd = parse(line)?;
     if cmd.argv.is_empty() {
         return Ok(());
     }
-    let argv: Vec<&str> = cmd.argv.iter().map(String::as_str).collect();
-    let mut buf = String::new();
-    dispatch(sys, &argv, &mut buf)?;
+    let mut argv: Vec<&str> = Vec::new();
+    argv.try_reserve_exact(cmd.argv.len())
+        .map_err(|_| enomem())?;
+    argv.extend(cmd.argv.iter().map(String::as_str));
+    let mut buf = FallibleString::new();
+    let r = dispatch(sys, &argv, &mut buf);
+    // A full heap explains any failure that followed it (a `write!` into
+    // `buf` turns into EIO otherwise).
+    let buf = buf.into_result()?;
+    r?;
     match cmd.redirect {
         Some(path) => {
             let data = buf.strip_suffix('\n').unwrap_or(&buf);
-            sys.write(&normalize_path(&path), data)
+            sys.write(&normalize_path(&path)?, data)
         }
         None => Ok(out.write_str(&buf)?),
     }
 }
 
-fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut String) -> Result<()> {
+fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut FallibleString) -> Result<()> {
     let (&name, args) = match argv.split_first() {
         Some(x) => x,
         None => return Ok(()),
@@ -222,7 +255,12 @@ fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut String) -> Result<()>
                 Some((&"-n", rest)) => (false, rest),
                 _ => (true, args),
             };
-            out.push_str(&words.join(" "));
+            for (i, w) in words.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(w);
+            }
             if newline {
                 out.push('\n');
             }
@@ -231,11 +269,8 @@ fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut String) -> Result<()>
         "ls" => ls(sys, args, out),
         "help" => {
             out.push_str(BUILTIN_HELP);
-            let own = sys.help();
-            if !own.is_empty() {
-                out.push_str(&own);
-                end_line(out);
-            }
+            sys.help(out)?;
+            end_line(out);
             Ok(())
         }
         _ => sys.command(argv, out),
@@ -243,24 +278,24 @@ fn dispatch(sys: &mut dyn System, argv: &[&str], out: &mut String) -> Result<()>
 }
 
 /// Ends `out` with a newline unless it is empty or already does.
-fn end_line(out: &mut String) {
+fn end_line(out: &mut FallibleString) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
 }
 
-fn cat(sys: &mut dyn System, paths: &[&str], out: &mut String) -> Result<()> {
+fn cat(sys: &mut dyn System, paths: &[&str], out: &mut FallibleString) -> Result<()> {
     if paths.is_empty() {
         return Err(Error::new(Errno::EINVAL, "usage: cat PATH..."));
     }
     for p in paths {
-        sys.read(&normalize_path(p), out)?;
+        sys.read(&normalize_path(p)?, out)?;
         end_line(out);
     }
     Ok(())
 }
 
-fn ls(sys: &mut dyn System, paths: &[&str], out: &mut String) -> Result<()> {
+fn ls(sys: &mut dyn System, paths: &[&str], out: &mut FallibleString) -> Result<()> {
     let paths = if paths.is_empty() { &["/"][..] } else { paths };
     for (i, p) in paths.iter().enumerate() {
         if paths.len() > 1 {
@@ -270,7 +305,7 @@ fn ls(sys: &mut dyn System, paths: &[&str], out: &mut String) -> Result<()> {
             out.push_str(p);
             out.push_str(":\n");
         }
-        match sys.list(&normalize_path(p)) {
+        match sys.list(&normalize_path(p)?) {
             Ok(entries) => {
                 for e in entries {
                     out.push_str(&e);
@@ -409,8 +444,10 @@ pub(crate) mod fake {
             }
         }
 
-        fn help(&self) -> String {
-            "  dmesg                   print the kernel log\n  args ARGS...            print each argument".into()
+        fn help(&self, out: &mut dyn Write) -> Result<()> {
+            Ok(out.write_str(
+                "  dmesg                   print the kernel log\n  args ARGS...            print each argument",
+            )?)
         }
     }
 }
@@ -504,11 +541,14 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(normalize_path("/"), "/");
-        assert_eq!(normalize_path(""), "/");
-        assert_eq!(normalize_path("proc//meminfo/"), "/proc/meminfo");
-        assert_eq!(normalize_path("/sys/./devices/../kernel"), "/sys/kernel");
-        assert_eq!(normalize_path("/../../x"), "/x");
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("").unwrap(), "/");
+        assert_eq!(normalize_path("proc//meminfo/").unwrap(), "/proc/meminfo");
+        assert_eq!(
+            normalize_path("/sys/./devices/../kernel").unwrap(),
+            "/sys/kernel"
+        );
+        assert_eq!(normalize_path("/../../x").unwrap(), "/x");
     }
 
     #[test]
