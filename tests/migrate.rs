@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{block_size, granule, granule_kernel, Granule, Opts, Qemu};
+use common::{block_size, figure, granule, granule_kernel, Granule, Opts, Qemu};
 use std::time::Duration;
 
 const PROBE: &str = "/sys/devices/system/memory/probe";
@@ -114,15 +114,6 @@ fn offline_with_a_pin_fails_and_changes_nothing() {
     q.run_ok("memhog check");
     q.run_ok("memhog free");
     q.poweroff();
-}
-
-/// The number after `what` in `out`.
-fn figure(out: &str, what: &str) -> u64 {
-    out.split(what)
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '\r']).next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {what:?} in {out}"))
 }
 
 /// `stress --memhog`: a worker checks and rewrites its memhog pages while

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{granule_kernel, Opts, Qemu};
+use common::{figure, granule_kernel, Opts, Qemu};
 use std::time::Duration;
 
 fn boot(granule: &str, machine: &str, smp: u32) -> Qemu {
@@ -21,15 +21,6 @@ fn boot(granule: &str, machine: &str, smp: u32) -> Qemu {
             .append("mem=1G")
             .timeout(Duration::from_secs(120)),
     )
-}
-
-/// The number after `what` in `out`.
-fn figure(out: &str, what: &str) -> u64 {
-    out.split(what)
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '\r']).next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {what:?} in {out}"))
 }
 
 /// `stress CYCLES WORKERS`, with a CPU for each worker besides CPU 0.

@@ -241,3 +241,13 @@ impl Qemu {
         }
     }
 }
+
+/// The number after `what` in a command's output `out` (`stress`'s and
+/// `bench`'s figures), or the test fails with the output.
+pub fn figure(out: &str, what: &str) -> u64 {
+    out.split(what)
+        .nth(1)
+        .and_then(|s| s.split([',', '\n', '\r']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {out}"))
+}

@@ -33,7 +33,7 @@ mod granule;
 mod qemu;
 mod qmp;
 
-pub use console::{MISUSE_COUNTERS, PROMPT};
+pub use console::{figure, MISUSE_COUNTERS, PROMPT};
 pub use granule::{
     block_id, block_kb, block_size, boot_blocks, granule, granule_kernel, kernel_elf, page_size,
     struct_pages_kb, struct_pages_per_block_kb, vmemmap_va, Granule, RAM_BASE,
