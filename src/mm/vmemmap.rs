@@ -138,16 +138,10 @@ fn alloc_backing_run(
     } else {
         1 << next.trailing_zeros()
     };
-    let mut n = 1u64 << max.min(aligned).min(a.nr_free()).max(1).ilog2();
-    loop {
-        if let Some(pfn) = a.alloc_pfns(n) {
-            return Some((pfn.phys(), n));
-        }
-        if n == 1 {
-            return None;
-        }
-        n /= 2;
-    }
+    // A power of two that `next` is aligned to and the altmap holds: it
+    // takes no padding, so it fails only when the altmap is empty.
+    let n = 1u64 << max.min(aligned).min(a.nr_free()).max(1).ilog2();
+    a.alloc_pfns(n).map(|pfn| (pfn.phys(), n))
 }
 
 /// Linux's `vmemmap_free`: unmaps the vmemmap `[start, end)`, returns its
@@ -173,4 +167,52 @@ pub fn vmemmap_backing<T: Translation>(
         let size = 1u64 << <KernelGranule as super::granule::Granule>::level_shift(level);
         (pa.align_down(size), size)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::testing::Arena;
+
+    /// An altmap of `free` pfns after `reserve`, from pfn 0x1000 (aligned
+    /// to every run size used here).
+    fn altmap(reserve: u64, free: u64) -> VmemAltmap {
+        let base = Pfn::new(0x1000);
+        VmemAltmap::new(base, base + reserve + free, reserve, free)
+    }
+
+    /// Runs come from the altmap whole, as large as `next_pfn`'s alignment,
+    /// the altmap and `max` allow, and never cost padding.
+    #[test]
+    fn altmap_runs_are_aligned_and_take_no_padding() {
+        let arena = Arena::new(PhysAddr::new(0x4000_0000), 4, PAGE_SIZE);
+        let mut frames = arena.frames();
+        // (reserve, free, max) -> pages in the run
+        for (reserve, free, max, want) in [
+            (0, 64, 16, 16),
+            (0, 64, 64, 64),
+            (8, 64, 64, 8),
+            (1, 64, 16, 1),
+            (2, 64, 16, 2),
+            (0, 3, 16, 2),
+        ] {
+            let mut a = altmap(reserve, free);
+            let next = a.next_pfn();
+            let got = alloc_backing_run(max, &mut Some(&mut a), &mut frames);
+            let case = (reserve, free, max);
+            assert_eq!(got, Some((next.phys(), want)), "{case:?}");
+            assert_eq!((a.alloc, a.align), (want, 0), "{case:?}");
+        }
+        assert_eq!(frames.in_use(), 0, "the altmap's runs took no frames");
+    }
+
+    /// An empty altmap gives nothing and changes nothing.
+    #[test]
+    fn an_empty_altmap_gives_no_run() {
+        let arena = Arena::new(PhysAddr::new(0x4000_0000), 4, PAGE_SIZE);
+        let mut frames = arena.frames();
+        let mut a = altmap(1, 0);
+        assert_eq!(alloc_backing_run(8, &mut Some(&mut a), &mut frames), None);
+        assert_eq!((a.alloc, a.align, frames.in_use()), (0, 0, 0));
+    }
 }

@@ -9,6 +9,7 @@ mod map;
 mod model;
 mod teardown;
 mod unmap;
+mod vmemmap;
 
 use std::collections::BTreeMap;
 
