@@ -192,3 +192,40 @@ fn cycle_many_blocks_returns_to_the_start() {
     fx.mm.remove_memory(start_of(14), 2 * BLOCK).unwrap();
     assert_same("after removing everything", &snap(&fx.mm), &base);
 }
+
+/// A multi-block hot-add maps its linear map in one walk with contiguous
+/// groups of 2 MiB blocks (4K: 16 x 2 MiB, within one memory block), and
+/// removing one block leaves its neighbours' groups whole.
+#[test]
+fn hot_added_linear_map_is_contiguous_within_each_block() {
+    let mut fx = boot();
+    let (first, n) = (15, 3);
+    fx.mm.add_memory(start_of(first), n * BLOCK).expect("probe");
+    let leaves = |mm: &MemorySystem<ArenaTranslation>, id: u64| {
+        let r = block_range(id);
+        let mut v = Vec::new();
+        let range = VaRange::new(r.base.to_virt(), r.end().to_virt());
+        mm.pt
+            .for_each_leaf(range, |va, size, _, d| v.push((va, size, d.0)));
+        v
+    };
+    let before: Vec<_> = (first..first + n).map(|id| leaves(&fx.mm, id)).collect();
+    for (i, l) in before.iter().enumerate() {
+        assert_eq!(
+            l.len() as u64,
+            BLOCK / (2 << 20),
+            "memory{}",
+            first + i as u64
+        );
+        for &(va, size, d) in l {
+            let d = crate::mm::pgtable::Descriptor(d);
+            assert!(size == 2 << 20 && d.is_contiguous(), "{va:#x}: {d:?}");
+        }
+    }
+    fx.mm
+        .remove_memory(start_of(first + 1), BLOCK)
+        .expect("remove the middle block");
+    assert!(leaves(&fx.mm, first + 1).is_empty());
+    assert_eq!(leaves(&fx.mm, first), before[0]);
+    assert_eq!(leaves(&fx.mm, first + 2), before[2]);
+}
