@@ -193,14 +193,29 @@ fn cycle_many_blocks_returns_to_the_start() {
     assert_same("after removing everything", &snap(&fx.mm), &base);
 }
 
+/// Whether the kernel log holds a line ending with `msg`.
+fn logged(msg: &str) -> bool {
+    let mut text = String::new();
+    crate::log::for_each_chunk(|b| text.push_str(&String::from_utf8_lossy(b)));
+    text.lines().any(|l| l.ends_with(msg))
+}
+
 /// A multi-block hot-add maps its linear map in one walk with contiguous
 /// groups of 2 MiB blocks (4K: 16 x 2 MiB, within one memory block), and
-/// removing one block leaves its neighbours' groups whole.
+/// removing one block leaves its neighbours' groups whole. An add counts
+/// its blocks and logs one line for the range.
 #[test]
 fn hot_added_linear_map_is_contiguous_within_each_block() {
     let mut fx = boot();
+    let added = fx.mm.events.hotplug_add;
+    let (s, e) = (start_of(19), start_of(20) - 1);
+    fx.mm.add_memory(start_of(19), BLOCK).expect("probe");
+    assert!(logged(&format!("memory19: added {s:#x}-{e:#x}")));
     let (first, n) = (15, 3);
     fx.mm.add_memory(start_of(first), n * BLOCK).expect("probe");
+    let (s, e) = (start_of(first), start_of(first + n) - 1);
+    assert!(logged(&format!("memory15-17: added {s:#x}-{e:#x}")));
+    assert_eq!(fx.mm.events.hotplug_add, added + 1 + n);
     let leaves = |mm: &MemorySystem<ArenaTranslation>, id: u64| {
         let r = block_range(id);
         let mut v = Vec::new();
