@@ -117,6 +117,10 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
     assert_same("after offline", &snap(&fx.mm), &probed);
 
     fx.mm.remove_memory(start, BLOCK).expect("remove");
+    // Every altmap page came back, so nothing to warn about.
+    assert!(!logged(&format!(
+        "memory{id}: 0 altmap pages not given back"
+    )));
     assert_same("after remove", &snap(&fx.mm), &base);
     assert_eq!(fx.mm.pt.translate(start.to_virt()), None);
     assert_eq!(fx.mm.pt.translate(spfn.page_va()), None);

@@ -58,6 +58,9 @@ fn partly_plugged_blocks_grow_shrink_and_return_to_the_start() {
         assert_eq!(errno(fx.mm.plug_sub_blocks(id, 4, 2)), Errno::EINVAL);
         assert_eq!(errno(fx.mm.plug_sub_blocks(id, 63, 2)), Errno::EINVAL);
         assert_eq!(errno(fx.mm.unplug_sub_blocks(id, 6, 1)), Errno::EINVAL);
+        // No sub-blocks at all is no request either.
+        assert_eq!(errno(fx.mm.plug_sub_blocks(id, 5, 0)), Errno::EINVAL);
+        assert_eq!(errno(fx.mm.unplug_sub_blocks(id, 0, 0)), Errno::EINVAL);
         assert_same("refused plug_sub_blocks", &snap(&fx.mm), &before);
         // A page in use keeps its sub-block: EBUSY, nothing changed.
         let used = fx.mm.buddy.alloc(0, Zone::Movable).unwrap();
