@@ -75,6 +75,13 @@ fn partly_plugged_blocks_grow_shrink_and_return_to_the_start() {
         // is present.
         if memmap_on_memory {
             assert_eq!(errno(fx.mm.unplug_sub_blocks(id, 0, 1)), Errno::EINVAL);
+            // The next one starts where they end: it may go.
+            assert_eq!(
+                fx.mm.blocks[&id].altmap.as_ref().unwrap().next_pfn(),
+                spfn + SUB
+            );
+            fx.mm.unplug_sub_blocks(id, 1, 1).unwrap();
+            fx.mm.plug_sub_blocks(id, 1, 1).unwrap();
         }
         // A user's offline skips what is logically offline; online gives
         // back only the plugged sub-blocks, in whatever zone.
