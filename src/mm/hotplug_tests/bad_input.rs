@@ -90,6 +90,15 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
             Ok(m.offline_block(11)?)
         }),
         ("offline boot", Errno::EBUSY, |m| Ok(m.offline_block(BOOT)?)),
+        ("begin offlining offline", Errno::EINVAL, |m| {
+            m.offline_begin(9)
+        }),
+        ("begin offlining absent", Errno::ENOENT, |m| {
+            m.offline_begin(12)
+        }),
+        ("begin offlining boot", Errno::EBUSY, |m| {
+            m.offline_begin(BOOT)
+        }),
         ("remove online", Errno::EBUSY, |m| {
             m.remove_memory(start_of(11), BLOCK)
         }),

@@ -115,6 +115,15 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
 
     fx.mm.offline_block(id).expect("offline");
     assert_same("after offline", &snap(&fx.mm), &probed);
+    // What `page PFN` and every scan see: reserved, no longer online.
+    for pfn in [spfn + hosted, spfn + BLOCK_PAGES / 2 + 1, epfn - 1] {
+        // SAFETY: the block is present, its vmemmap populated.
+        let flags = unsafe { fx.mm.memmap.read(pfn) }.flags();
+        assert!(
+            flags.contains(PageFlags::RESERVED) && !flags.contains(PageFlags::ONLINE),
+            "{pfn:#x} after offline: {flags:?}"
+        );
+    }
 
     fx.mm.remove_memory(start, BLOCK).expect("remove");
     // Every altmap page came back, so nothing to warn about.
