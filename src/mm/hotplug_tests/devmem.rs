@@ -10,10 +10,13 @@ use crate::mm::vmemmap::vmemmap_backing;
 fn devmem_map_dev_keeps_struct_pages_on_the_device() {
     let mut fx = boot();
     let base = snap(&fx.mm);
+    let events = fx.mm.events;
     let (ds, de) = dev_pfns();
     fx.mm
         .memremap_pages(fx.dev, DevMapKind::Dev)
         .expect("devmem map --map=dev");
+    // `devmem_map` in /proc/vmstat.
+    assert_eq!(fx.mm.events.devmem_map, events.devmem_map + 1);
     let s = snap(&fx.mm);
     let mi = s.meminfo;
     // Its linear map is the second GiB's first: one PMD table, nothing else.
