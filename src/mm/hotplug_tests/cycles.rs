@@ -206,13 +206,6 @@ fn cycle_many_blocks_returns_to_the_start() {
     assert_same("after removing everything", &snap(&fx.mm), &base);
 }
 
-/// Whether the kernel log holds a line ending with `msg`.
-fn logged(msg: &str) -> bool {
-    let mut text = String::new();
-    crate::log::for_each_chunk(|b| text.push_str(&String::from_utf8_lossy(b)));
-    text.lines().any(|l| l.ends_with(msg))
-}
-
 /// A multi-block hot-add maps its linear map in one walk with contiguous
 /// groups of 2 MiB blocks (4K: 16 x 2 MiB, within one memory block), and
 /// removing one block leaves its neighbours' groups whole. An add counts

@@ -59,6 +59,12 @@ fn devmem_map_dev_keeps_struct_pages_on_the_device() {
     assert_same("refused map", &s2, &s);
 
     fx.mm.memunmap_pages(fx.dev).expect("unmap");
+    assert_eq!(fx.mm.events.devmem_unmap, events.devmem_unmap + 1);
+    // Every altmap page came back, so nothing to warn about.
+    let dev = fx.dev;
+    assert!(!logged(&format!(
+        "devmem {dev}: 0 altmap pages not given back"
+    )));
     let mut after = snap(&fx.mm);
     assert_eq!(after.bad_frees, base.bad_frees + 2);
     after.bad_frees = base.bad_frees;

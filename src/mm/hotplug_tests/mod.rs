@@ -49,6 +49,13 @@ fn iomem(mm: &MemorySystem<ArenaTranslation>) -> String {
     s
 }
 
+/// Whether the kernel log holds a line ending with `msg`.
+fn logged(msg: &str) -> bool {
+    let mut text = String::new();
+    crate::log::for_each_chunk(|b| text.push_str(&String::from_utf8_lossy(b)));
+    text.lines().any(|l| l.ends_with(msg))
+}
+
 /// A digest of the struct pages that describe present memory: online
 /// blocks, the self-hosted struct pages of offline ones (the rest of an
 /// offline block's struct pages are initialised only when it is onlined),
