@@ -704,7 +704,9 @@ impl BuddyAllocator {
         if !pfn.is_aligned(1 << order) {
             return Err(BadFree::Misaligned);
         }
-        if !self.memmap.contains_range(pfn, pfn + (1 << order)) {
+        // Checked: a wrapped end would make the range empty, and so "inside".
+        let end = pfn.checked_add(1 << order);
+        if !end.is_some_and(|end| self.memmap.contains_range(pfn, end)) {
             return Err(BadFree::OutOfRange);
         }
         let p = &self.read(pfn);
@@ -1399,6 +1401,144 @@ mod tests {
             b.nr_free(Zone::Movable),
             b.managed(Zone::Normal),
         )
+    }
+
+    /// `online_pages` over `start..start + nr` is refused for `why` at
+    /// `at`: 0 pages, one more bad free, nothing else changed.
+    #[track_caller]
+    fn assert_online_refused(b: &mut BuddyAllocator, start: Pfn, nr: u64, at: Pfn, why: BadFree) {
+        assert_eq!(b.check_online(start, start + nr), Err((at, why)));
+        let (before, bad) = (snapshot(b), b.stats().bad_frees);
+        assert_eq!(b.online_pages(start, nr, Zone::Movable, 0), 0);
+        assert_eq!(b.stats().bad_frees, bad + 1);
+        assert_eq!(snapshot(b), before);
+    }
+
+    #[test]
+    fn online_over_the_allocators_pages_is_refused() {
+        let mut f = fixture(6 * MAXB);
+        let b = &mut f.buddy;
+        // Blocks 0-1 freed (not deferred), 2-3 onlined (deferred heads),
+        // 4-5 offline as hot-add leaves them: garbage but for the heads.
+        assert_eq!(b.free_range(BASE, BASE + 2 * MAXB, Zone::Movable), 2 * MAXB);
+        let (off, end) = (BASE + 4 * MAXB, BASE + 6 * MAXB);
+        // SAFETY: the fixture's struct pages; no reference is live.
+        unsafe {
+            b.memmap().poison_range(BASE + 2 * MAXB, end);
+            b.memmap().init_offline_heads(BASE + 2 * MAXB, end, 0);
+        }
+        assert_eq!(
+            b.online_pages(BASE + 2 * MAXB, 2 * MAXB, Zone::Movable, 0),
+            2 * MAXB
+        );
+        let bad = b.stats().bad_frees;
+        assert_eq!(bad, 0);
+        // Whole blocks again: free, deferred, or both and the offline ones.
+        assert_online_refused(b, BASE, MAXB, BASE, BadFree::AlreadyFree);
+        assert_online_refused(
+            b,
+            BASE + 3 * MAXB,
+            MAXB,
+            BASE + 3 * MAXB,
+            BadFree::AlreadyFree,
+        );
+        assert_online_refused(
+            b,
+            BASE + 3 * MAXB,
+            3 * MAXB,
+            BASE + 3 * MAXB,
+            BadFree::AlreadyFree,
+        );
+        // From inside a free block: a free head below the start reaches it.
+        assert_online_refused(b, BASE + 5, 7, BASE, BadFree::AlreadyFree);
+        assert_online_refused(b, BASE + MAXB / 2, MAXB, BASE, BadFree::AlreadyFree);
+        // From inside a deferred block.
+        let d = BASE + 2 * MAXB;
+        assert_online_refused(b, d + 5, 7, d, BadFree::AlreadyOnline);
+        // A max-order head allocated whole, then one split by an allocation.
+        let whole = b.alloc(MAX_ORDER, Zone::Movable).unwrap();
+        assert_online_refused(b, whole, MAXB, whole, BadFree::AlreadyOnline);
+        let page = b.alloc(0, Zone::Movable).unwrap();
+        let split = page.align_down(MAXB);
+        assert_ne!(split, whole);
+        assert_online_refused(b, split, MAXB, split, BadFree::AlreadyOnline);
+        // Inside a range being isolated.
+        b.start_isolate_page_range(off - MAXB, off);
+        let iso = off - MAXB;
+        assert_online_refused(b, iso + 8, 8, iso + 8, BadFree::AlreadyOnline);
+        b.undo_isolate_page_range(iso, off);
+        // A range whose end wraps around, or leaves the memmap.
+        assert_online_refused_no_check(b, off, u64::MAX - off.as_u64() + 1);
+        assert_online_refused_no_check(b, off, 2 * MAXB + 1);
+        assert_eq!(b.stats().bad_frees, 11);
+
+        // The offline blocks themselves are accepted, from an unaligned
+        // start below which nothing is free, and every page comes back.
+        assert!(b.free(page, 0) && b.free(whole, MAX_ORDER));
+        assert_eq!(b.check_online(off, end), Ok(()));
+        assert_eq!(b.online_pages(off, 3, Zone::Movable, 0), 3);
+        assert_eq!(b.check_online(off + 3, end), Ok(()));
+        assert_eq!(
+            b.online_pages(off + 3, 2 * MAXB - 3, Zone::Movable, 0),
+            2 * MAXB - 3
+        );
+        assert_eq!(b.stats().bad_frees, 11);
+        assert_eq!(audit(b), expected_blocks(&[(BASE, end, Zone::Movable)]));
+    }
+
+    /// As [`assert_online_refused`] for arguments refused before the check.
+    #[track_caller]
+    fn assert_online_refused_no_check(b: &mut BuddyAllocator, start: Pfn, nr: u64) {
+        let (before, bad) = (snapshot(b), b.stats().bad_frees);
+        assert_eq!(b.online_pages(start, nr, Zone::Movable, 0), 0);
+        assert_eq!(b.stats().bad_frees, bad + 1);
+        assert_eq!(snapshot(b), before);
+    }
+
+    #[test]
+    fn split_page_and_undo_isolate_refuse_bad_arguments() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + 2 * MAXB, Zone::Normal);
+        let a = b.alloc(2, Zone::Normal).unwrap();
+        let words = |b: &BuddyAllocator| {
+            let w: Vec<[u64; 8]> = Pfn::range(a, a + 8).map(|p| b.read(p).to_words()).collect();
+            (snapshot(b), w, b.stats().allocs)
+        };
+        let before = words(b);
+        let mut bad = 0;
+        for (pfn, order) in [
+            (a, 1),                       // wrong order
+            (a + 1, 0),                   // a tail
+            (a + 4, 2),                   // a free block
+            (a + 2, 2),                   // misaligned
+            (a, MAX_ORDER + 1),           // no such order
+            (BASE - 4, 2),                // outside the memmap
+            (BASE + 2 * MAXB, 2),         // just past it
+            (Pfn::new(u64::MAX & !3), 2), // its end wraps around
+        ] {
+            b.split_page(pfn, order);
+            bad += 1;
+            assert_eq!(b.stats().bad_frees, bad, "{pfn:?} {order}");
+        }
+        // Ranges not being isolated, inside the memmap or not.
+        for (s, e) in [
+            (BASE, BASE + MAXB),
+            (BASE - MAXB, BASE),
+            (Pfn::new(0), Pfn::new(u64::MAX)),
+        ] {
+            b.undo_isolate_page_range(s, e);
+            bad += 1;
+            assert_eq!(b.stats().bad_frees, bad);
+        }
+        assert_eq!(words(b), before);
+        // The real split still works.
+        b.split_page(a, 2);
+        assert_eq!(b.stats().bad_frees, bad);
+        for p in Pfn::range(a, a + 4) {
+            assert!(b.free(p, 0));
+        }
+        assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB);
     }
 
     #[test]
