@@ -1418,13 +1418,14 @@ mod tests {
     fn online_over_the_allocators_pages_is_refused() {
         let mut f = fixture(6 * MAXB);
         let b = &mut f.buddy;
-        // Blocks 0-1 freed (not deferred), 2-3 onlined (deferred heads),
-        // 4-5 offline as hot-add leaves them: garbage but for the heads.
+        // Blocks 0-1 freed (not deferred), 2-3 onlined over garbage
+        // (deferred heads), 4-5 offline heads as hot-add writes them (their
+        // tails left clean: `audit` reads every struct page).
         assert_eq!(b.free_range(BASE, BASE + 2 * MAXB, Zone::Movable), 2 * MAXB);
         let (off, end) = (BASE + 4 * MAXB, BASE + 6 * MAXB);
         // SAFETY: the fixture's struct pages; no reference is live.
         unsafe {
-            b.memmap().poison_range(BASE + 2 * MAXB, end);
+            b.memmap().poison_range(BASE + 2 * MAXB, off);
             b.memmap().init_offline_heads(BASE + 2 * MAXB, end, 0);
         }
         assert_eq!(
