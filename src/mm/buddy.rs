@@ -60,7 +60,8 @@ pub struct NumaStat {
     pub other_node: u64,
 }
 
-/// Why a free was refused.
+/// Why a free (or another call handing pages to the allocator or taking
+/// them from it) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BadFree {
     /// `order > MAX_ORDER`.
@@ -83,6 +84,11 @@ pub enum BadFree {
     BadRefcount(u32),
     /// The block was allocated with another order.
     OrderMismatch { allocated: u32 },
+    /// Onlining pages the allocator has already: online and handed over
+    /// (allocated, split, or in a range being isolated).
+    AlreadyOnline,
+    /// Ending the isolation of a range that is not being isolated.
+    NotIsolating,
 }
 
 impl From<BadFree> for crate::error::Error {
@@ -203,6 +209,10 @@ impl BuddyAllocator {
     /// The struct page of any pfn within the memmap, under the rule of
     /// deferred struct pages (`page.rs`).
     fn read(&self, pfn: Pfn) -> Page {
+        // Cannot fire: every pfn reaching `read`, `pg` and `pg_mut` is a
+        // public entry's argument checked against the memmap (the entries
+        // refuse others), a free-list link, or a buddy checked with
+        // `contains`.
         debug_assert!(self.memmap.contains(pfn));
         // SAFETY: `new`'s contract covers every pfn the allocator touches,
         // and `&self` keeps it from handing out a conflicting `&mut`.
@@ -217,6 +227,7 @@ impl BuddyAllocator {
     }
 
     fn pg(&self, pfn: Pfn) -> &Page {
+        // Cannot fire: as in `read`.
         debug_assert!(self.memmap.contains(pfn));
         // SAFETY: `new`'s contract covers every pfn the allocator touches,
         // and `&self` keeps it from handing out a conflicting `&mut`.
@@ -224,6 +235,7 @@ impl BuddyAllocator {
     }
 
     fn pg_mut(&mut self, pfn: Pfn) -> &mut Page {
+        // Cannot fire: as in `read`.
         debug_assert!(self.memmap.contains(pfn));
         // SAFETY: as in `pg`; `&mut self` makes this the only reference.
         unsafe { &mut *self.memmap.page(pfn) }
@@ -253,12 +265,16 @@ impl BuddyAllocator {
     /// Unlink a free block from anywhere in its list: O(1).
     fn list_del(&mut self, z: usize, order: u32, pfn: Pfn) {
         let p = self.pg_mut(pfn);
+        // Cannot fire: every caller passes a head it just read off this list
+        // or saw with `BUDDY` and this order (the merge, `free_block_of`).
         debug_assert!(p.is_buddy() && p.order() == order);
         let (next, prev) = (p.next, p.prev);
         p.next = PFN_NONE;
         p.prev = PFN_NONE;
         p.flags.remove(PageFlags::BUDDY);
         if prev == PFN_NONE {
+            // Cannot fire: `list_add` and `online_deferred` give only the
+            // list's first block no `prev`.
             debug_assert_eq!(self.heads[z][order as usize], pfn.as_u64());
             self.heads[z][order as usize] = next;
         } else {
@@ -427,9 +443,10 @@ impl BuddyAllocator {
     /// guarantees no page of the range is held by the allocator (the range
     /// is an offline memory block). Refused like
     /// [`free_range`](Self::free_range) for the `Device` zone or a range
-    /// outside the memmap.
+    /// outside the memmap, and for a range that `check_online` finds the
+    /// allocator's already.
     pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
-        let (start_pfn, end_pfn) = (pfn, pfn + nr_pages);
+        let start_pfn = pfn;
         let Some(z) = zone.buddy_index().filter(|_| nid < MAX_NUMNODES) else {
             self.refuse("online_pages", start_pfn, 0, BadFree::BadZone);
             return 0;
@@ -438,14 +455,17 @@ impl BuddyAllocator {
         if nr_pages == 0 {
             return 0;
         }
-        if !self.memmap.contains_range(start_pfn, end_pfn) {
-            self.refuse("online_pages", start_pfn, 0, BadFree::OutOfRange);
+        let end_pfn = match pfn.checked_add(nr_pages) {
+            Some(end) if self.memmap.contains_range(start_pfn, end) => end,
+            _ => {
+                self.refuse("online_pages", start_pfn, 0, BadFree::OutOfRange);
+                return 0;
+            }
+        };
+        if let Err((at, why)) = self.check_online(start_pfn, end_pfn) {
+            self.refuse("online_pages", at, 0, why);
             return 0;
         }
-        debug_assert!(
-            self.free_block_of(start_pfn).is_none(),
-            "online_pages over free pages"
-        );
         if !self.defer_init {
             // SAFETY: within the memmap, which `new`'s contract keeps mapped.
             unsafe {
@@ -474,6 +494,53 @@ impl BuddyAllocator {
         }
         self.managed[z] += nr_pages;
         nr_pages
+    }
+
+    /// Whether `start..end` (within the memmap) may be onlined, as far as
+    /// can be told without reading every struct page (onlining costs per
+    /// max-order block, not per page): `Err((pfn, why))` if it overlaps a
+    /// range being isolated, if a free block reaches `start` from below, or
+    /// if a max-order block starting in the range is free, deferred or
+    /// online and managed (its head is not `RESERVED` or otherwise never
+    /// the allocator's). It reads only struct pages that are written
+    /// before an online: those heads (`page.rs`), and pages below `start`
+    /// in its max-order block. Not seen: a free block wholly inside the
+    /// range that starts at no max-order head (inside an unaligned end).
+    fn check_online(&self, start: Pfn, end: Pfn) -> Result<(), (Pfn, BadFree)> {
+        if self.isolating.iter().any(|r| r.0 < end && start < r.1) {
+            return Err((start, BadFree::AlreadyOnline));
+        }
+        let below = start.align_down(MAX_ORDER_NR_PAGES);
+        if below < start {
+            // A whole online block has a deferred head or a free one.
+            // SAFETY: as in `read`.
+            if unsafe { self.memmap.deferred_head(below) }.is_some() {
+                return Err((below, BadFree::AlreadyOnline));
+            }
+            for order in 1..=MAX_ORDER {
+                let head = start.align_down(1 << order);
+                if head == start || !self.memmap.contains(head) {
+                    continue;
+                }
+                let p = self.read(head);
+                if p.is_buddy() && p.order() >= order {
+                    return Err((head, BadFree::AlreadyFree));
+                }
+            }
+        }
+        let mut head = start.align_up(MAX_ORDER_NR_PAGES);
+        while head < end {
+            let p = self.pg(head);
+            if p.is_buddy() {
+                return Err((head, BadFree::AlreadyFree));
+            }
+            let managed = p.is_online() && !p.flags.intersects(PageFlags::NEVER_BUDDY);
+            if managed || p.is_deferred_head() {
+                return Err((head, BadFree::AlreadyOnline));
+            }
+            head += MAX_ORDER_NR_PAGES;
+        }
+        Ok(())
     }
 
     /// Puts the max-order blocks of `start..end` (aligned) on the free list
@@ -541,7 +608,13 @@ impl BuddyAllocator {
     /// Linux's `split_page`: the allocated `2^order` block at `pfn` becomes
     /// `2^order` order-0 pages, each freed on its own (and counted as an
     /// allocation, so that allocations and frees still pair up).
+    /// Refused (logged, counted, nothing changed) unless `pfn` is an
+    /// allocated block of `order`.
     pub fn split_page(&mut self, pfn: Pfn, order: u32) {
+        if let Err(why) = self.check_free(pfn, order) {
+            self.refuse("split_page", pfn, order, why);
+            return;
+        }
         // A whole max-order block handed out as is may still be deferred.
         self.ensure_init(pfn);
         for p in Pfn::range(pfn, pfn + (1 << order)) {
@@ -631,7 +704,9 @@ impl BuddyAllocator {
         if !pfn.is_aligned(1 << order) {
             return Err(BadFree::Misaligned);
         }
-        if !self.memmap.contains_range(pfn, pfn + (1 << order)) {
+        // Checked: a wrapped end would make the range empty, and so "inside".
+        let end = pfn.checked_add(1 << order);
+        if !end.is_some_and(|end| self.memmap.contains_range(pfn, end)) {
             return Err(BadFree::OutOfRange);
         }
         let p = &self.read(pfn);
@@ -739,10 +814,16 @@ impl BuddyAllocator {
         held + own as u64 == end_pfn - start_pfn
     }
 
-    /// Ends an isolation: held blocks go back to the free lists.
+    /// Ends an isolation: held blocks go back to the free lists. Refused
+    /// (logged, counted, nothing changed) for a range not being isolated.
     pub fn undo_isolate_page_range(&mut self, start_pfn: Pfn, end_pfn: Pfn) {
+        let before = self.isolating.len();
         self.isolating
             .retain(|r| (r.0, r.1) != (start_pfn, end_pfn));
+        if self.isolating.len() == before {
+            self.refuse("undo_isolate", start_pfn, 0, BadFree::NotIsolating);
+            return;
+        }
         let mut pfn = start_pfn;
         while pfn < end_pfn {
             let p = self.read(pfn);
@@ -1322,6 +1403,145 @@ mod tests {
         )
     }
 
+    /// `online_pages` over `start..start + nr` is refused for `why` at
+    /// `at`: 0 pages, one more bad free, nothing else changed.
+    #[track_caller]
+    fn assert_online_refused(b: &mut BuddyAllocator, start: Pfn, nr: u64, at: Pfn, why: BadFree) {
+        assert_eq!(b.check_online(start, start + nr), Err((at, why)));
+        let (before, bad) = (snapshot(b), b.stats().bad_frees);
+        assert_eq!(b.online_pages(start, nr, Zone::Movable, 0), 0);
+        assert_eq!(b.stats().bad_frees, bad + 1);
+        assert_eq!(snapshot(b), before);
+    }
+
+    #[test]
+    fn online_over_the_allocators_pages_is_refused() {
+        let mut f = fixture(6 * MAXB);
+        let b = &mut f.buddy;
+        // Blocks 0-1 freed (not deferred), 2-3 onlined over garbage
+        // (deferred heads), 4-5 offline heads as hot-add writes them (their
+        // tails left clean: `audit` reads every struct page).
+        assert_eq!(b.free_range(BASE, BASE + 2 * MAXB, Zone::Movable), 2 * MAXB);
+        let (off, end) = (BASE + 4 * MAXB, BASE + 6 * MAXB);
+        // SAFETY: the fixture's struct pages; no reference is live.
+        unsafe {
+            b.memmap().poison_range(BASE + 2 * MAXB, off);
+            b.memmap().init_offline_heads(BASE + 2 * MAXB, end, 0);
+        }
+        assert_eq!(
+            b.online_pages(BASE + 2 * MAXB, 2 * MAXB, Zone::Movable, 0),
+            2 * MAXB
+        );
+        let bad = b.stats().bad_frees;
+        assert_eq!(bad, 0);
+        // Whole blocks again: free, deferred, or both and the offline ones.
+        assert_online_refused(b, BASE, MAXB, BASE, BadFree::AlreadyFree);
+        assert_online_refused(
+            b,
+            BASE + 3 * MAXB,
+            MAXB,
+            BASE + 3 * MAXB,
+            BadFree::AlreadyFree,
+        );
+        assert_online_refused(
+            b,
+            BASE + 3 * MAXB,
+            3 * MAXB,
+            BASE + 3 * MAXB,
+            BadFree::AlreadyFree,
+        );
+        // From inside a free block: a free head below the start reaches it.
+        assert_online_refused(b, BASE + 5, 7, BASE, BadFree::AlreadyFree);
+        assert_online_refused(b, BASE + MAXB / 2, MAXB, BASE, BadFree::AlreadyFree);
+        // From inside a deferred block.
+        let d = BASE + 2 * MAXB;
+        assert_online_refused(b, d + 5, 7, d, BadFree::AlreadyOnline);
+        // A max-order head allocated whole, then one split by an allocation.
+        let whole = b.alloc(MAX_ORDER, Zone::Movable).unwrap();
+        assert_online_refused(b, whole, MAXB, whole, BadFree::AlreadyOnline);
+        let page = b.alloc(0, Zone::Movable).unwrap();
+        let split = page.align_down(MAXB);
+        assert_ne!(split, whole);
+        assert_online_refused(b, split, MAXB, split, BadFree::AlreadyOnline);
+        // Inside a range being isolated.
+        b.start_isolate_page_range(off - MAXB, off);
+        let iso = off - MAXB;
+        assert_online_refused(b, iso + 8, 8, iso + 8, BadFree::AlreadyOnline);
+        b.undo_isolate_page_range(iso, off);
+        // A range whose end wraps around, or leaves the memmap.
+        assert_online_refused_no_check(b, off, u64::MAX - off.as_u64() + 1);
+        assert_online_refused_no_check(b, off, 2 * MAXB + 1);
+        assert_eq!(b.stats().bad_frees, 11);
+
+        // The offline blocks themselves are accepted, from an unaligned
+        // start below which nothing is free, and every page comes back.
+        assert!(b.free(page, 0) && b.free(whole, MAX_ORDER));
+        assert_eq!(b.check_online(off, end), Ok(()));
+        assert_eq!(b.online_pages(off, 3, Zone::Movable, 0), 3);
+        assert_eq!(b.check_online(off + 3, end), Ok(()));
+        assert_eq!(
+            b.online_pages(off + 3, 2 * MAXB - 3, Zone::Movable, 0),
+            2 * MAXB - 3
+        );
+        assert_eq!(b.stats().bad_frees, 11);
+        assert_eq!(audit(b), expected_blocks(&[(BASE, end, Zone::Movable)]));
+    }
+
+    /// As [`assert_online_refused`] for arguments refused before the check.
+    #[track_caller]
+    fn assert_online_refused_no_check(b: &mut BuddyAllocator, start: Pfn, nr: u64) {
+        let (before, bad) = (snapshot(b), b.stats().bad_frees);
+        assert_eq!(b.online_pages(start, nr, Zone::Movable, 0), 0);
+        assert_eq!(b.stats().bad_frees, bad + 1);
+        assert_eq!(snapshot(b), before);
+    }
+
+    #[test]
+    fn split_page_and_undo_isolate_refuse_bad_arguments() {
+        let mut f = fixture(2 * MAXB);
+        let b = &mut f.buddy;
+        b.free_range(BASE, BASE + 2 * MAXB, Zone::Normal);
+        let a = b.alloc(2, Zone::Normal).unwrap();
+        let words = |b: &BuddyAllocator| {
+            let w: Vec<[u64; 8]> = Pfn::range(a, a + 8).map(|p| b.read(p).to_words()).collect();
+            (snapshot(b), w, b.stats().allocs)
+        };
+        let before = words(b);
+        let mut bad = 0;
+        for (pfn, order) in [
+            (a, 1),                       // wrong order
+            (a + 1, 0),                   // a tail
+            (a + 4, 2),                   // a free block
+            (a + 2, 2),                   // misaligned
+            (a, MAX_ORDER + 1),           // no such order
+            (BASE - 4, 2),                // outside the memmap
+            (BASE + 2 * MAXB, 2),         // just past it
+            (Pfn::new(u64::MAX & !3), 2), // its end wraps around
+        ] {
+            b.split_page(pfn, order);
+            bad += 1;
+            assert_eq!(b.stats().bad_frees, bad, "{pfn:?} {order}");
+        }
+        // Ranges not being isolated, inside the memmap or not.
+        for (s, e) in [
+            (BASE, BASE + MAXB),
+            (BASE - MAXB, BASE),
+            (Pfn::new(0), Pfn::new(u64::MAX)),
+        ] {
+            b.undo_isolate_page_range(s, e);
+            bad += 1;
+            assert_eq!(b.stats().bad_frees, bad);
+        }
+        assert_eq!(words(b), before);
+        // The real split still works.
+        b.split_page(a, 2);
+        assert_eq!(b.stats().bad_frees, bad);
+        for p in Pfn::range(a, a + 4) {
+            assert!(b.free(p, 0));
+        }
+        assert_eq!(b.nr_free(Zone::Normal), 2 * MAXB);
+    }
+
     #[test]
     fn isolate_busy_changes_nothing() {
         let mut f = fixture(4 * MAXB);
@@ -1524,7 +1744,8 @@ mod tests {
             let mut f = fixture(NPAGES);
             let b = &mut f.buddy;
             // With `online`, the Movable part is onlined (deferred struct
-            // pages over garbage, no reserved pages) instead of freed.
+            // pages over garbage, but for the max-order heads hot-add
+            // writes; no reserved pages) instead of freed.
             let reserved: HashSet<Pfn> = reserved.into_iter().map(|r| BASE + r)
                 .filter(|&r| !online || r < BASE + split).collect();
             for &r in &reserved {
@@ -1534,7 +1755,10 @@ mod tests {
             let nz = b.free_range(BASE + lead, BASE + split, Zone::Normal);
             let mz = if online {
                 // SAFETY: the fixture's struct pages; no reference is live.
-                unsafe { b.memmap().poison_range(BASE + split, BASE + NPAGES) };
+                unsafe {
+                    b.memmap().poison_range(BASE + split, BASE + NPAGES);
+                    b.memmap().init_offline_heads(BASE + split, BASE + NPAGES, 0);
+                }
                 b.online_pages(BASE + split, NPAGES - split, Zone::Movable, 0)
             } else {
                 b.free_range(BASE + split, BASE + NPAGES, Zone::Movable)

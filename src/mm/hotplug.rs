@@ -297,8 +297,13 @@ impl<T: Translation> MemorySystem<T> {
         // The caller mapped the block in the linear map.
         self.add_vmemmap(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it
-        // is onlined, once its zone is known; until then only the pages
-        // that hold them are marked (and stay reserved for good).
+        // is onlined, once its zone is known; until then only the heads of
+        // its max-order blocks say offline (one store each: onlining checks
+        // them, `page.rs`), and the pages that hold the struct pages are
+        // marked (and stay reserved for good).
+        // SAFETY: the block's vmemmap was just populated; no reference to
+        // its struct pages exists yet.
+        unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
         if let Some(a) = &altmap {
             let flags =
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;

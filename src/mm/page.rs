@@ -29,10 +29,14 @@
 //!   and clears the mark of blocks it covers whole by overwriting the head.
 //!
 //! Only [`Memmap::init_deferred`] sets the mark, on a block the caller hands
-//! to the allocator whole. The head of a max-order block is always
-//! initialised when any page of the block is (struct pages are initialised
-//! by whole sections, which are whole max-order blocks), so the rule never
-//! reads a head that was not written.
+//! to the allocator whole.
+//!
+//! The head of every max-order block of present memory is a written struct
+//! page: boot initialises whole sections, and hot-add writes each head as an
+//! offline page ([`Memmap::init_offline_heads`], one store per block) before
+//! anything can read it, though the tails of an offline block stay garbage
+//! until it is onlined. So the rule never reads a head that was not
+//! written, and onlining can check the heads of its range (`buddy.rs`).
 
 use bitflags::bitflags;
 
@@ -541,6 +545,23 @@ impl Memmap {
         page.deferred = DEFERRED_TAILS;
         // SAFETY: the caller's promise; nothing of the old page is read.
         unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, page.to_words()) };
+    }
+
+    /// Writes the head of each max-order block that starts in `start..end`
+    /// as an offline page of node `nid` (`RESERVED`, not `ONLINE`), and
+    /// nothing else: what hot-add does, so that a present block's heads are
+    /// never garbage (module comment).
+    ///
+    /// # Safety
+    /// As for [`init_range`](Self::init_range).
+    pub unsafe fn init_offline_heads(&self, start: Pfn, end: Pfn, nid: usize) {
+        let w = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED).to_words();
+        let mut head = start.align_up(MAX_ORDER_NR_PAGES);
+        while head < end {
+            // SAFETY: the caller's promise; nothing of the old page is read.
+            unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, w) };
+            head += MAX_ORDER_NR_PAGES;
+        }
     }
 
     /// Write fresh struct pages (see [`Page::new`]) for `start..end`,

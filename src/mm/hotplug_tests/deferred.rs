@@ -31,7 +31,10 @@ fn add_poisoned_online(fx: &mut Fx, id: u64, memmap_on_memory: bool) -> Pfn {
         .as_ref()
         .map_or(spfn, |a| a.next_pfn());
     // SAFETY: the block's vmemmap was just populated.
-    unsafe { fx.mm.memmap.poison_range(first, epfn) };
+    unsafe {
+        fx.mm.memmap.poison_range(first, epfn);
+        fx.mm.memmap.init_offline_heads(first, epfn, 0);
+    }
     fx.mm.online_block(id, Zone::Movable).unwrap();
     first
 }

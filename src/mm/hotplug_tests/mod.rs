@@ -13,6 +13,7 @@ mod devmem;
 mod faults;
 mod heap_faults;
 mod migrate;
+mod misuse;
 mod model;
 mod online;
 mod reserved;

@@ -182,6 +182,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     }
 
     pub(super) fn read(&self, table: PhysAddr, index: usize) -> Descriptor {
+        // Cannot fire: every index in `pgtable` is `G::index` (masked to the
+        // level's entries) or an entry of a range within one table.
         debug_assert!(index < G::ENTRIES);
         // SAFETY: `table` is a table page of this hierarchy and the
         // translation makes all of it accessible.
@@ -189,6 +191,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
     }
 
     pub(super) fn write(&mut self, table: PhysAddr, index: usize, d: Descriptor) {
+        // Cannot fire: as in `read`.
         debug_assert!(index < G::ENTRIES);
         // SAFETY: as in `read`; single-copy atomic 64-bit store.
         unsafe { self.trans.table_va(table).add(index).write_volatile(d) }
@@ -367,6 +370,9 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             range,
             &mut pool,
         );
+        // Cannot fire: `count_missing` counts a table exactly where
+        // `map_level` takes one (the same walk, the same `leaf_fits`); a
+        // surplus would leak zeroed pages, not corrupt memory.
         debug_assert_eq!(pool.len, 0);
         arch::barrier::tables_written();
         Ok(())
