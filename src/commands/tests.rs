@@ -546,36 +546,49 @@ fn every_allocation_fails_in_turn(setup: &[&str], line: &str) -> u64 {
 /// with nothing changed, never an abort. Every command of the console
 /// table that runs on the host (the others need the CPU: `touch`, `crash`,
 /// `poke`, `page`, `dmesg`, `poweroff`, `reboot`, `bench`, `stress`), and
-/// the shell's built-ins, with each allocation failed in turn.
+/// the shell's built-ins, with each allocation failed in turn; one test
+/// per command, so that an abort names it.
+fn each_line_with_the_heap_out(cases: &[(&[&str], &str)]) {
+    for &(setup, line) in cases {
+        every_allocation_fails_in_turn(setup, line);
+    }
+}
+
+fn probe_line(id: u64) -> String {
+    let addr = crate::mm::test_system::start_of(id);
+    format!("echo {addr:#x} > /sys/devices/system/memory/probe")
+}
+
+fn online_movable_line(id: u64) -> String {
+    format!("echo online_movable > /sys/devices/system/memory/memory{id}/state")
+}
+
 #[test]
-fn commands_with_the_heap_out_are_enomem() {
-    use crate::mm::test_system::{start_of, HOT_FIRST};
-    let probe = |id| {
-        format!(
-            "echo {:#x} > /sys/devices/system/memory/probe",
-            start_of(id)
-        )
-    };
-    let (p0, p1, p2) = (probe(HOT_FIRST), probe(HOT_FIRST + 1), probe(HOT_FIRST + 2));
-    let online = |id| format!("echo online_movable > /sys/devices/system/memory/memory{id}/state");
-    let (on0, on1) = (online(HOT_FIRST), online(HOT_FIRST + 1));
-    let blocks = [p0.as_str(), p1.as_str(), p2.as_str(), on1.as_str()];
-    let online2 = [p0.as_str(), p1.as_str(), on0.as_str(), on1.as_str()];
-    let movable = "echo online_movable > /sys/devices/system/memory/auto_online_blocks";
-    let two_areas = ["memhog 1M", "memhog 64K"];
-    let range = format!(
-        "chmem -e -z normal {:#x}-{:#x}",
-        start_of(HOT_FIRST),
-        start_of(HOT_FIRST + 1) - 1
-    );
-    let cases: &[(&[&str], &str)] = &[
+fn builtins_with_the_heap_out_are_enomem() {
+    use crate::mm::test_system::HOT_FIRST;
+    let p0 = probe_line(HOT_FIRST);
+    each_line_with_the_heap_out(&[
         (&[], "help"),
         (&[], "echo a b c"),
         (&[], "echo -n \"a  b\" 'c'"),
         (&[], "cat proc//meminfo/ /proc/buddyinfo"),
         (&[], "ls / /proc"),
-        (&blocks, "ls /sys/devices/system/memory"),
+        (&[&p0], "ls /sys/devices/system/memory"),
         (&[], "frobnicate"),
+    ]);
+}
+
+#[test]
+fn lsmem_with_the_heap_out_is_enomem() {
+    use crate::mm::test_system::HOT_FIRST;
+    let (p0, p1, p2) = (
+        probe_line(HOT_FIRST),
+        probe_line(HOT_FIRST + 1),
+        probe_line(HOT_FIRST + 2),
+    );
+    let on1 = online_movable_line(HOT_FIRST + 1);
+    let blocks = [p0.as_str(), p1.as_str(), p2.as_str(), on1.as_str()];
+    each_line_with_the_heap_out(&[
         (&blocks, "lsmem"),
         (&blocks, "lsmem -a -o +ZONES,NODE"),
         (&blocks, "lsmem -b --summary"),
@@ -584,11 +597,41 @@ fn commands_with_the_heap_out_are_enomem() {
             &blocks,
             "lsmem -o BLOCK,SIZE,RANGE,STATE,REMOVABLE,NODE,ZONES",
         ),
+    ]);
+}
+
+#[test]
+fn chmem_with_the_heap_out_is_enomem() {
+    use crate::mm::test_system::{start_of, HOT_FIRST};
+    let (p0, p1, p2) = (
+        probe_line(HOT_FIRST),
+        probe_line(HOT_FIRST + 1),
+        probe_line(HOT_FIRST + 2),
+    );
+    let (on0, on1) = (
+        online_movable_line(HOT_FIRST),
+        online_movable_line(HOT_FIRST + 1),
+    );
+    let blocks = [p0.as_str(), p1.as_str(), p2.as_str(), on1.as_str()];
+    let online = [p0.as_str(), p1.as_str(), on0.as_str(), on1.as_str()];
+    let range = format!(
+        "chmem -e -z normal {:#x}-{:#x}",
+        start_of(HOT_FIRST),
+        start_of(HOT_FIRST + 1) - 1
+    );
+    each_line_with_the_heap_out(&[
         (&blocks, "chmem -e 256M"),
         (&blocks, "chmem -v -e -b 9-11"),
         (&blocks, &range),
-        (&online2, "chmem -v -d 256M"),
-        (&online2, "chmem -d -b 9-10"),
+        (&online, "chmem -v -d 256M"),
+        (&online, "chmem -d -b 9-10"),
+    ]);
+}
+
+#[test]
+fn devmem_with_the_heap_out_is_enomem() {
+    let movable = "echo online_movable > /sys/devices/system/memory/auto_online_blocks";
+    each_line_with_the_heap_out(&[
         (&[], "devmem list"),
         (&[], "devmem map 0 --map=dev"),
         (&[], "devmem map 0 --map=mem"),
@@ -598,20 +641,30 @@ fn commands_with_the_heap_out_are_enomem() {
             &[movable, "devmem reconfigure 0 --mode=system-ram"],
             "devmem reconfigure 0 --mode=devdax",
         ),
+    ]);
+}
+
+#[test]
+fn pin_with_the_heap_out_is_enomem() {
+    each_line_with_the_heap_out(&[
         (&[], "pin 1M"),
         // Past a chunk of the list of pinned pages.
         (&["pin 4K"], "pin 40M"),
         (&["pin 1M"], "unpin"),
+    ]);
+}
+
+#[test]
+fn memhog_with_the_heap_out_is_enomem() {
+    let two_areas = ["memhog 1M", "memhog 64K"];
+    each_line_with_the_heap_out(&[
         (&[], "memhog 1M"),
         (&two_areas, "memhog list"),
         (&two_areas, "memhog check"),
         (&two_areas, "memhog check 1"),
         (&two_areas, "memhog free 0"),
         (&two_areas, "memhog free"),
-    ];
-    for &(setup, line) in cases {
-        every_allocation_fails_in_turn(setup, line);
-    }
+    ]);
 }
 
 /// Every console file, read and written, with each allocation failed in
@@ -643,9 +696,7 @@ fn files_with_the_heap_out_are_enomem() {
             match e.strip_suffix('/') {
                 // `nodeN/memoryM` and `memoryM/nodeN` are the directories
                 // walked from `memory` and `node`, again.
-                Some(sub) if d.contains("/memory/") || d.contains("/node/") => {
-                    let _ = sub;
-                }
+                Some(_) if d.contains("/memory/") || d.contains("/node/") => {}
                 Some(sub) => dirs.push(format!("{d}/{sub}")),
                 None => files.push(format!("{d}/{e}")),
             }
