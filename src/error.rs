@@ -9,6 +9,7 @@
 //! errno's `strerror` text.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// The errno values the kernel reports, named and numbered as on Linux.
@@ -254,6 +255,14 @@ pub fn try_format(args: fmt::Arguments<'_>) -> Result<String> {
     let mut s = FallibleString::new();
     let _ = fmt::write(&mut s, args);
     s.into_result()
+}
+
+/// `v.push(x)` for paths a user drives: `ENOMEM` when the heap has no
+/// room, `v` unchanged.
+pub fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<()> {
+    v.try_reserve(1).map_err(|_| Error::from(Errno::ENOMEM))?;
+    v.push(x);
+    Ok(())
 }
 
 impl From<Errno> for Error {

@@ -2,7 +2,6 @@
 //! fault-tolerant reads and writes, deliberate oopses, struct pages read
 //! through the vmemmap.
 
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -11,7 +10,7 @@ use super::{parse_number, Command, Kernel};
 use crate::arch::aarch64::{exception, smp};
 use crate::arch::esr;
 use crate::drivers::psci;
-use crate::error::Result;
+use crate::error::{FallibleString, Result};
 use crate::mm::addr::{Pfn, PhysAddr};
 use crate::mm::layout::PHYS_LIMIT;
 use crate::mm::page::{Page, PageFlags, Zone, MAX_ORDER_NR_PAGES};
@@ -24,8 +23,15 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
             usage: "dmesg",
             about: "the kernel log",
             run: |_, _, out| {
+                // Straight to the output, invalid bytes as U+FFFD: no copy
+                // of the log on the heap.
                 crate::log::for_each_chunk(|b| {
-                    let _ = out.write_str(&String::from_utf8_lossy(b));
+                    for chunk in b.utf8_chunks() {
+                        let _ = out.write_str(chunk.valid());
+                        if !chunk.invalid().is_empty() {
+                            let _ = out.write_char(char::REPLACEMENT_CHARACTER);
+                        }
+                    }
                 });
                 Ok(())
             },
@@ -91,12 +97,15 @@ fn touch<K: Kernel>(_: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
     match exception::probe(va) {
         Ok(v) => Ok(writeln!(out, "{va:#018x}: {v:#018x}")?),
         Err(f) => {
-            let mut what = String::new();
-            esr::describe(f.esr, &mut what)?;
+            // As much of the decoded ESR as the heap has room for: the
+            // errno is what matters when it is out.
+            let mut what = FallibleString::new();
+            let _ = esr::describe(f.esr, &mut what);
             bail!(
                 EFAULT,
-                "Unable to handle kernel paging request at virtual address {:016x}: {what}",
-                f.far
+                "Unable to handle kernel paging request at virtual address {:016x}: {}",
+                f.far,
+                &*what
             )
         }
     }

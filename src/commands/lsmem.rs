@@ -7,14 +7,13 @@
 //! block back and prints one error line), and `lsmem` has no JSON, pairs or
 //! `--split` output. Both take util-linux's options otherwise.
 
-use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt::Write;
+use core::fmt::{self, Display, Write};
 
 use super::{Command, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{try_format, try_push, Errno, Error, FallibleString, Result};
 use crate::fs::memory::MEMORY_DIR;
 use crate::fs::Files;
 use crate::{bail, err, pr_warn};
@@ -42,85 +41,144 @@ fn with_files<K: Kernel, R>(k: &mut K, f: impl FnOnce(&mut Files<K::T>) -> Resul
     k.with_mm(|mm| f(&mut Files { mm, cpus_online }))
 }
 
+/// The heap is out: what every allocation here fails with.
+fn enomem<E>(_: E) -> Error {
+    Error::from(Errno::ENOMEM)
+}
+
 /// util-linux's `size_to_human_string(SIZE_SUFFIX_1LETTER)`: `128M`,
-/// `1.5G`, `0B`; one decimal, rounded.
-pub fn human_size(bytes: u64) -> String {
-    let mut shift = 10;
-    while shift <= 60 && bytes >= 1u64 << shift {
-        shift += 10;
-    }
-    let exp = shift - 10;
-    let letter = b"BKMGTPE"[exp as usize / 10] as char;
-    let mut dec = bytes >> exp;
-    let mut frac = if exp == 0 {
-        0
-    } else {
-        bytes & ((1 << exp) - 1)
-    };
-    if frac != 0 {
-        frac = ((frac >> (exp - 10)) + 50) / 100;
-        if frac == 10 {
-            dec += 1;
-            frac = 0;
+/// `1.5G`, `0B`; one decimal, rounded. Written where it is shown, never
+/// built on the heap.
+pub fn human_size(bytes: u64) -> HumanSize {
+    HumanSize(bytes)
+}
+
+pub struct HumanSize(u64);
+
+impl Display for HumanSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        let mut shift = 10;
+        while shift <= 60 && bytes >= 1u64 << shift {
+            shift += 10;
         }
-    }
-    match frac {
-        0 => format!("{dec}{letter}"),
-        f => format!("{dec}.{f}{letter}"),
+        let exp = shift - 10;
+        let letter = b"BKMGTPE"[exp as usize / 10] as char;
+        let mut dec = bytes >> exp;
+        let mut frac = if exp == 0 {
+            0
+        } else {
+            bytes & ((1 << exp) - 1)
+        };
+        if frac != 0 {
+            frac = ((frac >> (exp - 10)) + 50) / 100;
+            if frac == 10 {
+                dec += 1;
+                frac = 0;
+            }
+        }
+        match frac {
+            0 => write!(f, "{dec}{letter}"),
+            frac => write!(f, "{dec}.{frac}{letter}"),
+        }
     }
 }
 
+/// Counts what is written to it: the width of a cell without building it.
+struct Len(usize);
+
+impl Write for Len {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+/// How wide `text` is when written (all of it is ASCII).
+fn text_len(text: impl Display) -> usize {
+    let mut len = Len(0);
+    let _ = write!(len, "{text}");
+    len.0
+}
+
+fn spaces(out: &mut dyn Write, n: usize) -> fmt::Result {
+    (0..n).try_for_each(|_| out.write_char(' '))
+}
+
 /// One `memoryN` directory as the tools read it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Block {
     index: u64,
     count: u64,
     online: bool,
     removable: bool,
-    /// `valid_zones`, words as read.
-    zones: Vec<String>,
+    /// `valid_zones` as read: zone names separated by spaces.
+    zones: String,
     node: Option<u64>,
 }
 
-fn read_file<T: crate::mm::pgtable::Translation>(f: &mut Files<T>, path: &str) -> Result<String> {
-    let mut s = String::new();
-    f.read(path, &mut s)?;
-    Ok(s.trim_end().to_string())
+impl Block {
+    fn zones(&self) -> impl Iterator<Item = &str> {
+        self.zones.split_whitespace()
+    }
+}
+
+/// A file's text without its trailing newline. Every allocation is
+/// fallible: `ENOMEM` when the heap is out.
+fn read_file<T: crate::mm::pgtable::Translation>(
+    f: &mut Files<T>,
+    path: fmt::Arguments<'_>,
+) -> Result<String> {
+    let path = try_format(path)?;
+    let mut text = FallibleString::new();
+    let r = f.read(&path, &mut text);
+    // A full heap explains a failed read (the write into `text` is EIO
+    // otherwise).
+    let mut text = text.into_result()?;
+    r?;
+    text.truncate(text.trim_end().len());
+    Ok(text)
 }
 
 fn block_size<T: crate::mm::pgtable::Translation>(f: &mut Files<T>) -> Result<u64> {
-    let s = read_file(f, &format!("{MEMORY_DIR}/block_size_bytes"))?;
+    let s = read_file(f, format_args!("{MEMORY_DIR}/block_size_bytes"))?;
     u64::from_str_radix(&s, 16).map_err(|_| err!(EIO, "bad block_size_bytes {s:?}"))
 }
 
 /// The `memoryN` directories, in index order (`versionsort`).
 fn read_blocks<T: crate::mm::pgtable::Translation>(f: &mut Files<T>) -> Result<Vec<Block>> {
-    let mut ids: Vec<u64> = f
-        .list(MEMORY_DIR)?
-        .iter()
-        .filter_map(|e| e.strip_prefix("memory")?.trim_end_matches('/').parse().ok())
-        .collect();
+    let mut ids: Vec<u64> = Vec::new();
+    {
+        let names = f.list(MEMORY_DIR)?;
+        ids.try_reserve_exact(names.len()).map_err(enomem)?;
+        ids.extend(names.iter().filter_map(|e| {
+            e.strip_prefix("memory")?
+                .trim_end_matches('/')
+                .parse::<u64>()
+                .ok()
+        }));
+    }
     ids.sort_unstable();
-    ids.into_iter()
-        .map(|id| {
-            let dir = format!("{MEMORY_DIR}/memory{id}");
-            let state = read_file(f, &format!("{dir}/state"))?;
-            let removable = read_file(f, &format!("{dir}/removable"))? == "1";
-            let zones = read_file(f, &format!("{dir}/valid_zones"))?;
-            let node = f
-                .list(&dir)?
-                .iter()
-                .find_map(|e| e.strip_prefix("node")?.trim_end_matches('/').parse().ok());
-            Ok(Block {
-                index: id,
-                count: 1,
-                online: state == "online",
-                removable,
-                zones: zones.split_whitespace().map(String::from).collect(),
-                node,
-            })
-        })
-        .collect()
+    let mut blocks = Vec::new();
+    blocks.try_reserve_exact(ids.len()).map_err(enomem)?;
+    for id in ids {
+        let state = read_file(f, format_args!("{MEMORY_DIR}/memory{id}/state"))?;
+        let removable = read_file(f, format_args!("{MEMORY_DIR}/memory{id}/removable"))?;
+        let zones = read_file(f, format_args!("{MEMORY_DIR}/memory{id}/valid_zones"))?;
+        let node = f
+            .list(&try_format(format_args!("{MEMORY_DIR}/memory{id}"))?)?
+            .iter()
+            .find_map(|e| e.strip_prefix("node")?.trim_end_matches('/').parse().ok());
+        blocks.push(Block {
+            index: id,
+            count: 1,
+            online: state == "online",
+            removable: removable == "1",
+            zones,
+            node,
+        });
+    }
+    Ok(blocks)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,32 +233,64 @@ impl Col {
             Col::State => a.online != b.online,
             Col::Removable => a.removable != b.removable,
             Col::Node => a.node != b.node,
-            Col::Zones => a.zones != b.zones,
+            Col::Zones => !a.zones().eq(b.zones()),
             _ => false,
         }
     }
 }
 
+/// Columns asked for: at most twice the number there are, as util-linux.
+#[derive(Clone, Copy)]
+struct Cols {
+    list: [Col; 2 * Col::ALL.len()],
+    len: usize,
+}
+
+impl Cols {
+    fn new(cols: &[Col]) -> Self {
+        let mut list = [Col::Range; 2 * Col::ALL.len()];
+        list[..cols.len()].copy_from_slice(cols);
+        Cols {
+            list,
+            len: cols.len(),
+        }
+    }
+
+    fn push(&mut self, col: Col) -> Result<()> {
+        let Some(slot) = self.list.get_mut(self.len) else {
+            bail!(
+                EINVAL,
+                "too many columns specified, the limit is {} columns",
+                2 * Col::ALL.len() - 1
+            );
+        };
+        *slot = col;
+        self.len += 1;
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for Cols {
+    type Target = [Col];
+
+    fn deref(&self) -> &[Col] {
+        &self.list[..self.len]
+    }
+}
+
 /// `-o LIST`: names, case-insensitive; a leading `+` appends to the
-/// defaults. At most twice the number of columns, as util-linux.
-fn parse_columns(list: &str) -> Result<Vec<Col>> {
+/// defaults.
+fn parse_columns(list: &str) -> Result<Cols> {
     let (mut cols, list) = match list.strip_prefix('+') {
-        Some(rest) => (Col::DEFAULT.to_vec(), rest),
-        None => (Vec::new(), list),
+        Some(rest) => (Cols::new(&Col::DEFAULT), rest),
+        None => (Cols::new(&[]), list),
     };
     for name in list.split(',') {
         let col = Col::ALL
             .into_iter()
             .find(|c| c.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| err!(EINVAL, "unknown column: {name}"))?;
-        cols.push(col);
-    }
-    if cols.len() > 2 * Col::ALL.len() {
-        bail!(
-            EINVAL,
-            "too many columns specified, the limit is {} columns",
-            2 * Col::ALL.len() - 1
-        );
+        cols.push(col)?;
     }
     Ok(cols)
 }
@@ -237,7 +327,7 @@ fn getopt<'a>(
                 }
                 (_, v) => v,
             };
-            found.push((c, value));
+            try_push(&mut found, (c, value))?;
         } else if let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
             for (i, c) in shorts.char_indices() {
                 let &(_, _, takes) = opts
@@ -245,7 +335,7 @@ fn getopt<'a>(
                     .find(|o| o.0 == c && o.0.is_ascii_alphabetic())
                     .ok_or_else(|| err!(EINVAL, "invalid option -- '{c}'"))?;
                 if !takes {
-                    found.push((c, None));
+                    try_push(&mut found, (c, None))?;
                     continue;
                 }
                 let rest = &shorts[i + c.len_utf8()..];
@@ -255,11 +345,11 @@ fn getopt<'a>(
                         .ok_or_else(|| err!(EINVAL, "option requires an argument -- '{c}'"))?,
                     r => r,
                 };
-                found.push((c, Some(value)));
+                try_push(&mut found, (c, Some(value)))?;
                 break;
             }
         } else {
-            free.push(arg);
+            try_push(&mut free, arg)?;
         }
     }
     Ok((found, free))
@@ -295,14 +385,14 @@ fn lsmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
         table: true,
         summary: true,
     };
-    let mut cols = Col::DEFAULT.to_vec();
+    let mut cols = Cols::new(&Col::DEFAULT);
     for (c, v) in found {
         match (c, v) {
             ('a', _) => all = true,
             ('b', _) => bytes = true,
             ('n', _) => headings = false,
             ('o', Some(list)) => cols = parse_columns(list)?,
-            ('O', _) => cols = Col::ALL.to_vec(),
+            ('O', _) => cols = Cols::new(&Col::ALL),
             ('r', _) => {
                 raw = true;
                 want.summary = false;
@@ -324,6 +414,7 @@ fn lsmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
 
     let (mut online, mut offline) = (0u64, 0u64);
     let mut ranges: Vec<Block> = Vec::new();
+    ranges.try_reserve_exact(blocks.len()).map_err(enomem)?;
     for b in blocks {
         *if b.online { &mut online } else { &mut offline } += block_size;
         match ranges.last_mut() {
@@ -337,50 +428,29 @@ fn lsmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
             _ => ranges.push(b),
         }
     }
-    let size = |n: u64| match bytes {
-        true => format!("{n}"),
-        false => human_size(n),
-    };
+    // Written straight to the output, cell by cell: the table is never
+    // built on the heap.
     if want.table {
-        let cell = |r: &Block, c: Col| -> String {
-            let (start, len) = (r.index * block_size, r.count * block_size);
-            match c {
-                Col::Range => format!("0x{start:016x}-0x{:016x}", start + len - 1),
-                Col::Size => size(len),
-                Col::State => (if r.online { "online" } else { "offline" }).into(),
-                Col::Removable if r.online => (if r.removable { "yes" } else { "no" }).into(),
-                Col::Removable => String::new(),
-                Col::Block if r.count == 1 => format!("{}", r.index),
-                Col::Block => format!("{}-{}", r.index, r.index + r.count - 1),
-                Col::Node => r.node.map(|n| format!("{n}")).unwrap_or_default(),
-                Col::Zones => r.zones.join("/"),
-            }
+        let cell = |r, c| Cell {
+            r,
+            c,
+            block_size,
+            bytes,
         };
-        let mut rows: Vec<Vec<String>> = Vec::new();
-        if headings {
-            rows.push(cols.iter().map(|c| c.name().to_string()).collect());
+        let mut widths = [0; 2 * Col::ALL.len()];
+        for (i, &c) in cols.iter().enumerate() {
+            let heading = headings.then_some(None);
+            widths[i] = heading
+                .into_iter()
+                .chain(ranges.iter().map(Some))
+                .map(|r| text_len(cell(r, c)))
+                .fold(0, usize::max);
         }
-        rows.extend(
-            ranges
-                .iter()
-                .map(|r| cols.iter().map(|&c| cell(r, c)).collect()),
-        );
-        let widths: Vec<usize> = (0..cols.len())
-            .map(|i| rows.iter().map(|r| r[i].len()).fold(0, usize::max))
-            .collect();
-        for row in rows {
-            let mut line = String::new();
-            for (i, text) in row.iter().enumerate() {
-                if i > 0 {
-                    line.push(' ');
-                }
-                match (raw, cols[i].right()) {
-                    (true, _) => line += text,
-                    (false, true) => line += &format!("{text:>w$}", w = widths[i]),
-                    (false, false) => line += &format!("{text:<w$}", w = widths[i]),
-                }
-            }
-            writeln!(out, "{}", line.trim_end())?;
+        if headings {
+            write_row(out, &cols, &widths, raw, |c| cell(None, c))?;
+        }
+        for r in &ranges {
+            write_row(out, &cols, &widths, raw, |c| cell(Some(r), c))?;
         }
         if want.summary {
             writeln!(out)?;
@@ -394,11 +464,78 @@ fn lsmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
         ] {
             match bytes {
                 true => writeln!(out, "{name:<23} {n:>15}")?,
-                false => writeln!(out, "{name:<23} {:>5}", human_size(n))?,
+                false => {
+                    write!(out, "{name:<23} ")?;
+                    spaces(out, 5usize.saturating_sub(text_len(human_size(n))))?;
+                    writeln!(out, "{}", human_size(n))?;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// One cell of lsmem's table: a range's column, or (`r` None) its heading.
+struct Cell<'a> {
+    r: Option<&'a Block>,
+    c: Col,
+    block_size: u64,
+    bytes: bool,
+}
+
+impl Display for Cell<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(r) = self.r else {
+            return f.write_str(self.c.name());
+        };
+        let (start, len) = (r.index * self.block_size, r.count * self.block_size);
+        match self.c {
+            Col::Range => write!(f, "0x{start:016x}-0x{:016x}", start + len - 1),
+            Col::Size if self.bytes => write!(f, "{len}"),
+            Col::Size => write!(f, "{}", human_size(len)),
+            Col::State => f.write_str(if r.online { "online" } else { "offline" }),
+            Col::Removable if r.online => f.write_str(if r.removable { "yes" } else { "no" }),
+            Col::Removable => Ok(()),
+            Col::Block if r.count == 1 => write!(f, "{}", r.index),
+            Col::Block => write!(f, "{}-{}", r.index, r.index + r.count - 1),
+            Col::Node => r.node.map_or(Ok(()), |n| write!(f, "{n}")),
+            Col::Zones => {
+                for (i, z) in r.zones().enumerate() {
+                    let sep = if i == 0 { "" } else { "/" };
+                    write!(f, "{sep}{z}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One line of the table: cells padded to `widths` (unless `raw`),
+/// separated by a space, without trailing blanks.
+fn write_row<'a>(
+    out: &mut dyn Write,
+    cols: &[Col],
+    widths: &[usize],
+    raw: bool,
+    cell: impl Fn(Col) -> Cell<'a>,
+) -> Result<()> {
+    // Blanks after the last cell with text would be trimmed: stop there.
+    let last = cols.iter().rposition(|&c| text_len(cell(c)) > 0);
+    for (i, &c) in cols.iter().enumerate().take(last.map_or(0, |l| l + 1)) {
+        if i > 0 {
+            out.write_char(' ')?;
+        }
+        let text = cell(c);
+        let pad = if raw { 0 } else { widths[i] - text_len(&text) };
+        if c.right() {
+            spaces(out, pad)?;
+        }
+        write!(out, "{text}")?;
+        if !c.right() && Some(i) != last {
+            spaces(out, pad)?;
+        }
+    }
+    Ok(writeln!(out)?)
 }
 
 /// util-linux's zone names (`chmem -z`), matched without case.
@@ -432,7 +569,8 @@ enum Target {
 }
 
 fn parse_target(param: &str, use_blocks: bool, block_size: u64) -> Result<Target> {
-    let parts: Vec<&str> = param.split('-').collect();
+    let mut parts = param.split('-');
+    let parts = (parts.next(), parts.next(), parts.next());
     let num = |s: &str, what: &str| -> Result<u64> {
         s.parse()
             .map_err(|_| err!(EINVAL, "Failed to parse {what}: '{s}'"))
@@ -452,12 +590,12 @@ fn parse_target(param: &str, use_blocks: bool, block_size: u64) -> Result<Target
             human_size(block_size)
         )
     };
-    let (first, last) = match (parts.as_slice(), use_blocks) {
-        ([one], true) => {
+    let (first, last) = match (parts, use_blocks) {
+        ((Some(one), None, None), true) => {
             let b = num(one, "block number")?;
             (b, b)
         }
-        ([one], false) => {
+        ((Some(one), None, None), false) => {
             let mut size =
                 strtosize(one).ok_or_else(|| err!(EINVAL, "Failed to parse size: '{one}'"))?;
             if one.ends_with(|c: char| c.is_ascii_digit()) {
@@ -474,8 +612,8 @@ fn parse_target(param: &str, use_blocks: bool, block_size: u64) -> Result<Target
             }
             return Ok(Target::Size(size / block_size));
         }
-        ([s, e], true) => (num(s, "start")?, num(e, "end")?),
-        ([s, e], false) => {
+        ((Some(s), Some(e), None), true) => (num(s, "start")?, num(e, "end")?),
+        ((Some(s), Some(e), None), false) => {
             let (s, e) = (hex(s, "start")?, hex(e, "end")?);
             let end = e.checked_add(1).ok_or_else(aligned)?;
             if s % block_size != 0 || end % block_size != 0 {
@@ -491,21 +629,25 @@ fn parse_target(param: &str, use_blocks: bool, block_size: u64) -> Result<Target
     Ok(Target::Blocks(first, last))
 }
 
-/// `Memory Block N (0x...-0x...)`, as chmem names a block.
-fn block_name(index: u64, block_size: u64) -> String {
-    let start = index * block_size;
-    format!(
-        "Memory Block {index} (0x{start:016x}-0x{:016x})",
-        start + block_size - 1
-    )
+/// `Memory Block N (0x...-0x...)`, as chmem names a block: block N of
+/// blocks of the size given.
+struct BlockName(u64, u64);
+
+impl Display for BlockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let BlockName(index, block_size) = *self;
+        let start = index * block_size;
+        write!(
+            f,
+            "Memory Block {index} (0x{start:016x}-0x{:016x})",
+            start + block_size - 1
+        )
+    }
 }
 
-/// A block changed, and how to put it back.
-struct Done {
-    index: u64,
-    undo: &'static str,
-}
-
+/// Every allocation is made before the first block changes (the plan, the
+/// list of blocks done) or is undone with them (the report): the heap
+/// running out is `ENOMEM` with every block as it was.
 fn chmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
     const USAGE: &str = "usage: chmem -e|-d [-bv] [-z ZONE] SIZE|RANGE|BLOCKRANGE";
     let opts = [
@@ -547,62 +689,75 @@ fn chmem<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()>
         let target = parse_target(param, use_blocks, block_size)?;
         let blocks = read_blocks(f)?;
         let plan = plan(&blocks, &target, enable, zone, block_size)?;
-        let mut report = String::new();
-        let mut done: Vec<Done> = Vec::new();
+        let mut report = FallibleString::new();
+        // Indices into the plan's steps of the blocks changed.
+        let mut done: Vec<usize> = Vec::new();
+        done.try_reserve_exact(plan.steps.len()).map_err(enomem)?;
         let mut failed: Option<Error> = None;
         let verb = if enable { "enable" } else { "disable" };
-        for step in plan.steps {
-            let name = block_name(step.index, block_size);
-            let path = format!("{MEMORY_DIR}/memory{}/state", step.index);
-            match f.write(&path, step.write) {
+        for (i, step) in plan.steps.iter().enumerate() {
+            let name = BlockName(step.index, block_size);
+            match f.write(&step.path, step.write) {
                 Ok(()) => {
+                    done.push(i);
                     if verbose {
-                        writeln!(report, "{name} {verb}d")?;
+                        let _ = writeln!(report, "{name} {verb}d");
                     }
-                    done.push(Done {
-                        index: step.index,
-                        undo: step.undo,
-                    });
                     if plan.want == Some(done.len() as u64) {
                         break;
                     }
                 }
+                // The heap running out is no fault of the block: nothing
+                // else is tried.
+                Err(e) if e.errno == Errno::ENOMEM => {
+                    undo(f, &plan.steps, &done);
+                    return Err(e);
+                }
                 // A size takes any blocks: one that fails is skipped, as
                 // chmem does; a range needs every one.
                 Err(e) if plan.want.is_some() => {
-                    writeln!(report, "chmem: {name} {verb} failed: {}", e.msg)?;
+                    let _ = writeln!(report, "chmem: {name} {verb} failed: {}", e.msg);
                     failed.get_or_insert(e);
                 }
                 Err(e) => {
-                    undo(f, &done);
-                    return Err(Error::new(
-                        e.errno,
-                        format!("{name} {verb} failed: {}", e.msg),
-                    ));
+                    undo(f, &plan.steps, &done);
+                    let why = format_args!("{name} {verb} failed: {}", e.msg);
+                    return Err(Error::from_args(e.errno, why));
                 }
             }
         }
         if let Some(want) = plan.want.filter(|&w| w != done.len() as u64) {
-            undo(f, &done);
+            undo(f, &plan.steps, &done);
             let got = human_size(done.len() as u64 * block_size);
             let asked = human_size(want * block_size);
-            let errno = failed.map_or(crate::error::Errno::ENOSPC, |e| e.errno);
-            let msg = format!("Could only {verb} {got} of {asked} of memory; nothing changed");
-            return Err(Error::new(errno, msg));
+            let errno = failed.map_or(Errno::ENOSPC, |e| e.errno);
+            return Err(Error::from_args(
+                errno,
+                format_args!("Could only {verb} {got} of {asked} of memory; nothing changed"),
+            ));
         }
-        for index in plan.already {
-            if verbose {
-                let name = block_name(index, block_size);
-                writeln!(report, "{name} already {verb}d")?;
+        if verbose {
+            for &index in &plan.already {
+                let name = BlockName(index, block_size);
+                let _ = writeln!(report, "{name} already {verb}d");
             }
         }
-        Ok(out.write_str(&report)?)
+        if report.failed() || out.write_str(&report).is_err() {
+            undo(f, &plan.steps, &done);
+            bail!(
+                ENOMEM,
+                "no kernel memory for chmem's report; nothing changed"
+            );
+        }
+        Ok(())
     })
 }
 
-/// One state write and the write that undoes it.
+/// One state write and the write that undoes it, to the block's `state`
+/// file at `path`.
 struct Step {
     index: u64,
+    path: String,
     write: &'static str,
     undo: &'static str,
 }
@@ -626,7 +781,7 @@ fn plan(
     zone: Option<&'static str>,
     block_size: u64,
 ) -> Result<Plan> {
-    let has = |b: &Block, z: &str| b.zones.iter().any(|w| w.eq_ignore_ascii_case(z));
+    let has = |b: &Block, z: &str| b.zones().any(|w| w.eq_ignore_ascii_case(z));
     let write = |b: &Block| match (enable, zone) {
         (false, _) => "offline",
         (true, Some(z)) if z.eq_ignore_ascii_case("Movable") => "online_movable",
@@ -635,7 +790,7 @@ fn plan(
         (true, None) => "online",
     };
     // An online block's valid_zones is its zone: online it there again.
-    let undo = |b: &Block| match (enable, b.zones.first().map(String::as_str)) {
+    let undo = |b: &Block| match (enable, b.zones().next()) {
         (true, _) => "offline",
         (false, Some("Movable")) => "online_movable",
         (false, _) => "online_kernel",
@@ -644,46 +799,50 @@ fn plan(
     let zone_ok = |b: &Block| {
         zone.is_none_or(|z| match enable {
             true => has(b, z),
-            false => b.zones.first().is_some_and(|f| f.eq_ignore_ascii_case(z)),
+            false => b.zones().next().is_some_and(|f| f.eq_ignore_ascii_case(z)),
         })
     };
-    let step = |b: &Block| Step {
-        index: b.index,
-        write: write(b),
-        undo: undo(b),
+    let step = |b: &Block| -> Result<Step> {
+        Ok(Step {
+            index: b.index,
+            path: try_format(format_args!("{MEMORY_DIR}/memory{}/state", b.index))?,
+            write: write(b),
+            undo: undo(b),
+        })
     };
+    let (mut steps, mut already) = (Vec::new(), Vec::new());
     match *target {
         Target::Size(n) => {
-            let order: Vec<&Block> = match enable {
-                true => blocks.iter().collect(),
-                false => blocks.iter().rev().collect(),
+            let mut candidate = |b: &Block| match n != 0 && b.online != enable && zone_ok(b) {
+                true => try_push(&mut steps, step(b)?),
+                false => Ok(()),
             };
-            let steps = order
-                .into_iter()
-                .filter(|b| b.online != enable && zone_ok(b))
-                .map(step)
-                .collect();
+            match enable {
+                true => blocks.iter().try_for_each(&mut candidate)?,
+                false => blocks.iter().rev().try_for_each(&mut candidate)?,
+            }
             Ok(Plan {
-                steps: if n == 0 { Vec::new() } else { steps },
+                steps,
                 want: Some(n),
-                already: Vec::new(),
+                already,
             })
         }
         Target::Blocks(first, last) => {
-            let (mut steps, mut already) = (Vec::new(), Vec::new());
             for index in first..=last {
-                let name = || block_name(index, block_size);
-                let b = blocks
-                    .iter()
-                    .find(|b| b.index == index)
-                    .ok_or_else(|| err!(ENOENT, "{} is not present", name()))?;
+                let b = blocks.iter().find(|b| b.index == index).ok_or_else(|| {
+                    err!(ENOENT, "{} is not present", BlockName(index, block_size))
+                })?;
                 let verb = if enable { "enable" } else { "disable" };
                 if b.online == enable {
-                    already.push(index);
+                    try_push(&mut already, index)?;
                 } else if !zone_ok(b) {
-                    bail!(EINVAL, "{} {verb} failed: Zone mismatch", name());
+                    bail!(
+                        EINVAL,
+                        "{} {verb} failed: Zone mismatch",
+                        BlockName(index, block_size)
+                    );
                 } else {
-                    steps.push(step(b));
+                    try_push(&mut steps, step(b)?)?;
                 }
             }
             Ok(Plan {
@@ -695,12 +854,12 @@ fn plan(
     }
 }
 
-/// Puts back what a failed chmem changed, latest first.
-fn undo<T: crate::mm::pgtable::Translation>(f: &mut Files<T>, done: &[Done]) {
-    for d in done.iter().rev() {
-        let path = format!("{MEMORY_DIR}/memory{}/state", d.index);
-        if let Err(e) = f.write(&path, d.undo) {
-            pr_warn!("chmem: memory{} not put back: {e}", d.index);
+/// Puts back what a failed chmem changed, latest first: the steps `done`
+/// names. Nothing here allocates (the paths were made with the plan).
+fn undo<T: crate::mm::pgtable::Translation>(f: &mut Files<T>, steps: &[Step], done: &[usize]) {
+    for s in done.iter().rev().filter_map(|&i| steps.get(i)) {
+        if let Err(e) = f.write(&s.path, s.undo) {
+            pr_warn!("chmem: memory{} not put back: {e}", s.index);
         }
     }
 }

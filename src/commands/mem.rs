@@ -132,6 +132,29 @@ impl Pinned {
         Ok(())
     }
 
+    /// Gives back (to `free`) every page pinned after the first `len`,
+    /// latest first, with the chunks they leave empty.
+    fn truncate(&mut self, len: usize, mut free: impl FnMut(Pfn)) {
+        let mut n = self.len();
+        while n > len {
+            let Some(chunk) = self.chunks.last_mut() else {
+                break;
+            };
+            match chunk.pop() {
+                Some(pfn) => {
+                    free(pfn);
+                    n -= 1;
+                }
+                None => {
+                    self.chunks.pop();
+                }
+            }
+        }
+        if self.chunks.last().is_some_and(Vec::is_empty) {
+            self.chunks.pop();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.chunks.iter().map(Vec::len).sum()
     }
@@ -146,13 +169,16 @@ fn pinned_kib(pages: usize) -> u64 {
 }
 
 /// Pins page by page: what is pinned before memory runs out stays pinned,
-/// as a process's pages would.
+/// as a process's pages would. The kernel heap running out is different:
+/// a page that cannot be recorded, or a report that cannot be written,
+/// gives back every page this call pinned (`ENOMEM`, nothing changed).
 fn pin<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let size = argv
         .get(1)
         .and_then(|s| memparse(s))
         .ok_or_else(|| err!(EINVAL, "usage: pin SIZE"))?;
     let mut pinned = core::mem::take(k.pinned());
+    let before = pinned.len();
     let r = k.with_mm(|mm| {
         for _ in 0..size.div_ceil(PAGE_SIZE) {
             let Some(pfn) = mm.alloc_movable_first(0) else {
@@ -164,23 +190,30 @@ fn pin<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()> {
             };
             if let Err(e) = pinned.push(pfn) {
                 mm.free(pfn, 0);
+                pinned.truncate(before, |p| {
+                    mm.free(p, 0);
+                });
                 return Err(e);
             }
         }
+        if writeln!(out, "pinned {} KiB in all", pinned_kib(pinned.len())).is_err() {
+            pinned.truncate(before, |p| {
+                mm.free(p, 0);
+            });
+            bail!(ENOMEM, "no kernel memory for the report; nothing pinned");
+        }
         Ok(())
     });
-    let n = pinned.len();
     *k.pinned() = pinned;
-    r?;
-    Ok(writeln!(out, "pinned {} KiB in all", pinned_kib(n))?)
+    r
 }
 
 fn unpin<K: Kernel>(k: &mut K, _: &[&str], _: &mut dyn Write) -> Result<()> {
-    let pinned = core::mem::take(k.pinned());
+    let mut pinned = core::mem::take(k.pinned());
     k.with_mm(|mm| {
-        for &pfn in pinned.chunks.iter().flatten() {
-            mm.free(pfn, 0);
-        }
+        pinned.truncate(0, |p| {
+            mm.free(p, 0);
+        });
         Ok(())
     })
 }

@@ -11,6 +11,7 @@ use super::{Command, Kernel};
 use crate::error::Error;
 use crate::error::Result;
 use crate::mm::anon::area_base;
+use crate::mm::layout::ANON_MAX_AREAS;
 use crate::mm::layout::PAGE_SIZE;
 #[cfg(target_os = "none")]
 use crate::mm::layout::{MEMORY_BLOCK_SIZE, PAGES_PER_SECTION};
@@ -58,31 +59,37 @@ fn memhog<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()
             Ok(())
         }
         Some("check") => {
-            let ids: Vec<usize> = match id(argv.get(2))? {
-                Some(i) => vec![i],
-                None => mm.anon().areas().map(|(i, _)| i).collect(),
+            // One area, or every slot that holds one: no list of them
+            // (and so no heap) is needed.
+            let ids = match id(argv.get(2))? {
+                Some(i) if mm.anon().area(i).is_none() => {
+                    bail!(ENOENT, "no anonymous area {i}")
+                }
+                Some(i) => i..i + 1,
+                None => 0..ANON_MAX_AREAS as usize,
             };
-            let mut pages = 0;
-            for &i in &ids {
+            let (mut areas, mut pages) = (0, 0);
+            for i in ids {
+                let Some(area) = mm.anon().area(i) else {
+                    continue;
+                };
                 #[cfg(target_os = "none")]
                 mm.anon_check_via_mmu(i)?;
                 #[cfg(not(target_os = "none"))]
                 mm.anon_check(i)?;
-                pages += mm.anon().area(i).map_or(0, |a| a.pages);
+                pages += area.pages;
+                areas += 1;
             }
-            Ok(writeln!(
-                out,
-                "memhog: {} areas, {pages} pages OK",
-                ids.len()
-            )?)
+            Ok(writeln!(out, "memhog: {areas} areas, {pages} pages OK")?)
         }
         Some("free") => {
             match id(argv.get(2))? {
                 Some(i) => mm.anon_free(i)?,
                 None => {
-                    let ids: Vec<usize> = mm.anon().areas().map(|(i, _)| i).collect();
-                    for i in ids {
-                        mm.anon_free(i)?;
+                    for i in 0..ANON_MAX_AREAS as usize {
+                        if mm.anon().area(i).is_some() {
+                            mm.anon_free(i)?;
+                        }
                     }
                 }
             }
@@ -95,7 +102,13 @@ fn memhog<K: Kernel>(k: &mut K, argv: &[&str], out: &mut dyn Write) -> Result<()
             let pages = bytes.div_ceil(PAGE_SIZE);
             let i = mm.anon_map(pages)?;
             let kb = (pages * PAGE_SIZE) >> 10;
-            Ok(writeln!(out, "memhog {i}: {kb} kB at {:#x}", area_base(i))?)
+            // No report, no area: the heap running out here is ENOMEM
+            // with nothing changed.
+            if writeln!(out, "memhog {i}: {kb} kB at {:#x}", area_base(i)).is_err() {
+                mm.anon_free(i)?;
+                bail!(ENOMEM, "no kernel memory for the report; nothing mapped");
+            }
+            Ok(())
         }
         _ => bail!(EINVAL, "{USAGE}"),
     })

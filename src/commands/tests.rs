@@ -9,6 +9,7 @@ use crate::error::{Errno, Result};
 use crate::mm::layout::PAGE_SIZE;
 use crate::mm::system::MemorySystem;
 use crate::mm::test_system::TestSystem;
+use crate::mm::testing::heap_faults;
 use crate::mm::testing::ArenaTranslation;
 
 pub(super) struct HostKernel {
@@ -224,12 +225,12 @@ fn lsmem_prints_util_linux_tables() {
 #[test]
 fn human_sizes_as_util_linux() {
     use super::lsmem::human_size;
-    assert_eq!(human_size(0), "0B");
-    assert_eq!(human_size(1023), "1023B");
-    assert_eq!(human_size(128 << 20), "128M");
-    assert_eq!(human_size(3 << 29), "1.5G");
-    assert_eq!(human_size((1 << 30) - 1), "1024M");
-    assert_eq!(human_size(u64::MAX), "16E");
+    assert_eq!(human_size(0).to_string(), "0B");
+    assert_eq!(human_size(1023).to_string(), "1023B");
+    assert_eq!(human_size(128 << 20).to_string(), "128M");
+    assert_eq!(human_size(3 << 29).to_string(), "1.5G");
+    assert_eq!(human_size((1 << 30) - 1).to_string(), "1024M");
+    assert_eq!(human_size(u64::MAX).to_string(), "16E");
 }
 
 #[test]
@@ -434,46 +435,298 @@ fn devmem_reconfigure_is_kmem() {
     );
 }
 
-/// Issue 10: a heap exhausted (by `pin`, say) makes a command `ENOMEM`,
-/// never an abort. Each allocation from the line to the printed output is
-/// failed in turn: every run either fails with `ENOMEM` and prints
-/// nothing, or gets past them all and prints what it does with the heap
-/// free.
-#[test]
-fn commands_with_the_heap_out_are_enomem() {
-    use crate::mm::testing::heap_faults;
-    let mut s = shell();
+/// What a console line may change, read with the heap whole: the memory
+/// figures, the layout (iomem, blocks, page tables, vmemmap), the buddy's
+/// free lists, the counters, the devices, memhog's areas, `pin`'s pages
+/// and the settings.
+fn memory_state(s: &mut Shell<HostKernel>) -> String {
+    let mut all = format!(
+        "{:?}\npinned {}\n",
+        s.kernel.sys.mm.meminfo(),
+        s.kernel.pinned.len()
+    );
+    // Of the counters, those of the state (`nr_*`) and of misuse: events
+    // (online, TLB invalidations, ...) happen in a rollback too.
+    let vmstat = sh(s, "cat /proc/vmstat").unwrap();
+    for l in vmstat.lines().filter(|l| {
+        !["memory_", "devmem_", "pgtable_", "tlb_", "pgmigrate_"]
+            .iter()
+            .any(|p| l.starts_with(p))
+    }) {
+        all += l;
+        all.push('\n');
+    }
     for line in [
-        "cat /proc/meminfo",
-        "cat proc//meminfo/ /proc/buddyinfo",
-        "echo a b c",
-        "echo -n \"a  b\" 'c'",
-        "ls /sys/devices/system/memory",
-        "ls / /proc",
-        "help",
+        "cat /proc/iomem /proc/buddyinfo /proc/zoneinfo",
+        "lsmem -a -o BLOCK,STATE,ZONES,NODE",
+        "devmem list",
+        "memhog list",
+        "cat /sys/devices/system/memory/auto_online_blocks",
+        "cat /sys/module/memory_hotplug/parameters/memmap_on_memory",
+        "cat /sys/kernel/debug/fail_nth_alloc",
+        "cat /sys/devices/system/node/online /sys/devices/system/node/has_memory",
+        "cat /sys/kernel/debug/kernel_page_tables /sys/kernel/debug/vmemmap",
     ] {
-        let whole = sh(&mut s, line).unwrap();
-        for n in 0.. {
-            assert!(n < 1000, "{line}: never got past its allocations");
-            // Room for the output before the faults: the sink is the
-            // caller's, not on the path under test.
-            let mut out = String::with_capacity(2 * whole.len());
-            heap_faults::fail_nth(Some(n));
-            let r = run(&mut s, line, &mut out);
-            let fired = heap_faults::fired();
-            heap_faults::fail_nth(None);
-            match r {
-                Err(e) => {
-                    assert!(fired, "{line}, n={n}: {e:?}");
-                    assert_eq!(e.errno, Errno::ENOMEM, "{line}, n={n}: {e}");
-                    assert_eq!(out, "", "{line}, n={n}");
-                }
-                Ok(()) => {
-                    assert!(!fired, "{line}, n={n}: a failure was swallowed");
-                    assert_eq!(out, whole, "{line}, n={n}");
-                    break;
-                }
+        all += &sh(s, line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    all
+}
+
+/// `got` is `want`, or the first line where they part.
+fn assert_same_state(what: &str, got: &str, want: &str) {
+    if got == want {
+        return;
+    }
+    let (mut g, mut w) = (got.lines(), want.lines());
+    for i in 0.. {
+        let (a, b) = (g.next(), w.next());
+        assert_eq!(a, b, "{what}: memory state differs at line {i}");
+        if a.is_none() {
+            break;
+        }
+    }
+}
+
+/// Runs `line` after `setup` with the n-th heap allocation failing, for
+/// n = 0, 1, ... until it gets past them all. Each failure is `ENOMEM`
+/// (or, where the line fails anyway, its own errno with a shortened
+/// message), prints nothing and leaves the memory state as it was; the
+/// run past them all does what a run with the heap whole does. An
+/// infallible allocation aborts the test binary. How many allocations
+/// the line made.
+fn every_allocation_fails_in_turn(setup: &[&str], line: &str) -> u64 {
+    let fresh = || {
+        let mut s = shell();
+        for l in setup {
+            sh(&mut s, l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        }
+        s
+    };
+    let mut whole = fresh();
+    let want = sh(&mut whole, line);
+    let want_state = memory_state(&mut whole);
+    let mut s = fresh();
+    let before = memory_state(&mut s);
+    let want_len = want.as_ref().map_or(0, String::len);
+    for n in 0.. {
+        assert!(n < 5000, "{line}: never got past its allocations");
+        // Room for the output before the faults: the sink is the
+        // caller's, not on the path under test.
+        let mut out = String::with_capacity(2 * want_len + 64);
+        heap_faults::fail_nth(Some(n));
+        let r = run(&mut s, line, &mut out);
+        let fired = heap_faults::fired();
+        heap_faults::fail_nth(None);
+        let what = format!("{line}, n={n}");
+        if !fired {
+            match (r, &want) {
+                (Ok(()), Ok(w)) => assert_eq!(&out, w, "{what}"),
+                (Err(e), Err(w)) => assert_eq!(e, *w, "{what}"),
+                (r, w) => panic!("{what}: {r:?} where the whole heap gives {w:?}"),
+            }
+            assert_same_state(&what, &memory_state(&mut s), &want_state);
+            return n;
+        }
+        match r {
+            Ok(()) => panic!("{what}: an allocation failed and the line went on: {out:?}"),
+            Err(e) if e.errno == Errno::ENOMEM => {}
+            Err(e) => assert_eq!(
+                Some(e.errno),
+                want.as_ref().err().map(|w| w.errno),
+                "{what}: {e}"
+            ),
+        }
+        assert_eq!(out, "", "{what}");
+        assert_same_state(&what, &memory_state(&mut s), &before);
+    }
+    unreachable!()
+}
+
+/// Issue 10: a heap exhausted (by `pin`, say) makes a command `ENOMEM`
+/// with nothing changed, never an abort. Every command of the console
+/// table that runs on the host (the others need the CPU: `touch`, `crash`,
+/// `poke`, `page`, `dmesg`, `poweroff`, `reboot`, `bench`, `stress`), and
+/// the shell's built-ins, with each allocation failed in turn; one test
+/// per command, so that an abort names it.
+fn each_line_with_the_heap_out(cases: &[(&[&str], &str)]) {
+    for &(setup, line) in cases {
+        every_allocation_fails_in_turn(setup, line);
+    }
+}
+
+fn probe_line(id: u64) -> String {
+    let addr = crate::mm::test_system::start_of(id);
+    format!("echo {addr:#x} > /sys/devices/system/memory/probe")
+}
+
+fn online_movable_line(id: u64) -> String {
+    format!("echo online_movable > /sys/devices/system/memory/memory{id}/state")
+}
+
+#[test]
+fn builtins_with_the_heap_out_are_enomem() {
+    use crate::mm::test_system::HOT_FIRST;
+    let p0 = probe_line(HOT_FIRST);
+    each_line_with_the_heap_out(&[
+        (&[], "help"),
+        (&[], "echo a b c"),
+        (&[], "echo -n \"a  b\" 'c'"),
+        (&[], "cat proc//meminfo/ /proc/buddyinfo"),
+        (&[], "ls / /proc"),
+        (&[&p0], "ls /sys/devices/system/memory"),
+        (&[], "frobnicate"),
+    ]);
+}
+
+#[test]
+fn lsmem_with_the_heap_out_is_enomem() {
+    use crate::mm::test_system::HOT_FIRST;
+    let (p0, p1, p2) = (
+        probe_line(HOT_FIRST),
+        probe_line(HOT_FIRST + 1),
+        probe_line(HOT_FIRST + 2),
+    );
+    let on1 = online_movable_line(HOT_FIRST + 1);
+    let blocks = [p0.as_str(), p1.as_str(), p2.as_str(), on1.as_str()];
+    each_line_with_the_heap_out(&[
+        (&blocks, "lsmem"),
+        (&blocks, "lsmem -a -o +ZONES,NODE"),
+        (&blocks, "lsmem -b --summary"),
+        (&blocks, "lsmem -r -n --output-all"),
+        (
+            &blocks,
+            "lsmem -o BLOCK,SIZE,RANGE,STATE,REMOVABLE,NODE,ZONES",
+        ),
+    ]);
+}
+
+#[test]
+fn chmem_with_the_heap_out_is_enomem() {
+    use crate::mm::test_system::{start_of, HOT_FIRST};
+    let (p0, p1, p2) = (
+        probe_line(HOT_FIRST),
+        probe_line(HOT_FIRST + 1),
+        probe_line(HOT_FIRST + 2),
+    );
+    let (on0, on1) = (
+        online_movable_line(HOT_FIRST),
+        online_movable_line(HOT_FIRST + 1),
+    );
+    let blocks = [p0.as_str(), p1.as_str(), p2.as_str(), on1.as_str()];
+    let online = [p0.as_str(), p1.as_str(), on0.as_str(), on1.as_str()];
+    let range = format!(
+        "chmem -e -z normal {:#x}-{:#x}",
+        start_of(HOT_FIRST),
+        start_of(HOT_FIRST + 1) - 1
+    );
+    each_line_with_the_heap_out(&[
+        (&blocks, "chmem -e 256M"),
+        (&blocks, "chmem -v -e -b 9-11"),
+        (&blocks, &range),
+        (&online, "chmem -v -d 256M"),
+        (&online, "chmem -d -b 9-10"),
+    ]);
+}
+
+#[test]
+fn devmem_with_the_heap_out_is_enomem() {
+    let movable = "echo online_movable > /sys/devices/system/memory/auto_online_blocks";
+    each_line_with_the_heap_out(&[
+        (&[], "devmem list"),
+        (&[], "devmem map 0 --map=dev"),
+        (&[], "devmem map 0 --map=mem"),
+        (&["devmem map 0 --map=dev"], "devmem unmap 0"),
+        (&[movable], "devmem reconfigure 0 --mode=system-ram"),
+        (
+            &[movable, "devmem reconfigure 0 --mode=system-ram"],
+            "devmem reconfigure 0 --mode=devdax",
+        ),
+    ]);
+}
+
+#[test]
+fn pin_with_the_heap_out_is_enomem() {
+    each_line_with_the_heap_out(&[
+        (&[], "pin 1M"),
+        // Past a chunk of the list of pinned pages.
+        (&["pin 4K"], "pin 40M"),
+        (&["pin 1M"], "unpin"),
+    ]);
+}
+
+#[test]
+fn memhog_with_the_heap_out_is_enomem() {
+    let two_areas = ["memhog 1M", "memhog 64K"];
+    each_line_with_the_heap_out(&[
+        (&[], "memhog 1M"),
+        (&two_areas, "memhog list"),
+        (&two_areas, "memhog check"),
+        (&two_areas, "memhog check 1"),
+        (&two_areas, "memhog free 0"),
+        (&two_areas, "memhog free"),
+    ]);
+}
+
+/// Every console file, read and written, with each allocation failed in
+/// turn (see [`every_allocation_fails_in_turn`]).
+#[test]
+fn files_with_the_heap_out_are_enomem() {
+    use crate::mm::test_system::{start_of, HOT_FIRST};
+    let id = HOT_FIRST;
+    let probe = format!(
+        "echo {:#x} > /sys/devices/system/memory/probe",
+        start_of(id)
+    );
+    let online = format!("echo online_movable > /sys/devices/system/memory/memory{id}/state");
+    let busy = [
+        probe.as_str(),
+        online.as_str(),
+        "memhog 64K",
+        "devmem map 0 --map=mem",
+    ];
+    // Every file under `/`, found as `ls` lists them.
+    let mut s = shell();
+    for l in busy {
+        sh(&mut s, l).unwrap();
+    }
+    let (mut dirs, mut files) = (vec![String::new()], Vec::new());
+    while let Some(d) = dirs.pop() {
+        let listing = sh(&mut s, &format!("ls {d}/")).unwrap();
+        for e in listing.lines() {
+            match e.strip_suffix('/') {
+                // `nodeN/memoryM` and `memoryM/nodeN` are the directories
+                // walked from `memory` and `node`, again.
+                Some(_) if d.contains("/memory/") || d.contains("/node/") => {}
+                Some(sub) => dirs.push(format!("{d}/{sub}")),
+                None => files.push(format!("{d}/{e}")),
             }
         }
+    }
+    assert!(files.len() > 30, "{files:?}");
+    for f in &files {
+        every_allocation_fails_in_turn(&busy, &format!("cat {f}"));
+    }
+    let mem = "/sys/devices/system/memory";
+    let block = format!("{mem}/memory{id}");
+    let via_node = format!("/sys/devices/system/node/node0/memory{id}");
+    let offline = [probe.as_str()];
+    let writes: &[(&[&str], String)] = &[
+        (&[], format!("echo online > {mem}/auto_online_blocks")),
+        (&[], format!("echo {:#x} > {mem}/probe", start_of(id))),
+        (&offline, format!("echo {:#x} > {mem}/remove", start_of(id))),
+        (
+            &[],
+            "echo Y > /sys/module/memory_hotplug/parameters/memmap_on_memory".into(),
+        ),
+        (&[], "echo 3 > /sys/kernel/debug/fail_nth_alloc".into()),
+        (&offline, format!("echo online > {block}/state")),
+        (&offline, format!("echo online_kernel > {via_node}/state")),
+        (&offline, format!("echo online_movable > {block}/state")),
+        (&offline, format!("echo 1 > {block}/online")),
+        (&busy[..2], format!("echo offline > {block}/state")),
+        (&busy[..2], format!("echo 0 > {via_node}/online")),
+    ];
+    for (setup, line) in writes {
+        every_allocation_fails_in_turn(setup, line);
     }
 }

@@ -25,7 +25,7 @@
 //! commands themselves. The built-ins' own text never does (`echo '# x'`
 //! prints what it was asked to).
 
-use crate::error::{Errno, Error, FallibleString, Result};
+use crate::error::{try_push, Errno, Error, FallibleString, Result};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -65,13 +65,6 @@ enum Token {
 /// The heap is out: the shell's allocations fail with this, never abort.
 fn enomem() -> Error {
     Error::from(Errno::ENOMEM)
-}
-
-/// `v.push(x)`, `ENOMEM` if the heap has no room.
-fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<()> {
-    v.try_reserve(1).map_err(|_| enomem())?;
-    v.push(x);
-    Ok(())
 }
 
 /// Appends `c` to the word being built, starting it if there is none.
@@ -228,16 +221,20 @@ pub fn run(sys: &mut dyn System, line: &str, out: &mut dyn Write) -> Result<()> 
     argv.try_reserve_exact(cmd.argv.len())
         .map_err(|_| enomem())?;
     argv.extend(cmd.argv.iter().map(String::as_str));
+    // Before the command runs: no allocation between a command's change
+    // and its output's destination (the heap running out there would leave
+    // the change made and report ENOMEM).
+    let redirect = cmd.redirect.as_deref().map(normalize_path).transpose()?;
     let mut buf = FallibleString::new();
     let r = dispatch(sys, &argv, &mut buf);
     // A full heap explains any failure that followed it (a `write!` into
     // `buf` turns into EIO otherwise).
     let buf = buf.into_result()?;
     r?;
-    match cmd.redirect {
+    match redirect {
         Some(path) => {
             let data = buf.strip_suffix('\n').unwrap_or(&buf);
-            sys.write(&normalize_path(&path)?, data)
+            sys.write(&path, data)
         }
         None => Ok(out.write_str(&buf)?),
     }

@@ -1,6 +1,5 @@
 //! `/proc`: meminfo, iomem, buddyinfo, zoneinfo, vmstat.
 
-use alloc::format;
 use core::fmt::Write;
 
 use super::Files;
@@ -154,8 +153,12 @@ fn zoneinfo_node<T: Translation>(f: &Files<T>, nid: usize, out: &mut dyn Write) 
             "\n  pages free     {}\n        boost    0\n        min      {}\n        low      {}\n        high     {}\n        promo    {}\n        spanned  {}\n        present  {}\n        managed  {}\n        cma      0",
             z.free, z.wmark.min, z.wmark.low, z.wmark.high, z.wmark.promo, z.spanned, z.present, z.managed
         )?;
-        let reserve = z.lowmem_reserve.map(|r| format!("{r}")).join(", ");
-        write!(out, "\n        protection: ({reserve})")?;
+        write!(out, "\n        protection: (")?;
+        for (i, r) in z.lowmem_reserve.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(out, "{sep}{r}")?;
+        }
+        write!(out, ")")?;
         if z.present == 0 {
             writeln!(out)?;
             continue;

@@ -294,6 +294,7 @@ impl<T: Translation> MemorySystem<T> {
         // Room for the block's records first: past the mapping nothing fails.
         self.blocks.try_reserve(1).map_err(|_| no_heap())?;
         self.iomem.try_reserve(1).map_err(|_| no_heap())?;
+        self.iomem.try_reserve_child(range).map_err(|_| no_heap())?;
         // The caller mapped the block in the linear map.
         self.add_vmemmap(range.base, range.size, altmap.as_mut())?;
         // As in Linux, the struct pages of the block are initialised when it

@@ -41,6 +41,19 @@ impl IoMem {
         self.top.try_reserve(n)
     }
 
+    /// Room for one more child of the top-level resource that contains
+    /// `range`, if one does, so that [`insert_child`](Self::insert_child)
+    /// does not allocate.
+    pub fn try_reserve_child(
+        &mut self,
+        range: PhysRange,
+    ) -> Result<(), alloc::collections::TryReserveError> {
+        match self.top.iter_mut().find(|r| r.range.covers(&range)) {
+            Some(parent) => parent.children.try_reserve(1),
+            None => Ok(()),
+        }
+    }
+
     /// No spare room: the next insert must allocate (fault-injection tests,
     /// which run on the 4K host build).
     #[cfg(all(test, not(any(feature = "granule-16k", feature = "granule-64k"))))]

@@ -75,7 +75,12 @@ impl<T: Translation> MemorySystem<T> {
         if !self.is_kmem(id) {
             bail!(EINVAL, "device memory {id} is not system-ram");
         }
+        // Room for every block first: the list of those offlined never
+        // fails to grow once one is.
         let mut offlined = Vec::new();
+        offlined
+            .try_reserve_exact((last - first) as usize)
+            .map_err(|_| err!(ENOMEM, "no kernel memory to offline device memory {id}"))?;
         for b in first..last {
             let Some(BlockState::Online(zone)) = self.blocks.get(&b).map(|b| b.state) else {
                 continue;
