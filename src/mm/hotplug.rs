@@ -429,13 +429,25 @@ impl<T: Translation> MemorySystem<T> {
         let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
         let mask = block.plugged.unwrap_or_else(PlugMask::full);
         let nid = block.nid;
-        for i in 0..mask.len() {
-            let (s, e) = mask.pfns(id, i);
+        // A run of sub-blocks alike at a time: one `online_pages` over a
+        // plugged run writes only the heads of its whole max-order blocks
+        // (`page.rs`), where one call per sub-block smaller than a
+        // max-order block (virtio-mem's 2 MiB) would write every struct
+        // page.
+        let mut i = 0;
+        while i < mask.len() {
+            let plugged = mask.get(i);
+            let run = (i..mask.len())
+                .take_while(|&j| mask.get(j) == plugged)
+                .count() as u64;
+            let (s, _) = mask.pfns(id, i);
+            let (_, e) = mask.pfns(id, i + run - 1);
+            i += run;
             let s = s.max(first);
             if s >= e {
                 continue;
             }
-            if mask.get(i) {
+            if plugged {
                 self.buddy.online_pages(s, e - s, zone, nid);
             } else {
                 let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;

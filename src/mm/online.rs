@@ -108,7 +108,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Onlines the new blocks `[first, last)` as `auto_online_blocks`
     /// says, in order (each choice sees the ones before). As in Linux a
     /// failed online leaves the block added and offline.
-    pub(in crate::mm) fn auto_online(&mut self, first: u64, last: u64) {
+    pub fn auto_online(&mut self, first: u64, last: u64) {
         for id in first..last {
             let Some(zone) = self.zone_for(id, self.online_config.default_type) else {
                 return;

@@ -35,11 +35,12 @@ use alloc::vec::Vec;
 
 use crate::arch;
 use crate::error::Result;
+use crate::mm::addr::PhysAddr;
 use crate::mm::hotplug::OfflineError;
 use crate::mm::layout::{align_down, align_up, MEMORY_BLOCK_SIZE, PAGE_SIZE, PHYS_LIMIT};
 use crate::mm::page::Zone;
 use crate::mm::pgtable::Translation;
-use crate::mm::system::{block_range, BlockState, MemorySystem, PlugMask};
+use crate::mm::system::{block_id, block_range, BlockState, MemorySystem, PlugMask};
 use crate::{bail, err, pr_info, pr_warn};
 
 pub const RESOURCE: &str = "System RAM (virtio_mem)";
@@ -259,9 +260,21 @@ pub struct VirtioMem<D: MemDevice> {
     /// Memory blocks whose pages were in use on the last step, ascending
     /// (for the report only: one the heap has no room for goes unnamed).
     busy: Vec<u64>,
-    /// Timer ticks of the current step spent waiting for the device and
-    /// spent hot-plugging, reported with its result.
-    ticks: (u64, u64),
+    /// Timer ticks of the current step, reported with its result.
+    ticks: Ticks,
+}
+
+/// Where a step's time went, in generic-timer ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ticks {
+    /// Waiting for the device's answers.
+    requests: u64,
+    /// Kernel-side hotplug work, all of it.
+    hotplug: u64,
+    /// Of that: adding memory blocks (linear map, vmemmap) and onlining
+    /// the added blocks.
+    add: u64,
+    online: u64,
 }
 
 impl<D: MemDevice> VirtioMem<D> {
@@ -296,7 +309,7 @@ impl<D: MemDevice> VirtioMem<D> {
             unplug_all: config.plugged_size != 0,
             retry_ms: RETRY_MIN_MS,
             busy: Vec::new(),
-            ticks: (0, 0),
+            ticks: Ticks::default(),
         };
         pr_info!(
             "virtio_mem {:#x}: region {:#x}-{:#x}, device block size {:#x}",
@@ -430,7 +443,7 @@ impl<D: MemDevice> VirtioMem<D> {
     fn send(&mut self, req: Request) -> Result<Response> {
         let t0 = arch::counter();
         let r = self.dev.request(req);
-        self.ticks.0 += arch::counter() - t0;
+        self.ticks.requests += arch::counter() - t0;
         r
     }
 
@@ -438,7 +451,7 @@ impl<D: MemDevice> VirtioMem<D> {
     fn hotplug<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
         let t0 = arch::counter();
         let r = f(self);
-        self.ticks.1 += arch::counter() - t0;
+        self.ticks.hotplug += arch::counter() - t0;
         r
     }
 
@@ -500,7 +513,7 @@ impl<D: MemDevice> VirtioMem<D> {
     /// again (milliseconds) if it could not get there, `None` when it did
     /// (or cannot do better until the configuration changes).
     pub fn step<T: Translation>(&mut self, mm: &mut MemorySystem<T>) -> Option<u64> {
-        self.ticks = (0, 0);
+        self.ticks = Ticks::default();
         self.busy.clear();
         let mut pass = Pass::default();
         match self.dev.config() {
@@ -544,6 +557,7 @@ impl<D: MemDevice> VirtioMem<D> {
 
     fn report(&self) {
         let freq = arch::counter_freq();
+        let us = |ticks: u64| ticks * 1_000_000 / freq;
         // Written straight into the log line: nothing is allocated.
         struct Busy<'a>(&'a [u64], u64);
         impl core::fmt::Display for Busy<'_> {
@@ -559,12 +573,14 @@ impl<D: MemDevice> VirtioMem<D> {
         let bytes: u64 = self.busy.iter().map(|&id| self.plugged_in_block(id)).sum();
         let busy = Busy(&self.busy, bytes);
         pr_info!(
-            "virtio_mem {:#x}: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us){busy}",
+            "virtio_mem {:#x}: plugged {} MiB of {} MiB requested (device requests {} us, hotplug {} us: add {} us, online {} us){busy}",
             self.name(),
             self.config.plugged_size >> 20,
             self.config.requested_size >> 20,
-            self.ticks.0 * 1_000_000 / freq,
-            self.ticks.1 * 1_000_000 / freq,
+            us(self.ticks.requests),
+            us(self.ticks.hotplug),
+            us(self.ticks.add),
+            us(self.ticks.online),
         );
     }
 
@@ -580,8 +596,26 @@ impl<D: MemDevice> VirtioMem<D> {
     /// `online_movable`, so that it can go again).
     fn add_block<T: Translation>(&mut self, mm: &mut MemorySystem<T>, id: u64) -> Result<()> {
         let base = block_range(id).base;
-        let nid = self.nid();
-        mm.add_memory_driver_managed(nid, base, MEMORY_BLOCK_SIZE, RESOURCE, self.mask_of(id))
+        self.add_range(mm, base, MEMORY_BLOCK_SIZE, self.mask_of(id))
+    }
+
+    /// Linux's `add_memory_driver_managed` of `[base, base + size)` with
+    /// `plugged`, then the policy's online (as the mm's own
+    /// `add_memory_driver_managed` does), each part timed.
+    fn add_range<T: Translation>(
+        &mut self,
+        mm: &mut MemorySystem<T>,
+        base: PhysAddr,
+        size: u64,
+        plugged: PlugMask,
+    ) -> Result<()> {
+        let t0 = arch::counter();
+        mm.add_memory_driver_managed_offline(self.nid(), base, size, RESOURCE, plugged)?;
+        let t1 = arch::counter();
+        mm.auto_online(block_id(base), block_id(base + size));
+        self.ticks.add += t1 - t0;
+        self.ticks.online += arch::counter() - t1;
+        Ok(())
     }
 
     /// A device whose answer got lost (it plugged, but said BUSY) has more
@@ -731,9 +765,7 @@ impl<D: MemDevice> VirtioMem<D> {
             let (first, _) = self.geo.blocks_of(u);
             let base = block_range(first).base;
             let size = self.geo.unit;
-            let added = self.hotplug(|vm| {
-                mm.add_memory_driver_managed(vm.nid(), base, size, RESOURCE, PlugMask::full())
-            });
+            let added = self.hotplug(|vm| vm.add_range(mm, base, size, PlugMask::full()));
             if let Err(e) = added {
                 pr_warn!("virtio_mem {:#x}: {e}: giving {base:#x} back", self.name());
                 pass.trouble = true;

@@ -230,3 +230,50 @@ fn lazy_is_indistinguishable_from_eager() {
     });
     t.same_everywhere("online again", &ids);
 }
+
+/// A driver's block whose device plugs sub-blocks smaller than a
+/// max-order block (virtio-mem's 2 MiB): onlining defers the struct pages
+/// of every max-order block that is plugged whole, however many sub-blocks
+/// it spans, and writes the others (part plugged, part not) in full.
+#[test]
+fn a_driver_block_defers_max_order_blocks_plugged_whole() {
+    let mut fx = boot();
+    let id = HOT_FIRST;
+    let (spfn, epfn) = block_pfns(id);
+    let sub = 2 << 20;
+    let per_max = (MAXB << PAGE_SHIFT) / sub;
+    assert!(
+        per_max >= 2,
+        "sub-blocks must be smaller than a max-order block"
+    );
+    let mut mask = crate::mm::system::PlugMask::new(sub).unwrap();
+    let unplugged = |i: u64| i == 5 || (9..12).contains(&i);
+    for i in 0..mask.len() {
+        mask.set(i, !unplugged(i));
+    }
+    fx.mm
+        .add_memory_driver_managed_offline(None, start_of(id), BLOCK, "System RAM (test)", mask)
+        .unwrap();
+    // SAFETY: the block's vmemmap was just populated.
+    unsafe { fx.mm.memmap.poison_range(spfn, epfn) };
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    for head in Pfn::range(spfn, epfn).step_by(MAXB as usize) {
+        let b = (head - spfn) / MAXB;
+        let whole = (b * per_max..(b + 1) * per_max).all(|i| !unplugged(i));
+        for pfn in Pfn::range(head, head + MAXB) {
+            let written = !poisoned(&fx, pfn);
+            assert_eq!(written, pfn == head || !whole, "{pfn:#x}");
+            let p = fx.mm.page(pfn).unwrap();
+            let i = ((pfn - spfn) << PAGE_SHIFT) / sub;
+            assert_eq!(p.zone(), Some(Zone::Movable), "{pfn:#x}");
+            assert_eq!(
+                p.has(PageFlags::LOGICALLY_OFFLINE),
+                unplugged(i),
+                "{pfn:#x}"
+            );
+            assert_eq!(fx.mm.buddy.is_free(pfn), !unplugged(i), "{pfn:#x}");
+        }
+    }
+    let plugged_pages = mask.count() * (sub >> PAGE_SHIFT);
+    assert_eq!(fx.mm.buddy.nr_free(Zone::Movable), plugged_pages);
+}
