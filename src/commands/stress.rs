@@ -453,6 +453,9 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             _ => bail!(EINVAL, "too many arguments"),
         }
     }
+    if profile && mode == Mode::Memhog {
+        bail!(EINVAL, "--profile does not apply to --memhog");
+    }
     // CYCLES, or with `--workers-only` the milliseconds to run.
     let amount = nums[0].unwrap_or(if mode == Mode::WorkersOnly { 1000 } else { 10 });
     let workers = match mode {
@@ -526,9 +529,6 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         }
         writeln!(out, "meminfo back to its baseline")?;
         return Ok(());
-    }
-    if profile && mode == Mode::Memhog {
-        bail!(EINVAL, "--profile does not apply to --memhog");
     }
     PROFILE.store(profile, Ordering::Relaxed);
     let before = Profile::take(mask);
