@@ -3,7 +3,7 @@
 //! `/proc/meminfo` equal to its baseline; a short run on GICv4, whose
 //! redistributor frames are twice GICv3's; and on `-smp 2` each side of
 //! `stress` alone (the workers go through per-CPU page lists, whose pages
-//! `MemFree` counts).
+//! `MemFree` counts), and its `--profile` breakdown.
 
 mod common;
 
@@ -135,6 +135,36 @@ fn stress_smp2_each_side_alone() {
         "{spin}"
     );
     assert!(spin.contains("meminfo back to its baseline"), "{spin}");
+
+    // `--profile`: the breakdown, and the worker's frees into a block
+    // being offlined put aside on its CPU (no memory lock) and collected.
+    let prof = q.run_ok("stress --profile 20 1");
+    assert!(prof.contains("meminfo back to its baseline"), "{prof}");
+    assert!(
+        figure(&prof, "offlines that waited for pages: ") > 0,
+        "{prof}"
+    );
+    assert!(
+        figure(&prof, "frees put aside for an offline: ") > 0,
+        "{prof}"
+    );
+    for line in [
+        "profile: cpu0 phases: ",
+        "profile: cpu0: memory lock taken ",
+        "profile: cpu1: memory lock taken ",
+        "profile: cpu1: iterations over 100 us: ",
+    ] {
+        assert!(prof.contains(line), "no {line:?} in {prof}");
+    }
+    let tlbi: u64 = prof
+        .split("broadcast TLB invalidations ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no TLB invalidations in {prof}"));
+    assert!(tlbi > 0, "removing memory invalidates: {prof}");
+    q.run_err("stress --profile --memhog 1 1", "EINVAL");
+    assert_eq!(q.read("/proc/meminfo"), baseline);
 
     q.run_err("stress --workers-only 0 1", "EINVAL");
     q.run_err("stress 1 1 1", "EINVAL");

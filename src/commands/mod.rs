@@ -67,7 +67,7 @@ pub fn commands<K: Kernel>() -> Vec<Command<K>> {
     all.extend([
         Command {
             name: "stress",
-            usage: "stress [--hotplug-only|--workers-only|--spin-workers|--memhog] [CYCLES|MS [WORKERS]]",
+            usage: "stress [--hotplug-only|--workers-only|--spin-workers|--memhog] [--profile] [CYCLES|MS [WORKERS]]",
             about: "secondary CPUs churn pages while CPU 0 cycles hotplug of held-back RAM",
             run: |_, argv, out| stress::stress(argv, out),
         },

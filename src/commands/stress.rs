@@ -11,6 +11,15 @@
 //! that only spin, the cost of a busy CPU without any shared lock or page.
 //! Every run prints the worker operations per second.
 //!
+//! `--profile` (with any mode but `--memhog`) adds where the time went,
+//! from the generic timer: each CPU's trips to the memory lock (waiting and
+//! holding), how often offlining drained a worker's page lists, CPU 0's
+//! time per hotplug phase and its broadcast TLB invalidations (under QEMU
+//! MTTCG each one stops every other vCPU), and the worker's iterations
+//! that took over [`GAP_US`]: with a trip to the lock, or without one (its
+//! vCPU stopped: the host did not run it, or another vCPU's exclusive
+//! section). Without it the workers read no clock.
+//!
 //! `--memhog CYCLES [WORKERS]`: each worker maps a memhog area
 //! (`mm::anon`) on the hot-added movable memory and, page after page,
 //! checks it and rewrites it with the next generation, through its own
@@ -38,6 +47,51 @@ static ERRORS: AtomicU64 = AtomicU64::new(0);
 static HOT_ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// Offlines that found a worker's page in the block and waited for it.
 static WAITED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the workers time their iterations (`--profile`).
+static PROFILE: AtomicBool = AtomicBool::new(false);
+/// A worker iteration longer than this is a gap (`--profile`); one
+/// iteration takes ~2 us on an idle host.
+const GAP_US: u64 = 100;
+
+/// One worker's gaps (`--profile`): iterations over [`GAP_US`] with a trip
+/// to the memory lock, and without one; in generic-timer ticks.
+#[repr(align(64))]
+struct Gaps {
+    locked: AtomicU64,
+    locked_ticks: AtomicU64,
+    stalls: AtomicU64,
+    stall_ticks: AtomicU64,
+    longest_stall: AtomicU64,
+}
+
+static GAPS: [Gaps; crate::arch::MAX_CPUS] = [const {
+    Gaps {
+        locked: AtomicU64::new(0),
+        locked_ticks: AtomicU64::new(0),
+        stalls: AtomicU64::new(0),
+        stall_ticks: AtomicU64::new(0),
+        longest_stall: AtomicU64::new(0),
+    }
+}; crate::arch::MAX_CPUS];
+
+/// CPU 0's time per hotplug phase over a run, in ticks: add and online,
+/// waiting for a worker to take a new page, offline (from isolating to
+/// done), the part of it spent waiting for pages, remove.
+static PHASES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+const ADD_ONLINE: usize = 0;
+const HANDOFF: usize = 1;
+const OFFLINE: usize = 2;
+const OFFLINE_WAIT: usize = 3;
+const REMOVE: usize = 4;
+
+/// Runs `f`, adding its time to `PHASES[phase]`.
+fn timed<R>(phase: usize, f: impl FnOnce() -> R) -> R {
+    let t = cpu::counter();
+    let r = f();
+    PHASES[phase].fetch_add(cpu::counter() - t, Ordering::Relaxed);
+    r
+}
 
 /// Pages of memhog workers read with the wrong contents.
 static MISMATCHES: AtomicU64 = AtomicU64::new(0);
@@ -71,6 +125,9 @@ fn worker(cpu: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
     let mut held = [(Pfn::new(0), 0u32); HELD];
     let mut n = 0;
+    let profile = PROFILE.load(Ordering::Relaxed);
+    let gap = GAP_US * cpu::counter_freq() / 1_000_000;
+    let mut last = (cpu::counter(), global::lock_use(cpu).takes);
     let mut next = || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -120,6 +177,21 @@ fn worker(cpu: usize) {
             n -= 1;
         }
         OPS.fetch_add(1, Ordering::Relaxed);
+        if profile {
+            let now = (cpu::counter(), global::lock_use(cpu).takes);
+            let took = now.0 - last.0;
+            if let Some(g) = GAPS.get(cpu).filter(|_| took > gap) {
+                if now.1 != last.1 {
+                    g.locked.fetch_add(1, Ordering::Relaxed);
+                    g.locked_ticks.fetch_add(took, Ordering::Relaxed);
+                } else {
+                    g.stalls.fetch_add(1, Ordering::Relaxed);
+                    g.stall_ticks.fetch_add(took, Ordering::Relaxed);
+                    g.longest_stall.fetch_max(took, Ordering::Relaxed);
+                }
+            }
+            last = now;
+        }
     }
     RUNNING.fetch_and(!(1 << cpu), Ordering::AcqRel);
 }
@@ -235,10 +307,11 @@ fn with<R>(f: impl FnOnce(&mut KernelMm) -> R) -> R {
 
 /// Offlines block `id`, waiting (bounded) for the workers' pages to drain.
 fn offline_draining(id: u64) -> Result<()> {
-    with(|m| m.offline_begin(id))?;
+    let pcp = with(|m| m.offline_begin(id).map(|()| m.pcp()))?;
     let t0 = cpu::counter();
     let mut waited = false;
     loop {
+        let seen = pcp.nr_isolated_frees();
         if with(|m| m.offline_try_finish(id)) {
             WAITED.fetch_add(u64::from(waited), Ordering::Relaxed);
             return Ok(());
@@ -248,13 +321,17 @@ fn offline_draining(id: u64) -> Result<()> {
             with(|m| m.offline_abort(id));
             bail!(EBUSY, "memory{id}: pages still in use after 10 s");
         }
-        // Back off without the lock (100 us): retaking it at once would
-        // make the workers whose frees the offline waits for wait out the
-        // lock's patience first (arch::lock).
-        let t = cpu::counter();
-        while cpu::counter() - t < cpu::counter_freq() / 10_000 {
-            core::hint::spin_loop();
-        }
+        // Wait without the memory lock until a worker frees a page into
+        // the block (its CPU puts it aside, `mm::pcp`), or 1 ms for a free
+        // that went to the memory lock: polling under the lock would hold
+        // up the workers' refills.
+        timed(OFFLINE_WAIT, || {
+            let t = cpu::counter();
+            while pcp.nr_isolated_frees() == seen && cpu::counter() - t < cpu::counter_freq() / 1000
+            {
+                core::hint::spin_loop();
+            }
+        });
     }
 }
 
@@ -281,6 +358,21 @@ fn start_workers(mask: u64, job: fn(usize)) {
     HOT_ALLOCS.store(0, Ordering::Relaxed);
     WAITED.store(0, Ordering::Relaxed);
     RUNNING.store(mask, Ordering::Release);
+    for g in &GAPS {
+        for a in [
+            &g.locked,
+            &g.locked_ticks,
+            &g.stalls,
+            &g.stall_ticks,
+            &g.longest_stall,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+    for p in &PHASES {
+        p.store(0, Ordering::Relaxed);
+    }
+    global::reset_lock_use();
     smp::run_on(mask, job);
 }
 
@@ -307,12 +399,14 @@ fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) 
             .iter()
             .flat_map(|r| block_id(r.base)..block_id(r.end()))
         {
-            with(|m| {
-                m.set_memmap_on_memory(c % 2 == 1);
-                let r = m.add_memory(block_range(id).base, MEMORY_BLOCK_SIZE);
-                m.set_memmap_on_memory(saved);
-                r?;
-                m.online_block(id, Zone::Movable)
+            timed(ADD_ONLINE, || {
+                with(|m| {
+                    m.set_memmap_on_memory(c % 2 == 1);
+                    let r = m.add_memory(block_range(id).base, MEMORY_BLOCK_SIZE);
+                    m.set_memmap_on_memory(saved);
+                    r?;
+                    m.online_block(id, Zone::Movable)
+                })
             })?;
         }
         // Give the workers a moment (unlocked) to take pages of the new
@@ -325,12 +419,15 @@ fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) 
         {
             core::hint::spin_loop();
         }
+        PHASES[HANDOFF].fetch_add(cpu::counter() - t, Ordering::Relaxed);
         for id in ranges
             .iter()
             .flat_map(|r| block_id(r.base)..block_id(r.end()))
         {
-            offline_draining(id)?;
-            with(|m| m.remove_memory(block_range(id).base, MEMORY_BLOCK_SIZE))?;
+            timed(OFFLINE, || offline_draining(id))?;
+            timed(REMOVE, || {
+                with(|m| m.remove_memory(block_range(id).base, MEMORY_BLOCK_SIZE))
+            })?;
         }
     }
     Ok(())
@@ -338,6 +435,7 @@ fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) 
 
 pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     let mut mode = Mode::Both;
+    let mut profile = false;
     let mut nums = [None; 2];
     let mut positional = 0;
     for &w in argv.iter().skip(1) {
@@ -346,6 +444,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             "--workers-only" => mode = Mode::WorkersOnly,
             "--spin-workers" => mode = Mode::Spin,
             "--memhog" => mode = Mode::Memhog,
+            "--profile" => profile = true,
             _ if positional < nums.len() => {
                 let n = w.parse().map_err(|_| err!(EINVAL, "bad number {w:?}"))?;
                 nums[positional] = Some(n);
@@ -353,6 +452,9 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
             }
             _ => bail!(EINVAL, "too many arguments"),
         }
+    }
+    if profile && mode == Mode::Memhog {
+        bail!(EINVAL, "--profile does not apply to --memhog");
     }
     // CYCLES, or with `--workers-only` the milliseconds to run.
     let amount = nums[0].unwrap_or(if mode == Mode::WorkersOnly { 1000 } else { 10 });
@@ -428,6 +530,8 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         writeln!(out, "meminfo back to its baseline")?;
         return Ok(());
     }
+    PROFILE.store(profile, Ordering::Relaxed);
+    let before = Profile::take(mask);
     start_workers(mask, if mode == Mode::Spin { spinner } else { worker });
     let t0 = cpu::counter();
     let result = if mode == Mode::WorkersOnly {
@@ -440,6 +544,7 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     };
     let elapsed = cpu::counter() - t0;
     let ops = OPS.load(Ordering::Relaxed);
+    let after_run = Profile::take(mask);
     stop_workers()?;
     result?;
     let after = with(|m| m.meminfo());
@@ -467,6 +572,9 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
         HOT_ALLOCS.load(Ordering::Relaxed),
         WAITED.load(Ordering::Relaxed)
     )?;
+    if profile {
+        after_run.print(&before, mask, amount.max(1), mode, out)?;
+    }
     if ERRORS.load(Ordering::Relaxed) != 0 {
         bail!(EIO, "workers saw {} errors", ERRORS.load(Ordering::Relaxed));
     }
@@ -478,4 +586,98 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     }
     writeln!(out, "meminfo back to its baseline")?;
     Ok(())
+}
+
+/// Counters `--profile` compares, taken at the start and end of a run.
+struct Profile {
+    /// Each CPU's use of the memory lock, CPU 0 first.
+    lock: [global::LockUseSnapshot; crate::arch::MAX_CPUS],
+    /// Each CPU's page-list drains: times, pages.
+    drained: [(u64, u64); crate::arch::MAX_CPUS],
+    /// TLB invalidation instructions (all broadcast: `... IS`).
+    tlbi: u64,
+    /// Frees into a block under isolation put aside on their CPU.
+    aside: u64,
+}
+
+impl Profile {
+    fn take(mask: u64) -> Profile {
+        let (tlbi, pcp) = with(|m| (m.page_table().stats.tlbi_ops, m.pcp()));
+        let mut p = Profile {
+            lock: [global::LockUseSnapshot::default(); crate::arch::MAX_CPUS],
+            drained: [(0, 0); crate::arch::MAX_CPUS],
+            tlbi,
+            aside: pcp.nr_isolated_frees(),
+        };
+        for c in (0..crate::arch::MAX_CPUS).filter(|&c| c == 0 || mask & (1 << c) != 0) {
+            p.lock[c] = global::lock_use(c);
+            p.drained[c] = pcp.drained(c);
+        }
+        p
+    }
+
+    /// The `profile:` lines of a run (module comment); CPU 0's own
+    /// `Profile::take` calls are among its lock takes.
+    fn print(
+        &self,
+        start: &Profile,
+        mask: u64,
+        cycles: u64,
+        mode: Mode,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let f = cpu::counter_freq();
+        let us = |t: u64| t * 1_000_000 / f;
+        let ms = |t: u64| t * 1000 / f;
+        let phase = |p: usize| ms(PHASES[p].load(Ordering::Relaxed));
+        if mode != Mode::WorkersOnly {
+            let tlbi = self.tlbi - start.tlbi;
+            writeln!(
+                out,
+                "profile: cpu0 phases: add+online {} ms, waiting for a hot allocation {} ms, offline {} ms (waiting for pages {} ms), remove {} ms; broadcast TLB invalidations {tlbi} ({} a cycle); frees put aside for an offline: {}",
+                phase(ADD_ONLINE),
+                phase(HANDOFF),
+                phase(OFFLINE),
+                phase(OFFLINE_WAIT),
+                phase(REMOVE),
+                tlbi / cycles,
+                self.aside - start.aside,
+            )?;
+        }
+        for c in (0..crate::arch::MAX_CPUS).filter(|&c| c == 0 || mask & (1 << c) != 0) {
+            let l = self.lock[c].since(start.lock[c]);
+            let d = (
+                self.drained[c].0 - start.drained[c].0,
+                self.drained[c].1 - start.drained[c].1,
+            );
+            writeln!(
+                out,
+                "profile: cpu{c}: memory lock taken {} times ({} allocations, {} frees; {} allocations failed), waited {} us (longest {} us), held {} us (longest {} us); lists drained {} times ({} pages)",
+                l.takes,
+                l.slow_allocs,
+                l.slow_frees,
+                l.failed_allocs,
+                us(l.wait),
+                us(l.longest_wait),
+                us(l.held),
+                us(l.longest_hold),
+                d.0,
+                d.1
+            )?;
+            let g = &GAPS[c];
+            let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            if c != 0 && mode != Mode::Spin {
+                writeln!(
+                    out,
+                    "profile: cpu{c}: iterations over {GAP_US} us: {} with the memory lock ({} us), {} without (vCPU stopped) ({} us, longest {} us)",
+                    r(&g.locked),
+                    us(r(&g.locked_ticks)),
+                    r(&g.stalls),
+                    us(r(&g.stall_ticks)),
+                    us(r(&g.longest_stall)),
+                )?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -124,9 +124,10 @@ pub struct BuddyAllocator {
     /// The nodes, their distances and CPUs.
     topo: Topology,
     numa_stats: [NumaStat; MAX_NUMNODES],
-    /// Ranges being isolated: `(start, end, pages held)`. Their free pages
-    /// are off the free lists, and pages freed into them are held too.
-    isolating: alloc::vec::Vec<(Pfn, Pfn, u64)>,
+    /// Ranges being isolated: `(start, end, pages held, pages never the
+    /// allocator's when isolation started)`. Their free pages are off the
+    /// free lists, and pages freed into them are held too.
+    isolating: alloc::vec::Vec<(Pfn, Pfn, u64, u64)>,
     stats: BuddyStats,
     /// Whether [`online_pages`](BuddyAllocator::online_pages) defers the
     /// tails of whole max-order blocks (the default) or writes every struct
@@ -772,7 +773,7 @@ impl BuddyAllocator {
             "isolation of an unaligned range"
         );
         assert!(self.memmap.contains_range(start_pfn, end_pfn));
-        let mut held = 0;
+        let (mut held, mut own) = (0, 0);
         let mut pfn = start_pfn;
         while pfn < end_pfn {
             match self.free_block_of(pfn) {
@@ -785,10 +786,13 @@ impl BuddyAllocator {
                     held += 1 << order;
                     pfn = head + (1 << order);
                 }
-                None => pfn += 1,
+                None => {
+                    own += u64::from(self.read(pfn).flags.intersects(PageFlags::UNMANAGED));
+                    pfn += 1
+                }
             }
         }
-        self.isolating.push((start_pfn, end_pfn, held));
+        self.isolating.push((start_pfn, end_pfn, held, own));
     }
 
     /// Room for one more isolating range, so that the next
@@ -801,17 +805,33 @@ impl BuddyAllocator {
     /// Whether every page of an isolating range is held or never was the
     /// allocator's (`UNMANAGED`): Linux's `test_pages_isolated`.
     pub fn test_pages_isolated(&self, start_pfn: Pfn, end_pfn: Pfn) -> bool {
-        let Some(&(_, _, held)) = self
+        let Some(&(_, _, held, own_at_start)) = self
             .isolating
             .iter()
             .find(|r| (r.0, r.1) == (start_pfn, end_pfn))
         else {
             return false;
         };
-        let own = Pfn::range(start_pfn, end_pfn)
-            .filter(|&p| self.read(p).flags.intersects(PageFlags::UNMANAGED))
-            .count();
-        held + own as u64 == end_pfn - start_pfn
+        // "Not yet" from the counts alone: an offline polls this with the
+        // memory lock held while pages are out, and reading every struct
+        // page of the range each time kept the lock for milliseconds
+        // (BENCHMARKS.md, "Where the worker's time goes"). Nothing makes
+        // pages unmanaged inside a range under isolation, so the count
+        // taken at the start still holds; "done" is confirmed from the
+        // struct pages, held block by held block.
+        if held + own_at_start != end_pfn - start_pfn {
+            return false;
+        }
+        let mut pfn = start_pfn;
+        while pfn < end_pfn {
+            let p = self.read(pfn);
+            pfn += match p.flags {
+                f if f.intersects(PageFlags::UNMANAGED) => 1,
+                f if f.contains(PageFlags::ISOLATED) => 1 << p.order(),
+                _ => return false,
+            };
+        }
+        true
     }
 
     /// Ends an isolation: held blocks go back to the free lists. Refused

@@ -9,7 +9,9 @@ use super::pcp::Pcp;
 use super::system::MemorySystem;
 use super::translation::KernelTranslation;
 use crate::arch::lock::FairLock;
+use crate::arch::{counter, MAX_CPUS};
 use crate::error::Result;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub type KernelMm = MemorySystem<KernelTranslation>;
 
@@ -36,16 +38,113 @@ pub fn install(mm: KernelMm) {
     *MM.lock() = Some(mm);
 }
 
+/// One CPU's use of the memory lock since boot, in generic-timer ticks:
+/// what `stress --profile` breaks a run down by. Written only by that CPU,
+/// on the paths that take the lock, so the fast paths pay nothing.
+#[repr(align(64))]
+struct LockUse {
+    takes: AtomicU64,
+    wait: AtomicU64,
+    longest_wait: AtomicU64,
+    held: AtomicU64,
+    longest_hold: AtomicU64,
+    /// [`alloc`]s and [`free`]s that went to the lock, allocations it could
+    /// not serve either.
+    slow_allocs: AtomicU64,
+    slow_frees: AtomicU64,
+    failed_allocs: AtomicU64,
+}
+
+static LOCK_USE: [LockUse; MAX_CPUS] = [const {
+    LockUse {
+        takes: AtomicU64::new(0),
+        wait: AtomicU64::new(0),
+        longest_wait: AtomicU64::new(0),
+        held: AtomicU64::new(0),
+        longest_hold: AtomicU64::new(0),
+        slow_allocs: AtomicU64::new(0),
+        slow_frees: AtomicU64::new(0),
+        failed_allocs: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+/// A copy of one CPU's [`LockUse`]; the longest figures are since the last
+/// [`reset_lock_use`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockUseSnapshot {
+    pub takes: u64,
+    pub wait: u64,
+    pub longest_wait: u64,
+    pub held: u64,
+    pub longest_hold: u64,
+    pub slow_allocs: u64,
+    pub slow_frees: u64,
+    pub failed_allocs: u64,
+}
+
+impl LockUseSnapshot {
+    /// What happened between `earlier` and `self` (the longest figures
+    /// are `self`'s).
+    pub fn since(self, earlier: LockUseSnapshot) -> LockUseSnapshot {
+        LockUseSnapshot {
+            takes: self.takes - earlier.takes,
+            wait: self.wait - earlier.wait,
+            held: self.held - earlier.held,
+            slow_allocs: self.slow_allocs - earlier.slow_allocs,
+            slow_frees: self.slow_frees - earlier.slow_frees,
+            failed_allocs: self.failed_allocs - earlier.failed_allocs,
+            ..self
+        }
+    }
+}
+
+/// `cpu`'s use of the memory lock (zeros for a CPU out of range).
+pub fn lock_use(cpu: usize) -> LockUseSnapshot {
+    let Some(u) = LOCK_USE.get(cpu) else {
+        return LockUseSnapshot::default();
+    };
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    LockUseSnapshot {
+        takes: r(&u.takes),
+        wait: r(&u.wait),
+        longest_wait: r(&u.longest_wait),
+        held: r(&u.held),
+        longest_hold: r(&u.longest_hold),
+        slow_allocs: r(&u.slow_allocs),
+        slow_frees: r(&u.slow_frees),
+        failed_allocs: r(&u.failed_allocs),
+    }
+}
+
+/// Starts the longest wait and hold over, on every CPU.
+pub fn reset_lock_use() {
+    for u in &LOCK_USE {
+        u.longest_wait.store(0, Ordering::Relaxed);
+        u.longest_hold.store(0, Ordering::Relaxed);
+    }
+}
+
+fn count(cpu: usize, f: impl FnOnce(&LockUse) -> &AtomicU64) {
+    if let Some(u) = LOCK_USE.get(cpu) {
+        f(u).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// `2^order` pages from the first of `zones` that has them, through this
 /// CPU's page lists: the memory lock only to refill a list (Linux's
 /// `rmqueue_pcplist`). `None` when no zone has them, lists drained.
 pub fn alloc(order: u32, zones: &[Zone]) -> Option<Pfn> {
     let cpu = crate::arch::cpu_id();
     let local = LOCAL.get()?;
-    local
-        .pcp
-        .alloc_fast(&local.memmap, cpu, order, zones)
-        .or_else(|| with_mm(|m| m.pcp_alloc(cpu, order, zones)).ok().flatten())
+    if let Some(pfn) = local.pcp.alloc_fast(&local.memmap, cpu, order, zones) {
+        return Some(pfn);
+    }
+    count(cpu, |u| &u.slow_allocs);
+    let got = with_mm(|m| m.pcp_alloc(cpu, order, zones)).ok().flatten();
+    if got.is_none() {
+        count(cpu, |u| &u.failed_allocs);
+    }
+    got
 }
 
 /// Gives back what [`alloc`] handed out, onto this CPU's lists when it
@@ -56,14 +155,33 @@ pub fn free(pfn: Pfn, order: u32) -> bool {
     let Some(local) = LOCAL.get() else {
         return false;
     };
-    local.pcp.free_fast(&local.memmap, cpu, pfn, order)
-        || with_mm(|m| m.pcp_free(cpu, pfn, order)).unwrap_or(false)
+    if local.pcp.free_fast(&local.memmap, cpu, pfn, order) {
+        return true;
+    }
+    count(cpu, |u| &u.slow_frees);
+    with_mm(|m| m.pcp_free(cpu, pfn, order)).unwrap_or(false)
 }
 
 /// Runs `f` on the machine's memory under the lock; `EAGAIN` before boot
 /// installed it. Never call it with the lock held (it is not re-entrant).
 pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
+    let t0 = counter();
     let mut guard = MM.lock();
+    let t1 = counter();
+    let r = with_locked(&mut guard, f);
+    let t2 = counter();
+    drop(guard);
+    if let Some(u) = LOCK_USE.get(crate::arch::cpu_id()) {
+        u.takes.fetch_add(1, Ordering::Relaxed);
+        u.wait.fetch_add(t1 - t0, Ordering::Relaxed);
+        u.longest_wait.fetch_max(t1 - t0, Ordering::Relaxed);
+        u.held.fetch_add(t2 - t1, Ordering::Relaxed);
+        u.longest_hold.fetch_max(t2 - t1, Ordering::Relaxed);
+    }
+    r
+}
+
+fn with_locked<R>(guard: &mut Option<KernelMm>, f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
     let mm = guard
         .as_mut()
         .ok_or_else(|| crate::err!(EAGAIN, "memory is not initialised yet"))?;

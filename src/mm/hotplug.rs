@@ -642,6 +642,7 @@ impl<T: Translation> MemorySystem<T> {
     /// [`offline_begin`](Self::offline_begin); `false` while some are out.
     pub fn offline_try_finish(&mut self, id: u64) -> bool {
         let (spfn, epfn) = block_pfns(id);
+        self.pcp_collect_isolated();
         if !self.buddy.test_pages_isolated(spfn, epfn) {
             return false;
         }

@@ -25,6 +25,11 @@
 //!   buddy allocator (which holds it aside) instead of a list. An offline
 //!   takes the block's blocks off the lists before it takes its pages, so a removed block never has a
 //!   page on a list either.
+//! - A block freed into a range under isolation is put aside on the
+//!   freeing CPU (`isolated_frees`, refcount 0, still allocated to the
+//!   buddy allocator and not counted free) without the memory lock; the
+//!   offline collects such blocks (under the memory lock and each CPU's
+//!   lock) before it tests its range, and when the isolation ends.
 //! - When the buddy allocator cannot serve an allocation, the lists are
 //!   drained and it is asked again before the allocation fails: pages
 //!   counted free are never out of reach.
@@ -66,7 +71,7 @@ pub const PCP_MAX_ORDER: u32 = 3;
 const NR_PCP_ORDERS: usize = PCP_MAX_ORDER as usize + 1;
 /// Pages a CPU keeps over all its lists before it gives some back
 /// (`pcp->high`).
-pub const PCP_HIGH: u64 = 64;
+pub const PCP_HIGH: u64 = 128;
 /// Pages moved from the buddy allocator to an empty list, and given back
 /// below `PCP_HIGH` (`pcp->batch`).
 pub const PCP_BATCH: u64 = 16;
@@ -75,6 +80,9 @@ const LIST_CAP: usize = (PCP_HIGH + PCP_BATCH) as usize;
 /// Ranges under isolation a CPU remembers one by one; past that, frees on
 /// that CPU bypass the lists while any isolation lasts.
 const MAX_ISOLATED: usize = 4;
+/// Blocks freed into a range under isolation that a CPU keeps until the
+/// offline collects them; past that, such frees take the memory lock.
+const MAX_ISOLATED_FREES: usize = 16;
 
 /// Blocks of one order and zone, newest last (the next one handed out is
 /// the one freed last, likely still in the cache).
@@ -121,6 +129,12 @@ struct PerCpuPages {
     nr_isolated: usize,
     /// Isolations that did not fit in `isolated`.
     isolated_overflow: usize,
+    /// Blocks freed into a range of `isolated`, `(pfn, order)`, still
+    /// allocated as far as the buddy allocator knows (refcount 1, not
+    /// free in `MemFree`) until [`MemorySystem::pcp_collect_isolated`]
+    /// hands them to it, which holds them for the isolation.
+    isolated_frees: [(Pfn, u32); MAX_ISOLATED_FREES],
+    nr_isolated_frees: usize,
 }
 
 impl PerCpuPages {
@@ -130,15 +144,33 @@ impl PerCpuPages {
         isolated: [(Pfn::new(0), Pfn::new(0)); MAX_ISOLATED],
         nr_isolated: 0,
         isolated_overflow: 0,
+        isolated_frees: [(Pfn::new(0), 0); MAX_ISOLATED_FREES],
+        nr_isolated_frees: 0,
     };
+
+    /// Puts a block freed into a range under isolation aside (see
+    /// `isolated_frees`); `false` when there is no room.
+    fn put_isolated(&mut self, pfn: Pfn, order: u32, pcp: &Pcp) -> bool {
+        let Some(slot) = self.isolated_frees.get_mut(self.nr_isolated_frees) else {
+            return false;
+        };
+        *slot = (pfn, order);
+        self.nr_isolated_frees += 1;
+        pcp.isolated_frees.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 
     /// Whether a block at `pfn` must bypass the lists (Linux's
     /// `is_migrate_isolate` check in `free_unref_page`).
     fn isolates(&self, pfn: Pfn) -> bool {
-        self.isolated_overflow > 0
-            || self.isolated[..self.nr_isolated]
-                .iter()
-                .any(|&(s, e)| s <= pfn && pfn < e)
+        self.isolated_overflow > 0 || self.in_isolated_range(pfn)
+    }
+
+    /// Whether `pfn` lies in a range this CPU recorded as under isolation.
+    fn in_isolated_range(&self, pfn: Pfn) -> bool {
+        self.isolated[..self.nr_isolated]
+            .iter()
+            .any(|&(s, e)| s <= pfn && pfn < e)
     }
 }
 
@@ -148,6 +180,21 @@ struct CpuSlot {
     /// `pages.count`, readable without the lock (for `MemFree`); written
     /// under it.
     count: AtomicU64,
+    /// Times an offline, an unplug or a drain took blocks off these lists,
+    /// and the pages it took (`stress --profile`).
+    drained: AtomicU64,
+    drained_pages: AtomicU64,
+}
+
+impl CpuSlot {
+    /// Records that `pages` pages were taken off the lists (under their
+    /// lock) by a drain.
+    fn count_drain(&self, pages: u64) {
+        if pages != 0 {
+            self.drained.fetch_add(1, Ordering::Relaxed);
+            self.drained_pages.fetch_add(pages, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Every CPU's lists.
@@ -164,6 +211,9 @@ pub struct Pcp {
     /// Allocations the fast path served, by node (all local hits, for
     /// `numastat`).
     fast_allocs: [AtomicU64; MAX_NUMNODES],
+    /// Blocks put aside by frees into ranges under isolation, ever: an
+    /// offline waiting for pages polls it without the memory lock.
+    isolated_frees: AtomicU64,
 }
 
 /// The struct page of a block's head, for the fields the fast paths touch.
@@ -194,12 +244,15 @@ impl Pcp {
                 CpuSlot {
                     pages: FairLock::new(PerCpuPages::EMPTY),
                     count: AtomicU64::new(0),
+                    drained: AtomicU64::new(0),
+                    drained_pages: AtomicU64::new(0),
                 }
             }; MAX_CPUS],
             zone_has_free: [const { [const { AtomicBool::new(true) }; NR_BUDDY_ZONES] };
                 MAX_NUMNODES],
             cpu_node: [const { AtomicU8::new(0) }; MAX_CPUS],
             fast_allocs: [const { AtomicU64::new(0) }; MAX_NUMNODES],
+            isolated_frees: AtomicU64::new(0),
         }
     }
 
@@ -245,6 +298,23 @@ impl Pcp {
         self.cpus
             .get(cpu)
             .map_or(0, |c| c.count.load(Ordering::Relaxed))
+    }
+
+    /// Drains of `cpu`'s lists since boot and the pages they took:
+    /// `(times, pages)`.
+    pub fn drained(&self, cpu: usize) -> (u64, u64) {
+        self.cpus.get(cpu).map_or((0, 0), |c| {
+            (
+                c.drained.load(Ordering::Relaxed),
+                c.drained_pages.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Blocks freed into ranges under isolation and put aside, since boot:
+    /// when it moves, an offline waiting for pages has something to collect.
+    pub fn nr_isolated_frees(&self) -> u64 {
+        self.isolated_frees.load(Ordering::Relaxed)
     }
 
     /// Whether any list holds a page of `start..end`.
@@ -311,7 +381,8 @@ impl Pcp {
             return false;
         };
         let mut pages = slot.pages.lock();
-        if pages.isolates(pfn) || pages.count + nr > PCP_HIGH {
+        let isolated = pages.in_isolated_range(pfn);
+        if !isolated && (pages.isolated_overflow > 0 || pages.count + nr > PCP_HIGH) {
             return false;
         }
         // SAFETY: the caller's block (see above); fields read one by one.
@@ -326,16 +397,26 @@ impl Pcp {
         };
         // What `BuddyAllocator::check_free` accepts, seen from the head.
         let refused = PageFlags::NEVER_BUDDY | PageFlags::BUDDY | PageFlags::ISOLATED;
-        let z = match decode_zone_byte(zone).and_then(|(z, n)| Some((z.buddy_index()?, n))) {
-            Some((z, nid))
-                if refcount == 1
-                    && nid == self.cpu_node(cpu)
-                    && u32::from(block_order) == order
-                    && flags.contains(PageFlags::ONLINE)
-                    && !flags.intersects(refused) =>
-            {
-                z
+        let freeable = refcount == 1
+            && u32::from(block_order) == order
+            && flags.contains(PageFlags::ONLINE)
+            && !flags.intersects(refused);
+        let zone = decode_zone_byte(zone).and_then(|(z, n)| Some((z.buddy_index()?, n)));
+        if isolated {
+            // Linux frees such a block straight to the buddy allocator
+            // under the zone lock (`free_one_page`); here that lock is the
+            // memory lock, which hotplug holds for milliseconds: the block
+            // waits here, still allocated, for the offline to collect it.
+            if !(freeable && zone.is_some() && pages.put_isolated(pfn, order, self)) {
+                return false;
             }
+            // SAFETY: as above. Refcount 0 while aside, as on a list: a
+            // second free of the block is refused.
+            unsafe { set_refcount(memmap, pfn, 0) };
+            return true;
+        }
+        let z = match zone {
+            Some((z, nid)) if freeable && nid == self.cpu_node(cpu) => z,
             _ => return false,
         };
         if !pages.lists[z][order as usize].push(pfn) {
@@ -424,7 +505,13 @@ impl Pcp {
 
     /// Gives every block of `start..end` on `pages` back to the buddy
     /// allocator, leaving the rest listed.
-    fn free_range(buddy: &mut BuddyAllocator, pages: &mut PerCpuPages, start: Pfn, end: Pfn) {
+    fn free_range(
+        buddy: &mut BuddyAllocator,
+        slot: &CpuSlot,
+        pages: &mut PerCpuPages,
+        start: Pfn,
+        end: Pfn,
+    ) {
         let memmap = *buddy.memmap();
         let mut freed = 0;
         for (o, list) in pages.lists.iter_mut().flatten().enumerate() {
@@ -445,12 +532,15 @@ impl Pcp {
             list.len = kept;
         }
         pages.count -= freed;
+        slot.count.store(pages.count, Ordering::Relaxed);
+        slot.count_drain(freed);
     }
 
     /// Empties `cpu`'s lists into the buddy allocator (`drain_pages`).
     fn drain_cpu(&self, buddy: &mut BuddyAllocator, cpu: usize) {
         let slot = &self.cpus[cpu];
         let mut pages = slot.pages.lock();
+        slot.count_drain(pages.count);
         Self::free_bulk(buddy, &mut pages, 0);
         slot.count.store(0, Ordering::Relaxed);
     }
@@ -604,8 +694,7 @@ impl<T: Translation> MemorySystem<T> {
     pub fn drain_range_pages(&mut self, start: Pfn, end: Pfn) {
         for slot in &self.pcp.cpus {
             let mut pages = slot.pages.lock();
-            Pcp::free_range(&mut self.buddy, &mut pages, start, end);
-            slot.count.store(pages.count, Ordering::Relaxed);
+            Pcp::free_range(&mut self.buddy, slot, &mut pages, start, end);
         }
     }
 
@@ -623,15 +712,38 @@ impl<T: Translation> MemorySystem<T> {
             } else {
                 pages.isolated_overflow += 1;
             }
-            Pcp::free_range(&mut self.buddy, &mut pages, start, end);
-            slot.count.store(pages.count, Ordering::Relaxed);
+            Pcp::free_range(&mut self.buddy, slot, &mut pages, start, end);
         }
     }
 
-    /// Ends what [`pcp_isolate`](Self::pcp_isolate) started.
+    /// Hands every block that frees put aside on the CPUs (freed into a
+    /// range under isolation) to the buddy allocator, which holds each for
+    /// its isolation; before an offline tests its range.
+    pub fn pcp_collect_isolated(&mut self) {
+        for slot in &self.pcp.cpus {
+            let mut pages = slot.pages.lock();
+            Self::collect_isolated(&mut self.buddy, &mut pages);
+        }
+    }
+
+    fn collect_isolated(buddy: &mut BuddyAllocator, pages: &mut PerCpuPages) {
+        let memmap = *buddy.memmap();
+        let n = core::mem::take(&mut pages.nr_isolated_frees);
+        for &(pfn, order) in &pages.isolated_frees[..n] {
+            // SAFETY: a block put aside, under both locks: allocated as
+            // far as the buddy allocator knows, which checks it again.
+            unsafe { set_refcount(&memmap, pfn, 1) };
+            buddy.free(pfn, order);
+        }
+    }
+
+    /// Ends what [`pcp_isolate`](Self::pcp_isolate) started, collecting
+    /// what frees put aside first (under the same CPU lock, so that no
+    /// block of the range is put aside after).
     pub(in crate::mm) fn pcp_unisolate(&mut self, start: Pfn, end: Pfn) {
         for slot in &self.pcp.cpus {
             let mut pages = slot.pages.lock();
+            Self::collect_isolated(&mut self.buddy, &mut pages);
             let n = pages.nr_isolated;
             match pages.isolated[..n].iter().position(|&r| r == (start, end)) {
                 Some(i) => {

@@ -141,10 +141,12 @@ fn isolation_keeps_its_range_off_every_list() {
     mm.offline_begin(HOT_FIRST).unwrap();
     mm.pcp().update_hints(mm.buddy());
     assert!(!mm.pcp().holds_any(s, e), "isolation drained the lists");
-    // Frees into the range bypass the lists, on any CPU, fast path first.
+    // Frees into the range bypass the lists, on any CPU: put aside by the
+    // fast path, to the buddy allocator (which holds them) by the slow one.
     let memmap = *mm.buddy().memmap();
-    assert!(!mm.pcp().free_fast(&memmap, 1, held, 0));
-    assert!(mm.pcp_free(1, held, 0));
+    assert!(mm.pcp().free_fast(&memmap, 1, held, 0));
+    assert!(!mm.pcp().holds_any(s, e));
+    assert_eq!(mem_free(mm), before, "a page put aside is not free yet");
     assert!(!mm.offline_try_finish(HOT_FIRST), "one page still out");
     assert!(free(mm, 3, other, 1));
     assert!(!mm.pcp().holds_any(s, e));
@@ -157,6 +159,78 @@ fn isolation_keeps_its_range_off_every_list() {
     assert!(mm.offline_try_finish(HOT_FIRST));
     assert!(!mm.pcp().holds_any(s, e));
     assert_eq!(mem_free(mm), before + 3 - (e - s));
+    mm.remove_memory(start_of(HOT_FIRST), BLOCK).unwrap();
+}
+
+/// A free into a range under isolation takes no memory lock: the block
+/// waits on its CPU, still allocated, until the offline collects it.
+#[test]
+fn frees_into_isolation_wait_aside_for_the_offline() {
+    let mut fx = TestSystem::boot();
+    let mm = &mut fx.mm;
+    let (s, e) = online_hot(mm);
+    let a = alloc(mm, 1, 0, MOVABLE_FIRST).unwrap();
+    let b = alloc(mm, 1, 2, MOVABLE_FIRST).unwrap();
+    assert!((s..e).contains(&a) && (s..e).contains(&b));
+    let before = mem_free(mm);
+    mm.offline_begin(HOT_FIRST).unwrap();
+    let isolated = mem_free(mm);
+    let memmap = *mm.buddy().memmap();
+    let (asides, bad) = (mm.pcp().nr_isolated_frees(), mm.buddy().stats().bad_frees);
+    assert!(mm.pcp().free_fast(&memmap, 1, a, 0));
+    assert_eq!(mm.pcp().nr_isolated_frees(), asides + 1);
+    // Still allocated to the buddy allocator, and not free.
+    assert!(!mm.buddy().test_pages_isolated(s, e));
+    assert_eq!(mem_free(mm), isolated);
+    // Put aside with refcount 0, as on a list: a second free is refused
+    // (by the slow path, which the fast one sends it to).
+    assert!(!mm.pcp().free_fast(&memmap, 2, a, 0));
+    assert!(!mm.pcp().free_fast(&memmap, 1, a, 0));
+    assert!(!mm.pcp_free(1, a, 0));
+    assert_eq!(mm.buddy().stats().bad_frees, bad + 1);
+    // Wrong order: not put aside.
+    assert!(!mm.pcp().free_fast(&memmap, 1, b, 1));
+    assert_eq!(mm.pcp().nr_isolated_frees(), asides + 1);
+    assert!(!mm.offline_try_finish(HOT_FIRST), "b is still out");
+    assert!(mm.pcp().free_fast(&memmap, 3, b, 2));
+    assert!(mm.offline_try_finish(HOT_FIRST), "both collected");
+    assert!(!mm.pcp().holds_any(s, e));
+    assert_eq!(mem_free(mm), before - (e - s) + 5);
+    mm.remove_memory(start_of(HOT_FIRST), BLOCK).unwrap();
+}
+
+/// An aborted offline gives what was put aside to the buddy allocator
+/// (free again), and a CPU whose room is full sends the free to the
+/// memory lock.
+#[test]
+fn aborted_isolation_frees_what_was_put_aside() {
+    let mut fx = TestSystem::boot();
+    let mm = &mut fx.mm;
+    let (s, e) = online_hot(mm);
+    let mut pfns = Vec::new();
+    for _ in 0..=MAX_ISOLATED_FREES {
+        pfns.push(alloc(mm, 1, 0, MOVABLE_FIRST).unwrap());
+    }
+    assert!(pfns.iter().all(|p| (s..e).contains(p)));
+    let before = mem_free(mm);
+    mm.offline_begin(HOT_FIRST).unwrap();
+    let isolated = mem_free(mm);
+    let memmap = *mm.buddy().memmap();
+    let last = pfns.pop().unwrap();
+    for &pfn in &pfns {
+        assert!(mm.pcp().free_fast(&memmap, 1, pfn, 0));
+    }
+    assert!(!mm.pcp().free_fast(&memmap, 1, last, 0), "no room left");
+    assert!(mm.pcp_free(1, last, 0));
+    assert_eq!(mem_free(mm), isolated);
+    mm.offline_abort(HOT_FIRST);
+    assert_eq!(mem_free(mm), before + MAX_ISOLATED_FREES as u64 + 1);
+    // Nothing stays aside: the next free goes on the list.
+    let pfn = alloc(mm, 1, 0, MOVABLE_FIRST).unwrap();
+    let asides = mm.pcp().nr_isolated_frees();
+    assert!(mm.pcp().free_fast(&memmap, 1, pfn, 0));
+    assert_eq!(mm.pcp().nr_isolated_frees(), asides);
+    mm.offline_block(HOT_FIRST).unwrap();
     mm.remove_memory(start_of(HOT_FIRST), BLOCK).unwrap();
 }
 
