@@ -1536,7 +1536,7 @@ mod tests {
             (a, MAX_ORDER + 1),           // no such order
             (BASE - 4, 2),                // outside the memmap
             (BASE + 2 * MAXB, 2),         // just past it
-            (Pfn::new(u64::MAX & !3), 2), // its end wraps around
+            (Pfn::new(!3), 2), // its end wraps around
         ] {
             b.split_page(pfn, order);
             bad += 1;
