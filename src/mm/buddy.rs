@@ -1529,14 +1529,14 @@ mod tests {
         let before = words(b);
         let mut bad = 0;
         for (pfn, order) in [
-            (a, 1),                       // wrong order
-            (a + 1, 0),                   // a tail
-            (a + 4, 2),                   // a free block
-            (a + 2, 2),                   // misaligned
-            (a, MAX_ORDER + 1),           // no such order
-            (BASE - 4, 2),                // outside the memmap
-            (BASE + 2 * MAXB, 2),         // just past it
-            (Pfn::new(!3), 2), // its end wraps around
+            (a, 1),               // wrong order
+            (a + 1, 0),           // a tail
+            (a + 4, 2),           // a free block
+            (a + 2, 2),           // misaligned
+            (a, MAX_ORDER + 1),   // no such order
+            (BASE - 4, 2),        // outside the memmap
+            (BASE + 2 * MAXB, 2), // just past it
+            (Pfn::new(!3), 2),    // its end wraps around
         ] {
             b.split_page(pfn, order);
             bad += 1;

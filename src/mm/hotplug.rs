@@ -433,25 +433,29 @@ impl<T: Translation> MemorySystem<T> {
         // plugged run writes only the heads of its whole max-order blocks
         // (`page.rs`), where one call per sub-block smaller than a
         // max-order block (virtio-mem's 2 MiB) would write every struct
-        // page.
-        let mut i = 0;
-        while i < mask.len() {
-            let plugged = mask.get(i);
-            let run = (i..mask.len())
-                .take_while(|&j| mask.get(j) == plugged)
-                .count() as u64;
-            let (s, _) = mask.pfns(id, i);
-            let (_, e) = mask.pfns(id, i + run - 1);
-            i += run;
-            let s = s.max(first);
-            if s >= e {
-                continue;
-            }
-            if plugged {
-                self.buddy.online_pages(s, e - s, zone, nid);
-            } else {
-                let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
-                self.init_struct_pages_on(s, e, zone, nid, flags);
+        // page. Unplugged runs first: freeing a plugged run reads the
+        // struct pages of its buddies, which may lie in them, and a struct
+        // page never written holds whatever its backing page held before.
+        for pass_plugged in [false, true] {
+            let mut i = 0;
+            while i < mask.len() {
+                let plugged = mask.get(i);
+                let run = (i..mask.len())
+                    .take_while(|&j| mask.get(j) == plugged)
+                    .count() as u64;
+                let (s, _) = mask.pfns(id, i);
+                let (_, e) = mask.pfns(id, i + run - 1);
+                i += run;
+                let s = s.max(first);
+                if s >= e || plugged != pass_plugged {
+                    continue;
+                }
+                if plugged {
+                    self.buddy.online_pages(s, e - s, zone, nid);
+                } else {
+                    let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
+                    self.init_struct_pages_on(s, e, zone, nid, flags);
+                }
             }
         }
         self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);

@@ -254,8 +254,12 @@ fn a_driver_block_defers_max_order_blocks_plugged_whole() {
     fx.mm
         .add_memory_driver_managed_offline(None, start_of(id), BLOCK, "System RAM (test)", mask)
         .unwrap();
-    // SAFETY: the block's vmemmap was just populated.
-    unsafe { fx.mm.memmap.poison_range(spfn, epfn) };
+    // Garbage everywhere but the heads hot-add writes. SAFETY: the block's
+    // vmemmap was just populated.
+    unsafe {
+        fx.mm.memmap.poison_range(spfn, epfn);
+        fx.mm.memmap.init_offline_heads(spfn, epfn, 0);
+    }
     fx.mm.online_block(id, Zone::Movable).unwrap();
     for head in Pfn::range(spfn, epfn).step_by(MAXB as usize) {
         let b = (head - spfn) / MAXB;

@@ -141,12 +141,13 @@ fn isolation_keeps_its_range_off_every_list() {
     mm.offline_begin(HOT_FIRST).unwrap();
     mm.pcp().update_hints(mm.buddy());
     assert!(!mm.pcp().holds_any(s, e), "isolation drained the lists");
+    let isolated = mem_free(mm);
     // Frees into the range bypass the lists, on any CPU: put aside by the
     // fast path, to the buddy allocator (which holds them) by the slow one.
     let memmap = *mm.buddy().memmap();
     assert!(mm.pcp().free_fast(&memmap, 1, held, 0));
     assert!(!mm.pcp().holds_any(s, e));
-    assert_eq!(mem_free(mm), before, "a page put aside is not free yet");
+    assert_eq!(mem_free(mm), isolated, "a page put aside is not free yet");
     assert!(!mm.offline_try_finish(HOT_FIRST), "one page still out");
     assert!(free(mm, 3, other, 1));
     assert!(!mm.pcp().holds_any(s, e));
