@@ -211,4 +211,32 @@ mod tests {
         assert_eq!(altmap.alloc_pfns(2), Some(base + 2));
         assert_eq!(altmap.nr_free(), 0);
     }
+
+    /// A free of pfns the altmap did not hand out (the padding, or outside
+    /// its range) is refused, counted once and changes nothing.
+    #[test]
+    fn bad_frees_are_refused_and_counted() {
+        let base = Pfn::down(PhysAddr::new(0x4000_0000));
+        let mut altmap = VmemAltmap::new(base, base + 8, 0, 4);
+        assert_eq!(altmap.alloc_pfns(1), Some(base));
+        assert_eq!(altmap.alloc_pfns(2), Some(base + 2));
+        let before = altmap.clone();
+        assert_eq!(
+            altmap.free_pfns(base + 1, 1),
+            Err(AltmapError::NotAllocated { pfn: base + 1 })
+        );
+        assert_eq!(altmap.misuse, 1);
+        assert_eq!(
+            altmap.free_pfns(base + 4, 1),
+            Err(AltmapError::OutOfRange { pfn: base + 4 })
+        );
+        assert_eq!(altmap.misuse, 2);
+        altmap.misuse = 0;
+        assert_eq!(altmap, before);
+        // Good frees, last first, take the altmap back to empty.
+        altmap.free_pfns(base + 2, 2).unwrap();
+        assert_eq!((altmap.alloc, altmap.align, altmap.nr_free()), (1, 0, 3));
+        altmap.free_pfns(base, 1).unwrap();
+        assert_eq!((altmap.alloc, altmap.align, altmap.nr_free()), (0, 0, 4));
+    }
 }
