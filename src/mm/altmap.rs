@@ -238,5 +238,8 @@ mod tests {
         assert_eq!((altmap.alloc, altmap.align, altmap.nr_free()), (1, 0, 3));
         altmap.free_pfns(base, 1).unwrap();
         assert_eq!((altmap.alloc, altmap.align, altmap.nr_free()), (0, 0, 4));
+        // Its whole range, reserve and unused tail included.
+        assert!(altmap.contains(base) && altmap.contains(base + 7));
+        assert!(!altmap.contains(base - 1) && !altmap.contains(base + 8));
     }
 }
