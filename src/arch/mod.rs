@@ -56,7 +56,9 @@ pub mod trace {
     }
 
     #[cfg(test)]
-    pub use host::{check_free, cleared, invalidations, record, tables_zeroed, zeroed_barriers};
+    pub use host::{
+        check_free, cleared, invalidations, record, tables_zeroed, unflushed, zeroed_barriers,
+    };
 
     /// Counts the barriers that publish zeroed table pages (host tests
     /// assert one per map call, however many tables it adds).
@@ -143,6 +145,11 @@ pub mod trace {
                     !dropped
                 })
             });
+        }
+
+        /// Cleared descriptors on this thread not yet invalidated.
+        pub fn unflushed() -> usize {
+            PENDING.with(|p| p.borrow().len())
         }
 
         pub fn check_free(pa: u64, len: u64) {

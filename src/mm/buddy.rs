@@ -513,9 +513,11 @@ impl BuddyAllocator {
         }
         let below = start.align_down(MAX_ORDER_NR_PAGES);
         if below < start {
-            // A whole online block has a deferred head or a free one.
+            // A whole online block has an online deferred head or a free
+            // one (offlining leaves deferred heads that are offline).
             // SAFETY: as in `read`.
-            if unsafe { self.memmap.deferred_head(below) }.is_some() {
+            let deferred = unsafe { self.memmap.deferred_head(below) };
+            if deferred.is_some_and(|h| self.pg(h).is_online()) {
                 return Err((below, BadFree::AlreadyOnline));
             }
             for order in 1..=MAX_ORDER {
@@ -535,8 +537,8 @@ impl BuddyAllocator {
             if p.is_buddy() {
                 return Err((head, BadFree::AlreadyFree));
             }
-            let managed = p.is_online() && !p.flags.intersects(PageFlags::NEVER_BUDDY);
-            if managed || p.is_deferred_head() {
+            // An online deferred head is managed too.
+            if p.is_online() && !p.flags.intersects(PageFlags::NEVER_BUDDY) {
                 return Err((head, BadFree::AlreadyOnline));
             }
             head += MAX_ORDER_NR_PAGES;

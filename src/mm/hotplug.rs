@@ -111,30 +111,40 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
-    /// Unmaps the struct pages of `[start, start + size)` (returning their
-    /// backing to `altmap` or the buddy allocator), then its linear map,
-    /// freeing emptied tables.
+    /// Unmaps the linear map of `[start, start + size)` and its struct
+    /// pages (returning their backing to `altmap` or the buddy allocator),
+    /// freeing emptied tables. Linux removes the struct pages first; here
+    /// the linear map goes first, its invalidation left pending, so that
+    /// the one the vmemmap needs before its backing is freed covers both.
     pub fn arch_remove_memory(
         &mut self,
         start: PhysAddr,
         size: u64,
         altmap: Option<&mut VmemAltmap>,
     ) {
+        self.remove_linear_map_unflushed(start, size);
         let p = self.parts();
         let mut frames = p.frames;
         let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(start + size));
         vmemmap_free(p.pt, vstart, vend, altmap, &mut frames, p.warnings);
-        self.remove_linear_map(start, size);
+        p.pt.flush_pending();
     }
 
     /// Linux's `__remove_pgd_mapping` of the linear map of `[start, start +
     /// size)`.
     fn remove_linear_map(&mut self, start: PhysAddr, size: u64) {
+        self.remove_linear_map_unflushed(start, size);
+        self.parts().pt.flush_pending();
+    }
+
+    /// [`remove_linear_map`](Self::remove_linear_map) with its invalidation
+    /// left pending (`PageTable::remove_pgd_mapping_unflushed`).
+    fn remove_linear_map_unflushed(&mut self, start: PhysAddr, size: u64) {
         let p = self.parts();
         let mut frames = p.frames;
         let (vstart, vend) = (start.to_virt(), (start + size).to_virt());
         let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(PAGE_END));
-        p.pt.remove_pgd_mapping(vstart, vend, floor, ceiling, &mut frames, p.warnings);
+        p.pt.remove_pgd_mapping_unflushed(vstart, vend, floor, ceiling, &mut frames, p.warnings);
     }
 
     /// Checks that `[start, start + size)` is whole memory blocks; their ids
@@ -297,14 +307,18 @@ impl<T: Translation> MemorySystem<T> {
         self.iomem.try_reserve_child(range).map_err(|_| no_heap())?;
         // The caller mapped the block in the linear map.
         self.add_vmemmap(range.base, range.size, altmap.as_mut())?;
-        // As in Linux, the struct pages of the block are initialised when it
-        // is onlined, once its zone is known; until then only the heads of
-        // its max-order blocks say offline (one store each: onlining checks
-        // them, `page.rs`), and the pages that hold the struct pages are
-        // marked (and stay reserved for good).
-        // SAFETY: the block's vmemmap was just populated; no reference to
-        // its struct pages exists yet.
-        unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
+        // As in Linux, the struct pages of the block get their zone when it
+        // is onlined; until then each reads as an offline page, through its
+        // max-order head (one store each, `page.rs`), or all written when
+        // struct pages are not deferred. The pages that hold the struct
+        // pages are marked (and stay reserved for good).
+        if self.buddy.defer_init() {
+            // SAFETY: the block's vmemmap was just populated; no reference
+            // to its struct pages exists yet.
+            unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
+        } else {
+            self.init_struct_pages_on(spfn, epfn, Zone::Normal, nid, PageFlags::RESERVED);
+        }
         if let Some(a) = &altmap {
             let flags =
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
@@ -592,23 +606,37 @@ impl<T: Translation> MemorySystem<T> {
                 return Err(OfflineError::Busy { id, pfn });
             }
         }
+        let defer = self.buddy.defer_init();
         let mut head = spfn;
         while head < epfn {
-            // A deferred block's tails are written straight as offline
-            // pages; then only its head needs the flags below.
+            let end = (head + MAX_ORDER_NR_PAGES).min(epfn);
             // SAFETY: present blocks have their vmemmap populated, and no
             // struct page reference is live.
-            let tails_done = unsafe { self.memmap.ensure_init_as(head, PageFlags::RESERVED) };
-            let end = if tails_done {
-                head + 1
-            } else {
-                head + MAX_ORDER_NR_PAGES
+            let (h, deferred) = unsafe {
+                let head_page = self.memmap.read(head);
+                (head_page, self.memmap.deferred_head(head).is_some())
             };
-            for pfn in Pfn::range(head, end.min(epfn)) {
-                // SAFETY: as above.
-                let page = unsafe { self.memmap.get(pfn) };
-                page.set_flags(PageFlags::RESERVED);
-                page.clear_flags(PageFlags::ONLINE);
+            // Isolation took every managed page, so a managed head of order
+            // `MAX_ORDER` was one free block: nothing in its tails is kept.
+            let whole = end - head == MAX_ORDER_NR_PAGES
+                && !h.flags.intersects(PageFlags::UNMANAGED)
+                && h.order() == MAX_ORDER;
+            if (deferred || whole) && defer {
+                // One store: the tails read as offline pages (`page.rs`),
+                // where writing them costs 64 bytes a page.
+                // SAFETY: as above; the head is aligned.
+                unsafe { self.memmap.init_deferred(head, h.offline_head()) };
+            } else if deferred || whole {
+                // The same offline pages, written out (eager struct pages).
+                let zone = h.zone().unwrap_or(Zone::Normal);
+                self.init_struct_pages_on(head, end, zone, h.nid(), PageFlags::RESERVED);
+            } else {
+                for pfn in Pfn::range(head, end) {
+                    // SAFETY: as above.
+                    let page = unsafe { self.memmap.get(pfn) };
+                    page.set_flags(PageFlags::RESERVED);
+                    page.clear_flags(PageFlags::ONLINE);
+                }
             }
             head += MAX_ORDER_NR_PAGES;
         }

@@ -12,9 +12,11 @@
 //! (Linux defers struct-page init only at boot; here every online does).
 //! Such a head carries a mark ([`Page::is_deferred_head`]) meaning: the
 //! other `2^MAX_ORDER - 1` struct pages of the block are not written, and
-//! each *is*, by definition, what an eager online would have written there:
-//! `Page::new(head's zone, ONLINE)`. The memory itself holds stale bytes
-//! (vmemmap backing is never zeroed) that nothing may read as a page.
+//! each *is*, by definition, what an eager online or offline would have
+//! written there: `Page::new(head's zone and node, ONLINE)` under an
+//! online head, `RESERVED` under an offline one. The memory itself holds
+//! stale bytes (vmemmap backing is never zeroed) that nothing may read as
+//! a page.
 //!
 //! Every reader and writer of a struct page obeys this one rule, through
 //! this module only:
@@ -23,20 +25,23 @@
 //!   fault-tolerant probe), which apply the definition above;
 //! - a write to a tail first materialises its block: [`Memmap::ensure_init`]
 //!   writes the tails as defined and clears the mark (the allocator does so
-//!   when it first splits the block; offlining writes them straight into
-//!   their offline state with [`Memmap::ensure_init_as`]);
-//!   [`Memmap::init_range`] does it itself for blocks it only partly covers,
-//!   and clears the mark of blocks it covers whole by overwriting the head.
+//!   when it first splits the block); [`Memmap::init_range`] does it itself
+//!   for blocks it only partly covers, and clears the mark of blocks it
+//!   covers whole by overwriting the head.
 //!
-//! Only [`Memmap::init_deferred`] sets the mark, on a block the caller hands
-//! to the allocator whole.
+//! The mark is set in three places only: by [`Memmap::init_deferred`], on a
+//! block the caller hands to the allocator whole and on a block offlining
+//! takes back whole from it (whose tails then need no write however they
+//! were used while online), and by [`Memmap::init_offline_heads`] at
+//! hot-add. Linux leaves the struct pages of offline memory uninitialised
+//! (or as they were) and has readers check `pfn_to_online_page`; here
+//! every struct page of present memory reads as defined.
 //!
 //! The head of every max-order block of present memory is a written struct
-//! page: boot initialises whole sections, and hot-add writes each head as an
-//! offline page ([`Memmap::init_offline_heads`], one store per block) before
-//! anything can read it, though the tails of an offline block stay garbage
-//! until it is onlined. So the rule never reads a head that was not
-//! written, and onlining can check the heads of its range (`buddy.rs`).
+//! page: boot initialises whole sections, and hot-add writes each head as a
+//! deferred offline page before anything can read it. So the rule never
+//! reads a head that was not written, and onlining can check the heads of
+//! its range (`buddy.rs`).
 
 use bitflags::bitflags;
 
@@ -325,10 +330,23 @@ impl Page {
         self.deferred == DEFERRED_TAILS
     }
 
-    /// What a deferred tail is: what an eager online writes.
+    /// What a deferred tail is: what an eager online, or offline, writes.
     fn deferred_tail(head: &Page) -> Page {
-        let mut p = Page::new(Zone::Normal, PageFlags::ONLINE);
+        let state = if head.is_online() {
+            PageFlags::ONLINE
+        } else {
+            PageFlags::RESERVED
+        };
+        let mut p = Page::new(Zone::Normal, state);
         p.zone = head.zone;
+        p
+    }
+
+    /// The head of a max-order block taken offline whole: an offline page
+    /// of the same zone and node, which [`Memmap::init_deferred`] marks.
+    pub fn offline_head(&self) -> Page {
+        let mut p = Page::new(Zone::Normal, PageFlags::RESERVED);
+        p.zone = self.zone;
         p
     }
 
@@ -491,26 +509,13 @@ impl Memmap {
     /// As for [`init_range`](Self::init_range) over the block.
     pub unsafe fn ensure_init(&self, pfn: Pfn) -> bool {
         // SAFETY: the caller's promise.
-        unsafe { self.ensure_init_as(pfn, PageFlags::ONLINE) }
-    }
-
-    /// [`ensure_init`](Self::ensure_init) writing the tails with `flags`
-    /// instead of `ONLINE`: for a caller that would set every tail's flags
-    /// to that next (offlining), one write instead of two.
-    ///
-    /// # Safety
-    /// As for [`ensure_init`](Self::ensure_init).
-    pub unsafe fn ensure_init_as(&self, pfn: Pfn, flags: PageFlags) -> bool {
-        // SAFETY: the caller's promise.
         let Some(head) = (unsafe { self.deferred_head(pfn) }) else {
             return false;
         };
         // SAFETY: the caller's promise.
         let h = unsafe { self.get(head) };
         h.deferred = 0;
-        let zone = h.zone;
-        let mut tail = Page::new(Zone::Normal, flags);
-        tail.zone = zone;
+        let tail = Page::deferred_tail(h);
         // SAFETY: the caller's promise.
         unsafe { self.store_range(head + 1, head + MAX_ORDER_NR_PAGES, tail) };
         true
@@ -548,14 +553,16 @@ impl Memmap {
     }
 
     /// Writes the head of each max-order block that starts in `start..end`
-    /// as an offline page of node `nid` (`RESERVED`, not `ONLINE`), and
-    /// nothing else: what hot-add does, so that a present block's heads are
-    /// never garbage (module comment).
+    /// as a deferred offline page of node `nid` (`RESERVED`, not `ONLINE`),
+    /// and nothing else: what hot-add does, so that every struct page of a
+    /// present block reads as defined from the start (module comment).
     ///
     /// # Safety
     /// As for [`init_range`](Self::init_range).
     pub unsafe fn init_offline_heads(&self, start: Pfn, end: Pfn, nid: usize) {
-        let w = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED).to_words();
+        let mut page = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED);
+        page.deferred = DEFERRED_TAILS;
+        let w = page.to_words();
         let mut head = start.align_up(MAX_ORDER_NR_PAGES);
         while head < end {
             // SAFETY: the caller's promise; nothing of the old page is read.

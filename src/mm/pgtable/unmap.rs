@@ -67,6 +67,8 @@ struct Teardown {
     /// Free emptied tables whose span lies within `[floor, ceiling)`, as
     /// `free_empty_tables` does.
     tables: Option<(VirtAddr, VirtAddr)>,
+    /// Without `free_mapped`: leave the final invalidation pending.
+    defer_flush: bool,
 }
 
 /// Whether the level-`size` span at `span_start` lies within `[floor,
@@ -93,6 +95,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         let td = Teardown {
             free_mapped,
             tables: None,
+            defer_flush: false,
         };
         self.teardown(start, end, td, altmap, frames, warnings);
     }
@@ -118,6 +121,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         let td = Teardown {
             free_mapped,
             tables: Some((floor, ceiling)),
+            defer_flush: false,
         };
         self.teardown(start, end, td, altmap, frames, warnings);
     }
@@ -134,9 +138,33 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         frames: &mut (impl FrameAllocator + ?Sized),
         warnings: &mut UnmapWarnings,
     ) {
-        self.unmap_hotplug_range_free_tables(
-            start, end, false, None, floor, ceiling, frames, warnings,
-        );
+        self.remove_pgd_mapping_unflushed(start, end, floor, ceiling, frames, warnings);
+        self.flush_pending();
+    }
+
+    /// [`remove_pgd_mapping`](Self::remove_pgd_mapping) whose final range
+    /// invalidation is left pending: the next invalidation this table
+    /// issues covers it too (a hot-remove's vmemmap teardown, before it
+    /// frees the backing), and [`flush_pending`](Self::flush_pending) or
+    /// the next map issues it otherwise. Linux invalidates each block of
+    /// the linear map on its own (`unmap_hotplug_pmd_range`); under QEMU
+    /// every broadcast invalidation stops all vCPUs, so a hot-remove that
+    /// takes one instead of two is what a busy CPU beside it notices.
+    pub fn remove_pgd_mapping_unflushed(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        floor: VirtAddr,
+        ceiling: VirtAddr,
+        frames: &mut (impl FrameAllocator + ?Sized),
+        warnings: &mut UnmapWarnings,
+    ) {
+        let td = Teardown {
+            free_mapped: false,
+            tables: Some((floor, ceiling)),
+            defer_flush: true,
+        };
+        self.teardown(start, end, td, None, frames, warnings);
     }
 
     fn teardown(
@@ -165,7 +193,9 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             frames,
             warnings,
         );
-        if !td.free_mapped {
+        if td.defer_flush {
+            self.defer_flush(start, end);
+        } else if !td.free_mapped {
             self.flush_range(start, end);
         }
     }

@@ -110,6 +110,9 @@ pub struct PageTable<T: Translation, G: Granule> {
     root: PhysAddr,
     trans: T,
     pub stats: TableStats,
+    /// Leaves cleared whose invalidation was left for the next one
+    /// ([`remove_pgd_mapping_unflushed`](Self::remove_pgd_mapping_unflushed)).
+    unflushed: Option<(VirtAddr, VirtAddr)>,
     _granule: PhantomData<G>,
 }
 
@@ -164,6 +167,7 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
                 tables: 1,
                 ..Default::default()
             },
+            unflushed: None,
             _granule: PhantomData,
         }
     }
@@ -342,6 +346,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         frames: &mut (impl FrameAllocator + ?Sized),
     ) -> Result<(), MapError> {
         let page = G::PAGE_SIZE;
+        // A stale entry for the range could outlive its new mapping.
+        self.flush_pending();
         if range.is_empty()
             || !range.start.is_aligned(page)
             || !range.end.is_aligned(page)
@@ -395,6 +401,8 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
         backing: &mut impl FnMut(&mut F, u64) -> Option<(PhysAddr, u64)>,
     ) -> Result<(), MapError> {
         let page = G::PAGE_SIZE;
+        // A stale entry for the range could outlive its new mapping.
+        self.flush_pending();
         if range.is_empty() || !range.start.is_aligned(page) || !range.end.is_aligned(page) {
             return Err(MapError::Misaligned);
         }
@@ -676,19 +684,45 @@ impl<T: Translation, G: Granule> PageTable<T, G> {
             && (first..first + n).all(|i| !self.read(table, i).is_valid())
     }
 
-    /// Invalidates the TLB for kernel addresses `[start, end)` and counts it.
+    /// Invalidates the TLB for kernel addresses `[start, end)` and counts it,
+    /// with any range left unflushed: one instruction where both are
+    /// large.
     pub(super) fn flush_range(&mut self, start: VirtAddr, end: VirtAddr) {
+        let (start, end) = match self.unflushed.take() {
+            Some((s, e)) => (start.min(s), end.max(e)),
+            None => (start, end),
+        };
         self.stats.tlbi_ops +=
             arch::tlb::flush_kernel_range(start.as_u64(), end.as_u64(), G::PAGE_SHIFT);
     }
 
     /// Invalidates cached walks through a table about to be freed.
     pub(super) fn flush_table(&mut self, addr: VirtAddr) {
+        if self.unflushed.is_some() {
+            return self.flush_all();
+        }
         self.stats.tlbi_ops += arch::tlb::flush_kernel_pgtable(addr.as_u64(), G::PAGE_SHIFT);
     }
 
     /// Invalidates every TLB entry, walk caches included.
     pub(super) fn flush_all(&mut self) {
+        self.unflushed = None;
         self.stats.tlbi_ops += arch::tlb::flush_kernel_all();
+    }
+
+    /// Leaves the invalidation of `[start, end)`, whose leaves were just
+    /// cleared and whose output is not freed, to the next one.
+    pub(super) fn defer_flush(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.unflushed = Some(match self.unflushed {
+            Some((s, e)) => (start.min(s), end.max(e)),
+            None => (start, end),
+        });
+    }
+
+    /// Issues the invalidation left pending, if any.
+    pub fn flush_pending(&mut self) {
+        if let Some((start, end)) = self.unflushed.take() {
+            self.flush_range(start, end);
+        }
     }
 }

@@ -358,4 +358,5 @@ for_each_granule!(
     vmemmap_teardown_invalidates_once_per_table,
     map_pages_with_descends_once_per_table,
     one_barrier_per_map_call_for_new_tables,
+    unflushed_removal_rides_on_the_next_invalidation,
 );

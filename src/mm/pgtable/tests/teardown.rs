@@ -395,3 +395,56 @@ pub(super) fn one_barrier_per_map_call_for_new_tables<G: Granule>() {
     env.free_tables(VA0, VA0 + 10 * b);
     env.check_tables(true);
 }
+
+/// `remove_pgd_mapping_unflushed` leaves its range invalidation pending:
+/// the next invalidation the table issues covers it in the same call (here
+/// a free-mapped teardown's, before its backing goes back), and a map
+/// issues it before writing anything, so no stale entry outlives a new
+/// mapping.
+pub(super) fn unflushed_removal_rides_on_the_next_invalidation<G: Granule>() {
+    use crate::arch::trace::unflushed;
+    let mut env = Env::<G>::new();
+    let b = block::<G>();
+    let (floor, ceiling) = (VirtAddr::new(PAGE_OFFSET), VirtAddr::new(0));
+    let attrs = Attributes::KERNEL_RW;
+    env.map(VA0, VA0 + b, PA0, attrs, MapHints::pages())
+        .unwrap();
+    let backed = VA0 + 4 * b;
+    let frame = env.frames.alloc_pages(0).unwrap();
+    env.map(
+        backed,
+        backed + page::<G>(),
+        frame,
+        attrs,
+        MapHints::pages(),
+    )
+    .unwrap();
+    let calls = invalidations();
+    let (start, end) = (VA0 + page::<G>(), VA0 + 3 * page::<G>());
+    env.pt
+        .remove_pgd_mapping_unflushed(start, end, floor, ceiling, &mut env.frames, &mut env.w);
+    assert_eq!(invalidations(), calls);
+    assert_eq!(unflushed(), 2);
+    env.pt.unmap_hotplug_range(
+        backed,
+        backed + page::<G>(),
+        true,
+        None,
+        &mut env.frames,
+        &mut env.w,
+    );
+    assert_eq!(invalidations() - calls, 1);
+    assert_eq!(unflushed(), 0);
+    assert!(!env.frames.is_allocated(frame));
+    // Pending again; a map of the same addresses issues it first.
+    env.pt
+        .remove_pgd_mapping_unflushed(start, end, floor, ceiling, &mut env.frames, &mut env.w);
+    env.pt
+        .remove_pgd_mapping_unflushed(VA0, start, floor, ceiling, &mut env.frames, &mut env.w);
+    assert_eq!(unflushed(), 1);
+    let calls = invalidations();
+    env.map(VA0, end, PA0, attrs, MapHints::pages()).unwrap();
+    assert_eq!((invalidations() - calls, unflushed()), (1, 0));
+    env.pt.flush_pending();
+    assert_eq!(invalidations() - calls, 1);
+}
