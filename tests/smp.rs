@@ -151,11 +151,24 @@ fn stress_smp2_each_side_alone() {
     for line in [
         "profile: cpu0 phases: ",
         "profile: cpu0: memory lock taken ",
-        "profile: cpu1: memory lock taken ",
         "profile: cpu1: iterations over 100 us: ",
     ] {
         assert!(prof.contains(line), "no {line:?} in {prof}");
     }
+    // The worker refills its lists under the zone lock alone: never the
+    // memory lock that CPU 0's hotplug holds.
+    assert!(
+        prof.contains("profile: cpu1: memory lock taken 0 times"),
+        "{prof}"
+    );
+    let refills: u64 = prof
+        .split("profile: cpu1: ")
+        .nth(1)
+        .and_then(|s| s.split("under the zone lock ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no zone lock figures for cpu1 in {prof}"));
+    assert!(refills > 0, "{prof}");
     let tlbi: u64 = prof
         .split("broadcast TLB invalidations ")
         .nth(1)

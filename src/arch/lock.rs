@@ -45,6 +45,11 @@ pub struct FairLock<T: ?Sized> {
     head: AtomicU32,
     /// When the CPU whose turn it is last spun ([`now_us`]).
     beat: AtomicU64,
+    /// Host tests: the thread holding the lock, so that taking it again
+    /// panics instead of spinning for ever (the memory and zone locks are
+    /// taken in many places; a test must fail, not hang).
+    #[cfg(test)]
+    owner: AtomicU64,
     data: UnsafeCell<T>,
 }
 
@@ -65,6 +70,8 @@ impl<T> FairLock<T> {
             next: AtomicU32::new(0),
             head: AtomicU32::new(0),
             beat: AtomicU64::new(0),
+            #[cfg(test)]
+            owner: AtomicU64::new(0),
             data: UnsafeCell::new(data),
         }
     }
@@ -78,6 +85,19 @@ impl<T: ?Sized> FairLock<T> {
     /// [`lock`](Self::lock) with other times: patience 0 and staleness
     /// `u64::MAX` make it a plain ticket lock (for comparison, `bench lock`).
     pub fn lock_with(&self, patience_us: u64, stale_us: u64) -> FairLockGuard<'_, T> {
+        #[cfg(test)]
+        assert_ne!(
+            self.owner.load(Ordering::Relaxed),
+            this_thread(),
+            "a lock taken again by its holder"
+        );
+        let guard = self.acquire(patience_us, stale_us);
+        #[cfg(test)]
+        self.owner.store(this_thread(), Ordering::Relaxed);
+        guard
+    }
+
+    fn acquire(&self, patience_us: u64, stale_us: u64) -> FairLockGuard<'_, T> {
         if self.tickets_out() == 0 && self.try_take() {
             return FairLockGuard { lock: self };
         }
@@ -162,8 +182,17 @@ impl<T: ?Sized> DerefMut for FairLockGuard<'_, T> {
 
 impl<T: ?Sized> Drop for FairLockGuard<'_, T> {
     fn drop(&mut self) {
+        #[cfg(test)]
+        self.lock.owner.store(0, Ordering::Relaxed);
         self.lock.locked.store(0, Ordering::Release);
     }
+}
+
+/// A number unique to the calling thread while it lives (never 0).
+#[cfg(test)]
+fn this_thread() -> u64 {
+    std::thread_local!(static ME: u8 = const { 0 });
+    ME.with(|m| m as *const u8 as u64)
 }
 
 /// Microseconds on the generic timer (the host's clock in host tests; in

@@ -12,8 +12,8 @@
 //! Every run prints the worker operations per second.
 //!
 //! `--profile` (with any mode but `--memhog`) adds where the time went,
-//! from the generic timer: each CPU's trips to the memory lock (waiting and
-//! holding), how often offlining drained a worker's page lists, CPU 0's
+//! from the generic timer: each CPU's trips to the memory lock, and to the
+//! zone lock to refill or trim its page lists (waiting and holding), how often offlining drained a worker's page lists, CPU 0's
 //! time per hotplug phase and its broadcast TLB invalidations (under QEMU
 //! MTTCG each one stops every other vCPU), and the worker's iterations
 //! that took over [`GAP_US`]: with a trip to the lock, or without one (its
@@ -55,7 +55,7 @@ static PROFILE: AtomicBool = AtomicBool::new(false);
 const GAP_US: u64 = 100;
 
 /// One worker's gaps (`--profile`): iterations over [`GAP_US`] with a trip
-/// to the memory lock, and without one; in generic-timer ticks.
+/// to a lock, and without one; in generic-timer ticks.
 #[repr(align(64))]
 struct Gaps {
     locked: AtomicU64,
@@ -119,15 +119,16 @@ fn words(pfn: Pfn, order: u32) -> (*mut u64, usize) {
 static HOT_BASE: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// One secondary CPU's loop; see the module comment. Pages come and go
-/// through the CPU's own page lists ([`global::alloc`]), so the memory
-/// lock is taken only to refill or trim them.
+/// through the CPU's own page lists ([`global::alloc`]), so only the zone
+/// lock is taken, to refill or trim them, never the memory lock.
 fn worker(cpu: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 * 0x1234_5678_9abc);
     let mut held = [(Pfn::new(0), 0u32); HELD];
     let mut n = 0;
     let profile = PROFILE.load(Ordering::Relaxed);
     let gap = GAP_US * cpu::counter_freq() / 1_000_000;
-    let mut last = (cpu::counter(), global::lock_use(cpu).takes);
+    let takes = || global::lock_use(cpu).takes + global::zone_use(cpu).takes;
+    let mut last = (cpu::counter(), takes());
     let mut next = || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -178,7 +179,7 @@ fn worker(cpu: usize) {
         }
         OPS.fetch_add(1, Ordering::Relaxed);
         if profile {
-            let now = (cpu::counter(), global::lock_use(cpu).takes);
+            let now = (cpu::counter(), takes());
             let took = now.0 - last.0;
             if let Some(g) = GAPS.get(cpu).filter(|_| took > gap) {
                 if now.1 != last.1 {
@@ -321,9 +322,9 @@ fn offline_draining(id: u64) -> Result<()> {
             with(|m| m.offline_abort(id));
             bail!(EBUSY, "memory{id}: pages still in use after 10 s");
         }
-        // Wait without the memory lock until a worker frees a page into
-        // the block (its CPU puts it aside, `mm::pcp`), or 1 ms for a free
-        // that went to the memory lock: polling under the lock would hold
+        // Wait without a lock until a worker frees a page into the block
+        // (its CPU puts it aside, `mm::pcp`), or 1 ms for a free that went
+        // to the buddy allocator: polling under the zone lock would hold
         // up the workers' refills.
         timed(OFFLINE_WAIT, || {
             let t = cpu::counter();
@@ -393,8 +394,8 @@ fn stop_workers() -> Result<()> {
 /// times (struct pages on the memory itself every other cycle).
 fn cycle_hotplug(cycles: u64, ranges: &[PhysRange], workers: bool, saved: bool) -> Result<()> {
     for c in 0..cycles {
-        // Block by block, so that a worker waiting for the memory lock
-        // waits for one block's work at most.
+        // Block by block, as a user offlines and removes memory blocks
+        // through sysfs (each block's removal one TLB invalidation).
         for id in ranges
             .iter()
             .flat_map(|r| block_id(r.base)..block_id(r.end()))
@@ -592,6 +593,8 @@ pub fn stress(argv: &[&str], out: &mut dyn Write) -> Result<()> {
 struct Profile {
     /// Each CPU's use of the memory lock, CPU 0 first.
     lock: [global::LockUseSnapshot; crate::arch::MAX_CPUS],
+    /// Each CPU's use of the zone lock to refill or trim its page lists.
+    zone: [global::LockUseSnapshot; crate::arch::MAX_CPUS],
     /// Each CPU's page-list drains: times, pages.
     drained: [(u64, u64); crate::arch::MAX_CPUS],
     /// TLB invalidation instructions (all broadcast: `... IS`).
@@ -605,12 +608,14 @@ impl Profile {
         let (tlbi, pcp) = with(|m| (m.page_table().stats.tlbi_ops, m.pcp()));
         let mut p = Profile {
             lock: [global::LockUseSnapshot::default(); crate::arch::MAX_CPUS],
+            zone: [global::LockUseSnapshot::default(); crate::arch::MAX_CPUS],
             drained: [(0, 0); crate::arch::MAX_CPUS],
             tlbi,
             aside: pcp.nr_isolated_frees(),
         };
         for c in (0..crate::arch::MAX_CPUS).filter(|&c| c == 0 || mask & (1 << c) != 0) {
             p.lock[c] = global::lock_use(c);
+            p.zone[c] = global::zone_use(c);
             p.drained[c] = pcp.drained(c);
         }
         p
@@ -646,21 +651,27 @@ impl Profile {
         }
         for c in (0..crate::arch::MAX_CPUS).filter(|&c| c == 0 || mask & (1 << c) != 0) {
             let l = self.lock[c].since(start.lock[c]);
+            let z = self.zone[c].since(start.zone[c]);
             let d = (
                 self.drained[c].0 - start.drained[c].0,
                 self.drained[c].1 - start.drained[c].1,
             );
             writeln!(
                 out,
-                "profile: cpu{c}: memory lock taken {} times ({} allocations, {} frees; {} allocations failed), waited {} us (longest {} us), held {} us (longest {} us); lists drained {} times ({} pages)",
+                "profile: cpu{c}: memory lock taken {} times, waited {} us (longest {} us), held {} us (longest {} us); lists refilled or trimmed under the zone lock {} times ({} allocations, {} frees; {} allocations failed), waited {} us (longest {} us), held {} us (longest {} us); lists drained {} times ({} pages)",
                 l.takes,
-                l.slow_allocs,
-                l.slow_frees,
-                l.failed_allocs,
                 us(l.wait),
                 us(l.longest_wait),
                 us(l.held),
                 us(l.longest_hold),
+                z.takes,
+                z.slow_allocs,
+                z.slow_frees,
+                z.failed_allocs,
+                us(z.wait),
+                us(z.longest_wait),
+                us(z.held),
+                us(z.longest_hold),
                 d.0,
                 d.1
             )?;
@@ -669,7 +680,7 @@ impl Profile {
             if c != 0 && mode != Mode::Spin {
                 writeln!(
                     out,
-                    "profile: cpu{c}: iterations over {GAP_US} us: {} with the memory lock ({} us), {} without (vCPU stopped) ({} us, longest {} us)",
+                    "profile: cpu{c}: iterations over {GAP_US} us: {} with a lock ({} us), {} without (vCPU stopped) ({} us, longest {} us)",
                     r(&g.locked),
                     us(r(&g.locked_ticks)),
                     r(&g.stalls),

@@ -21,6 +21,15 @@
 //! struct page. [`alloc`](BuddyAllocator::alloc) walks the nodes from the
 //! allocating CPU's by distance, and counts Linux's `numastat` events.
 //!
+//! Locking: the allocator sits behind its own lock, the [`ZoneLock`]
+//! (Linux's `zone->lock`), apart from the memory lock that hotplug and the
+//! page tables are under: a CPU refilling its per-CPU lists (`pcp.rs`)
+//! waits for the allocator, not for a hot-add or an offline. Order:
+//! memory lock, then zone lock, then a CPU's page lists or the heap's lock
+//! (the heap's top-up, under the memory lock, takes the zone lock inside
+//! the heap's; nothing takes the heap's lock under the zone lock except
+//! under the memory lock, so the two never cross).
+//!
 //! Onlining writes only the heads of the maximum-order blocks it hands over
 //! (see "Deferred struct pages" in `page.rs` for the rule): the allocator
 //! reads a page it was not handed as a block head through
@@ -989,6 +998,26 @@ impl BuddyAllocator {
             }
         }
     }
+}
+
+/// The buddy allocator behind its lock (module comment).
+pub type ZoneLock = crate::arch::lock::FairLock<BuddyAllocator>;
+
+/// The zone lock of a new memory system: the kernel's one, or a fresh one
+/// per host test system.
+#[cfg(not(test))]
+pub(in crate::mm) fn new_zone(buddy: BuddyAllocator) -> &'static ZoneLock {
+    static KERNEL: spin::Once<ZoneLock> = spin::Once::new();
+    let mut buddy = Some(buddy);
+    let zone = KERNEL.call_once(|| ZoneLock::new(buddy.take().expect("taken once")));
+    // A second memory system would share the first one's allocator.
+    assert!(buddy.is_none(), "the kernel has one memory system");
+    zone
+}
+
+#[cfg(test)]
+pub(in crate::mm) fn new_zone(buddy: BuddyAllocator) -> &'static ZoneLock {
+    alloc::boxed::Box::leak(alloc::boxed::Box::new(ZoneLock::new(buddy)))
 }
 
 /// Kernel page frames: `Normal` zone only (page-table pages and the like

@@ -4,6 +4,7 @@
 //! [`MemorySystem`].
 
 use super::addr::Pfn;
+use super::buddy::{BuddyAllocator, ZoneLock};
 use super::page::{Memmap, Zone};
 use super::pcp::Pcp;
 use super::system::MemorySystem;
@@ -21,10 +22,12 @@ pub type KernelMm = MemorySystem<KernelTranslation>;
 // in BENCHMARKS.md ("The memory lock: fair or not").
 static MM: FairLock<Option<KernelMm>> = FairLock::new(None);
 
-/// What the per-CPU fast paths reach without the memory lock.
+/// What the per-CPU fast paths reach without the memory lock, and their
+/// slow paths under the zone lock alone (`buddy.rs`).
 struct Local {
     pcp: &'static Pcp,
     memmap: Memmap,
+    zone: &'static ZoneLock,
 }
 
 static LOCAL: spin::Once<Local> = spin::Once::new();
@@ -34,13 +37,15 @@ pub fn install(mm: KernelMm) {
     LOCAL.call_once(|| Local {
         pcp: mm.pcp(),
         memmap: *mm.buddy().memmap(),
+        zone: mm.buddy,
     });
     *MM.lock() = Some(mm);
 }
 
-/// One CPU's use of the memory lock since boot, in generic-timer ticks:
-/// what `stress --profile` breaks a run down by. Written only by that CPU,
-/// on the paths that take the lock, so the fast paths pay nothing.
+/// One CPU's use of the memory lock, or of the zone lock by [`alloc`] and
+/// [`free`], since boot, in generic-timer ticks: what `stress --profile`
+/// breaks a run down by. Written only by that CPU, on the paths that take
+/// the lock, so the fast paths pay nothing.
 #[repr(align(64))]
 struct LockUse {
     takes: AtomicU64,
@@ -55,18 +60,23 @@ struct LockUse {
     failed_allocs: AtomicU64,
 }
 
-static LOCK_USE: [LockUse; MAX_CPUS] = [const {
-    LockUse {
-        takes: AtomicU64::new(0),
-        wait: AtomicU64::new(0),
-        longest_wait: AtomicU64::new(0),
-        held: AtomicU64::new(0),
-        longest_hold: AtomicU64::new(0),
-        slow_allocs: AtomicU64::new(0),
-        slow_frees: AtomicU64::new(0),
-        failed_allocs: AtomicU64::new(0),
-    }
-}; MAX_CPUS];
+const fn unused() -> [LockUse; MAX_CPUS] {
+    [const {
+        LockUse {
+            takes: AtomicU64::new(0),
+            wait: AtomicU64::new(0),
+            longest_wait: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            longest_hold: AtomicU64::new(0),
+            slow_allocs: AtomicU64::new(0),
+            slow_frees: AtomicU64::new(0),
+            failed_allocs: AtomicU64::new(0),
+        }
+    }; MAX_CPUS]
+}
+
+static LOCK_USE: [LockUse; MAX_CPUS] = unused();
+static ZONE_USE: [LockUse; MAX_CPUS] = unused();
 
 /// A copy of one CPU's [`LockUse`]; the longest figures are since the last
 /// [`reset_lock_use`].
@@ -100,7 +110,16 @@ impl LockUseSnapshot {
 
 /// `cpu`'s use of the memory lock (zeros for a CPU out of range).
 pub fn lock_use(cpu: usize) -> LockUseSnapshot {
-    let Some(u) = LOCK_USE.get(cpu) else {
+    snapshot(&LOCK_USE, cpu)
+}
+
+/// `cpu`'s use of the zone lock through [`alloc`] and [`free`].
+pub fn zone_use(cpu: usize) -> LockUseSnapshot {
+    snapshot(&ZONE_USE, cpu)
+}
+
+fn snapshot(uses: &[LockUse; MAX_CPUS], cpu: usize) -> LockUseSnapshot {
+    let Some(u) = uses.get(cpu) else {
         return LockUseSnapshot::default();
     };
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -118,21 +137,23 @@ pub fn lock_use(cpu: usize) -> LockUseSnapshot {
 
 /// Starts the longest wait and hold over, on every CPU.
 pub fn reset_lock_use() {
-    for u in &LOCK_USE {
+    for u in LOCK_USE.iter().chain(&ZONE_USE) {
         u.longest_wait.store(0, Ordering::Relaxed);
         u.longest_hold.store(0, Ordering::Relaxed);
     }
 }
 
 fn count(cpu: usize, f: impl FnOnce(&LockUse) -> &AtomicU64) {
-    if let Some(u) = LOCK_USE.get(cpu) {
+    if let Some(u) = ZONE_USE.get(cpu) {
         f(u).fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// `2^order` pages from the first of `zones` that has them, through this
-/// CPU's page lists: the memory lock only to refill a list (Linux's
-/// `rmqueue_pcplist`). `None` when no zone has them, lists drained.
+/// CPU's page lists: the zone lock only to refill a list (Linux's
+/// `rmqueue_pcplist`), never the memory lock, so that a hot-add or an
+/// offline on another CPU holds it up only while it is in the allocator.
+/// `None` when no zone has them, lists drained.
 pub fn alloc(order: u32, zones: &[Zone]) -> Option<Pfn> {
     let cpu = crate::arch::cpu_id();
     let local = LOCAL.get()?;
@@ -140,7 +161,9 @@ pub fn alloc(order: u32, zones: &[Zone]) -> Option<Pfn> {
         return Some(pfn);
     }
     count(cpu, |u| &u.slow_allocs);
-    let got = with_mm(|m| m.pcp_alloc(cpu, order, zones)).ok().flatten();
+    let got = with_zone(local.zone, cpu, |b| {
+        local.pcp.alloc_slow(b, cpu, order, zones)
+    });
     if got.is_none() {
         count(cpu, |u| &u.failed_allocs);
     }
@@ -159,7 +182,30 @@ pub fn free(pfn: Pfn, order: u32) -> bool {
         return true;
     }
     count(cpu, |u| &u.slow_frees);
-    with_mm(|m| m.pcp_free(cpu, pfn, order)).unwrap_or(false)
+    with_zone(local.zone, cpu, |b| local.pcp.free_slow(b, cpu, pfn, order))
+}
+
+/// Runs `f` on the page allocator under the zone lock, counted in
+/// [`zone_use`].
+fn with_zone<R>(zone: &ZoneLock, cpu: usize, f: impl FnOnce(&mut BuddyAllocator) -> R) -> R {
+    let t0 = counter();
+    let mut guard = zone.lock();
+    let t1 = counter();
+    let r = f(&mut guard);
+    let t2 = counter();
+    drop(guard);
+    record(&ZONE_USE, cpu, t1 - t0, t2 - t1);
+    r
+}
+
+fn record(uses: &[LockUse; MAX_CPUS], cpu: usize, wait: u64, held: u64) {
+    if let Some(u) = uses.get(cpu) {
+        u.takes.fetch_add(1, Ordering::Relaxed);
+        u.wait.fetch_add(wait, Ordering::Relaxed);
+        u.longest_wait.fetch_max(wait, Ordering::Relaxed);
+        u.held.fetch_add(held, Ordering::Relaxed);
+        u.longest_hold.fetch_max(held, Ordering::Relaxed);
+    }
 }
 
 /// Runs `f` on the machine's memory under the lock; `EAGAIN` before boot
@@ -171,13 +217,7 @@ pub fn with_mm<R>(f: impl FnOnce(&mut KernelMm) -> R) -> Result<R> {
     let r = with_locked(&mut guard, f);
     let t2 = counter();
     drop(guard);
-    if let Some(u) = LOCK_USE.get(crate::arch::cpu_id()) {
-        u.takes.fetch_add(1, Ordering::Relaxed);
-        u.wait.fetch_add(t1 - t0, Ordering::Relaxed);
-        u.longest_wait.fetch_max(t1 - t0, Ordering::Relaxed);
-        u.held.fetch_add(t2 - t1, Ordering::Relaxed);
-        u.longest_hold.fetch_max(t2 - t1, Ordering::Relaxed);
-    }
+    record(&LOCK_USE, crate::arch::cpu_id(), t1 - t0, t2 - t1);
     r
 }
 
@@ -190,7 +230,7 @@ fn with_locked<R>(guard: &mut Option<KernelMm>, f: impl FnOnce(&mut KernelMm) ->
     top_up_heap(mm);
     let r = f(mm);
     top_up_heap(mm);
-    mm.pcp().update_hints(mm.buddy());
+    mm.pcp().update_hints(&mm.buddy());
     Ok(r)
 }
 

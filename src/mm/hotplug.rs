@@ -6,9 +6,11 @@
 
 use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
+use super::buddy::BuddyAllocator;
 use super::granule::{Granule, KernelGranule};
 use super::layout::*;
 use super::page::{PageFlags, Zone, MAX_ORDER_NR_PAGES};
+use super::pcp::Pcp;
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
 use super::system::{
     block_id, block_pfns, block_range, BlockState, DevMapKind, MemoryBlock, MemorySystem, PlugMask,
@@ -179,7 +181,7 @@ impl<T: Translation> MemorySystem<T> {
                 range.end() - 1
             );
         }
-        let nid = self.buddy.topology().memory_add_physaddr_to_nid(start);
+        let nid = self.topo.memory_add_physaddr_to_nid(start);
         self.add_memory_blocks(nid, first, last, "System RAM", None)?;
         self.auto_online(first, last);
         Ok(())
@@ -312,7 +314,7 @@ impl<T: Translation> MemorySystem<T> {
         // max-order head (one store each, `page.rs`), or all written when
         // struct pages are not deferred. The pages that hold the struct
         // pages are marked (and stay reserved for good).
-        if self.buddy.defer_init() {
+        if self.deferred_memmap_init() {
             // SAFETY: the block's vmemmap was just populated; no reference
             // to its struct pages exists yet.
             unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
@@ -465,7 +467,7 @@ impl<T: Translation> MemorySystem<T> {
                     continue;
                 }
                 if plugged {
-                    self.buddy.online_pages(s, e - s, zone, nid);
+                    self.buddy.lock().online_pages(s, e - s, zone, nid);
                 } else {
                     let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
                     self.init_struct_pages_on(s, e, zone, nid, flags);
@@ -514,7 +516,7 @@ impl<T: Translation> MemorySystem<T> {
             let (s, _) = mask.pfns(id, first);
             let (_, e) = mask.pfns(id, first + n - 1);
             let nid = self.blocks[&id].nid;
-            self.buddy.online_pages(s, e - s, zone, nid);
+            self.buddy.lock().online_pages(s, e - s, zone, nid);
         }
         for i in first..first + n {
             mask.set(i, true);
@@ -547,14 +549,7 @@ impl<T: Translation> MemorySystem<T> {
             .into());
         }
         if let BlockState::Online(zone) = state {
-            self.drain_range_pages(s, e);
-            if self.buddy.isolate_range(s, e).is_err() {
-                // As offlining: anonymous pages move out first.
-                self.migrate_range_out(id, s, e)?;
-                if let Err(pfn) = self.buddy.isolate_range(s, e) {
-                    return Err(OfflineError::Busy { id, pfn });
-                }
-            }
+            self.take_free_range_migrating(id, s, e)?;
             let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
             self.init_struct_pages(s, e, zone, flags);
         }
@@ -595,18 +590,36 @@ impl<T: Translation> MemorySystem<T> {
             return Err(Self::refuse_boot_offline(id).into());
         }
         let (spfn, epfn) = block_pfns(id);
-        // Free pages on per-CPU lists look in use to the buddy allocator
-        // (Linux's `offline_pages` drains them too).
-        self.drain_range_pages(spfn, epfn);
-        if self.buddy.isolate_range(spfn, epfn).is_err() {
-            // Pages in use: anonymous ones move out (Linux's
-            // `do_migrate_range`), anything else fails it unchanged.
-            self.migrate_range_out(id, spfn, epfn)?;
-            if let Err(pfn) = self.buddy.isolate_range(spfn, epfn) {
+        self.take_free_range_migrating(id, spfn, epfn)?;
+        self.finish_offline(id);
+        Ok(())
+    }
+
+    /// Takes the pages `s..e` of block `id` from the buddy allocator,
+    /// migrating its anonymous pages out first if any page is in use
+    /// (`migrate.rs`); `Busy`, nothing taken, while another page is.
+    fn take_free_range_migrating(
+        &mut self,
+        id: u64,
+        s: Pfn,
+        e: Pfn,
+    ) -> core::result::Result<(), OfflineError> {
+        let taken = take_free_range(self.pcp, &mut self.buddy.lock(), s, e);
+        if taken.is_err() {
+            self.migrate_range_out(id, s, e)?;
+            let taken = take_free_range(self.pcp, &mut self.buddy.lock(), s, e);
+            if let Err(pfn) = taken {
                 return Err(OfflineError::Busy { id, pfn });
             }
         }
-        let defer = self.buddy.defer_init();
+        Ok(())
+    }
+
+    /// Writes block `id`'s struct pages offline, once the buddy allocator
+    /// gave all its pages up, and records it offline.
+    fn finish_offline(&mut self, id: u64) {
+        let (spfn, epfn) = block_pfns(id);
+        let defer = self.deferred_memmap_init();
         let mut head = spfn;
         while head < epfn {
             let end = (head + MAX_ORDER_NR_PAGES).min(epfn);
@@ -640,9 +653,10 @@ impl<T: Translation> MemorySystem<T> {
             }
             head += MAX_ORDER_NR_PAGES;
         }
-        self.blocks.get_mut(&id).expect("checked").state = BlockState::Offline;
+        if let Some(b) = self.blocks.get_mut(&id) {
+            b.state = BlockState::Offline;
+        }
         self.events.offline += 1;
-        Ok(())
     }
 
     /// Starts taking block `id` offline while its pages may still be in
@@ -662,11 +676,12 @@ impl<T: Translation> MemorySystem<T> {
             Some(_) => {}
         }
         let (spfn, epfn) = block_pfns(id);
-        self.buddy.try_reserve_isolating().map_err(|_| no_heap())?;
-        self.buddy.start_isolate_page_range(spfn, epfn);
-        // The range's blocks off the per-CPU lists, and frees into it sent
-        // to the buddy allocator, which holds them.
-        self.pcp_isolate(spfn, epfn);
+        let mut buddy = self.buddy.lock();
+        buddy.try_reserve_isolating().map_err(|_| no_heap())?;
+        buddy.start_isolate_page_range(spfn, epfn);
+        // The range's blocks off the per-CPU lists, and frees into it put
+        // aside, for the buddy allocator to hold.
+        self.pcp.isolate(&mut buddy, spfn, epfn);
         Ok(())
     }
 
@@ -674,21 +689,35 @@ impl<T: Translation> MemorySystem<T> {
     /// [`offline_begin`](Self::offline_begin); `false` while some are out.
     pub fn offline_try_finish(&mut self, id: u64) -> bool {
         let (spfn, epfn) = block_pfns(id);
-        self.pcp_collect_isolated();
-        if !self.buddy.test_pages_isolated(spfn, epfn) {
+        let mut buddy = self.buddy.lock();
+        self.pcp.collect_isolated(&mut buddy);
+        if !buddy.test_pages_isolated(spfn, epfn) {
             return false;
         }
-        self.pcp_unisolate(spfn, epfn);
-        self.buddy.undo_isolate_page_range(spfn, epfn);
-        self.offline_block(id)
-            .expect("every page of the block is free");
-        true
+        self.pcp.unisolate(&mut buddy, spfn, epfn);
+        buddy.undo_isolate_page_range(spfn, epfn);
+        // In the same hold of the zone lock: no CPU refills from the block
+        // between the isolation's end and the offline.
+        let taken = take_free_range(self.pcp, &mut buddy, spfn, epfn);
+        drop(buddy);
+        match taken {
+            Ok(_) => {
+                self.finish_offline(id);
+                true
+            }
+            Err(pfn) => {
+                // Cannot happen: every page was held a moment ago.
+                pr_warn!("memory{id}: {:#x} in use after isolation", pfn.phys());
+                false
+            }
+        }
     }
 
     pub fn offline_abort(&mut self, id: u64) {
         let (spfn, epfn) = block_pfns(id);
-        self.pcp_unisolate(spfn, epfn);
-        self.buddy.undo_isolate_page_range(spfn, epfn);
+        let mut buddy = self.buddy.lock();
+        self.pcp.unisolate(&mut buddy, spfn, epfn);
+        buddy.undo_isolate_page_range(spfn, epfn);
     }
 
     /// Linux's `memremap_pages` for device memory `id`: linear map, struct
@@ -754,4 +783,19 @@ impl<T: Translation> MemorySystem<T> {
         self.events.devmem_unmap += 1;
         Ok(())
     }
+}
+
+/// Takes `s..e`'s pages from the buddy allocator, after giving back those
+/// on the CPUs' lists (free pages there look in use to it; Linux's
+/// `offline_pages` drains them too), in one hold of the zone lock so that
+/// no CPU refills from the range in between; `Err(pfn)` while `pfn` is in
+/// use.
+fn take_free_range(
+    pcp: &Pcp,
+    buddy: &mut BuddyAllocator,
+    s: Pfn,
+    e: Pfn,
+) -> core::result::Result<u64, Pfn> {
+    pcp.drain_range(buddy, s, e);
+    buddy.isolate_range(s, e)
 }

@@ -41,6 +41,7 @@ impl<T: Translation> MemorySystem<T> {
     /// The first page of `start..end` in use that cannot move, if any
     /// (after the per-CPU lists were drained).
     pub(in crate::mm) fn first_unmovable(&self, start: Pfn, end: Pfn) -> Option<Pfn> {
+        let buddy = self.buddy.lock();
         let mut pfn = start;
         while pfn < end {
             // SAFETY: callers pass a present block's pfns: its vmemmap is
@@ -50,7 +51,7 @@ impl<T: Translation> MemorySystem<T> {
                 pfn += 1;
                 continue;
             }
-            match self.buddy.free_block_of(pfn) {
+            match buddy.free_block_of(pfn) {
                 Some((head, order)) => pfn = head + (1 << order),
                 None => return Some(pfn),
             }
@@ -115,15 +116,18 @@ impl<T: Translation> MemorySystem<T> {
         if let Some(pfn) = self.first_unmovable(start, end) {
             return Err(OfflineError::Busy { id, pfn });
         }
-        self.buddy
-            .try_reserve_isolating()
-            .map_err(|_| err!(ENOMEM, "no kernel memory for the records"))?;
         let (istart, iend) = (
             start.align_down(MAX_ORDER_NR_PAGES),
             end.align_up(MAX_ORDER_NR_PAGES),
         );
-        self.buddy.start_isolate_page_range(istart, iend);
-        self.pcp_isolate(istart, iend);
+        {
+            let mut buddy = self.buddy.lock();
+            buddy
+                .try_reserve_isolating()
+                .map_err(|_| err!(ENOMEM, "no kernel memory for the records"))?;
+            buddy.start_isolate_page_range(istart, iend);
+            self.pcp.isolate(&mut buddy, istart, iend);
+        }
         let mut failed = None;
         let mut pfn = start;
         while pfn < end {
@@ -140,8 +144,9 @@ impl<T: Translation> MemorySystem<T> {
             }
             pfn += 1;
         }
-        self.pcp_unisolate(istart, iend);
-        self.buddy.undo_isolate_page_range(istart, iend);
+        let mut buddy = self.buddy.lock();
+        self.pcp.unisolate(&mut buddy, istart, iend);
+        buddy.undo_isolate_page_range(istart, iend);
         match failed {
             Some(pfn) => Err(OfflineError::Busy { id, pfn }),
             None => Ok(()),

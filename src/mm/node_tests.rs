@@ -22,14 +22,14 @@ fn alloc(mm: &mut Mm, cpu: usize, order: u32) -> Option<Pfn> {
     let memmap = *mm.buddy().memmap();
     let got = mm.pcp().alloc_fast(&memmap, cpu, order, ZONES);
     let got = got.or_else(|| mm.pcp_alloc(cpu, order, ZONES));
-    mm.pcp().update_hints(mm.buddy());
+    mm.pcp().update_hints(&mm.buddy());
     got
 }
 
 fn free(mm: &mut Mm, cpu: usize, pfn: Pfn, order: u32) -> bool {
     let memmap = *mm.buddy().memmap();
     let ok = mm.pcp().free_fast(&memmap, cpu, pfn, order) || mm.pcp_free(cpu, pfn, order);
-    mm.pcp().update_hints(mm.buddy());
+    mm.pcp().update_hints(&mm.buddy());
     ok
 }
 
@@ -162,7 +162,7 @@ fn a_memoryless_node_comes_online_with_its_first_memory() {
     assert_eq!(mm.node_meminfo(2), (BLOCK_PAGES, BLOCK_PAGES));
     check_sums(mm);
     // A node-2 page, freed by CPU 0, stays node 2's.
-    let p = mm.buddy.alloc_nodes(0, ZONES, 2).unwrap();
+    let p = mm.buddy.lock().alloc_nodes(0, ZONES, 2).unwrap();
     assert_eq!(node_of(mm, p), 2);
     assert!(free(mm, 0, p, 0));
     assert_eq!(mm.node_meminfo(2).1, BLOCK_PAGES);

@@ -4,18 +4,18 @@
 //! Each CPU keeps, per buddy zone and per order up to
 //! [`PCP_MAX_ORDER`], a short stack of blocks taken from the buddy
 //! allocator. Allocating and freeing such a block takes only that CPU's
-//! list lock; the memory lock (which guards the buddy allocator and the
-//! rest of mm) is taken to move a batch between the buddy allocator and a
-//! list ([`PCP_BATCH`] pages when a list is empty, down to
+//! list lock; the zone lock (which guards the buddy allocator, `buddy.rs`;
+//! never the memory lock, which guards the rest of mm) is taken to move a
+//! batch between the buddy allocator and a list ([`PCP_BATCH`] pages when a list is empty, down to
 //! `PCP_HIGH - PCP_BATCH` when a CPU holds more than [`PCP_HIGH`]).
 //!
 //! Invariants:
 //! - A block on a list is free: `MemFree` counts it (unlike Linux, whose
 //!   `NR_FREE_PAGES` leaves the lists out), so that `/proc/meminfo` does
 //!   not depend on where free pages sit. Blocks move between the buddy
-//!   allocator and a list only with both the memory lock and that CPU's
-//!   lock held, so a reader holding the memory lock sees every page
-//!   counted exactly once.
+//!   allocator and a list only with both the zone lock and that CPU's
+//!   lock held, so a reader holding the zone lock sees every page counted
+//!   exactly once.
 //! - A listed block's head has refcount 0 and its allocation order; the
 //!   buddy allocator sees it as allocated. Draining sets refcount 1 and
 //!   frees it through [`BuddyAllocator::free`], which checks it again.
@@ -27,8 +27,8 @@
 //!   page on a list either.
 //! - A block freed into a range under isolation is put aside on the
 //!   freeing CPU (`isolated_frees`, refcount 0, still allocated to the
-//!   buddy allocator and not counted free) without the memory lock; the
-//!   offline collects such blocks (under the memory lock and each CPU's
+//!   buddy allocator and not counted free) without the zone lock; the
+//!   offline collects such blocks (under the zone lock and each CPU's
 //!   lock) before it tests its range, and when the isolation ends.
 //! - When the buddy allocator cannot serve an allocation, the lists are
 //!   drained and it is asked again before the allocation fails: pages
@@ -37,13 +37,14 @@
 //! - NUMA: a CPU's lists hold only pages of its own node (Linux keeps
 //!   lists per zone, so per node, and allocates from them for the local
 //!   node first): a page of another node is freed to the buddy
-//!   allocator, and an allocation its node cannot serve takes the memory
+//!   allocator, and an allocation its node cannot serve takes the zone
 //!   lock and walks the nodes by distance. Node `N`'s listed pages are
 //!   the lists of its CPUs, so per-node `MemFree` stays exact too.
 //!
-//! Lock order: the memory lock, then one CPU's list lock. The fast paths
-//! take a list lock alone and never the memory lock while holding it; the
-//! slow paths take the memory lock first. Linux drains another CPU's lists
+//! Lock order: the memory lock (if at all), the zone lock, then one CPU's
+//! list lock. The fast paths take a list lock alone and never another lock
+//! while holding it; the slow paths take the zone lock first, and a CPU
+//! allocating through [`crate::mm::global`] never takes the memory lock. Linux drains another CPU's lists
 //! from that CPU (work queued to it, as its lists are protected by
 //! disabling preemption there); here every list has its own lock, so the
 //! draining CPU takes it and empties the list itself: no IPI, no waiting
@@ -201,10 +202,10 @@ impl CpuSlot {
 pub struct Pcp {
     cpus: [CpuSlot; MAX_CPUS],
     /// Whether the buddy allocator had free pages in each zone when the
-    /// memory lock was last released: the fast path falls back to the next
+    /// zone lock was last released by a slow path or the memory lock: the fast path falls back to the next
     /// zone's list without the lock only when the preferred zone had none
     /// (otherwise an empty Movable list would send every movable allocation
-    /// to the memory lock while no Movable memory exists).
+    /// to the zone lock while no Movable memory exists).
     zone_has_free: [[AtomicBool; NR_BUDDY_ZONES]; MAX_NUMNODES],
     /// Each CPU's node: the only node its lists hold pages of.
     cpu_node: [AtomicU8; MAX_CPUS],
@@ -212,7 +213,7 @@ pub struct Pcp {
     /// `numastat`).
     fast_allocs: [AtomicU64; MAX_NUMNODES],
     /// Blocks put aside by frees into ranges under isolation, ever: an
-    /// offline waiting for pages polls it without the memory lock.
+    /// offline waiting for pages polls it without a lock.
     isolated_frees: AtomicU64,
 }
 
@@ -331,7 +332,7 @@ impl Pcp {
 
     /// The fast path of an allocation of `2^order` pages from the first of
     /// `zones` that has them: a block off `cpu`'s own list, or `None` when
-    /// the memory lock is needed ([`MemorySystem::pcp_alloc`]).
+    /// the zone lock is needed ([`Pcp::alloc_slow`]).
     pub fn alloc_fast(
         &self,
         memmap: &Memmap,
@@ -365,8 +366,8 @@ impl Pcp {
     }
 
     /// The fast path of a free: `true` when the block went on `cpu`'s own
-    /// list; `false` when the memory lock is needed
-    /// ([`MemorySystem::pcp_free`]): a larger order, a block that fails the
+    /// list; `false` when the zone lock is needed
+    /// ([`Pcp::free_slow`]): a larger order, a block that fails the
     /// free checks (the buddy allocator then refuses it and says why), a
     /// range under isolation, or a CPU past `PCP_HIGH`.
     ///
@@ -404,9 +405,9 @@ impl Pcp {
         let zone = decode_zone_byte(zone).and_then(|(z, n)| Some((z.buddy_index()?, n)));
         if isolated {
             // Linux frees such a block straight to the buddy allocator
-            // under the zone lock (`free_one_page`); here that lock is the
-            // memory lock, which hotplug holds for milliseconds: the block
-            // waits here, still allocated, for the offline to collect it.
+            // under the zone lock (`free_one_page`); here it waits on this
+            // CPU, still allocated, for the offline to collect it: a free
+            // into a block being offlined takes no lock but the list's.
             if !(freeable && zone.is_some() && pages.put_isolated(pfn, order, self)) {
                 return false;
             }
@@ -591,7 +592,7 @@ impl Pcp {
     }
 
     /// Refreshes the zone hints from the buddy allocator; called with the
-    /// memory lock held, before it is released.
+    /// zone lock held, before it is released.
     pub fn update_hints(&self, buddy: &BuddyAllocator) {
         for nid in buddy.topology().possible().iter() {
             for (z, &zone) in Zone::BUDDY_ZONES.iter().enumerate() {
@@ -621,26 +622,26 @@ pub(in crate::mm) fn new_pcp() -> &'static Pcp {
     alloc::boxed::Box::leak(alloc::boxed::Box::new(Pcp::new()))
 }
 
-/// The slow paths, with the memory lock held.
-impl<T: Translation> MemorySystem<T> {
-    pub fn pcp(&self) -> &'static Pcp {
-        self.pcp
-    }
-
+/// The slow paths, with the zone lock held by the caller.
+impl Pcp {
     /// An allocation for `cpu` that its list could not serve: refill the
     /// list from the buddy allocator (larger orders: straight from it);
     /// when that fails, drain every list and try once more.
-    pub fn pcp_alloc(&mut self, cpu: usize, order: u32, zones: &[Zone]) -> Option<Pfn> {
-        let pcp = self.pcp;
+    pub fn alloc_slow(
+        &self,
+        buddy: &mut BuddyAllocator,
+        cpu: usize,
+        order: u32,
+        zones: &[Zone],
+    ) -> Option<Pfn> {
         let got = if order <= PCP_MAX_ORDER {
-            pcp.refill(&mut self.buddy, cpu, order, zones)
+            self.refill(buddy, cpu, order, zones)
         } else {
             None
         };
-        let nid = pcp.cpu_node(cpu);
-        let got =
-            got.or_else(|| pcp.or_drain(&mut self.buddy, |b| b.alloc_nodes(order, zones, nid)));
-        pcp.update_hints(&self.buddy);
+        let nid = self.cpu_node(cpu);
+        let got = got.or_else(|| self.or_drain(buddy, |b| b.alloc_nodes(order, zones, nid)));
+        self.update_hints(buddy);
         got
     }
 
@@ -648,62 +649,55 @@ impl<T: Translation> MemorySystem<T> {
     /// a batch back past `PCP_HIGH`; or, for larger orders, blocks in a
     /// range under isolation and refused frees, to the buddy allocator
     /// (which holds, or refuses and counts).
-    pub fn pcp_free(&mut self, cpu: usize, pfn: Pfn, order: u32) -> bool {
-        let pcp = self.pcp;
-        let listable = order <= PCP_MAX_ORDER && self.buddy.check_free(pfn, order).is_ok();
-        let slot = pcp.cpus.get(cpu).filter(|_| listable);
+    pub fn free_slow(&self, buddy: &mut BuddyAllocator, cpu: usize, pfn: Pfn, order: u32) -> bool {
+        let listable = order <= PCP_MAX_ORDER && buddy.check_free(pfn, order).is_ok();
+        let slot = self.cpus.get(cpu).filter(|_| listable);
         let Some(slot) = slot else {
-            let ok = self.buddy.free(pfn, order);
-            pcp.update_hints(&self.buddy);
+            let ok = buddy.free(pfn, order);
+            self.update_hints(buddy);
             return ok;
         };
         let mut pages = slot.pages.lock();
         // SAFETY: `check_free` passed: an allocated block of the caller's.
-        let zone = unsafe { addr_of_mut!((*head(self.buddy.memmap(), pfn)).zone).read() };
-        let local = |&(_, n): &(Zone, usize)| n == pcp.cpu_node(cpu);
+        let zone = unsafe { addr_of_mut!((*head(buddy.memmap(), pfn)).zone).read() };
+        let local = |&(_, n): &(Zone, usize)| n == self.cpu_node(cpu);
         let z = decode_zone_byte(zone)
             .filter(local)
             .and_then(|(z, _)| z.buddy_index());
         let ok = match z {
             Some(z) if !pages.isolates(pfn) && pages.lists[z][order as usize].push(pfn) => {
                 // SAFETY: as above.
-                unsafe { set_refcount(self.buddy.memmap(), pfn, 0) };
+                unsafe { set_refcount(buddy.memmap(), pfn, 0) };
                 pages.count += 1 << order;
                 if pages.count > PCP_HIGH {
-                    Pcp::free_bulk(&mut self.buddy, &mut pages, PCP_HIGH - PCP_BATCH);
+                    Pcp::free_bulk(buddy, &mut pages, PCP_HIGH - PCP_BATCH);
                 }
                 true
             }
-            _ => self.buddy.free(pfn, order),
+            _ => buddy.free(pfn, order),
         };
         slot.count.store(pages.count, Ordering::Relaxed);
         drop(pages);
-        pcp.update_hints(&self.buddy);
+        self.update_hints(buddy);
         ok
-    }
-
-    /// Empties every CPU's lists (Linux's `drain_all_pages`).
-    pub fn drain_all_pages(&mut self) {
-        self.pcp.drain_all(&mut self.buddy);
     }
 
     /// Gives back every listed block of `start..end`, on every CPU, before
     /// an offline takes the range's pages. Linux's `offline_pages` drains
     /// the whole zone; draining only the range leaves other CPUs' lists
     /// (and so their lock-free allocations) alone.
-    pub fn drain_range_pages(&mut self, start: Pfn, end: Pfn) {
-        for slot in &self.pcp.cpus {
+    pub fn drain_range(&self, buddy: &mut BuddyAllocator, start: Pfn, end: Pfn) {
+        for slot in &self.cpus {
             let mut pages = slot.pages.lock();
-            Pcp::free_range(&mut self.buddy, slot, &mut pages, start, end);
+            Pcp::free_range(buddy, slot, &mut pages, start, end);
         }
     }
 
     /// Records `start..end` as under isolation with every CPU, and gives
-    /// back its blocks on their lists: from now until [`pcp_unisolate`](Self::pcp_unisolate)
+    /// back its blocks on their lists: from now until [`unisolate`](Self::unisolate)
     /// no block of the range is on a list.
-    pub(in crate::mm) fn pcp_isolate(&mut self, start: Pfn, end: Pfn) {
-        for cpu in 0..MAX_CPUS {
-            let slot = &self.pcp.cpus[cpu];
+    pub(in crate::mm) fn isolate(&self, buddy: &mut BuddyAllocator, start: Pfn, end: Pfn) {
+        for slot in &self.cpus {
             let mut pages = slot.pages.lock();
             if pages.nr_isolated < MAX_ISOLATED {
                 let n = pages.nr_isolated;
@@ -712,21 +706,21 @@ impl<T: Translation> MemorySystem<T> {
             } else {
                 pages.isolated_overflow += 1;
             }
-            Pcp::free_range(&mut self.buddy, slot, &mut pages, start, end);
+            Pcp::free_range(buddy, slot, &mut pages, start, end);
         }
     }
 
     /// Hands every block that frees put aside on the CPUs (freed into a
     /// range under isolation) to the buddy allocator, which holds each for
     /// its isolation; before an offline tests its range.
-    pub fn pcp_collect_isolated(&mut self) {
-        for slot in &self.pcp.cpus {
+    pub fn collect_isolated(&self, buddy: &mut BuddyAllocator) {
+        for slot in &self.cpus {
             let mut pages = slot.pages.lock();
-            Self::collect_isolated(&mut self.buddy, &mut pages);
+            Self::collect_isolated_on(buddy, &mut pages);
         }
     }
 
-    fn collect_isolated(buddy: &mut BuddyAllocator, pages: &mut PerCpuPages) {
+    fn collect_isolated_on(buddy: &mut BuddyAllocator, pages: &mut PerCpuPages) {
         let memmap = *buddy.memmap();
         let n = core::mem::take(&mut pages.nr_isolated_frees);
         for &(pfn, order) in &pages.isolated_frees[..n] {
@@ -737,13 +731,13 @@ impl<T: Translation> MemorySystem<T> {
         }
     }
 
-    /// Ends what [`pcp_isolate`](Self::pcp_isolate) started, collecting
-    /// what frees put aside first (under the same CPU lock, so that no
-    /// block of the range is put aside after).
-    pub(in crate::mm) fn pcp_unisolate(&mut self, start: Pfn, end: Pfn) {
-        for slot in &self.pcp.cpus {
+    /// Ends what [`isolate`](Self::isolate) started, collecting what frees
+    /// put aside first (under the same CPU lock, so that no block of the
+    /// range is put aside after).
+    pub(in crate::mm) fn unisolate(&self, buddy: &mut BuddyAllocator, start: Pfn, end: Pfn) {
+        for slot in &self.cpus {
             let mut pages = slot.pages.lock();
-            Self::collect_isolated(&mut self.buddy, &mut pages);
+            Self::collect_isolated_on(buddy, &mut pages);
             let n = pages.nr_isolated;
             match pages.isolated[..n].iter().position(|&r| r == (start, end)) {
                 Some(i) => {
@@ -753,6 +747,36 @@ impl<T: Translation> MemorySystem<T> {
                 None => pages.isolated_overflow = pages.isolated_overflow.saturating_sub(1),
             }
         }
+    }
+}
+
+/// The same, for a caller holding the memory lock, not the zone lock
+/// (each takes it).
+impl<T: Translation> MemorySystem<T> {
+    pub fn pcp(&self) -> &'static Pcp {
+        self.pcp
+    }
+
+    pub fn pcp_alloc(&mut self, cpu: usize, order: u32, zones: &[Zone]) -> Option<Pfn> {
+        self.pcp
+            .alloc_slow(&mut self.buddy.lock(), cpu, order, zones)
+    }
+
+    pub fn pcp_free(&mut self, cpu: usize, pfn: Pfn, order: u32) -> bool {
+        self.pcp.free_slow(&mut self.buddy.lock(), cpu, pfn, order)
+    }
+
+    /// Empties every CPU's lists (Linux's `drain_all_pages`).
+    pub fn drain_all_pages(&mut self) {
+        self.pcp.drain_all(&mut self.buddy.lock());
+    }
+
+    pub fn drain_range_pages(&mut self, start: Pfn, end: Pfn) {
+        self.pcp.drain_range(&mut self.buddy.lock(), start, end);
+    }
+
+    pub fn pcp_collect_isolated(&mut self) {
+        self.pcp.collect_isolated(&mut self.buddy.lock());
     }
 }
 

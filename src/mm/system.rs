@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use super::addr::{Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
-use super::buddy::BuddyAllocator;
+use super::buddy::{BuddyAllocator, ZoneLock};
 use super::frame::FrameAllocator;
 use super::granule::KernelGranule;
 use super::iomem::IoMem;
@@ -16,6 +16,7 @@ use super::node::{NodeMask, Topology, MAX_NUMNODES};
 use super::page::{Memmap, PageFlags, Zone};
 use super::pgtable::unmap::UnmapWarnings;
 use super::pgtable::{PageTable, Translation};
+use crate::arch::lock::FairLockGuard;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockState {
@@ -266,7 +267,13 @@ pub struct Events {
 /// boot API, the hotplug operations and the read accessors below.
 pub struct MemorySystem<T: Translation> {
     pub(in crate::mm) pt: PageTable<T, KernelGranule>,
-    pub(in crate::mm) buddy: BuddyAllocator,
+    /// The page allocator, behind its own lock (`buddy.rs`): reached by the
+    /// per-CPU lists' slow paths without the memory lock, so shared rather
+    /// than owned.
+    pub(in crate::mm) buddy: &'static ZoneLock,
+    /// The allocator's NUMA topology, fixed at boot: read without the
+    /// zone lock.
+    pub(in crate::mm) topo: Topology,
     pub(in crate::mm) memmap: Memmap,
     pub(in crate::mm) blocks: BlockMap,
     pub(in crate::mm) iomem: IoMem,
@@ -295,8 +302,9 @@ pub struct MemorySystem<T: Translation> {
 
 /// The frame allocator every mm operation uses: the buddy allocator's
 /// Normal zone, with fault injection.
+/// Takes the zone lock for each call, not for a whole walk.
 pub struct Frames<'a> {
-    buddy: &'a mut BuddyAllocator,
+    buddy: &'static ZoneLock,
     fail_nth: &'a mut Option<u64>,
     pcp: &'static super::pcp::Pcp,
 }
@@ -306,7 +314,8 @@ impl FrameAllocator for Frames<'_> {
         if fail_nth_hit(self.fail_nth) {
             return None;
         }
-        self.pcp.or_drain(self.buddy, |b| b.alloc_pages(order))
+        self.pcp
+            .or_drain(&mut self.buddy.lock(), |b| b.alloc_pages(order))
     }
 
     /// The largest block `max` allows, split; one page (from the per-CPU
@@ -317,8 +326,9 @@ impl FrameAllocator for Frames<'_> {
             if fail_nth_hit(self.fail_nth) {
                 return None;
             }
-            if let Some(pfn) = self.buddy.alloc(order, Zone::Normal) {
-                self.buddy.split_page(pfn, order);
+            let mut buddy = self.buddy.lock();
+            if let Some(pfn) = buddy.alloc(order, Zone::Normal) {
+                buddy.split_page(pfn, order);
                 return Some((pfn.phys(), 1 << order));
             }
         }
@@ -327,11 +337,11 @@ impl FrameAllocator for Frames<'_> {
 
     fn free_pages(&mut self, pa: PhysAddr, order: u32) {
         crate::arch::trace::check_free(pa.as_u64(), PAGE_SIZE << order);
-        self.buddy.free_pages(pa, order)
+        self.buddy.lock().free_pages(pa, order)
     }
 
     fn is_reserved(&self, pa: PhysAddr) -> bool {
-        self.buddy.is_reserved(pa)
+        self.buddy.lock().is_reserved(pa)
     }
 }
 
@@ -403,7 +413,8 @@ impl<T: Translation> MemorySystem<T> {
     pub fn new(pt: PageTable<T, KernelGranule>, buddy: BuddyAllocator, memmap: Memmap) -> Self {
         Self {
             pt,
-            buddy,
+            topo: *buddy.topology(),
+            buddy: super::buddy::new_zone(buddy),
             memmap,
             blocks: BlockMap::default(),
             iomem: IoMem::default(),
@@ -429,7 +440,7 @@ impl<T: Translation> MemorySystem<T> {
         Parts {
             pt: &mut self.pt,
             frames: Frames {
-                buddy: &mut self.buddy,
+                buddy: self.buddy,
                 fail_nth: &mut self.fail_nth_alloc,
                 pcp: self.pcp,
             },
@@ -477,7 +488,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Free pages as `MemFree:` counts them: pages on per-CPU lists are
     /// free too (see `pcp`).
     pub fn nr_free_pages(&self) -> u64 {
-        self.buddy.nr_free_total() + self.pcp.nr_pages()
+        self.buddy.lock().nr_free_total() + self.pcp.nr_pages()
     }
 
     pub fn meminfo(&self) -> MemInfo {
@@ -486,10 +497,12 @@ impl<T: Translation> MemorySystem<T> {
             Some(_) => vmemmap_altmap += size,
             None => vmemmap += size,
         });
+        let buddy = self.buddy.lock();
         let managed = Zone::BUDDY_ZONES
             .iter()
-            .map(|&z| self.buddy.managed(z))
+            .map(|&z| buddy.managed(z))
             .sum::<u64>();
+        drop(buddy);
         MemInfo {
             total: managed * PAGE_SIZE,
             free: self.nr_free_pages() * PAGE_SIZE,
@@ -545,11 +558,11 @@ impl<T: Translation> MemorySystem<T> {
     /// Whether onlining defers struct pages (`page.rs`); on by default,
     /// off to compare against (tests, `bench`).
     pub fn deferred_memmap_init(&self) -> bool {
-        self.buddy.defer_init()
+        self.buddy.lock().defer_init()
     }
 
     pub fn set_deferred_memmap_init(&mut self, on: bool) {
-        self.buddy.set_defer_init(on);
+        self.buddy.lock().set_defer_init(on);
     }
 }
 
@@ -680,8 +693,9 @@ impl<T: Translation> MemorySystem<T> {
         &self.pt
     }
 
-    pub fn buddy(&self) -> &BuddyAllocator {
-        &self.buddy
+    /// The page allocator, locked (never with it held already).
+    pub fn buddy(&self) -> FairLockGuard<'static, BuddyAllocator> {
+        self.buddy.lock()
     }
 
     pub fn blocks(&self) -> &BlockMap {
@@ -747,14 +761,15 @@ impl<T: Translation> MemorySystem<T> {
 
     /// `2^order` pages from `zone`; their first pfn.
     pub fn alloc(&mut self, order: u32, zone: Zone) -> Option<Pfn> {
-        self.pcp.or_drain(&mut self.buddy, |b| b.alloc(order, zone))
+        self.pcp
+            .or_drain(&mut self.buddy.lock(), |b| b.alloc(order, zone))
     }
 
     /// `2^order` pages from Movable if it has them, else Normal (where a
     /// process's pages go).
     pub fn alloc_movable_first(&mut self, order: u32) -> Option<Pfn> {
         let nid = self.topology().cpu_node(crate::arch::cpu_id());
-        self.pcp.or_drain(&mut self.buddy, |b| {
+        self.pcp.or_drain(&mut self.buddy.lock(), |b| {
             b.alloc_nodes(order, &[Zone::Movable, Zone::Normal], nid)
         })
     }
@@ -762,29 +777,31 @@ impl<T: Translation> MemorySystem<T> {
     /// Gives back what [`alloc`](Self::alloc) handed out; `false` (logged,
     /// counted, nothing changed) for a bad free.
     pub fn free(&mut self, pfn: Pfn, order: u32) -> bool {
-        self.buddy.free(pfn, order)
+        self.buddy.lock().free(pfn, order)
     }
 
     /// The page allocator's Normal zone by physical address, for DMA.
     pub fn alloc_pages(&mut self, order: u32) -> Option<PhysAddr> {
-        self.pcp.or_drain(&mut self.buddy, |b| b.alloc_pages(order))
+        self.pcp
+            .or_drain(&mut self.buddy.lock(), |b| b.alloc_pages(order))
     }
 
     pub fn free_pages(&mut self, pa: PhysAddr, order: u32) {
-        self.buddy.free_pages(pa, order)
+        self.buddy.lock().free_pages(pa, order)
     }
 }
 
 /// NUMA nodes (`node.rs`): the topology, node states and per-node figures.
 impl<T: Translation> MemorySystem<T> {
     pub fn topology(&self) -> &Topology {
-        self.buddy.topology()
+        &self.topo
     }
 
     /// The machine's nodes, from the DT (boot, before memory is
     /// registered); nodes with CPUs are online from the start.
     pub fn set_topology(&mut self, topo: Topology) {
-        self.buddy.set_topology(topo);
+        self.buddy.lock().set_topology(topo);
+        self.topo = topo;
         self.pcp.set_cpu_nodes(&topo);
         for nid in topo.possible().iter() {
             if topo.cpus_of(nid).next().is_some() {
@@ -864,7 +881,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Node `nid`'s `meminfo`: (MemTotal, MemFree) in pages; pages on the
     /// per-CPU lists count as free, as in `MemFree:`.
     pub fn node_meminfo(&self, nid: usize) -> (u64, u64) {
-        let b = &self.buddy;
+        let b = self.buddy.lock();
         let zones = Zone::BUDDY_ZONES;
         let total = zones.iter().map(|&z| b.managed_node(nid, z)).sum();
         let free = zones.iter().map(|&z| b.nr_free_node(nid, z)).sum::<u64>()
@@ -875,7 +892,7 @@ impl<T: Translation> MemorySystem<T> {
     /// Node `nid`'s `numastat` events: the allocator's and the per-CPU
     /// fast path's.
     pub fn numa_stat(&self, nid: usize) -> super::buddy::NumaStat {
-        let mut s = self.buddy.numa_stat(nid);
+        let mut s = self.buddy.lock().numa_stat(nid);
         let fast = self.pcp.fast_allocs(nid);
         s.numa_hit += fast;
         s.local_node += fast;

@@ -139,12 +139,14 @@ pub fn totalreserve_pages_node(managed: [u64; MAX_NR_ZONES], all: [u64; MAX_NR_Z
 
 impl<T: Translation> MemorySystem<T> {
     fn managed_pages(&self) -> [u64; MAX_NR_ZONES] {
-        Zone::ALL.map(|z| self.buddy.managed(z))
+        let buddy = self.buddy.lock();
+        Zone::ALL.map(|z| buddy.managed(z))
     }
 
     /// Node `nid`'s managed pages per zone (ZONE_DEVICE manages none).
     fn managed_pages_node(&self, nid: usize) -> [u64; MAX_NR_ZONES] {
-        Zone::ALL.map(|z| self.buddy.managed_node(nid, z))
+        let buddy = self.buddy.lock();
+        Zone::ALL.map(|z| buddy.managed_node(nid, z))
     }
 
     /// Pfns `[start, end)` ZONE_DEVICE spans: its mapped regions.
@@ -168,8 +170,9 @@ impl<T: Translation> MemorySystem<T> {
             _ => self.zone_span_node(Some(nid), zone),
         };
         let (start_pfn, end_pfn) = span.unwrap_or((0, 0));
+        let free = self.buddy.lock().nr_free_node(nid, zone);
         ZoneInfo {
-            free: self.buddy.nr_free_node(nid, zone),
+            free,
             wmark: watermarks_node(managed, self.managed_pages())[z],
             spanned: end_pfn - start_pfn,
             // ZONE_DEVICE pages are never present (never onlined).

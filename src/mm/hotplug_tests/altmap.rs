@@ -51,7 +51,7 @@ fn altmap_exhausted_midway_rolls_back() {
         // No system RAM but the tables. (The altmap is not the system's, so
         // meminfo cannot tell its pages from RAM: count free pages instead.)
         assert_eq!(
-            fx.mm.buddy.nr_free_total(),
+            fx.mm.buddy.lock().nr_free_total(),
             base.nr_free[0] + base.nr_free[1] - new_tables
         );
         fx.mm.arch_remove_memory(start, BLOCK, Some(&mut altmap));

@@ -15,7 +15,12 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
     fx.mm.online_block(11, Zone::Movable).unwrap();
     fx.mm.add_memory(start_of(13), BLOCK).unwrap();
     fx.mm.online_block(13, Zone::Normal).unwrap();
-    let user = fx.mm.buddy.alloc(0, Zone::Movable).expect("a user page");
+    let user = fx
+        .mm
+        .buddy
+        .lock()
+        .alloc(0, Zone::Movable)
+        .expect("a user page");
     assert_eq!(block_of(user), 11);
 
     type Op = fn(&mut MemorySystem<ArenaTranslation>) -> Result<()>;
@@ -140,7 +145,7 @@ fn bad_input_gets_the_right_errno_and_changes_nothing() {
     }
 
     // Once the user lets go, the same offline works.
-    assert!(fx.mm.buddy.free(user, 0));
+    assert!(fx.mm.buddy.lock().free(user, 0));
     fx.mm.offline_block(11).unwrap();
 }
 

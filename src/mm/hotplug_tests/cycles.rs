@@ -90,7 +90,7 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
     assert_eq!(mi.free, probed.meminfo.free + BLOCK - hosted * PAGE_SIZE);
     let z = zone.buddy_index().unwrap();
     assert_eq!(
-        fx.mm.buddy.managed(zone),
+        fx.mm.buddy.lock().managed(zone),
         base.managed[z] + BLOCK_PAGES - hosted
     );
     for pfn in Pfn::range(spfn, epfn) {
@@ -101,16 +101,16 @@ fn cycle_one_block(id: u64, memmap_on_memory: bool, zone: Zone) {
     // The self-hosted struct pages never enter the buddy allocator.
     for pfn in Pfn::range(spfn, spfn + hosted) {
         assert!(
-            !fx.mm.buddy.is_free(pfn),
+            !fx.mm.buddy.lock().is_free(pfn),
             "self-hosted pfn {pfn:#x} is free"
         );
     }
     if hosted != 0 {
         assert!(matches!(
-            fx.mm.buddy.check_free(spfn, 0),
+            fx.mm.buddy.lock().check_free(spfn, 0),
             Err(BadFree::NeverBuddy(_))
         ));
-        assert!(fx.mm.buddy.is_free(spfn + hosted));
+        assert!(fx.mm.buddy.lock().is_free(spfn + hosted));
     }
 
     fx.mm.offline_block(id).expect("offline");
@@ -187,11 +187,11 @@ fn cycle_many_blocks_returns_to_the_start() {
             } else {
                 Zone::Normal
             };
-            fx.mm.buddy.alloc(i % 3, zone).unwrap()
+            fx.mm.buddy.lock().alloc(i % 3, zone).unwrap()
         })
         .collect();
     for (i, pfn) in got.into_iter().enumerate().rev() {
-        assert!(fx.mm.buddy.free(pfn, i as u32 % 3));
+        assert!(fx.mm.buddy.lock().free(pfn, i as u32 % 3));
     }
     for id in [18, 14, 16, 15] {
         fx.mm.offline_block(id).unwrap();

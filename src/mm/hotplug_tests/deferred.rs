@@ -65,9 +65,9 @@ fn online_writes_only_max_order_heads() {
             let p = fx.mm.page(pfn).unwrap();
             assert_eq!(p.zone(), Some(Zone::Movable), "{pfn:#x}");
             assert!(p.is_online() && p.refcount() == 0, "{pfn:#x}");
-            assert!(fx.mm.buddy.is_free(pfn), "{pfn:#x}");
+            assert!(fx.mm.buddy.lock().is_free(pfn), "{pfn:#x}");
         }
-        assert_eq!(fx.mm.buddy.nr_free(Zone::Movable), epfn - first);
+        assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Movable), epfn - first);
         let _ = spfn;
     }
 }
@@ -147,7 +147,7 @@ fn offline_writes_only_max_order_heads() {
         for pfn in Pfn::range(spfn, epfn) {
             let p = fx.mm.page(pfn).unwrap();
             assert!(p.is_reserved() && !p.is_online(), "{pfn:#x}");
-            assert!(!fx.mm.buddy.is_free(pfn), "{pfn:#x}");
+            assert!(!fx.mm.buddy.lock().is_free(pfn), "{pfn:#x}");
             if pfn >= whole {
                 // Fresh offline pages, as an eager offline of a whole free
                 // block writes them (`lazy_is_indistinguishable_from_eager`).
@@ -215,13 +215,13 @@ impl Twins {
             let (spfn, epfn) = block_pfns(id);
             for pfn in Pfn::range(spfn, epfn) {
                 let read = |fx: &Fx| {
-                    let b = &fx.mm.buddy;
+                    let b = fx.mm.buddy.lock();
                     (
                         fx.mm.page(pfn).map(|p| view(&p)),
                         b.free_block_of(pfn),
                         b.check_free(pfn, 0),
                         b.check_free(pfn, MAX_ORDER),
-                        crate::mm::frame::FrameAllocator::is_reserved(b, pfn.phys()),
+                        crate::mm::frame::FrameAllocator::is_reserved(&*b, pfn.phys()),
                     )
                 };
                 assert_eq!(read(&self.lazy), read(&self.eager), "{what}: pfn {pfn:#x}");
@@ -377,9 +377,9 @@ fn a_driver_block_defers_max_order_blocks_plugged_whole() {
                 unplugged(i),
                 "{pfn:#x}"
             );
-            assert_eq!(fx.mm.buddy.is_free(pfn), !unplugged(i), "{pfn:#x}");
+            assert_eq!(fx.mm.buddy.lock().is_free(pfn), !unplugged(i), "{pfn:#x}");
         }
     }
     let plugged_pages = mask.count() * (sub >> PAGE_SHIFT);
-    assert_eq!(fx.mm.buddy.nr_free(Zone::Movable), plugged_pages);
+    assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Movable), plugged_pages);
 }

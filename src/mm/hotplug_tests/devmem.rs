@@ -79,18 +79,21 @@ fn devmem_map_dev_keeps_struct_pages_on_the_device() {
 fn device_pages_never_enter_the_buddy(fx: &mut Fx) {
     let (ds, de) = dev_pfns();
     let before = snap(&fx.mm);
-    assert!(!fx.mm.buddy.free(ds + 2048, 0));
-    assert!(!fx.mm.buddy.free(ds, 0), "an altmap-backed device page");
+    assert!(!fx.mm.buddy.lock().free(ds + 2048, 0));
+    assert!(
+        !fx.mm.buddy.lock().free(ds, 0),
+        "an altmap-backed device page"
+    );
     assert!(matches!(
-        fx.mm.buddy.check_free(de - 1, 0),
+        fx.mm.buddy.lock().check_free(de - 1, 0),
         Err(BadFree::NeverBuddy(_))
     ));
-    assert_eq!(fx.mm.buddy.free_range(ds, de, Zone::Normal), 0);
+    assert_eq!(fx.mm.buddy.lock().free_range(ds, de, Zone::Normal), 0);
     let mut after = snap(&fx.mm);
     assert_eq!(after.bad_frees, before.bad_frees + 2);
     after.bad_frees = before.bad_frees;
     assert_same("refused device frees", &after, &before);
-    assert!(Pfn::range(ds, de).all(|pfn| !fx.mm.buddy.is_free(pfn)));
+    assert!(Pfn::range(ds, de).all(|pfn| !fx.mm.buddy.lock().is_free(pfn)));
 }
 
 #[test]

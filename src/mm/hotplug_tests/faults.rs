@@ -219,7 +219,7 @@ fn probe_under_memory_pressure_rolls_back() {
     // Take every free page, then free every other one of k of them: single
     // pages whose buddies stay taken, so nothing coalesces.
     let mut held = Vec::new();
-    while let Some(pfn) = fx.mm.buddy.alloc(0, Zone::Normal) {
+    while let Some(pfn) = fx.mm.buddy.lock().alloc(0, Zone::Normal) {
         held.push(pfn);
     }
     held.sort_unstable();
@@ -229,10 +229,10 @@ fn probe_under_memory_pressure_rolls_back() {
     let mut given = 0;
     for k in 0..=needed {
         while given < k {
-            assert!(fx.mm.buddy.free(even.pop().unwrap(), 0));
+            assert!(fx.mm.buddy.lock().free(even.pop().unwrap(), 0));
             given += 1;
         }
-        assert_eq!(fx.mm.buddy.nr_free(Zone::Normal), k);
+        assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Normal), k);
         let base = snap(&fx.mm);
         let r = fx.mm.add_memory(start, BLOCK);
         if k < needed {
@@ -240,7 +240,7 @@ fn probe_under_memory_pressure_rolls_back() {
             assert_same(&format!("k={k}"), &snap(&fx.mm), &base);
         } else {
             r.unwrap();
-            assert_eq!(fx.mm.buddy.nr_free(Zone::Normal), 0);
+            assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Normal), 0);
             assert_eq!(
                 fx.mm.meminfo().vmemmap,
                 base.meminfo.vmemmap + MEMMAP_PER_BLOCK
@@ -255,18 +255,18 @@ fn probe_under_memory_pressure_rolls_back() {
     // a probe needs.
     fx.mm.memmap_on_memory = true;
     let mut spare = Vec::new();
-    while let Some(pfn) = fx.mm.buddy.alloc(0, Zone::Normal) {
+    while let Some(pfn) = fx.mm.buddy.lock().alloc(0, Zone::Normal) {
         spare.push(pfn);
     }
     let base = snap(&fx.mm);
     assert_eq!(errno(fx.mm.add_memory(start, BLOCK)), Errno::ENOMEM);
     assert_same("memmap_on_memory without RAM", &snap(&fx.mm), &base);
-    assert!(fx.mm.buddy.free(spare.pop().unwrap(), 0));
+    assert!(fx.mm.buddy.lock().free(spare.pop().unwrap(), 0));
     fx.mm.add_memory(start, BLOCK).unwrap();
-    assert_eq!(fx.mm.buddy.nr_free(Zone::Normal), 0);
+    assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Normal), 0);
     fx.mm.remove_memory(start, BLOCK).unwrap();
     for pfn in spare.into_iter().chain(even).chain(odd) {
-        assert!(fx.mm.buddy.free(pfn, 0));
+        assert!(fx.mm.buddy.lock().free(pfn, 0));
     }
     assert_same("everything given back", &snap(&fx.mm), &booted);
 }

@@ -108,15 +108,19 @@ fn check(fx: &Fx, model: &Model) -> core::result::Result<(), TestCaseError> {
     prop_assert_eq!(mm.anon().nr_pages(), total);
     let mi = mm.meminfo();
     prop_assert_eq!(mi.anon, total * PAGE_SIZE);
-    let managed: u64 = Zone::BUDDY_ZONES.iter().map(|&z| mm.buddy.managed(z)).sum();
+    let managed: u64 = Zone::BUDDY_ZONES
+        .iter()
+        .map(|&z| mm.buddy.lock().managed(z))
+        .sum();
+    let free = mm.buddy.lock().nr_free_total();
     prop_assert_eq!(
-        mm.buddy.nr_free_total() + total + model.pinned.len() as u64 + kernel_pages(mm),
+        free + total + model.pinned.len() as u64 + kernel_pages(mm),
         managed,
         "pages do not add up"
     );
     prop_assert_eq!(mm.anon().pgmigrate_success, model.migrated);
     prop_assert_eq!(mm.warnings, UnmapWarnings::default());
-    prop_assert_eq!(mm.buddy.stats().bad_frees, 0);
+    prop_assert_eq!(mm.buddy.lock().stats().bad_frees, 0);
     Ok(())
 }
 
@@ -141,8 +145,10 @@ fn apply(fx: &mut Fx, model: &mut Model, op: &Op) -> core::result::Result<(), Te
             let pinned = model.pinned.iter().any(|&p| s <= p && p < e);
             let unmovable = pinned || kernel_in(mm, id);
             let to_move = anon_in(mm, model, id);
-            let free_outside = mm.buddy.nr_free_total()
-                - Pfn::range(s, e).filter(|&p| mm.buddy.is_free(p)).count() as u64;
+            let buddy = mm.buddy.lock();
+            let free_outside = buddy.nr_free_total()
+                - Pfn::range(s, e).filter(|&p| buddy.is_free(p)).count() as u64;
+            drop(buddy);
             let fails_at = fail_nth.filter(|&n| n < to_move);
             let fail_before = mm.anon().pgmigrate_fail;
             mm.set_fail_nth_alloc(fail_nth);

@@ -16,39 +16,46 @@ fn allocator_misuse_is_refused_counted_and_changes_nothing() {
     fx.mm.memmap_on_memory = true;
     fx.mm.add_memory(start_of(c), BLOCK).unwrap();
     fx.mm.online_block(c, Zone::Movable).unwrap();
-    let user = fx.mm.buddy.alloc(0, Zone::Movable).expect("a user page");
+    let user = fx
+        .mm
+        .buddy
+        .lock()
+        .alloc(0, Zone::Movable)
+        .expect("a user page");
 
     type Op = fn(&mut MemorySystem<ArenaTranslation>, Pfn);
     let cases: &[(&str, Op)] = &[
         ("online an online block again", |m, _| {
             let (s, e) = block_pfns(HOT_FIRST);
-            m.buddy.online_pages(s, e - s, Zone::Movable, 0);
+            m.buddy.lock().online_pages(s, e - s, Zone::Movable, 0);
         }),
         ("online boot memory again", |m, _| {
             let (s, e) = block_pfns(BOOT);
             m.buddy
+                .lock()
                 .online_pages(s + BOOT_RESERVED, e - s - BOOT_RESERVED, Zone::Normal, 0);
         }),
         ("online from inside an online block", |m, _| {
             let (s, _) = block_pfns(HOT_FIRST);
-            m.buddy.online_pages(s + 3, 5, Zone::Movable, 0);
+            m.buddy.lock().online_pages(s + 3, 5, Zone::Movable, 0);
         }),
         ("online across the end of an online block", |m, _| {
             let (_, e) = block_pfns(HOT_FIRST + 2);
-            m.buddy.online_pages(e - 7, 14, Zone::Normal, 0);
+            m.buddy.lock().online_pages(e - 7, 14, Zone::Normal, 0);
         }),
         ("online past the end of memory", |m, _| {
             m.buddy
+                .lock()
                 .online_pages(Pfn::new(u64::MAX - 3), 8, Zone::Movable, 0);
         }),
         ("split a free page", |m, user| {
-            m.buddy.split_page(user + 1, 0)
+            m.buddy.lock().split_page(user + 1, 0)
         }),
         ("split with the wrong order", |m, user| {
-            m.buddy.split_page(user, 1)
+            m.buddy.lock().split_page(user, 1)
         }),
         ("free outside the memmap", |m, _| {
-            m.buddy.free(Pfn::new(u64::MAX - 1), 1);
+            m.buddy.lock().free(Pfn::new(u64::MAX - 1), 1);
         }),
         ("end an isolation never begun", |m, _| {
             m.offline_abort(HOT_FIRST);
@@ -72,5 +79,5 @@ fn allocator_misuse_is_refused_counted_and_changes_nothing() {
         fx.mm.offline_block(id).unwrap();
     }
     fx.mm.remove_memory(start_of(a), 3 * BLOCK).unwrap();
-    assert_eq!(fx.mm.buddy.stats().bad_frees, cases.len() as u64);
+    assert_eq!(fx.mm.buddy.lock().stats().bad_frees, cases.len() as u64);
 }

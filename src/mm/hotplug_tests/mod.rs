@@ -130,6 +130,7 @@ fn snap(mm: &MemorySystem<ArenaTranslation>) -> Snap {
     let mut free_blocks = Vec::new();
     for zone in Zone::BUDDY_ZONES {
         mm.buddy
+            .lock()
             .for_each_free_block(zone, |pfn, order| free_blocks.push((pfn, order, zone)));
     }
     free_blocks.sort_unstable();
@@ -140,10 +141,10 @@ fn snap(mm: &MemorySystem<ArenaTranslation>) -> Snap {
         table_pages,
         leaves,
         ptdump: ptdump(mm),
-        nr_free: Zone::BUDDY_ZONES.map(|z| mm.buddy.nr_free(z)),
-        managed: Zone::BUDDY_ZONES.map(|z| mm.buddy.managed(z)),
+        nr_free: Zone::BUDDY_ZONES.map(|z| mm.buddy.lock().nr_free(z)),
+        managed: Zone::BUDDY_ZONES.map(|z| mm.buddy.lock().managed(z)),
         free_blocks,
-        bad_frees: mm.buddy.stats().bad_frees,
+        bad_frees: mm.buddy.lock().stats().bad_frees,
         blocks: mm
             .blocks
             .iter()

@@ -292,7 +292,7 @@ fn apply(fx: &mut Fx, model: &mut Model, op: &Op) -> core::result::Result<(), Te
                 0
             };
             let free = model.managed(zone) - model.user_in(zone) - kernel;
-            let got = mm.buddy.alloc(0, zone);
+            let got = mm.buddy.lock().alloc(0, zone);
             prop_assert_eq!(
                 got.is_some(),
                 free > 0,
@@ -316,7 +316,7 @@ fn apply(fx: &mut Fx, model: &mut Model, op: &Op) -> core::result::Result<(), Te
         Op::Free { which } => {
             if !model.user.is_empty() {
                 let pfn = *model.user.keys().nth(which % model.user.len()).unwrap();
-                prop_assert!(mm.buddy.free(pfn, 0), "free of user page {:#x}", pfn);
+                prop_assert!(mm.buddy.lock().free(pfn, 0), "free of user page {:#x}", pfn);
                 model.user.remove(&pfn);
             }
         }
@@ -335,7 +335,7 @@ fn apply(fx: &mut Fx, model: &mut Model, op: &Op) -> core::result::Result<(), Te
             }
             let pfn = never[which % never.len()];
             let before = snap(mm);
-            prop_assert!(!mm.buddy.free(pfn, 0), "free of {:#x} accepted", pfn);
+            prop_assert!(!mm.buddy.lock().free(pfn, 0), "free of {:#x} accepted", pfn);
             model.bad_frees += 1;
             let mut after = snap(mm);
             prop_assert_eq!(after.bad_frees, before.bad_frees + 1);
@@ -395,7 +395,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
     let dev_memmap = DEV_SIZE / 64;
     let want = MemInfo {
         total: (model.managed(Zone::Normal) + model.managed(Zone::Movable)) * PAGE_SIZE,
-        free: mm.buddy.nr_free_total() * PAGE_SIZE,
+        free: mm.buddy.lock().nr_free_total() * PAGE_SIZE,
         anon: 0,
         page_tables: mm.pt.stats.tables * PAGE_SIZE,
         vmemmap: in_ram * MEMMAP_PER_BLOCK
@@ -422,14 +422,14 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
         mm.pt.stats.tables + mi.vmemmap / PAGE_SIZE
     );
     for zone in Zone::BUDDY_ZONES {
-        prop_assert_eq!(mm.buddy.managed(zone), model.managed(zone));
+        prop_assert_eq!(mm.buddy.lock().managed(zone), model.managed(zone));
         let held = if zone == Zone::Normal {
             kernel.len() as u64
         } else {
             0
         };
         prop_assert_eq!(
-            mm.buddy.nr_free(zone),
+            mm.buddy.lock().nr_free(zone),
             model.managed(zone) - model.user_in(zone) - held,
             "free pages in {:?}",
             zone
@@ -437,7 +437,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
         // Every free page lies in a block online in its zone, and is
         // neither the kernel's nor a user's.
         let mut bad = None;
-        mm.buddy.for_each_free_block(zone, |pfn, order| {
+        mm.buddy.lock().for_each_free_block(zone, |pfn, order| {
             let end = pfn + (1 << order);
             let ok = block_of(pfn) == block_of(end - 1)
                 && model.online_zone(pfn) == Some(zone)
@@ -489,7 +489,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
         }
     }
     prop_assert_eq!(mm.warnings, UnmapWarnings::default());
-    prop_assert_eq!(mm.buddy.stats().bad_frees, model.bad_frees);
+    prop_assert_eq!(mm.buddy.lock().stats().bad_frees, model.bad_frees);
     Ok(())
 }
 
@@ -498,7 +498,7 @@ fn check_invariants(fx: &Fx, model: &Model) -> core::result::Result<(), TestCase
 /// another block's struct pages) goes once their owner has gone.
 fn tear_down(fx: &mut Fx, model: &mut Model) -> core::result::Result<(), TestCaseError> {
     for (pfn, _) in std::mem::take(&mut model.user) {
-        prop_assert!(fx.mm.buddy.free(pfn, 0));
+        prop_assert!(fx.mm.buddy.lock().free(pfn, 0));
     }
     if model.dev.take().is_some() {
         fx.mm.memunmap_pages(fx.dev).unwrap();
@@ -603,7 +603,7 @@ fn deferred_struct_pages_are_invisible_to_random_sequences() {
                     let (s, e) = block_pfns(id);
                     for pfn in Pfn::range(s, e) {
                         let view = |fx: &Fx| {
-                            let b = &fx.mm.buddy;
+                            let b = fx.mm.buddy.lock();
                             let p = fx
                                 .mm
                                 .page(pfn)

@@ -23,7 +23,7 @@ fn add_driver_block(fx: &mut Fx, id: u64, plugged: &[u64]) {
 fn free_pages_in(fx: &Fx, s: Pfn, e: Pfn) -> u64 {
     let mut n = 0;
     for zone in Zone::BUDDY_ZONES {
-        fx.mm.buddy.for_each_free_block(zone, |pfn, order| {
+        fx.mm.buddy.lock().for_each_free_block(zone, |pfn, order| {
             let end = pfn + (1 << order);
             n += end.min(e).as_u64().saturating_sub(pfn.max(s).as_u64());
         });
@@ -48,11 +48,11 @@ fn partly_plugged_blocks_grow_shrink_and_return_to_the_start() {
         assert_eq!(fx.mm.blocks[&id].altmap.is_some(), memmap_on_memory);
         // Three sub-blocks online, the rest logically offline.
         fx.mm.online_block(id, Zone::Movable).unwrap();
-        assert_eq!(fx.mm.buddy.managed(Zone::Movable), 3 * SUB - own);
+        assert_eq!(fx.mm.buddy.lock().managed(Zone::Movable), 3 * SUB - own);
         assert_eq!(free_pages_in(&fx, spfn + 3 * SUB, epfn), 0);
         // Grow by two sub-blocks, shrink by one.
         fx.mm.plug_sub_blocks(id, 3, 2).unwrap();
-        assert_eq!(fx.mm.buddy.managed(Zone::Movable), 5 * SUB - own);
+        assert_eq!(fx.mm.buddy.lock().managed(Zone::Movable), 5 * SUB - own);
         // Plugged sub-blocks cannot be plugged again, nor anything outside.
         let before = snap(&fx.mm);
         assert_eq!(errno(fx.mm.plug_sub_blocks(id, 4, 2)), Errno::EINVAL);
@@ -63,14 +63,14 @@ fn partly_plugged_blocks_grow_shrink_and_return_to_the_start() {
         assert_eq!(errno(fx.mm.unplug_sub_blocks(id, 0, 0)), Errno::EINVAL);
         assert_same("refused plug_sub_blocks", &snap(&fx.mm), &before);
         // A page in use keeps its sub-block: EBUSY, nothing changed.
-        let used = fx.mm.buddy.alloc(0, Zone::Movable).unwrap();
+        let used = fx.mm.buddy.lock().alloc(0, Zone::Movable).unwrap();
         let sub = (used - spfn) / SUB;
         let before = snap(&fx.mm);
         assert_eq!(errno(fx.mm.unplug_sub_blocks(id, sub, 1)), Errno::EBUSY);
         assert_same("busy unplug_sub_blocks", &snap(&fx.mm), &before);
-        assert!(fx.mm.buddy.free(used, 0));
+        assert!(fx.mm.buddy.lock().free(used, 0));
         fx.mm.unplug_sub_blocks(id, 4, 1).unwrap();
-        assert_eq!(fx.mm.buddy.managed(Zone::Movable), 4 * SUB - own);
+        assert_eq!(fx.mm.buddy.lock().managed(Zone::Movable), 4 * SUB - own);
         // The sub-block with the struct pages never goes while the block
         // is present.
         if memmap_on_memory {
@@ -86,7 +86,7 @@ fn partly_plugged_blocks_grow_shrink_and_return_to_the_start() {
         // A user's offline skips what is logically offline; online gives
         // back only the plugged sub-blocks, in whatever zone.
         fx.mm.offline_block(id).unwrap();
-        assert_eq!(fx.mm.buddy.managed(Zone::Movable), 0);
+        assert_eq!(fx.mm.buddy.lock().managed(Zone::Movable), 0);
         // Plugging into and unplugging from an offline block reach no
         // allocator.
         fx.mm.plug_sub_blocks(id, 10, 1).unwrap();

@@ -47,7 +47,7 @@ fn mem_free(mm: &MemorySystem<crate::mm::testing::ArenaTranslation>) -> u64 {
 fn online_hot(mm: &mut MemorySystem<crate::mm::testing::ArenaTranslation>) -> (Pfn, Pfn) {
     mm.add_memory(start_of(HOT_FIRST), BLOCK).unwrap();
     mm.online_block(HOT_FIRST, Zone::Movable).unwrap();
-    mm.pcp().update_hints(mm.buddy());
+    mm.pcp().update_hints(&mm.buddy());
     block_pfns(HOT_FIRST)
 }
 
@@ -139,7 +139,7 @@ fn isolation_keeps_its_range_off_every_list() {
     assert!(mm.pcp().holds_any(s, e));
     let before = mem_free(mm);
     mm.offline_begin(HOT_FIRST).unwrap();
-    mm.pcp().update_hints(mm.buddy());
+    mm.pcp().update_hints(&mm.buddy());
     assert!(!mm.pcp().holds_any(s, e), "isolation drained the lists");
     let isolated = mem_free(mm);
     // Frees into the range bypass the lists, on any CPU: put aside by the
@@ -261,7 +261,7 @@ fn exhaustion_drains_lists_before_failing() {
     let listed = mm.pcp().nr_pages();
     assert!(listed > 0);
     let mut held = Vec::new();
-    while let Some(pfn) = mm.buddy.alloc(0, Zone::Normal) {
+    while let Some(pfn) = mm.buddy.lock().alloc(0, Zone::Normal) {
         held.push(pfn);
     }
     assert_eq!(mem_free(mm), listed);
