@@ -9,6 +9,7 @@ use super::altmap::VmemAltmap;
 use super::buddy::BuddyAllocator;
 use super::granule::{Granule, KernelGranule};
 use super::layout::*;
+use super::node::NodeMask;
 use super::page::{PageFlags, Zone, MAX_ORDER_NR_PAGES};
 use super::pcp::Pcp;
 use super::pgtable::{Attributes, MapHints, Translation, VaRange};
@@ -125,11 +126,18 @@ impl<T: Translation> MemorySystem<T> {
         altmap: Option<&mut VmemAltmap>,
     ) {
         self.remove_linear_map_unflushed(start, size);
+        self.remove_vmemmap(start, start + size, altmap);
+        self.parts().pt.flush_pending();
+    }
+
+    /// Linux's `vmemmap_free` of the struct pages of `[start, end)`: its
+    /// invalidation (before the backing goes back) also covers whatever
+    /// the page table left pending.
+    fn remove_vmemmap(&mut self, start: PhysAddr, end: PhysAddr, altmap: Option<&mut VmemAltmap>) {
         let p = self.parts();
         let mut frames = p.frames;
-        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(start + size));
+        let (vstart, vend) = memmap_range(Pfn::down(start), Pfn::down(end));
         vmemmap_free(p.pt, vstart, vend, altmap, &mut frames, p.warnings);
-        p.pt.flush_pending();
     }
 
     /// Linux's `__remove_pgd_mapping` of the linear map of `[start, start +
@@ -267,8 +275,8 @@ impl<T: Translation> MemorySystem<T> {
         self.add_linear_map(start, end - start)?;
         for id in first..last {
             if let Err(e) = self.add_memory_block(nid, id, resource, owner) {
-                for done in (first..id).rev() {
-                    self.remove_memory_block(done).expect("just added, offline");
+                if id > first {
+                    self.remove_memory_blocks(first, id);
                 }
                 let rest = block_range(id).base;
                 self.remove_linear_map(rest, end - rest);
@@ -400,10 +408,15 @@ impl<T: Translation> MemorySystem<T> {
                 Some(_) => {}
             }
         }
+        let mut nodes = NodeMask::none();
         for id in first..last {
-            let nid = self.blocks[&id].nid;
-            self.remove_memory_block(id)?;
+            nodes.set(self.blocks[&id].nid);
+        }
+        self.remove_memory_blocks(first, last);
+        for nid in nodes.iter() {
             self.try_offline_node(nid);
+        }
+        for id in first..last {
             self.events.hotplug_remove += 1;
             let r = block_range(id);
             pr_info!("memory{id}: removed {:#x}-{:#x}", r.base, r.end() - 1);
@@ -411,19 +424,40 @@ impl<T: Translation> MemorySystem<T> {
         Ok(())
     }
 
-    fn remove_memory_block(&mut self, id: u64) -> Result<()> {
-        let range = block_range(id);
-        let mut block = self
-            .blocks
-            .remove(&id)
-            .ok_or_else(|| err!(EINVAL, "memory{id} is not present"))?;
-        self.arch_remove_memory(range.base, range.size, block.altmap.as_mut());
-        if let Some(a) = block.altmap.as_ref().filter(|a| a.alloc != 0) {
-            pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
+    /// Removes present blocks `[first, last)`: Linux's `arch_remove_memory`
+    /// over the range, and over each block with its own altmap. The linear
+    /// map of the whole range goes first, its invalidation pending; then
+    /// the struct pages of each run of blocks without an altmap in one
+    /// walk, and of each block with one on its own. So a removal of many
+    /// blocks takes one TLB invalidation (two with altmaps: one per block),
+    /// plus one per table freed, where Linux takes one per 2 MiB of the
+    /// linear map.
+    fn remove_memory_blocks(&mut self, first: u64, last: u64) {
+        let (start, end) = (block_range(first).base, block_range(last - 1).end());
+        self.remove_linear_map_unflushed(start, end - start);
+        let mut id = first;
+        while id < last {
+            let mut altmap = self.blocks.get_mut(&id).and_then(|b| b.altmap.take());
+            let run_end = match altmap {
+                Some(_) => id + 1,
+                None => (id + 1..last)
+                    .find(|i| self.blocks.get(i).is_none_or(|b| b.altmap.is_some()))
+                    .unwrap_or(last),
+            };
+            let (s, e) = (block_range(id).base, block_range(run_end - 1).end());
+            self.remove_vmemmap(s, e, altmap.as_mut());
+            if let Some(a) = altmap.filter(|a| a.alloc != 0) {
+                pr_warn!("memory{id}: {} altmap pages not given back", a.alloc);
+            }
+            id = run_end;
         }
-        self.iomem
-            .remove_named(range, block.owner.unwrap_or("System RAM"));
-        Ok(())
+        self.parts().pt.flush_pending();
+        for id in first..last {
+            if let Some(block) = self.blocks.remove(&id) {
+                let owner = block.owner.unwrap_or("System RAM");
+                self.iomem.remove_named(block_range(id), owner);
+            }
+        }
     }
 
     /// Gives an offline block's pages to the buddy allocator in `zone`:
@@ -551,7 +585,11 @@ impl<T: Translation> MemorySystem<T> {
         if let BlockState::Online(zone) = state {
             self.take_free_range_migrating(id, s, e)?;
             let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
+            // Under the zone lock: a free merging in the rest of the
+            // max-order block reads these struct pages as its buddies.
+            let zone_lock = self.buddy.lock();
             self.init_struct_pages(s, e, zone, flags);
+            drop(zone_lock);
         }
         for i in first..first + n {
             mask.set(i, false);

@@ -285,3 +285,40 @@ fn a_block_remove_invalidates_once() {
         assert_eq!(unflushed(), 0, "memmap_on_memory={memmap_on_memory}");
     }
 }
+
+/// A removal of several blocks in one call takes one invalidation for all
+/// of them (the linear map of the range, then the struct pages of the run
+/// in one walk), where one call per block takes one each; blocks with
+/// their struct pages on themselves (an altmap each) take one per block.
+#[test]
+fn a_range_remove_invalidates_once_per_altmap() {
+    use crate::arch::trace::{invalidations, unflushed};
+    for memmap_on_memory in [false, true] {
+        let mut fx = boot();
+        fx.mm.memmap_on_memory = memmap_on_memory;
+        // A neighbour stays, so that the tables stay too.
+        fx.mm.add_memory(start_of(14), 4 * BLOCK).unwrap();
+        let (calls, tables) = (invalidations(), fx.mm.pt.stats.tables);
+        let before = fx.mm.meminfo();
+        fx.mm.remove_memory(start_of(14), 3 * BLOCK).unwrap();
+        assert_eq!(
+            fx.mm.pt.stats.tables, tables,
+            "memmap_on_memory={memmap_on_memory}"
+        );
+        let want = if memmap_on_memory { 3 } else { 1 };
+        assert_eq!(
+            invalidations() - calls,
+            want,
+            "memmap_on_memory={memmap_on_memory}"
+        );
+        assert_eq!(unflushed(), 0);
+        assert!((14..17).all(|id| !fx.mm.blocks.contains_key(&id)));
+        assert!(fx.mm.blocks.contains_key(&17));
+        assert_eq!(fx.mm.warnings, UnmapWarnings::default());
+        // Added again: the memory back as it was.
+        fx.mm.add_memory(start_of(14), 3 * BLOCK).unwrap();
+        assert_eq!(fx.mm.meminfo(), before);
+        fx.mm.remove_memory(start_of(14), 4 * BLOCK).unwrap();
+        assert_eq!(unflushed(), 0);
+    }
+}
