@@ -317,18 +317,22 @@ impl<T: Translation> MemorySystem<T> {
         self.iomem.try_reserve_child(range).map_err(|_| no_heap())?;
         // The caller mapped the block in the linear map.
         self.add_vmemmap(range.base, range.size, altmap.as_mut())?;
-        // As in Linux, the struct pages of the block get their zone when it
-        // is onlined; until then each reads as an offline page, through its
-        // max-order head (one store each, `page.rs`), or all written when
-        // struct pages are not deferred. The pages that hold the struct
-        // pages are marked (and stay reserved for good).
-        if self.deferred_memmap_init() {
-            // SAFETY: the block's vmemmap was just populated; no reference
-            // to its struct pages exists yet.
-            unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
-        } else {
-            self.init_struct_pages_on(spfn, epfn, Zone::Normal, nid, PageFlags::RESERVED);
-        }
+        // The kernel's new vmemmap backing holds whatever the memory held;
+        // the host test system's memmap outlives a block, so it is made
+        // garbage here, as the kernel's is.
+        #[cfg(test)]
+        // SAFETY: the block's vmemmap was just populated; no reference to
+        // its struct pages exists yet.
+        unsafe {
+            self.memmap.poison_range(spfn, epfn)
+        };
+        // As in Linux, the struct pages of the block are initialised when it
+        // is onlined, once its zone is known; until then only the heads of
+        // its max-order blocks say offline (one store each: onlining checks
+        // them, `page.rs`), and the pages that hold the struct pages are
+        // marked (and stay reserved for good).
+        // SAFETY: as above.
+        unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
         if let Some(a) = &altmap {
             let flags =
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;

@@ -29,19 +29,19 @@
 //!   for blocks it only partly covers, and clears the mark of blocks it
 //!   covers whole by overwriting the head.
 //!
-//! The mark is set in three places only: by [`Memmap::init_deferred`], on a
-//! block the caller hands to the allocator whole and on a block offlining
-//! takes back whole from it (whose tails then need no write however they
-//! were used while online), and by [`Memmap::init_offline_heads`] at
-//! hot-add. Linux leaves the struct pages of offline memory uninitialised
-//! (or as they were) and has readers check `pfn_to_online_page`; here
-//! every struct page of present memory reads as defined.
+//! Only [`Memmap::init_deferred`] sets the mark: on a block the caller hands
+//! to the allocator whole, and on a block offlining takes back whole from
+//! it, whose tails then need no write however they were used while online
+//! (they read as offline pages).
 //!
 //! The head of every max-order block of present memory is a written struct
-//! page: boot initialises whole sections, and hot-add writes each head as a
-//! deferred offline page before anything can read it. So the rule never
-//! reads a head that was not written, and onlining can check the heads of
-//! its range (`buddy.rs`).
+//! page: boot initialises whole sections, and hot-add writes each head as an
+//! offline page ([`Memmap::init_offline_heads`], one store per block) before
+//! anything can read it, though the tails of a block never onlined since
+//! it was added stay garbage until it is (as in Linux, which poisons the
+//! struct pages of offline memory and has readers check
+//! `pfn_to_online_page`). So the rule never reads a head that was not
+//! written, and onlining can check the heads of its range (`buddy.rs`).
 
 use bitflags::bitflags;
 
@@ -553,16 +553,14 @@ impl Memmap {
     }
 
     /// Writes the head of each max-order block that starts in `start..end`
-    /// as a deferred offline page of node `nid` (`RESERVED`, not `ONLINE`),
-    /// and nothing else: what hot-add does, so that every struct page of a
-    /// present block reads as defined from the start (module comment).
+    /// as an offline page of node `nid` (`RESERVED`, not `ONLINE`), and
+    /// nothing else: what hot-add does, so that a present block's heads are
+    /// never garbage (module comment).
     ///
     /// # Safety
     /// As for [`init_range`](Self::init_range).
     pub unsafe fn init_offline_heads(&self, start: Pfn, end: Pfn, nid: usize) {
-        let mut page = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED);
-        page.deferred = DEFERRED_TAILS;
-        let w = page.to_words();
+        let w = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED).to_words();
         let mut head = start.align_up(MAX_ORDER_NR_PAGES);
         while head < end {
             // SAFETY: the caller's promise; nothing of the old page is read.

@@ -304,13 +304,15 @@ fn lazy_is_indistinguishable_from_eager() {
     t.same_everywhere("online again", &ids);
 }
 
-/// Every struct page of a present block reads as defined, offline ones
-/// included, whatever the memory held before: found by the random twins
-/// (`model.rs`) once offlining stopped writing tails. A block onlined,
-/// offlined and removed, then added again with its struct pages on itself,
-/// reads the same on both systems.
+/// A block onlined, offlined (its tails left deferred as offline pages on
+/// the lazy system, written on the eager one) and removed, then added
+/// again with its struct pages on itself, reads the same on both systems:
+/// the re-added block's offline tails are garbage on both, as fresh
+/// vmemmap backing is (the host memmap is poisoned at add to say so).
+/// Found by the random twins (`model.rs`) once offlining stopped writing
+/// tails: the host memmap kept the eager system's offline pages.
 #[test]
-fn struct_pages_read_alike_from_hot_add_on() {
+fn a_re_added_block_reads_alike() {
     let mut t = Twins::new();
     let ids = [HOT_FIRST, HOT_FIRST + 1];
     t.both("add", |fx| {
