@@ -1,7 +1,9 @@
-//! The machine's one memory system, behind the one memory lock. Init
-//! installs it; everything else reaches it through [`with_mm`] and passes
-//! it on as a parameter, so that the code below runs on the host over any
-//! [`MemorySystem`].
+//! The machine's one memory system, behind the memory lock. Init installs
+//! it; everything else reaches it through [`with_mm`] and passes it on as
+//! a parameter, so that the code below runs on the host over any
+//! [`MemorySystem`]. Page allocation on any CPU ([`alloc`], [`free`]) goes
+//! through that CPU's page lists and, to refill or trim them, the zone
+//! lock alone (`buddy.rs`), never the memory lock.
 
 use super::addr::Pfn;
 use super::buddy::{BuddyAllocator, ZoneLock};
