@@ -219,13 +219,13 @@ impl<T: Translation> Files<'_, T> {
             return Some(Node::NumaDir(nid));
         };
         if f.starts_with("memory") {
+            // Linux's symlink to the block, whose `nodeK` leads back here:
+            // followed as often as the path says, as `ls` lists it. Each
+            // turn uses up 14 bytes or more of a path of at most a console
+            // line (256 bytes), so the recursion stays shallow.
             let (id, file) = memory::indexed(f, "memory")?;
             let on_node = self.mm.blocks().get(&id)?.nid == nid;
-            // `nodeK` inside is not followed again (no loops).
-            let nested = file.is_some_and(|f| f.starts_with("node"));
-            return (on_node && !nested)
-                .then(|| self.lookup_block(id, file))
-                .flatten();
+            return on_node.then(|| self.lookup_block(id, file)).flatten();
         }
         node::node_attrs::<T>()
             .into_iter()

@@ -202,6 +202,21 @@ mod tests {
         assert_eq!(read(&mut f, &format!("{d}/has_memory")), "0\n");
         let e = f.read(&format!("{d}/node0/memory{id}/state"), &mut String::new());
         assert_eq!(e.unwrap_err().errno, Errno::ENOENT);
+        // Every entry `ls` lists under the node's block opens, the node
+        // link included, however often it is followed.
+        let via = format!("{d}/node1/memory{id}");
+        for name in f.list(&via).unwrap() {
+            let path = format!("{via}/{}", name.trim_end_matches('/'));
+            if name.ends_with('/') {
+                assert_eq!(f.list(&path).unwrap(), node1, "{path}");
+            } else {
+                f.read(&path, &mut String::new()).unwrap();
+            }
+        }
+        let deep = format!("{via}/node1/memory{id}/node1/memory{id}/state");
+        assert_eq!(read(&mut f, &deep), "offline\n");
+        let e = f.read(&format!("{via}/node0"), &mut String::new());
+        assert_eq!(e.unwrap_err().errno, Errno::ENOENT);
     }
 
     /// `/proc/zoneinfo` and `/proc/buddyinfo` by node, as Linux's.
