@@ -385,3 +385,48 @@ fn a_driver_block_defers_max_order_blocks_plugged_whole() {
     let plugged_pages = mask.count() * (sub >> PAGE_SHIFT);
     assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Movable), plugged_pages);
 }
+
+/// A driver's block onlines its unplugged sub-blocks before it frees the
+/// plugged ones: freeing a plugged half of a max-order block reads the
+/// other, unplugged half's head as its buddy, and a struct page not
+/// written since hot-add holds whatever was there, here a plausible free
+/// buddy of the same order and zone. Written first, it is logically
+/// offline and nothing merges with it.
+#[test]
+fn a_driver_block_writes_unplugged_sub_blocks_before_freeing() {
+    let mut fx = boot();
+    let id = HOT_FIRST;
+    let (spfn, epfn) = block_pfns(id);
+    let sub = 2 << 20;
+    let sub_pages = sub >> PAGE_SHIFT;
+    assert_eq!(sub_pages * 2, MAXB, "a sub-block is half a max-order block");
+    let mut mask = crate::mm::system::PlugMask::new(sub).unwrap();
+    // Sub-block 5 unplugged: the upper half of the max-order block whose
+    // lower half (4) ends a plugged run.
+    for i in 0..mask.len() {
+        mask.set(i, i != 5);
+    }
+    fx.mm
+        .add_memory_driver_managed_offline(None, start_of(id), BLOCK, "System RAM (test)", mask)
+        .unwrap();
+    let stale = spfn + 5 * sub_pages;
+    let mut fake = Page::new(Zone::Movable, PageFlags::BUDDY | PageFlags::ONLINE);
+    fake.order = (MAX_ORDER - 1) as u8;
+    // SAFETY: the block's vmemmap is populated; nothing else holds it.
+    unsafe { *fx.mm.memmap.get(stale) = fake };
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    for pfn in Pfn::range(stale, stale + sub_pages) {
+        let p = fx.mm.page(pfn).unwrap();
+        assert!(p.has(PageFlags::LOGICALLY_OFFLINE), "{pfn:#x}");
+        assert!(!fx.mm.buddy.lock().is_free(pfn), "{pfn:#x}");
+    }
+    let plugged = (mask.len() - 1) * sub_pages;
+    assert_eq!(fx.mm.buddy.lock().nr_free(Zone::Movable), plugged);
+    // Every plugged page can be had, and no other.
+    let got: Vec<Pfn> = core::iter::from_fn(|| fx.mm.alloc(0, Zone::Movable)).collect();
+    assert_eq!(got.len() as u64, plugged);
+    assert!(got
+        .iter()
+        .all(|&p| p >= spfn && p < epfn && !(stale..stale + sub_pages).contains(&p)));
+    assert_eq!(fx.mm.buddy.lock().stats().bad_frees, 0);
+}
