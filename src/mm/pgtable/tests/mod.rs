@@ -360,3 +360,17 @@ for_each_granule!(
     one_barrier_per_map_call_for_new_tables,
     unflushed_removal_rides_on_the_next_invalidation,
 );
+
+/// An adopted hierarchy (the boot page table) counts its root, as a new
+/// one does: `PageTables` in meminfo starts from it.
+#[test]
+fn an_adopted_hierarchy_counts_its_root() {
+    let env = Env::<Granule4K>::new();
+    let adopted = PageTable::<_, Granule4K>::from_root(env.arena.translation(), env.pt.root_pa());
+    let want = TableStats {
+        tables: 1,
+        ..TableStats::default()
+    };
+    assert_eq!(adopted.stats, want);
+    assert_eq!(env.pt.stats.tables, 1);
+}
