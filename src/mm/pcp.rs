@@ -132,7 +132,7 @@ struct PerCpuPages {
     isolated_overflow: usize,
     /// Blocks freed into a range of `isolated`, `(pfn, order)`, still
     /// allocated as far as the buddy allocator knows (refcount 1, not
-    /// free in `MemFree`) until [`MemorySystem::pcp_collect_isolated`]
+    /// free in `MemFree`) until [`Pcp::collect_isolated`]
     /// hands them to it, which holds them for the isolation.
     isolated_frees: [(Pfn, u32); MAX_ISOLATED_FREES],
     nr_isolated_frees: usize,
@@ -769,14 +769,6 @@ impl<T: Translation> MemorySystem<T> {
     /// Empties every CPU's lists (Linux's `drain_all_pages`).
     pub fn drain_all_pages(&mut self) {
         self.pcp.drain_all(&mut self.buddy.lock());
-    }
-
-    pub fn drain_range_pages(&mut self, start: Pfn, end: Pfn) {
-        self.pcp.drain_range(&mut self.buddy.lock(), start, end);
-    }
-
-    pub fn pcp_collect_isolated(&mut self) {
-        self.pcp.collect_isolated(&mut self.buddy.lock());
     }
 }
 
