@@ -133,6 +133,10 @@ impl<K: Kernel> System for Shell<K> {
         self.with_files(|f| f.write(path, data))
     }
 
+    fn writable(&mut self, path: &str) -> Result<()> {
+        self.with_files(|f| f.writable(path))
+    }
+
     fn list(&mut self, path: &str) -> Result<Vec<String>> {
         self.with_files(|f| f.list(path))
     }

@@ -126,6 +126,26 @@ fn pin_past_memory_keeps_what_it_got_and_says_enomem() {
     assert_eq!(s.kernel.sys.mm.meminfo(), before);
 }
 
+/// A redirected command whose target cannot be written does not run, as
+/// a shell opens the target first (found by `any_line_runs_or_fails_cleanly`:
+/// `unpin > cat` unpinned, then failed).
+#[test]
+fn a_command_redirected_nowhere_does_not_run() {
+    let mut s = shell();
+    sh(&mut s, "pin 8K").unwrap();
+    let pinned = s.kernel.sys.mm.meminfo();
+    for (line, want) in [
+        ("unpin > cat", Errno::ENOENT),
+        ("unpin > /proc/meminfo", Errno::EPERM),
+        ("unpin > /sys", Errno::EISDIR),
+        ("pin 4K >> /nowhere", Errno::ENOENT),
+    ] {
+        assert_eq!(errno(sh(&mut s, line)), want, "{line}");
+        assert_eq!(s.kernel.sys.mm.meminfo(), pinned, "{line}");
+    }
+    sh(&mut s, "unpin").unwrap();
+}
+
 #[test]
 fn unknown_commands_are_enoent() {
     let mut s = shell();

@@ -37,6 +37,11 @@ pub trait System {
     /// Write `data` (the text after `echo`, without the trailing newline) to
     /// `path`.
     fn write(&mut self, path: &str, data: &str) -> Result<()>;
+    /// Why `path` cannot be written, if it cannot: what `write` would say
+    /// before storing anything. The shell asks it before a redirected
+    /// command runs, as a shell opens its target first, so that a command
+    /// whose output has nowhere to go changes nothing.
+    fn writable(&mut self, path: &str) -> Result<()>;
     /// Entries of a directory (names only; directories end with '/').
     /// `ENOTDIR` for a file makes `ls` print the path itself, as Linux's does.
     fn list(&mut self, path: &str) -> Result<Vec<String>>;
@@ -225,6 +230,9 @@ pub fn run(sys: &mut dyn System, line: &str, out: &mut dyn Write) -> Result<()> 
     // and its output's destination (the heap running out there would leave
     // the change made and report ENOMEM).
     let redirect = cmd.redirect.as_deref().map(normalize_path).transpose()?;
+    if let Some(path) = &redirect {
+        sys.writable(path)?;
+    }
     let mut buf = FallibleString::new();
     let r = dispatch(sys, &argv, &mut buf);
     // A full heap explains any failure that followed it (a `write!` into
@@ -376,15 +384,20 @@ pub(crate) mod fake {
             }
         }
 
-        fn write(&mut self, path: &str, data: &str) -> Result<()> {
+        fn writable(&mut self, path: &str) -> Result<()> {
             if !self.files.contains_key(path) {
                 return Err(crate::err!(ENOENT, "{}: no such file", path));
             }
-            if path.ends_with("/state") && !["online", "offline"].contains(&data) {
-                return Err(crate::err!(EINVAL, "{:?}: not a state\n(try online)", data));
-            }
             if path.ends_with("/meminfo") {
                 return Err(crate::err!(EPERM, "{}: read-only", path));
+            }
+            Ok(())
+        }
+
+        fn write(&mut self, path: &str, data: &str) -> Result<()> {
+            self.writable(path)?;
+            if path.ends_with("/state") && !["online", "offline"].contains(&data) {
+                return Err(crate::err!(EINVAL, "{:?}: not a state\n(try online)", data));
             }
             self.writes.push((path.to_string(), data.to_string()));
             if !path.ends_with("/probe") {

@@ -118,6 +118,12 @@ enum Node<T: Translation> {
     NumaFile(usize, node::NodeShow<T>),
 }
 
+/// What writing a path calls.
+enum Writer<T: Translation> {
+    File(Store<T>),
+    Block(u64, memory::BlockStore<T>),
+}
+
 /// A CPU mask as Linux prints it: ranges, `0-3,6`. Written straight to
 /// the output: reading a file allocates nothing.
 pub struct CpuList(pub u64);
@@ -333,14 +339,27 @@ impl<T: Translation> Files<'_, T> {
 
     pub fn write(&mut self, path: &str, data: &str) -> Result<()> {
         let data = data.trim();
+        match self.writer(path)? {
+            Writer::File(store) => store(self, data),
+            Writer::Block(id, store) => store(self.mm, id, data),
+        }
+    }
+
+    /// Why `path` cannot be written, if it cannot (the shell asks before a
+    /// redirected command runs).
+    pub fn writable(&self, path: &str) -> Result<()> {
+        self.writer(path).map(|_| ())
+    }
+
+    fn writer(&self, path: &str) -> Result<Writer<T>> {
         match self.lookup(path) {
-            Some(Node::File(_, Some(store))) => store(self, data),
+            Some(Node::File(_, Some(store))) => Ok(Writer::File(store)),
             Some(Node::Block(
                 id,
                 memory::BlockAttr {
                     store: Some(store), ..
                 },
-            )) => store(self.mm, id, data),
+            )) => Ok(Writer::Block(id, store)),
             Some(Node::File(..) | Node::Block(..) | Node::NumaFile(..)) => {
                 bail!(EPERM, "{path}: read-only file")
             }
