@@ -40,6 +40,16 @@ fn us(ticks: u64) -> u64 {
     ticks * 1_000_000 / cpu::counter_freq()
 }
 
+/// `ticks` as microseconds to a tenth, for the steps of a few.
+struct Us(u64);
+
+impl core::fmt::Display for Us {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let tenths = self.0 * 10_000_000 / cpu::counter_freq();
+        write!(f, "{}.{} us", tenths / 10, tenths % 10)
+    }
+}
+
 /// Writes `bytes` of fresh struct pages into memory from the buddy
 /// allocator: the floor that adding memory cannot beat.
 fn plain_struct_page_write<T: Translation>(mm: &mut MemorySystem<T>, bytes: u64) -> Result<u64> {
@@ -228,10 +238,10 @@ fn round<T: Translation>(
     )?;
     writeln!(
         out,
-        "  add {} us + online {} us = {} us: {} the plain write",
-        us(t_add),
-        us(t_online),
-        us(t_add + t_online),
+        "  add {} + online {} = {}: {} the plain write",
+        Us(t_add),
+        Us(t_online),
+        Us(t_add + t_online),
         Ratio(t_add + t_online, write)
     )?;
     writeln!(

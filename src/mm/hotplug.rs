@@ -18,7 +18,8 @@ use super::system::{
 };
 use super::vmemmap::{vmemmap_free, vmemmap_populate};
 use crate::error::{Error, Result};
-use crate::{bail, err, pr_info, pr_warn};
+use crate::log::{self, LineBuf};
+use crate::{bail, err, pr_warn};
 
 /// Why pages could not be taken offline. Callers that retry (virtio-mem,
 /// Linux's `offline_pages` loop) decide on the variant, not an errno.
@@ -286,11 +287,16 @@ impl<T: Translation> MemorySystem<T> {
         // Logged once the whole range is in (a rolled-back add says nothing
         // but its one error), in one line, not one per block: a line costs
         // about 2 us to format, as much as adding a block on 16K or 64K.
-        let (s, e) = (start, end - 1);
-        match last - first {
-            1 => pr_info!("memory{first}: added {s:#x}-{e:#x}"),
-            _ => pr_info!("memory{first}-{}: added {s:#x}-{e:#x}", last - 1),
+        let mut line = LineBuf::new();
+        line.str("memory").dec(first);
+        if last - first > 1 {
+            line.str("-").dec(last - 1);
         }
+        line.str(": added ")
+            .hex(start.as_u64())
+            .str("-")
+            .hex(end.as_u64() - 1);
+        log::log_line(6, &line);
         self.node_set_online(nid);
         self.events.hotplug_add += last - first;
         Ok(())
@@ -327,12 +333,8 @@ impl<T: Translation> MemorySystem<T> {
             self.memmap.poison_range(spfn, epfn)
         };
         // As in Linux, the struct pages of the block are initialised when it
-        // is onlined, once its zone is known; until then only the heads of
-        // its max-order blocks say offline (one store each: onlining checks
-        // them, `page.rs`), and the pages that hold the struct pages are
-        // marked (and stay reserved for good).
-        // SAFETY: as above.
-        unsafe { self.memmap.init_offline_heads(spfn, epfn, nid) };
+        // is onlined, once its zone is known; until then only the pages that
+        // hold the struct pages are marked (and stay reserved for good).
         if let Some(a) = &altmap {
             let flags =
                 PageFlags::RESERVED | PageFlags::VMEMMAP_SELF_HOSTED | PageFlags::ALTMAP_BACKED;
@@ -350,6 +352,7 @@ impl<T: Translation> MemorySystem<T> {
             owner: owner.map(|(o, _)| o),
             plugged,
             nid,
+            onlined: false,
         };
         let _ = self.blocks.try_insert(id, block);
         Ok(())
@@ -423,7 +426,12 @@ impl<T: Translation> MemorySystem<T> {
         for id in first..last {
             self.events.hotplug_remove += 1;
             let r = block_range(id);
-            pr_info!("memory{id}: removed {:#x}-{:#x}", r.base, r.end() - 1);
+            let mut line = LineBuf::new();
+            line.str("memory")
+                .dec(id)
+                .str(": removed ")
+                .hex(r.base.as_u64());
+            log::log_line(6, line.str("-").hex(r.end().as_u64() - 1));
         }
         Ok(())
     }
@@ -482,7 +490,7 @@ impl<T: Translation> MemorySystem<T> {
         let (spfn, _) = block_pfns(id);
         let first = block.altmap.as_ref().map_or(spfn, |a| a.next_pfn());
         let mask = block.plugged.unwrap_or_else(PlugMask::full);
-        let nid = block.nid;
+        let (nid, onlined) = (block.nid, block.onlined);
         // A run of sub-blocks alike at a time: one `online_pages` over a
         // plugged run writes only the heads of its whole max-order blocks
         // (`page.rs`), where one call per sub-block smaller than a
@@ -504,15 +512,19 @@ impl<T: Translation> MemorySystem<T> {
                 if s >= e || plugged != pass_plugged {
                     continue;
                 }
-                if plugged {
+                if plugged && onlined {
                     self.buddy.lock().online_pages(s, e - s, zone, nid);
+                } else if plugged {
+                    self.buddy.lock().online_added_pages(s, e - s, zone, nid);
                 } else {
                     let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
                     self.init_struct_pages_on(s, e, zone, nid, flags);
                 }
             }
         }
-        self.blocks.get_mut(&id).expect("checked").state = BlockState::Online(zone);
+        let block = self.blocks.get_mut(&id).expect("checked");
+        block.state = BlockState::Online(zone);
+        block.onlined = true;
         self.events.online += 1;
         Ok(())
     }

@@ -34,14 +34,14 @@
 //! it, whose tails then need no write however they were used while online
 //! (they read as offline pages).
 //!
-//! The head of every max-order block of present memory is a written struct
-//! page: boot initialises whole sections, and hot-add writes each head as an
-//! offline page ([`Memmap::init_offline_heads`], one store per block) before
-//! anything can read it, though the tails of a block never onlined since
-//! it was added stay garbage until it is (as in Linux, which poisons the
-//! struct pages of offline memory and has readers check
-//! `pfn_to_online_page`). So the rule never reads a head that was not
-//! written, and onlining can check the heads of its range (`buddy.rs`).
+//! Every struct page of a memory block not onlined since it was added is
+//! garbage, heads included, until it is onlined (as in Linux, which poisons
+//! the struct pages of offline memory and has readers check
+//! `pfn_to_online_page`): nothing reads them; only the pages that hold a
+//! block's own struct pages (`memmap_on_memory`) are written at add. Once
+//! onlined, the head of each max-order block stays a written struct page,
+//! offline included (boot memory's from the start), so onlining it again
+//! can check the heads of its range (`buddy.rs`).
 
 use bitflags::bitflags;
 
@@ -550,23 +550,6 @@ impl Memmap {
         page.deferred = DEFERRED_TAILS;
         // SAFETY: the caller's promise; nothing of the old page is read.
         unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, page.to_words()) };
-    }
-
-    /// Writes the head of each max-order block that starts in `start..end`
-    /// as an offline page of node `nid` (`RESERVED`, not `ONLINE`), and
-    /// nothing else: what hot-add does, so that a present block's heads are
-    /// never garbage (module comment).
-    ///
-    /// # Safety
-    /// As for [`init_range`](Self::init_range).
-    pub unsafe fn init_offline_heads(&self, start: Pfn, end: Pfn, nid: usize) {
-        let w = Page::new_on(Zone::Normal, nid, PageFlags::RESERVED).to_words();
-        let mut head = start.align_up(MAX_ORDER_NR_PAGES);
-        while head < end {
-            // SAFETY: the caller's promise; nothing of the old page is read.
-            unsafe { crate::arch::store_64_bytes(self.page(head) as *mut u64, w) };
-            head += MAX_ORDER_NR_PAGES;
-        }
     }
 
     /// Write fresh struct pages (see [`Page::new`]) for `start..end`,

@@ -41,6 +41,9 @@ pub struct MemoryBlock {
     /// The NUMA node (Linux's `memory_block->nid`): the DT's for boot
     /// memory and `probe`, the device's for a driver's.
     pub nid: usize,
+    /// Onlined since it was added (boot memory: from the start): the heads
+    /// of its max-order blocks are written struct pages (`page.rs`).
+    pub onlined: bool,
 }
 
 /// The parts of a driver-owned memory block that its device has plugged,
@@ -589,6 +592,7 @@ impl<T: Translation> MemorySystem<T> {
                     owner: None,
                     plugged: None,
                     nid,
+                    onlined: true,
                 },
             );
         }

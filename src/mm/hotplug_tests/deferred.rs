@@ -20,8 +20,9 @@ fn poisoned(fx: &Fx, pfn: Pfn) -> bool {
     unsafe { fx.mm.memmap.is_poisoned(pfn) }
 }
 
-/// Adds block `id`, plants garbage in the struct pages its add left
-/// unwritten, onlines it Movable; returns the first pfn onlining writes.
+/// Adds block `id` (the test system's add leaves garbage in every struct
+/// page it does not write), onlines it Movable; returns the first pfn
+/// onlining writes.
 fn add_poisoned_online(fx: &mut Fx, id: u64, memmap_on_memory: bool) -> Pfn {
     fx.mm.memmap_on_memory = memmap_on_memory;
     fx.mm.add_memory(start_of(id), BLOCK).unwrap();
@@ -30,11 +31,7 @@ fn add_poisoned_online(fx: &mut Fx, id: u64, memmap_on_memory: bool) -> Pfn {
         .altmap
         .as_ref()
         .map_or(spfn, |a| a.next_pfn());
-    // SAFETY: the block's vmemmap was just populated.
-    unsafe {
-        fx.mm.memmap.poison_range(first, epfn);
-        fx.mm.memmap.init_offline_heads(first, epfn, 0);
-    }
+    assert!(Pfn::range(first, epfn).all(|pfn| poisoned(fx, pfn)));
     fx.mm.online_block(id, Zone::Movable).unwrap();
     first
 }
@@ -311,6 +308,33 @@ fn lazy_is_indistinguishable_from_eager() {
 /// vmemmap backing is (the host memmap is poisoned at add to say so).
 /// Found by the random twins (`model.rs`) once offlining stopped writing
 /// tails: the host memmap kept the eager system's offline pages.
+/// Onlining reads no struct page of a block not onlined since it was
+/// added (garbage, heads included: `online_added_pages`), and checks the
+/// heads of one onlined before, which offline wrote: a head that says the
+/// allocator has it (garbage says `BUDDY`) is refused, counted, and nothing
+/// of the block is handed over.
+#[test]
+fn only_a_block_onlined_before_has_its_heads_checked() {
+    let mut fx = boot();
+    let id = HOT_FIRST;
+    let (spfn, _) = block_pfns(id);
+    fx.mm.memmap_on_memory = false;
+    fx.mm.add_memory(start_of(id), BLOCK).unwrap();
+    let head = spfn + MAXB;
+    assert!(poisoned(&fx, head));
+    let bad = fx.mm.buddy.lock().stats().bad_frees;
+    let free = fx.mm.meminfo().free;
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    assert_eq!(fx.mm.buddy.lock().stats().bad_frees, bad);
+    assert_eq!(fx.mm.meminfo().free, free + BLOCK);
+    fx.mm.offline_block(id).unwrap();
+    // SAFETY: the block's vmemmap is populated; nothing else holds it.
+    unsafe { fx.mm.memmap.poison_range(head, head + 1) };
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    assert_eq!(fx.mm.buddy.lock().stats().bad_frees, bad + 1);
+    assert_eq!(fx.mm.meminfo().free, free);
+}
+
 #[test]
 fn a_re_added_block_reads_alike() {
     let mut t = Twins::new();
@@ -358,12 +382,8 @@ fn a_driver_block_defers_max_order_blocks_plugged_whole() {
     fx.mm
         .add_memory_driver_managed_offline(None, start_of(id), BLOCK, "System RAM (test)", mask)
         .unwrap();
-    // Garbage everywhere but the heads hot-add writes. SAFETY: the block's
-    // vmemmap was just populated.
-    unsafe {
-        fx.mm.memmap.poison_range(spfn, epfn);
-        fx.mm.memmap.init_offline_heads(spfn, epfn, 0);
-    }
+    // Garbage everywhere (the test system's add plants it).
+    assert!(Pfn::range(spfn, epfn).all(|pfn| poisoned(&fx, pfn)));
     fx.mm.online_block(id, Zone::Movable).unwrap();
     for head in Pfn::range(spfn, epfn).step_by(MAXB as usize) {
         let b = (head - spfn) / MAXB;

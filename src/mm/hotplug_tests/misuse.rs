@@ -8,7 +8,7 @@ use super::*;
 fn allocator_misuse_is_refused_counted_and_changes_nothing() {
     let mut fx = boot();
     // memory(HOT_FIRST) online Movable with a page in use, the next one
-    // offline (its struct pages garbage but for the heads), the one after
+    // offline (its struct pages garbage), the one after
     // online with its memmap on itself.
     let (a, b, c) = (HOT_FIRST, HOT_FIRST + 1, HOT_FIRST + 2);
     fx.mm.add_memory(start_of(a), 2 * BLOCK).unwrap();
