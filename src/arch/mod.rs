@@ -25,6 +25,28 @@ mod insn {
     pub fn tlbi_vmalle1is() {
         record(Flush::All);
     }
+    /// Recorded by its caller, as `tlbi_vaale1is`.
+    pub fn tlbi_rvaale1is(_operand: u64) {}
+
+    #[cfg(test)]
+    std::thread_local! {
+        static RANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Host tests choose whether the modelled CPU has `FEAT_TLBIRANGE`
+    /// (per thread; off unless a test turns it on); other host builds
+    /// have it not.
+    pub fn has_tlbi_range() -> bool {
+        #[cfg(test)]
+        return RANGE.with(|r| r.get());
+        #[cfg(not(test))]
+        false
+    }
+
+    #[cfg(test)]
+    pub fn set_tlbi_range(on: bool) {
+        RANGE.with(|r| r.set(on));
+    }
 }
 
 /// Break-before-make bookkeeping: the walker reports each descriptor it
@@ -248,28 +270,97 @@ pub mod barrier {
 pub mod tlb {
     use super::insn;
 
+    #[cfg(test)]
+    pub use super::insn::set_tlbi_range;
+
     /// Past this many pages one whole-TLB invalidation is cheaper
     /// (Linux's MAX_DVM_OPS = PTRS_PER_PTE).
     pub const MAX_TLBI_OPS: u64 = 512;
 
+    /// Pages one range invalidation covers at most (`FEAT_TLBIRANGE`: NUM
+    /// 31 at SCALE 3), Linux's `MAX_TLBI_RANGE_PAGES`: past it, the whole
+    /// TLB is invalidated even where ranges exist.
+    pub const MAX_TLBI_RANGE_PAGES: u64 = range_pages(31, 3);
+
+    /// Pages a range operation with `num` and `scale` covers.
+    const fn range_pages(num: u64, scale: u64) -> u64 {
+        (num + 1) << (5 * scale + 1)
+    }
+
+    /// One instruction of a range invalidation.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RangeOp {
+        /// `TLBI VAALE1IS` of the page at this VA.
+        Page(u64),
+        /// `TLBI RVAALE1IS` with this operand: TG, SCALE, NUM and the
+        /// base VA in pages (bits 36:0; the CPU sign-extends it).
+        Range(u64),
+    }
+
+    /// The instructions that invalidate the `pages` pages from `start`
+    /// (aligned): the largest range operation that fits, again until less
+    /// than two pages are left (a range covers an even number), then the
+    /// odd page. At most five for any count up to [`MAX_TLBI_RANGE_PAGES`].
+    /// Linux's `__flush_tlb_range_op`.
+    pub fn for_each_range_op(start: u64, pages: u64, page_shift: u32, mut op: impl FnMut(RangeOp)) {
+        // TG: 1, 2, 3 for 4K, 16K, 64K pages.
+        let tg = u64::from(page_shift - 12) / 2 + 1;
+        let (mut va, mut left) = (start, pages);
+        while left > 1 {
+            // The largest scale whose unit, 2^(5 * scale + 1) pages, fits.
+            let scale = ((u64::from(63 - left.leading_zeros()) - 1) / 5).min(3);
+            let num = (left >> (5 * scale + 1)).min(32);
+            let base = (va >> page_shift) & ((1 << 37) - 1);
+            op(RangeOp::Range(
+                base | (num - 1) << 39 | scale << 44 | tg << 46,
+            ));
+            let covered = range_pages(num - 1, scale);
+            va += covered << page_shift;
+            left -= covered;
+        }
+        if left == 1 {
+            op(RangeOp::Page(va));
+        }
+    }
+
     /// Invalidates last-level entries for kernel VAs `[start, end)`, all
-    /// CPUs. Returns the number of TLBI instructions issued.
+    /// CPUs. Returns the number of TLBI instructions issued: one a page,
+    /// or up to five with `FEAT_TLBIRANGE`, or one for everything past
+    /// what either reaches.
     pub fn flush_kernel_range(start: u64, end: u64, page_shift: u32) -> u64 {
         let page = 1u64 << page_shift;
         let pages = (end - start).div_ceil(page);
+        let range = insn::has_tlbi_range();
+        let limit = if range {
+            MAX_TLBI_RANGE_PAGES
+        } else {
+            MAX_TLBI_OPS
+        };
         insn::dsb_ishst();
-        let ops = if pages > MAX_TLBI_OPS {
+        let ops = if pages > limit {
             insn::tlbi_vmalle1is();
             1
         } else {
             let first = start & !(page - 1);
-            let mut va = first;
-            while va < end {
-                insn::tlbi_vaale1is(va);
-                va += page;
+            let mut ops = 0;
+            if range {
+                for_each_range_op(first, pages, page_shift, |op| {
+                    match op {
+                        RangeOp::Page(va) => insn::tlbi_vaale1is(va),
+                        RangeOp::Range(operand) => insn::tlbi_rvaale1is(operand),
+                    }
+                    ops += 1;
+                });
+            } else {
+                let mut va = first;
+                while va < end {
+                    insn::tlbi_vaale1is(va);
+                    va += page;
+                }
+                ops = pages;
             }
             super::trace::record(super::trace::Flush::LastLevelRange(first, end));
-            pages
+            ops
         };
         insn::dsb_ish_isb();
         ops
@@ -291,5 +382,91 @@ pub mod tlb {
         insn::tlbi_vaae1is(va);
         insn::dsb_ish_isb();
         1
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// What a CPU makes of a `TLBI RVAALE1IS` operand, from the Arm
+        /// ARM's field list: `(first VA, pages)`, or `None` for a granule
+        /// other than `page_shift`'s (the CPU then invalidates nothing).
+        fn decode(operand: u64, page_shift: u32) -> Option<(u64, u64)> {
+            let tg = operand >> 46 & 3;
+            let want = match page_shift {
+                12 => 1,
+                14 => 2,
+                16 => 3,
+                _ => return None,
+            };
+            if tg != want || operand >> 37 & 3 != 0 || operand >> 48 != 0 {
+                return None;
+            }
+            let (scale, num) = (operand >> 44 & 3, operand >> 39 & 31);
+            // BaseADDR is VA[48 + (page_shift - 12):page_shift], sign-extended.
+            let base = ((operand << 27) as i64 >> 27) as u64;
+            Some((base << page_shift, (num + 1) << (5 * scale + 1)))
+        }
+
+        /// The pages a run of operations invalidates, in order.
+        fn covered(start: u64, pages: u64, page_shift: u32) -> Vec<(u64, u64)> {
+            let mut ops = Vec::new();
+            for_each_range_op(start, pages, page_shift, |op| {
+                ops.push(match op {
+                    RangeOp::Page(va) => (va, 1),
+                    RangeOp::Range(x) => decode(x, page_shift).expect("a valid operand"),
+                })
+            });
+            ops
+        }
+
+        #[test]
+        fn range_operations_cover_exactly_the_pages_asked() {
+            let counts = (1..=70)
+                .chain([511, 512, 513, 1 << 16, (1 << 16) + 3, 0x12345])
+                .chain([MAX_TLBI_RANGE_PAGES - 1, MAX_TLBI_RANGE_PAGES]);
+            for page_shift in [12, 14, 16] {
+                // The vmemmap and the linear map: kernel (sign-extended) VAs.
+                for start in [0xffff_0000_8000_0000u64, 0xffff_fc00_0000_0000] {
+                    for pages in counts.clone() {
+                        let ops = covered(start, pages, page_shift);
+                        let mut va = start;
+                        for &(first, n) in &ops {
+                            assert_eq!(first, va, "{pages} pages of 2^{page_shift}: {ops:x?}");
+                            va += n << page_shift;
+                        }
+                        assert_eq!(va, start + (pages << page_shift), "{pages}: {ops:x?}");
+                        assert!(ops.len() <= 5, "{pages} pages in {} operations", ops.len());
+                    }
+                }
+            }
+            // A vmemmap block of 16K pages' struct pages: one operation.
+            assert_eq!(covered(0xffff_fc00_0000_0000, 28, 14).len(), 1);
+            assert_eq!(covered(0xffff_fc00_0000_0000, 29, 14).len(), 2);
+            assert_eq!(
+                covered(0xffff_0000_0000_0000, MAX_TLBI_RANGE_PAGES, 12).len(),
+                1
+            );
+        }
+
+        #[test]
+        fn a_range_flush_takes_range_operations_where_the_cpu_has_them() {
+            use crate::arch::trace::invalidations;
+            let start = 0xffff_fc00_0000_0000u64;
+            for (range, pages, ops) in [
+                (false, 28, 28),
+                (true, 28, 1),
+                (false, 600, 1),
+                (true, 600, 2),
+                (true, MAX_TLBI_RANGE_PAGES + 1, 1),
+            ] {
+                set_tlbi_range(range);
+                let calls = invalidations();
+                let end = start + (pages << 14);
+                assert_eq!(flush_kernel_range(start, end, 14), ops, "{range} {pages}");
+                assert_eq!(invalidations(), calls + 1);
+            }
+            set_tlbi_range(false);
+        }
     }
 }

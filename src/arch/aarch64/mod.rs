@@ -41,6 +41,25 @@ pub mod insn {
         }
     }
 
+    /// `TLBI RVAALE1IS` (`FEAT_TLBIRANGE`), as the generic `SYS` encoding
+    /// (op1 0, C8, C2, op2 7) so that no assembler feature is needed.
+    #[inline(always)]
+    pub fn tlbi_rvaale1is(operand: u64) {
+        // SAFETY: as above.
+        unsafe {
+            asm!("sys #0, c8, c2, #7, {}", in(reg) operand, options(nostack, preserves_flags))
+        }
+    }
+
+    /// Whether the CPU has range invalidations: `ID_AA64ISAR0_EL1.TLB`
+    /// (bits 59:56) is 2 (the crate names no such field). Every CPU of
+    /// the machine is taken to match the boot CPU, as QEMU's do.
+    #[inline(always)]
+    pub fn has_tlbi_range() -> bool {
+        use aarch64_cpu::registers::{Readable, ID_AA64ISAR0_EL1};
+        (ID_AA64ISAR0_EL1.get() >> 56) & 0xf == 2
+    }
+
     #[inline(always)]
     pub fn tlbi_vmalle1is() {
         // SAFETY: as above, for every entry of EL1 on every CPU.
