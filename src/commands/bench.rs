@@ -103,9 +103,16 @@ fn undo_add<T: Translation>(mm: &mut MemorySystem<T>, start: PhysAddr, size: u64
 /// Allocates every order-0 page `zone` has, chaining them through their
 /// own first word (no memory of its own), then frees them all: the first
 /// allocations from new memory, which split its max-order blocks and so
-/// write their deferred struct pages. Returns (first allocation, all of
-/// them, freeing, pages), in timer ticks.
-fn first_allocations<T: Translation>(mm: &mut MemorySystem<T>, zone: Zone) -> (u64, u64, u64, u64) {
+/// write their deferred struct pages. In between, blocks `ids` are
+/// isolated and released again with all their pages in use (an offline
+/// that waits for every page: the isolation walk's worst case). Returns
+/// (first allocation, all of them, freeing, pages, isolation), in timer
+/// ticks.
+fn first_allocations<T: Translation>(
+    mm: &mut MemorySystem<T>,
+    zone: Zone,
+    ids: core::ops::Range<u64>,
+) -> (u64, u64, u64, u64, u64) {
     const END: u64 = u64::MAX;
     let mut chain = END;
     let mut n = 0;
@@ -121,6 +128,13 @@ fn first_allocations<T: Translation>(mm: &mut MemorySystem<T>, zone: Zone) -> (u
         n += 1;
     }
     let t_all = cpu::counter() - t0;
+    let t_iso = cpu::counter();
+    for id in ids {
+        if mm.offline_begin(id).is_ok() {
+            mm.offline_abort(id);
+        }
+    }
+    let t_iso = cpu::counter() - t_iso;
     let t1 = cpu::counter();
     while chain != END {
         let pfn = Pfn::new(chain);
@@ -128,7 +142,7 @@ fn first_allocations<T: Translation>(mm: &mut MemorySystem<T>, zone: Zone) -> (u
         chain = unsafe { pfn.phys().to_virt().as_mut_ptr::<u64>().read() };
         mm.free(pfn, 0);
     }
-    (first, t_all, cpu::counter() - t1, n)
+    (first, t_all, cpu::counter() - t1, n, t_iso)
 }
 
 /// `t / base` as `N.NNx`.
@@ -203,7 +217,8 @@ fn round<T: Translation>(
         return Err(e);
     }
     let t_online = cpu::counter() - t1;
-    let (t_first, t_all, t_free, allocated) = first_allocations(mm, Zone::Movable);
+    let (t_first, t_all, t_free, allocated, t_iso) =
+        first_allocations(mm, Zone::Movable, ids.clone());
     let tlbi = mm.page_table().stats.tlbi_ops;
     let t2 = cpu::counter();
     let removed = ids
@@ -252,6 +267,11 @@ fn round<T: Translation>(
         us(t_all),
         Ratio(t_all, write),
         us(t_free)
+    )?;
+    writeln!(
+        out,
+        "  isolation with every page in use (offline begun and given up): {} us",
+        us(t_iso)
     )?;
     writeln!(out, "  offline + remove: {} us", us(t_remove))?;
     writeln!(

@@ -813,23 +813,42 @@ impl BuddyAllocator {
         let (mut held, mut own) = (0, 0);
         let mut pfn = start_pfn;
         while pfn < end_pfn {
-            match self.free_block_of(pfn) {
-                Some((head, order)) => {
-                    let z = Self::zone_index(self.pg(head)).expect("free pages have a buddy zone");
-                    self.list_del(z, order, head);
-                    let p = self.pg_mut(head);
+            let (met, step) = self.walk_step(pfn);
+            match met {
+                Met::Free(order) => {
+                    let z = Self::zone_index(self.pg(pfn)).expect("free pages have a buddy zone");
+                    self.list_del(z, order, pfn);
+                    let p = self.pg_mut(pfn);
                     p.order = order as u8;
                     p.flags.insert(PageFlags::ISOLATED);
-                    held += 1 << order;
-                    pfn = head + (1 << order);
+                    held += step;
                 }
-                None => {
-                    own += u64::from(self.read(pfn).flags.intersects(PageFlags::UNMANAGED));
-                    pfn += 1
-                }
+                Met::Other(flags) => own += u64::from(flags.intersects(PageFlags::UNMANAGED)),
             }
+            pfn += step;
         }
         self.isolating.push((start_pfn, end_pfn, held, own));
+    }
+
+    /// One step of a walk over a range that starts at a max-order head and
+    /// steps by what this returns: `(what is at pfn, pages to step)`. A
+    /// free block is met at its head and stepped over whole (free blocks
+    /// are aligned and never overlap, so such a walk lands on every head
+    /// and inside none: no search for a head above `pfn`, which
+    /// [`free_block_of`](Self::free_block_of) needs for an arbitrary pfn);
+    /// so is a deferred block that is not free (its tails are online
+    /// pages). Any other page is met alone, by its flags; it lies in a
+    /// block whose struct pages are written, so it is read as stored.
+    fn walk_step(&self, pfn: Pfn) -> (Met, u64) {
+        let p = self.pg(pfn);
+        if pfn.is_aligned(MAX_ORDER_NR_PAGES) && p.is_deferred_head() && !p.is_buddy() {
+            return (Met::Other(PageFlags::ONLINE), MAX_ORDER_NR_PAGES);
+        }
+        if p.is_buddy() {
+            (Met::Free(p.order()), 1 << p.order())
+        } else {
+            (Met::Other(p.flags), 1)
+        }
     }
 
     /// Room for one more isolating range, so that the next
@@ -881,11 +900,14 @@ impl BuddyAllocator {
             self.refuse("undo_isolate", start_pfn, 0, BadFree::NotIsolating);
             return;
         }
+        // The walk of `walk_step`, over held blocks instead of free ones:
+        // each met at its head, every range aligned (`start_isolate_page_range`).
         let mut pfn = start_pfn;
         while pfn < end_pfn {
-            let p = self.read(pfn);
+            let p = *self.pg(pfn);
             if !p.has(PageFlags::ISOLATED) {
-                pfn += 1;
+                let deferred = pfn.is_aligned(MAX_ORDER_NR_PAGES) && p.is_deferred_head();
+                pfn += if deferred { MAX_ORDER_NR_PAGES } else { 1 };
                 continue;
             }
             let (order, z) = (
@@ -1028,6 +1050,14 @@ impl BuddyAllocator {
 
 /// The buddy allocator behind its lock (module comment).
 pub type ZoneLock = crate::arch::lock::FairLock<BuddyAllocator>;
+
+/// What [`BuddyAllocator::walk_step`] meets.
+enum Met {
+    /// The head of a free block of this order.
+    Free(u32),
+    /// A page the allocator does not hold free, with these flags.
+    Other(PageFlags),
+}
 
 /// The zone lock of a new memory system: the kernel's one, or a fresh one
 /// per host test system.
