@@ -531,6 +531,30 @@ impl BuddyAllocator {
         nr_pages
     }
 
+    /// [`check_online`](Self::check_online) of a run about to be onlined,
+    /// for a caller that checks every run of a block before onlining any
+    /// (`online_block`): a refusal is logged and counted as
+    /// [`online_pages`](Self::online_pages) would, and names the page.
+    pub(in crate::mm) fn check_online_run(
+        &mut self,
+        start: Pfn,
+        end: Pfn,
+        heads: bool,
+    ) -> Result<(), Pfn> {
+        let refused = if start < end && self.memmap.contains_range(start, end) {
+            self.check_online(start, end, heads).err()
+        } else {
+            Some((start, BadFree::OutOfRange))
+        };
+        match refused {
+            Some((at, why)) => {
+                self.refuse("online_pages", at, 0, why);
+                Err(at)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Whether `start..end` (within the memmap) may be onlined, as far as
     /// can be told without reading every struct page (onlining costs per
     /// max-order block, not per page): `Err((pfn, why))` if it overlaps a

@@ -498,30 +498,36 @@ impl<T: Translation> MemorySystem<T> {
         // page. Unplugged runs first: freeing a plugged run reads the
         // struct pages of its buddies, which may lie in them, and a struct
         // page never written holds whatever its backing page held before.
-        for pass_plugged in [false, true] {
-            let mut i = 0;
-            while i < mask.len() {
-                let plugged = mask.get(i);
-                let run = (i..mask.len())
-                    .take_while(|&j| mask.get(j) == plugged)
-                    .count() as u64;
-                let (s, _) = mask.pfns(id, i);
-                let (_, e) = mask.pfns(id, i + run - 1);
-                i += run;
-                let s = s.max(first);
-                if s >= e || plugged != pass_plugged {
-                    continue;
-                }
-                if plugged && onlined {
-                    self.buddy.lock().online_pages(s, e - s, zone, nid);
-                } else if plugged {
-                    self.buddy.lock().online_added_pages(s, e - s, zone, nid);
-                } else {
-                    let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
-                    self.init_struct_pages_on(s, e, zone, nid, flags);
-                }
+        let runs = move |plugged: bool| {
+            mask.runs()
+                .filter(move |&(p, ..)| p == plugged)
+                .map(move |(_, i, n)| (mask.pfns(id, i).0.max(first), mask.pfns(id, i + n - 1).1))
+                .filter(|(s, e)| s < e)
+        };
+        for (s, e) in runs(false) {
+            let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
+            self.init_struct_pages_on(s, e, zone, nid, flags);
+        }
+        // Every plugged run is checked before any is handed over, in one
+        // hold of the zone lock: a refusal leaves the block offline (the
+        // unplugged runs' struct pages, just written, are offline pages).
+        let mut buddy = self.buddy.lock();
+        if let Some(pfn) = runs(true).find_map(|(s, e)| buddy.check_online_run(s, e, onlined).err())
+        {
+            drop(buddy);
+            bail!(
+                EBUSY,
+                "memory{id}: pfn {pfn:#x} is the page allocator's already"
+            );
+        }
+        for (s, e) in runs(true) {
+            if onlined {
+                buddy.online_pages(s, e - s, zone, nid);
+            } else {
+                buddy.online_added_pages(s, e - s, zone, nid);
             }
         }
+        drop(buddy);
         let block = self.blocks.get_mut(&id).expect("checked");
         block.state = BlockState::Online(zone);
         block.onlined = true;

@@ -118,6 +118,19 @@ impl PlugMask {
         self.bits.iter().map(|w| w.count_ones() as u64).sum()
     }
 
+    /// The runs of sub-blocks alike, in order: `(plugged, first, count)`.
+    pub fn runs(self) -> impl Iterator<Item = (bool, u64, u64)> {
+        let mut i = 0;
+        core::iter::from_fn(move || {
+            let first = i;
+            let plugged = self.get(first);
+            while i < self.len() && self.get(i) == plugged {
+                i += 1;
+            }
+            (i > first).then(|| (plugged, first, i - first))
+        })
+    }
+
     /// The pfns of sub-block `i` of block `id`.
     pub fn pfns(&self, id: u64, i: u64) -> (Pfn, Pfn) {
         let start = Pfn::down(block_range(id).base + (i << self.sub_shift));

@@ -311,8 +311,8 @@ fn lazy_is_indistinguishable_from_eager() {
 /// Onlining reads no struct page of a block not onlined since it was
 /// added (garbage, heads included: `online_added_pages`), and checks the
 /// heads of one onlined before, which offline wrote: a head that says the
-/// allocator has it (garbage says `BUDDY`) is refused, counted, and nothing
-/// of the block is handed over.
+/// allocator has it (garbage says `BUDDY`) is refused with `EBUSY`,
+/// counted, the block left offline and nothing of it handed over.
 #[test]
 fn only_a_block_onlined_before_has_its_heads_checked() {
     let mut fx = boot();
@@ -330,9 +330,49 @@ fn only_a_block_onlined_before_has_its_heads_checked() {
     fx.mm.offline_block(id).unwrap();
     // SAFETY: the block's vmemmap is populated; nothing else holds it.
     unsafe { fx.mm.memmap.poison_range(head, head + 1) };
-    fx.mm.online_block(id, Zone::Movable).unwrap();
+    let before = fx.mm.meminfo();
+    let e = fx.mm.online_block(id, Zone::Movable).unwrap_err();
+    assert_eq!(e.errno, Errno::EBUSY, "{e}");
     assert_eq!(fx.mm.buddy.lock().stats().bad_frees, bad + 1);
-    assert_eq!(fx.mm.meminfo().free, free);
+    assert_eq!(fx.mm.blocks[&id].state, BlockState::Offline);
+    assert_eq!(fx.mm.meminfo(), before);
+    // Its head an offline page again (as offline leaves it), it onlines.
+    // SAFETY: as above.
+    unsafe {
+        let offline = Page::new(Zone::Movable, PageFlags::RESERVED);
+        fx.mm.memmap.init_deferred(head, offline);
+    }
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    assert_eq!(fx.mm.meminfo().free, free + BLOCK);
+}
+
+/// A driver block whose second plugged run the allocator already has is
+/// refused before its first run is handed over: all runs are checked in
+/// one hold of the zone lock, then onlined.
+#[test]
+fn a_driver_block_refused_in_its_last_run_hands_nothing_over() {
+    let mut fx = boot();
+    let id = HOT_FIRST;
+    let (spfn, _) = block_pfns(id);
+    let mut mask = crate::mm::system::PlugMask::new(BLOCK / 4).unwrap();
+    for i in [0, 2, 3] {
+        mask.set(i, true);
+    }
+    fx.mm.memmap_on_memory = false;
+    fx.mm
+        .add_memory_driver_managed_offline(None, start_of(id), BLOCK, "System RAM (test)", mask)
+        .unwrap();
+    fx.mm.online_block(id, Zone::Movable).unwrap();
+    fx.mm.offline_block(id).unwrap();
+    let last_run = spfn + 2 * (BLOCK / 4 / PAGE_SIZE);
+    // SAFETY: the block's vmemmap is populated; nothing else holds it.
+    unsafe { fx.mm.memmap.poison_range(last_run, last_run + 1) };
+    let (before, bad) = (fx.mm.meminfo(), fx.mm.buddy.lock().stats().bad_frees);
+    let e = fx.mm.online_block(id, Zone::Movable).unwrap_err();
+    assert_eq!(e.errno, Errno::EBUSY, "{e}");
+    assert_eq!(fx.mm.buddy.lock().stats().bad_frees, bad + 1);
+    assert_eq!(fx.mm.blocks[&id].state, BlockState::Offline);
+    assert_eq!(fx.mm.meminfo(), before);
 }
 
 #[test]
