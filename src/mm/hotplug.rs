@@ -285,8 +285,9 @@ impl<T: Translation> MemorySystem<T> {
             }
         }
         // Logged once the whole range is in (a rolled-back add says nothing
-        // but its one error), in one line, not one per block: a line costs
-        // about 2 us to format, as much as adding a block on 16K or 64K.
+        // but its one error), in one line, not one per block, and without
+        // `core::fmt`: formatted, a line cost as much as adding a block on
+        // 64K (2 us; 0.3 us now).
         let mut line = LineBuf::new();
         line.str("memory").dec(first);
         if last - first > 1 {
