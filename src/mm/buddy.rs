@@ -456,7 +456,7 @@ impl BuddyAllocator {
     /// outside the memmap, and for a range that `check_online` finds the
     /// allocator's already.
     pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
-        self.online_pages_checked(pfn, nr_pages, zone, nid, true)
+        self.online_pages_with(pfn, nr_pages, zone, nid, OnlineCheck::All)
     }
 
     /// [`online_pages`](Self::online_pages) of a range of memory blocks not
@@ -470,16 +470,18 @@ impl BuddyAllocator {
     /// checked. Reading them here and writing them at add cost 5 us per
     /// GiB, a third of adding 1 GiB on 64K. The rest of the checks stand.
     pub fn online_added_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
-        self.online_pages_checked(pfn, nr_pages, zone, nid, false)
+        self.online_pages_with(pfn, nr_pages, zone, nid, OnlineCheck::NotHeads)
     }
 
-    fn online_pages_checked(
+    /// [`online_pages`](Self::online_pages) with as much of `check_online`
+    /// as `check` says (the zone and the range are always checked).
+    pub(in crate::mm) fn online_pages_with(
         &mut self,
         pfn: Pfn,
         nr_pages: u64,
         zone: Zone,
         nid: usize,
-        heads_written: bool,
+        check: OnlineCheck,
     ) -> u64 {
         let start_pfn = pfn;
         let Some(z) = zone.buddy_index().filter(|_| nid < MAX_NUMNODES) else {
@@ -497,7 +499,12 @@ impl BuddyAllocator {
                 return 0;
             }
         };
-        if let Err((at, why)) = self.check_online(start_pfn, end_pfn, heads_written) {
+        let checked = match check {
+            OnlineCheck::All => self.check_online(start_pfn, end_pfn, true),
+            OnlineCheck::NotHeads => self.check_online(start_pfn, end_pfn, false),
+            OnlineCheck::Done => Ok(()),
+        };
+        if let Err((at, why)) = checked {
             self.refuse("online_pages", at, 0, why);
             return 0;
         }
@@ -1074,6 +1081,20 @@ impl BuddyAllocator {
 
 /// The buddy allocator behind its lock (module comment).
 pub type ZoneLock = crate::arch::lock::FairLock<BuddyAllocator>;
+
+/// How much of the check against onlining the allocator's own pages an
+/// online runs ([`BuddyAllocator::online_pages_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::mm) enum OnlineCheck {
+    /// All of it ([`BuddyAllocator::online_pages`]).
+    All,
+    /// All but the max-order heads, garbage in memory not onlined since
+    /// hot-add ([`BuddyAllocator::online_added_pages`]).
+    NotHeads,
+    /// None: the caller checked the range in the same hold of the zone
+    /// lock ([`BuddyAllocator::check_online_run`]).
+    Done,
+}
 
 /// What [`BuddyAllocator::walk_step`] meets.
 enum Met {

@@ -6,7 +6,7 @@
 
 use super::addr::{memmap_range, Pfn, PhysAddr, PhysRange, VirtAddr};
 use super::altmap::VmemAltmap;
-use super::buddy::BuddyAllocator;
+use super::buddy::{BuddyAllocator, OnlineCheck};
 use super::granule::{Granule, KernelGranule};
 use super::layout::*;
 use super::node::NodeMask;
@@ -522,11 +522,7 @@ impl<T: Translation> MemorySystem<T> {
             );
         }
         for (s, e) in runs(true) {
-            if onlined {
-                buddy.online_pages(s, e - s, zone, nid);
-            } else {
-                buddy.online_added_pages(s, e - s, zone, nid);
-            }
+            buddy.online_pages_with(s, e - s, zone, nid, OnlineCheck::Done);
         }
         drop(buddy);
         let block = self.blocks.get_mut(&id).expect("checked");
