@@ -457,6 +457,7 @@ impl BuddyAllocator {
     /// allocator's already.
     pub fn online_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
         self.online_pages_with(pfn, nr_pages, zone, nid, OnlineCheck::All)
+            .unwrap_or(0)
     }
 
     /// [`online_pages`](Self::online_pages) of a range of memory blocks not
@@ -471,10 +472,12 @@ impl BuddyAllocator {
     /// GiB, a third of adding 1 GiB on 64K. The rest of the checks stand.
     pub fn online_added_pages(&mut self, pfn: Pfn, nr_pages: u64, zone: Zone, nid: usize) -> u64 {
         self.online_pages_with(pfn, nr_pages, zone, nid, OnlineCheck::NotHeads)
+            .unwrap_or(0)
     }
 
     /// [`online_pages`](Self::online_pages) with as much of `check_online`
-    /// as `check` says (the zone and the range are always checked).
+    /// as `check` says (the zone and the range are always checked); a
+    /// refusal names the page it stopped at.
     pub(in crate::mm) fn online_pages_with(
         &mut self,
         pfn: Pfn,
@@ -482,21 +485,21 @@ impl BuddyAllocator {
         zone: Zone,
         nid: usize,
         check: OnlineCheck,
-    ) -> u64 {
+    ) -> Result<u64, Pfn> {
         let start_pfn = pfn;
         let Some(z) = zone.buddy_index().filter(|_| nid < MAX_NUMNODES) else {
             self.refuse("online_pages", start_pfn, 0, BadFree::BadZone);
-            return 0;
+            return Err(start_pfn);
         };
         let z = list(nid, z);
         if nr_pages == 0 {
-            return 0;
+            return Ok(0);
         }
         let end_pfn = match pfn.checked_add(nr_pages) {
             Some(end) if self.memmap.contains_range(start_pfn, end) => end,
             _ => {
                 self.refuse("online_pages", start_pfn, 0, BadFree::OutOfRange);
-                return 0;
+                return Err(start_pfn);
             }
         };
         let checked = match check {
@@ -506,7 +509,7 @@ impl BuddyAllocator {
         };
         if let Err((at, why)) = checked {
             self.refuse("online_pages", at, 0, why);
-            return 0;
+            return Err(at);
         }
         if !self.defer_init {
             // SAFETY: within the memmap, which `new`'s contract keeps mapped.
@@ -516,7 +519,7 @@ impl BuddyAllocator {
             };
             for_each_max_block(start_pfn, end_pfn, |b, order| self.free_one(b, order, z));
             self.managed[z] += nr_pages;
-            return nr_pages;
+            return Ok(nr_pages);
         }
         // Whole max-order blocks in the middle, written as deferred heads;
         // the ends (if any) one struct page at a time. In address order,
@@ -535,7 +538,7 @@ impl BuddyAllocator {
             for_each_max_block(s, e, |b, order| self.free_one(b, order, z));
         }
         self.managed[z] += nr_pages;
-        nr_pages
+        Ok(nr_pages)
     }
 
     /// [`check_online`](Self::check_online) of a run about to be onlined,

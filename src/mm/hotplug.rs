@@ -499,30 +499,47 @@ impl<T: Translation> MemorySystem<T> {
         // page. Unplugged runs first: freeing a plugged run reads the
         // struct pages of its buddies, which may lie in them, and a struct
         // page never written holds whatever its backing page held before.
-        let runs = move |plugged: bool| {
+        let runs = |plugged: bool| {
             mask.runs()
-                .filter(move |&(p, ..)| p == plugged)
-                .map(move |(_, i, n)| (mask.pfns(id, i).0.max(first), mask.pfns(id, i + n - 1).1))
+                .filter(move |r| r.0 == plugged)
+                .map(|(_, i, n)| (mask.pfns(id, i).0.max(first), mask.pfns(id, i + n - 1).1))
                 .filter(|(s, e)| s < e)
         };
         for (s, e) in runs(false) {
             let flags = PageFlags::RESERVED | PageFlags::LOGICALLY_OFFLINE;
             self.init_struct_pages_on(s, e, zone, nid, flags);
         }
-        // Every plugged run is checked before any is handed over, in one
-        // hold of the zone lock: a refusal leaves the block offline (the
-        // unplugged runs' struct pages, just written, are offline pages).
+        // All or nothing, in one hold of the zone lock: the plugged runs
+        // after the first are checked, then the first is checked as it is
+        // onlined (a refusal there changes nothing), then the others go.
+        // Refused, the block stays offline (its unplugged runs' struct
+        // pages, just written, are offline pages).
+        let check = if onlined {
+            OnlineCheck::All
+        } else {
+            OnlineCheck::NotHeads
+        };
         let mut buddy = self.buddy.lock();
-        if let Some(pfn) = runs(true).find_map(|(s, e)| buddy.check_online_run(s, e, onlined).err())
-        {
+        let mut plugged = runs(true);
+        let first_run = plugged.next();
+        let refused = runs(true)
+            .skip(1)
+            .find_map(|(s, e)| buddy.check_online_run(s, e, onlined).err())
+            .map_or(Ok(0), Err)
+            .and_then(|_| {
+                first_run.map_or(Ok(0), |(s, e)| {
+                    buddy.online_pages_with(s, e - s, zone, nid, check)
+                })
+            });
+        if let Err(pfn) = refused {
             drop(buddy);
             bail!(
                 EBUSY,
                 "memory{id}: pfn {pfn:#x} is the page allocator's already"
             );
         }
-        for (s, e) in runs(true) {
-            buddy.online_pages_with(s, e - s, zone, nid, OnlineCheck::Done);
+        for (s, e) in plugged {
+            let _ = buddy.online_pages_with(s, e - s, zone, nid, OnlineCheck::Done);
         }
         drop(buddy);
         let block = self.blocks.get_mut(&id).expect("checked");

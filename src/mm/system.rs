@@ -119,7 +119,7 @@ impl PlugMask {
     }
 
     /// The runs of sub-blocks alike, in order: `(plugged, first, count)`.
-    pub fn runs(self) -> impl Iterator<Item = (bool, u64, u64)> {
+    pub fn runs(&self) -> impl Iterator<Item = (bool, u64, u64)> + '_ {
         let mut i = 0;
         core::iter::from_fn(move || {
             let first = i;
