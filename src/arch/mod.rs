@@ -17,20 +17,36 @@ mod insn {
 
     pub fn dsb_ishst() {}
     pub fn dsb_ish_isb() {}
-    /// Recorded by its caller, once per range ([`super::tlb::flush_kernel_range`]).
-    pub fn tlbi_vaale1is(_va: u64) {}
+    /// Recorded by its caller, once per range ([`super::tlb::flush_kernel_range`]);
+    /// each instruction is kept too, for the test of what a range issues.
+    pub fn tlbi_vaale1is(_va: u64) {
+        #[cfg(test)]
+        ISSUED.with(|i| i.borrow_mut().push(super::tlb::RangeOp::Page(_va)));
+    }
     pub fn tlbi_vaae1is(va: u64) {
         record(Flush::AllLevels(va));
     }
     pub fn tlbi_vmalle1is() {
         record(Flush::All);
     }
-    /// Recorded by its caller, as `tlbi_vaale1is`.
-    pub fn tlbi_rvaale1is(_operand: u64) {}
+    /// As `tlbi_vaale1is`.
+    pub fn tlbi_rvaale1is(_operand: u64) {
+        #[cfg(test)]
+        ISSUED.with(|i| i.borrow_mut().push(super::tlb::RangeOp::Range(_operand)));
+    }
 
     #[cfg(test)]
     std::thread_local! {
         static RANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static ISSUED: std::cell::RefCell<std::vec::Vec<super::tlb::RangeOp>> =
+            const { std::cell::RefCell::new(std::vec::Vec::new()) };
+    }
+
+    /// The last-level invalidations issued on this thread since the last
+    /// call, in order.
+    #[cfg(test)]
+    pub fn take_issued() -> std::vec::Vec<super::tlb::RangeOp> {
+        ISSUED.with(|i| core::mem::take(&mut *i.borrow_mut()))
     }
 
     /// Host tests choose whether the modelled CPU has `FEAT_TLBIRANGE`
@@ -452,10 +468,12 @@ pub mod tlb {
         #[test]
         fn a_range_flush_takes_range_operations_where_the_cpu_has_them() {
             use crate::arch::trace::invalidations;
-            let start = 0xffff_fc00_0000_0000u64;
+            // An odd page first: the operand's base is the page, not 0.
+            let start = 0xffff_fc00_0000_4000u64;
             for (range, pages, ops) in [
                 (false, 28, 28),
                 (true, 28, 1),
+                (true, 29, 2),
                 (false, 600, 1),
                 (true, 600, 2),
                 (true, MAX_TLBI_RANGE_PAGES + 1, 1),
@@ -463,8 +481,24 @@ pub mod tlb {
                 set_tlbi_range(range);
                 let calls = invalidations();
                 let end = start + (pages << 14);
+                super::super::insn::take_issued();
                 assert_eq!(flush_kernel_range(start, end, 14), ops, "{range} {pages}");
                 assert_eq!(invalidations(), calls + 1);
+                // What the instructions cover, as the CPU reads them: the
+                // pages asked, from the first (none for a whole flush).
+                let issued = super::super::insn::take_issued();
+                let mut va = start;
+                for op in &issued {
+                    let (first, n) = match *op {
+                        RangeOp::Page(va) => (va, 1),
+                        RangeOp::Range(x) => decode(x, 14).expect("a valid operand"),
+                    };
+                    assert_eq!(first, va, "{range} {pages}: {issued:x?}");
+                    va += n << 14;
+                }
+                if ops as usize == issued.len() {
+                    assert_eq!(va, end, "{range} {pages}: {issued:x?}");
+                }
             }
             set_tlbi_range(false);
         }
