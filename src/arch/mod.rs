@@ -21,7 +21,7 @@ mod insn {
     /// each instruction is kept too, for the test of what a range issues.
     pub fn tlbi_vaale1is(_va: u64) {
         #[cfg(test)]
-        ISSUED.with(|i| i.borrow_mut().push(super::tlb::RangeOp::Page(_va)));
+        record_issued(super::tlb::RangeOp::Page(_va));
     }
     pub fn tlbi_vaae1is(va: u64) {
         record(Flush::AllLevels(va));
@@ -32,21 +32,36 @@ mod insn {
     /// As `tlbi_vaale1is`.
     pub fn tlbi_rvaale1is(_operand: u64) {
         #[cfg(test)]
-        ISSUED.with(|i| i.borrow_mut().push(super::tlb::RangeOp::Range(_operand)));
+        record_issued(super::tlb::RangeOp::Range(_operand));
     }
 
     #[cfg(test)]
     std::thread_local! {
         static RANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        static ISSUED: std::cell::RefCell<std::vec::Vec<super::tlb::RangeOp>> =
-            const { std::cell::RefCell::new(std::vec::Vec::new()) };
+        /// Kept only once a test asks (`take_issued`): other tests run
+        /// with the heap made to fail, and would not want it to grow.
+        static ISSUED: std::cell::RefCell<Option<std::vec::Vec<super::tlb::RangeOp>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    #[cfg(test)]
+    fn record_issued(op: super::tlb::RangeOp) {
+        ISSUED.with(|i| {
+            if let Some(ops) = i.borrow_mut().as_mut() {
+                ops.push(op);
+            }
+        });
     }
 
     /// The last-level invalidations issued on this thread since the last
-    /// call, in order.
+    /// call (none before the first, which starts keeping them), in order.
     #[cfg(test)]
     pub fn take_issued() -> std::vec::Vec<super::tlb::RangeOp> {
-        ISSUED.with(|i| core::mem::take(&mut *i.borrow_mut()))
+        ISSUED.with(|i| {
+            i.borrow_mut()
+                .replace(std::vec::Vec::new())
+                .unwrap_or_default()
+        })
     }
 
     /// Host tests choose whether the modelled CPU has `FEAT_TLBIRANGE`
